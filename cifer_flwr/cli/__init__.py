@@ -1,0 +1,24 @@
+"""The ``cifer`` command line: it parses arguments and calls the library, nothing more."""
+
+from __future__ import annotations
+
+import typer
+
+from cifer_flwr.cli import bench, keys
+
+app = typer.Typer(
+    name="cifer",
+    help="CKKS-encrypted federated learning for Flower.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys.register(app)
+app.add_typer(bench.app, name="bench")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+__all__ = ["app", "main"]

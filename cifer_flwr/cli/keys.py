@@ -1,0 +1,80 @@
+"""``cifer keygen`` and ``cifer keys inspect``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cifer_flwr import crypto
+from cifer_flwr.cli._common import console, fail
+from cifer_flwr.exceptions import CiferError
+
+keys_app = typer.Typer(help="Inspect key files.", no_args_is_help=True)
+
+
+def keygen(
+    name: Annotated[str, typer.Option(help="Key pair name; files go to DIR/NAME/.")],
+    preset: Annotated[str, typer.Option(help="CKKS parameter preset.")] = "default",
+    directory: Annotated[Path, typer.Option("--dir", help="Parent directory of key pairs.")] = Path(
+        "keys"
+    ),
+    relin: Annotated[
+        bool, typer.Option(help="Include relinearization keys (encrypted training).")
+    ] = False,
+    galois: Annotated[
+        bool, typer.Option(help="Include Galois/rotation keys (encrypted training).")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing key pair.")] = False,
+) -> None:
+    """Generate a CKKS key pair: DIR/NAME/private.key (0600, keep it) and public.key (share it).
+
+    Example: cifer keygen --name hospital-fl
+    """
+    try:
+        key = crypto.generate_key(preset, relin_keys=relin, galois_keys=galois)
+        priv, pub = crypto.write_key_pair(key, directory / name, force=force)
+    except (CiferError, FileExistsError) as exc:
+        raise fail(exc) from exc
+    console.print(f"fingerprint  {key.fingerprint}")
+    console.print(f"preset       {key.params.name} ({key.params.security_bits}-bit security)")
+    console.print(f"private key  {priv}  (mode 0600: keep it on the key holders' machines)")
+    console.print(f"public key   {pub}  (give it to the server / project owner)")
+
+
+@keys_app.command("inspect")
+def inspect(
+    file: Annotated[Path, typer.Argument(help="A public.key or private.key file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Say whether FILE is public or private, its preset and its fingerprint (never key bytes).
+
+    Example: cifer keys inspect keys/hospital-fl/public.key
+    """
+    try:
+        key = crypto.load_key(file)
+    except CiferError as exc:
+        raise fail(exc) from exc
+    info = {
+        "file": str(file),
+        "type": "private" if key.is_private else "public",
+        "preset": key.params.name,
+        "poly_modulus_degree": key.params.poly_modulus_degree,
+        "coeff_mod_bit_sizes": list(key.params.coeff_mod_bit_sizes),
+        "scale_bits": key.params.scale_bits,
+        "security_bits": key.params.security_bits,
+        "fingerprint": key.fingerprint,
+    }
+    if as_json:
+        print(json.dumps(info))
+        return
+    for k, v in info.items():
+        console.print(f"{k:<20} {v}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``keygen`` and the ``keys`` group to the root app."""
+    app.command("keygen")(keygen)
+    app.add_typer(keys_app, name="keys")

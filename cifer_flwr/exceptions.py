@@ -1,0 +1,73 @@
+"""Exceptions raised by cifer_flwr.
+
+Every message states the value found, the value expected and how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CiferError",
+    "CiphertextFormatError",
+    "ConfigError",
+    "KeyFileError",
+    "KeyMismatchError",
+    "KeyTypeError",
+    "LayoutMismatchError",
+    "NonFiniteError",
+    "UnknownPresetError",
+    "UnsupportedOperationError",
+    "ValueRangeError",
+]
+
+
+class CiferError(Exception):
+    """Base class of every error raised on purpose by cifer_flwr."""
+
+
+class KeyMismatchError(CiferError):
+    """Two encrypted objects, or an object and a key, belong to different key pairs."""
+
+    def __init__(self, found: str, expected: str, what: str = "encrypted object") -> None:
+        self.found = found
+        self.expected = expected
+        super().__init__(
+            f"key mismatch: the {what} was made with key fingerprint {found}, "
+            f"but the key in use has fingerprint {expected}. Use the key pair the "
+            "object was encrypted with (`cifer keys inspect FILE` prints a key's fingerprint)."
+        )
+
+
+class KeyTypeError(CiferError):
+    """A public key was given where a private key is needed, or the reverse."""
+
+
+class KeyFileError(CiferError):
+    """A key file is missing, unreadable or not a cifer key file."""
+
+
+class CiphertextFormatError(CiferError):
+    """Serialized ciphertexts or their container are truncated, corrupted or malformed."""
+
+
+class LayoutMismatchError(CiphertextFormatError):
+    """Layout metadata does not match the ciphertexts, or two layouts differ."""
+
+
+class NonFiniteError(CiferError, ValueError):
+    """An array to encrypt holds NaN or infinite values."""
+
+
+class ValueRangeError(CiferError, ValueError):
+    """A value to encrypt lies outside the safe range of the CKKS parameters."""
+
+
+class UnknownPresetError(CiferError, ValueError):
+    """A parameter preset name that does not exist."""
+
+
+class UnsupportedOperationError(CiferError):
+    """An operation the chosen scheme, parameters or setting cannot perform."""
+
+
+class ConfigError(CiferError, ValueError):
+    """An invalid configuration value (strategy argument, run config, Hydra option)."""

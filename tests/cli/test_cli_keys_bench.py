@@ -1,0 +1,50 @@
+import json
+import stat
+
+from typer.testing import CliRunner
+
+from cifer_flwr.cli import app
+
+runner = CliRunner()
+
+
+def test_keygen_inspect(tmp_path):
+    res = runner.invoke(app, ["keygen", "--name", "fed", "--dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    priv, pub = tmp_path / "fed" / "private.key", tmp_path / "fed" / "public.key"
+    assert stat.S_IMODE(priv.stat().st_mode) == 0o600
+    fp_line = next(line for line in res.output.splitlines() if line.startswith("fingerprint"))
+    infos = []
+    for f in (priv, pub):
+        out = runner.invoke(app, ["keys", "inspect", str(f), "--json"])
+        assert out.exit_code == 0, out.output
+        infos.append(json.loads(out.output.strip().splitlines()[-1]))
+    assert [i["type"] for i in infos] == ["private", "public"]
+    assert infos[0]["fingerprint"] == infos[1]["fingerprint"] == fp_line.split()[-1]
+    again = runner.invoke(app, ["keygen", "--name", "fed", "--dir", str(tmp_path)])
+    assert again.exit_code != 0 and "already exists" in again.output
+
+
+def test_keygen_unknown_preset_and_missing_file(tmp_path):
+    res = runner.invoke(app, ["keygen", "--name", "x", "--dir", str(tmp_path), "--preset", "fast"])
+    assert res.exit_code == 2 and "choose one of" in res.output
+    res = runner.invoke(app, ["keys", "inspect", str(tmp_path / "missing.key")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_bench_crypto_json_small():
+    res = runner.invoke(app, ["bench", "crypto", "--params", "20000", "--clients", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output.strip().splitlines()[-1])
+    for k in (
+        "expansion",
+        "expansion_nvflare",
+        "rel_error",
+        "encrypt_s",
+        "aggregate_s",
+        "decrypt_s",
+        "plain_aggregate_s",
+    ):
+        assert k in data
+    assert data["expansion"] < data["expansion_nvflare"]
+    assert data["rel_error"] <= 1e-6
