@@ -8,10 +8,9 @@ from typing import Final
 STYPE_CIPHERTEXT: Final = "cifer.ckks.ciphertext/1"
 #: ``Array.stype`` of the JSON header (layout, fingerprint, preset) inside an ``ArrayRecord``.
 STYPE_HEADER: Final = "cifer.ckks.header/1"
-#: Key of the header ``Array`` in an encrypted ``ArrayRecord``.
-RECORD_HEADER_KEY: Final = "cifer.header"
-#: Prefix of the ciphertext ``Array`` keys in an encrypted ``ArrayRecord``.
-RECORD_CHUNK_PREFIX: Final = "cifer.ct."
+#: Prefix of every ``Array`` key in an encrypted ``ArrayRecord``
+#: (``cifer.<part>.header`` and ``cifer.<part>.ct.<index>``).
+RECORD_PREFIX: Final = "cifer."
 
 #: Magic bytes opening every cifer container file (keys, encrypted models and datasets).
 CONTAINER_MAGIC: Final = b"CIFERv1\x00"
@@ -19,8 +18,40 @@ CONTAINER_MAGIC: Final = b"CIFERv1\x00"
 KIND_KEY: Final = "cifer.key"
 #: Container ``kind`` of encrypted named arrays (models, updates).
 KIND_ENCRYPTED_ARRAYS: Final = "cifer.encrypted-arrays"
+#: Container ``kind`` of a bundle of named encrypted parts (a FedOpt global model).
+KIND_ENCRYPTED_BUNDLE: Final = "cifer.encrypted-bundle"
 
 #: Environment variable a client reads the private key path from when node config has none.
 ENV_PRIVATE_KEY: Final = "CIFER_PRIVATE_KEY"
 #: Node-config key holding the private key path of a SuperNode.
 NODE_CONFIG_PRIVATE_KEY: Final = "private-key"
+
+# --- protocol: ConfigRecord keys the strategies send and the client mod reads ---------------
+#: Public divisor ``B``: a client encrypts ``(n_i / B) * w_i`` so the server only adds.
+CFG_WEIGHT_DIVISOR: Final = "cifer.weight-divisor"
+#: Name of the metric holding the example count (Flower's ``weighted_by_key``).
+CFG_WEIGHTED_BY: Final = "cifer.weighted-by-key"
+#: True for the one sampled client that must return the refreshed encrypted FedOpt state.
+CFG_RETURN_STATE: Final = "cifer.return-state"
+#: SecureFed: L2 bound of each client's update.
+CFG_CLIP_NORM: Final = "cifer.clip-norm"
+#: SecureFed: std of the Gaussian noise each client adds (``sigma * C / sqrt(K)``).
+CFG_NOISE_STD: Final = "cifer.noise-std"
+#: SecureFed: whether clients add the aggregation-check part.
+CFG_CHECK: Final = "cifer.check"
+#: SecureFed: this client's slot in the participation vector.
+CFG_SLOT: Final = "cifer.slot"
+#: SecureFed: number of sampled clients in this round (length of the participation vector).
+CFG_COHORT: Final = "cifer.cohort-size"
+
+#: Key of the ConfigRecord the mod adds to replies (state digest, clipping report).
+REPLY_RECORD: Final = "cifer"
+#: Digest of the key holder's materialized FedOpt state.
+REPLY_STATE_DIGEST: Final = "state-digest"
+#: L2 norm of the client's update before clipping.
+REPLY_UPDATE_NORM: Final = "update-norm"
+
+#: Bundle part names inside an encrypted ArrayRecord.
+PART_MODEL: Final = "model"
+PART_STATE: Final = "state"
+PART_CHECK: Final = "check"

@@ -8,6 +8,8 @@ from cifer_flwr.crypto.ckks import (
     EncryptedArrays,
     add,
     aggregate,
+    bundle_from_bytes,
+    bundle_to_bytes,
     decrypt,
     encrypt,
     from_bytes,
@@ -27,9 +29,11 @@ from cifer_flwr.crypto.keys import (
 )
 from cifer_flwr.crypto.params import PRESETS, CkksParams, for_depth, get_preset
 from cifer_flwr.crypto.records import (
+    bundle_from_record,
+    bundle_to_record,
     from_array_record,
     is_encrypted_record,
-    record_header,
+    record_headers,
     to_array_record,
 )
 
@@ -43,6 +47,10 @@ __all__ = [
     "Layout",
     "add",
     "aggregate",
+    "bundle_from_bytes",
+    "bundle_from_record",
+    "bundle_to_bytes",
+    "bundle_to_record",
     "decode",
     "decrypt",
     "encode",
@@ -57,7 +65,7 @@ __all__ = [
     "load_key",
     "load_private_key",
     "load_public_key",
-    "record_header",
+    "record_headers",
     "to_array_record",
     "to_bytes",
     "unflatten",

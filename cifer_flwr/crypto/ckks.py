@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import tenseal as ts
 
-from cifer_flwr.constants import KIND_ENCRYPTED_ARRAYS
+from cifer_flwr.constants import KIND_ENCRYPTED_ARRAYS, KIND_ENCRYPTED_BUNDLE
 from cifer_flwr.crypto import container
 from cifer_flwr.crypto.encoding import Layout, decode, encode
 from cifer_flwr.crypto.keys import Key
@@ -27,6 +27,8 @@ __all__ = [
     "EncryptedArrays",
     "add",
     "aggregate",
+    "bundle_from_bytes",
+    "bundle_to_bytes",
     "decrypt",
     "encrypt",
     "from_bytes",
@@ -299,3 +301,43 @@ def from_bytes(data: bytes, key: Key) -> EncryptedArrays:
 def with_meta(enc: EncryptedArrays, **meta: Any) -> EncryptedArrays:
     """Return a copy of ``enc`` with extra public annotations."""
     return replace(enc, meta={**enc.meta, **meta})
+
+
+def bundle_to_bytes(parts: Mapping[str, EncryptedArrays]) -> bytes:
+    """Serialize named encrypted parts into one container (inverse of :func:`bundle_from_bytes`)."""
+    names = list(parts)
+    blobs: list[bytes] = []
+    headers = []
+    for name in names:
+        chunks = parts[name].serialized_chunks()
+        headers.append({"name": name, "header": parts[name].header(), "chunks": len(chunks)})
+        blobs.extend(chunks)
+    return container.pack(KIND_ENCRYPTED_BUNDLE, {"parts": headers}, blobs)
+
+
+def bundle_from_bytes(data: bytes, key: Key) -> dict[str, EncryptedArrays]:
+    """Parse :func:`bundle_to_bytes` output with ``key`` (public suffices).
+
+    A plain :func:`to_bytes` container is accepted too and returned as part ``model``.
+    """
+    header, blobs = container.unpack(data)
+    if header.get("kind") == KIND_ENCRYPTED_ARRAYS:
+        return {"model": from_header_and_chunks(header, blobs, key)}
+    if header.get("kind") != KIND_ENCRYPTED_BUNDLE:
+        raise CiphertextFormatError(
+            f"expected encrypted arrays, found a {header.get('kind')!r} container."
+        )
+    out: dict[str, EncryptedArrays] = {}
+    pos = 0
+    try:
+        for part in header["parts"]:
+            n = int(part["chunks"])
+            out[str(part["name"])] = from_header_and_chunks(
+                part["header"], blobs[pos : pos + n], key
+            )
+            pos += n
+    except (KeyError, TypeError) as exc:
+        raise CiphertextFormatError(f"malformed bundle header: {exc!r}") from exc
+    if pos != len(blobs):
+        raise LayoutMismatchError(f"bundle lists {pos} ciphertexts but holds {len(blobs)}.")
+    return out

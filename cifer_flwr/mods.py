@@ -1,0 +1,185 @@
+"""``ckks_mod``: make any Flower ClientApp encrypted without touching its code.
+
+Incoming: every encrypted ``ArrayRecord`` is decrypted (and, for FedOpt, *materialized*: the
+pending server step is applied) into a normal ``ArrayRecord`` before the user's
+``@app.train()`` / ``@app.evaluate()`` function runs. Outgoing (train): the reply's arrays are
+encrypted with the weight ``n_i / B`` the strategy asked for, so the server only adds
+ciphertexts; SecureFed's clipping, noise and aggregation check happen here too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType
+from flwr.app.error import Error
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common.constant import ErrorCode
+
+from cifer_flwr import crypto, protocol
+from cifer_flwr.constants import (
+    CFG_CHECK,
+    CFG_CLIP_NORM,
+    CFG_COHORT,
+    CFG_NOISE_STD,
+    CFG_RETURN_STATE,
+    CFG_SLOT,
+    CFG_WEIGHT_DIVISOR,
+    CFG_WEIGHTED_BY,
+    ENV_PRIVATE_KEY,
+    NODE_CONFIG_PRIVATE_KEY,
+    PART_CHECK,
+    PART_MODEL,
+    PART_STATE,
+    REPLY_RECORD,
+    REPLY_STATE_DIGEST,
+    REPLY_UPDATE_NORM,
+)
+from cifer_flwr.exceptions import CiferError, KeyFileError
+
+__all__ = ["ckks_mod", "private_key_for"]
+
+log = logging.getLogger(__name__)
+_KEYS: dict[str, crypto.Key] = {}
+_KEYS_LOCK = threading.Lock()
+
+
+def private_key_for(context: Context) -> crypto.Key:
+    """Load (once per path) the private key named by node config ``private-key`` or env.
+
+    Raises
+    ------
+    KeyFileError
+        When neither ``node_config["private-key"]`` nor ``$CIFER_PRIVATE_KEY`` is set.
+
+    """
+    path = context.node_config.get(NODE_CONFIG_PRIVATE_KEY) or os.environ.get(ENV_PRIVATE_KEY)
+    if not path:
+        raise KeyFileError(
+            "ckks_mod needs the private key path: start the SuperNode with "
+            f'--node-config "{NODE_CONFIG_PRIVATE_KEY}=keys/NAME/private.key" or set '
+            f"{ENV_PRIVATE_KEY}."
+        )
+    with _KEYS_LOCK:
+        if str(path) not in _KEYS:
+            _KEYS[str(path)] = crypto.load_private_key(str(path))
+        return _KEYS[str(path)]
+
+
+def _config(msg: Message) -> Mapping[str, Any]:
+    records = list(msg.content.config_records.values())
+    return records[0] if records else {}
+
+
+def _plain_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def _num_examples(reply: Message, weighted_by: str) -> float:
+    for record in reply.content.metric_records.values():
+        if weighted_by in record:
+            value = float(record[weighted_by])  # type: ignore[arg-type]
+            if value <= 0:
+                raise CiferError(f"'{weighted_by}' must be positive, got {value}.")
+            return value
+    raise CiferError(
+        f"the train reply has no metric '{weighted_by}'; encrypted aggregation weights each "
+        f"update by it. Return MetricRecord({{'{weighted_by}': len(trainset)}})."
+    )
+
+
+def _error_reply(msg: Message, reason: str) -> Message:
+    log.error("ckks_mod: %s", reason)
+    return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
+
+
+def _decrypt_incoming(
+    msg: Message, key: crypto.Key, config: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
+    """Replace encrypted records in ``msg`` by plaintext ones; return what was received."""
+    received: dict[str, dict[str, np.ndarray]] = {}
+    state: dict[str, Any] = {}
+    is_train = msg.metadata.message_type.startswith(MessageType.TRAIN)
+    server_round = int(config.get("server-round", 0))
+    # a train message carries the aggregate of the previous round, evaluate that of this one
+    check_round = server_round - 1 if is_train else server_round
+    for name, record in list(msg.content.array_records.items()):
+        if not crypto.is_encrypted_record(record):
+            continue
+        parts = crypto.bundle_from_record(record, key)
+        plain, opt_state = protocol.materialize(parts, key, check_round=check_round)
+        if opt_state is not None:
+            state[name] = opt_state
+        received[name] = plain
+        msg.content.array_records[name] = _plain_record(plain)
+    return received, state
+
+
+def _encrypt_reply(
+    reply: Message,
+    key: crypto.Key,
+    config: Mapping[str, Any],
+    received: Mapping[str, Mapping[str, np.ndarray]],
+    opt_state: Mapping[str, Any],
+) -> None:
+    weighted_by = str(config.get(CFG_WEIGHTED_BY, "num-examples"))
+    divisor = float(config.get(CFG_WEIGHT_DIVISOR, 1.0))
+    n = _num_examples(reply, weighted_by)
+    weight = n / divisor
+    info = ConfigRecord()
+    for name, record in list(reply.content.array_records.items()):
+        arrays = {k: a.numpy() for k, a in record.items()}
+        base = received.get(name)
+        clip = float(config.get(CFG_CLIP_NORM, 0.0))
+        if clip > 0 and base is not None:
+            arrays, norm = protocol.clip_update(arrays, dict(base), clip)
+            info[REPLY_UPDATE_NORM] = norm
+        noise = float(config.get(CFG_NOISE_STD, 0.0))
+        if noise > 0:
+            arrays = protocol.add_noise(arrays, noise, np.random.default_rng())
+        parts = {PART_MODEL: crypto.encrypt(arrays, key, weight=weight)}
+        if config.get(CFG_CHECK):
+            check = protocol.check_arrays(
+                int(config[CFG_SLOT]),
+                int(config[CFG_COHORT]),
+                int(config.get("server-round", 0)),
+                weight,
+            )
+            parts[PART_CHECK] = crypto.encrypt(check, key)
+        if name in opt_state:
+            x, m, v = opt_state[name]
+            info[REPLY_STATE_DIGEST] = protocol.state_digest(x, m, v)
+            if config.get(CFG_RETURN_STATE):
+                parts[PART_STATE] = crypto.encrypt(protocol.pack_state(x, m, v), key)
+        reply.content.array_records[name] = crypto.bundle_to_record(parts)
+    if len(info):
+        reply.content.config_records[REPLY_RECORD] = info
+
+
+def ckks_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Client mod: decrypt what the server sends, encrypt what the client returns.
+
+    Add it to any ClientApp: ``ClientApp(mods=[ckks_mod])``. The private key path comes from
+    node config ``private-key`` (``flower-supernode --node-config "private-key=..."``) or the
+    environment variable ``CIFER_PRIVATE_KEY``. Errors (wrong key, failed aggregation check)
+    become error replies with the reason, which the server logs.
+    """
+    try:
+        key = private_key_for(context)
+        config = _config(msg)
+        received, opt_state = _decrypt_incoming(msg, key, config)
+    except CiferError as exc:
+        return _error_reply(msg, f"cannot decrypt the server's message: {exc}")
+    reply = call_next(msg, context)
+    if reply.has_error() or not msg.metadata.message_type.startswith(MessageType.TRAIN):
+        return reply
+    try:
+        _encrypt_reply(reply, key, config, received, opt_state)
+    except CiferError as exc:
+        return _error_reply(msg, f"cannot encrypt the reply: {exc}")
+    return reply

@@ -1,0 +1,142 @@
+"""In-process Grid double: routes every message through a real ClientApp over Flower's wire format."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from cifer_flwr.mods import ckks_mod
+
+# a ServerApp process has these set by the SuperLink; the in-process double sets them itself
+TaskIdentity.run_id = 1
+TaskIdentity.task_id = 1
+TaskIdentity.node_id = 0
+
+Tamper = Callable[[int, list[Message]], list[Message]]
+
+
+def wire(msg: Message) -> Message:
+    """What the other side receives: Flower's own protobuf round trip."""
+    return message_from_proto(message_to_proto(msg))
+
+
+class InProcessGrid(Grid):
+    def __init__(self, app: ClientApp, node_configs: dict[int, dict], tamper: Tamper | None = None):
+        self.app = app
+        self.contexts = {
+            node: Context(
+                run_id=1, node_id=node, node_config=cfg, state=RecordDict(), run_config={}
+            )
+            for node, cfg in node_configs.items()
+        }
+        self.tamper = tamper
+        self.sent: list[Message] = []
+        self.replies: list[Message] = []
+        self.calls = 0
+
+    def set_run(self, run):  # pragma: no cover - unused
+        pass
+
+    @property
+    def run(self):  # pragma: no cover - unused
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):  # pragma: no cover - unused
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages):  # pragma: no cover - unused
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):  # pragma: no cover - unused
+        raise NotImplementedError
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
+        self.calls += 1
+        replies = []
+        for msg in messages:
+            self.sent.append(msg)
+            received = wire(msg)
+            reply = self.app(received, self.contexts[msg.metadata.dst_node_id])
+            replies.append(wire(reply))
+        if self.tamper is not None:
+            replies = self.tamper(self.calls, replies)
+        self.replies.extend(replies)
+        return replies
+
+
+INITIAL = {
+    "w": np.random.default_rng(0).normal(0, 0.3, (20, 10)).astype(np.float32),
+    "b": np.linspace(-0.5, 0.5, 10).astype(np.float32),
+}
+
+
+def make_client_app(
+    seen: dict,
+    *,
+    encrypted: bool,
+    examples: Callable[[int], int] | None = None,
+    shape_bug_node: int | None = None,
+) -> ClientApp:
+    """A deterministic ClientApp: y = 0.8 x + c_node (+ mu); it records what it receives."""
+    app = ClientApp(mods=[ckks_mod] if encrypted else None)
+    count = examples or (lambda node: 10 * node)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        arrays = msg.content["arrays"]
+        x = {k: a.numpy() for k, a in arrays.items()}
+        node = context.node_id
+        mu = float(msg.content["config"].get("proximal-mu", 0.0))
+        rnd = int(msg.content["config"]["server-round"])
+        seen[("train", rnd, node)] = x
+        y = {k: (0.8 * v + 0.05 * node + mu).astype(v.dtype) for k, v in x.items()}
+        if shape_bug_node == node:
+            y["w"] = y["w"][:5]
+        return Message(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord({k: ArrayRecord([v])["0"] for k, v in y.items()}),
+                    "metrics": MetricRecord({"num-examples": count(node), "loss": float(node)}),
+                }
+            ),
+            reply_to=msg,
+        )
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        x = {k: a.numpy() for k, a in msg.content["arrays"].items()}
+        rnd = int(msg.content["config"]["server-round"])
+        seen[("evaluate", rnd, context.node_id)] = x
+        return Message(
+            RecordDict(
+                {
+                    "metrics": MetricRecord(
+                        {"num-examples": count(context.node_id), "mean": float(np.mean(x["w"]))}
+                    )
+                }
+            ),
+            reply_to=msg,
+        )
+
+    return app
+
+
+def node_configs(private_key_path, nodes=(1, 2, 3), overrides: dict[int, str] | None = None):
+    overrides = overrides or {}
+    return {
+        n: {"private-key": str(overrides.get(n, private_key_path)), "partition-id": n}
+        for n in nodes
+    }
+
+
+def plain_initial() -> ArrayRecord:
+    return ArrayRecord({k: ArrayRecord([v])["0"] for k, v in INITIAL.items()})
