@@ -288,7 +288,7 @@ def materialize(
             raise ConfigError(f"encrypted model has parts {sorted(parts)}; expected 'model'.")
         return crypto.decrypt(model, key, divisor=model.weight), None
     state_enc = parts[PART_STATE]
-    x, m, v = unpack_state(crypto.decrypt(state_enc, key))
+    x, m, v = unpack_state(crypto.decrypt(state_enc, key, divisor=state_enc.weight))
     if model is not None:
         spec = OptimizerSpec.from_dict(state_enc.meta["fedopt"])
         agg = crypto.decrypt(model, key, divisor=model.weight)

@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +180,7 @@ class EncryptedFedAvgBase:
         out = []
         for index, msg in enumerate(messages):
             node = msg.metadata.dst_node_id
-            cfg = ConfigRecord(dict(msg.content[self.configrecord_key]))
+            cfg = ConfigRecord(dict(msg.content.config_records[self.configrecord_key]))
             cfg[CFG_WEIGHT_DIVISOR] = divisor
             cfg.update(self._extra_config(index, node, cohort, server_round))
             content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg})
@@ -312,6 +313,18 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         state = crypto.encrypt(protocol.pack_state(dict(arrays), None, None), self.key)
         return {PART_STATE: crypto.with_meta(state, fedopt=self.optimizer.to_dict())}
 
+    def _to_parts(self, arrays: ArrayRecord) -> Parts:
+        parts = super()._to_parts(arrays)
+        if PART_STATE in parts:
+            return parts
+        # An encrypted plain model becomes the state ``x`` by renaming its layout: the
+        # ciphertexts are already in pack_state's order (x only), nothing is decrypted.
+        model = parts[PART_MODEL]
+        lay = model.layout
+        renamed = crypto.Layout(tuple(f"x/{n}" for n in lay.names), lay.shapes, lay.dtypes)
+        state = replace(model, layout=renamed, meta={"fedopt": self.optimizer.to_dict()})
+        return {PART_STATE: state}
+
     def _model_layout(self, parts: Mapping[str, crypto.EncryptedArrays]) -> crypto.Layout:
         state = parts[PART_STATE].layout
         keep = [i for i, n in enumerate(state.names) if n.startswith("x/")]
@@ -352,7 +365,7 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
                 "round %d: key holders disagree on the FedOpt state (digests %s); the refreshed "
                 "state is refused and this round's update is dropped.",
                 server_round,
-                {n: (d or "missing")[:12] for n, d in digests.items()},
+                {n: str(d or "missing")[:12] for n, d in digests.items()},
             )
             return None
         if state is None:

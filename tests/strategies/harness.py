@@ -1,4 +1,4 @@
-"""In-process Grid double: routes every message through a real ClientApp over Flower's wire format."""
+"""In-process Grid double: every message goes through a real ClientApp over the wire format."""
 
 from __future__ import annotations
 
