@@ -15,4 +15,5 @@ if __name__ == "__main__":
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--preset", default="default")
     args = ap.parse_args()
-    print(json.dumps(bench_crypto(args.params, args.clients, args.preset, progress=print), indent=2))
+    result = bench_crypto(args.params, args.clients, args.preset, progress=print)
+    print(json.dumps(result, indent=2))

@@ -1,4 +1,4 @@
-"""Why ``default`` is (50, 59) at scale 2**38: the smallest 4096-ring set meeting 1e-6.
+"""Relative error and wire size of candidate 4096-ring presets on a 1000-client sum.
 
 For candidate parameter sets this measures the relative error of a weighted sum of 1000
 client updates (a shared model plus 10 % client drift, weights n_i / N) and the wire size
@@ -39,4 +39,5 @@ if __name__ == "__main__":
         size = len(crypto.to_bytes(encs[0])) / (args.values * 4)
         got = crypto.decrypt(crypto.aggregate(encs), key)["weights"]
         err = float(np.abs(got - exact).max() / np.abs(exact).max())
-        print(f"{coeffs!s:>20} {scale:>6} {size:>9.2f} {err:>10.2e}  {'yes' if err <= 1e-6 else 'no'}")
+        ok = "yes" if err <= 1e-6 else "no"
+        print(f"{coeffs!s:>20} {scale:>6} {size:>9.2f} {err:>10.2e}  {ok}")
