@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -93,6 +94,13 @@ def _num_examples(reply: Message, weighted_by: str) -> float:
     )
 
 
+def _report_seconds(reply: Message, name: str, seconds: float) -> None:
+    """Add a timing to the reply's first MetricRecord (aggregated by the strategy)."""
+    records = list(reply.content.metric_records.values())
+    if records:
+        records[0][name] = seconds
+
+
 def _error_reply(msg: Message, reason: str) -> Message:
     log.error("ckks_mod: %s", reason)
     return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
@@ -132,6 +140,7 @@ def _encrypt_reply(
     n = _num_examples(reply, weighted_by)
     weight = n / divisor
     info = ConfigRecord()
+    t0 = time.perf_counter()
     for name, record in list(reply.content.array_records.items()):
         arrays = {k: a.numpy() for k, a in record.items()}
         base = received.get(name)
@@ -157,6 +166,7 @@ def _encrypt_reply(
             if config.get(CFG_RETURN_STATE):
                 parts[PART_STATE] = crypto.encrypt(protocol.pack_state(x, m, v), key)
         reply.content.array_records[name] = crypto.bundle_to_record(parts)
+    _report_seconds(reply, "cifer-encrypt-s", time.perf_counter() - t0)
     if len(info):
         reply.content.config_records[REPLY_RECORD] = info
 
@@ -172,12 +182,15 @@ def ckks_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
     try:
         key = private_key_for(context)
         config = _config(msg)
+        t0 = time.perf_counter()
         received, opt_state = _decrypt_incoming(msg, key, config)
+        decrypt_s = time.perf_counter() - t0
     except CiferError as exc:
         return _error_reply(msg, f"cannot decrypt the server's message: {exc}")
     reply = call_next(msg, context)
     if reply.has_error() or not msg.metadata.message_type.startswith(MessageType.TRAIN):
         return reply
+    _report_seconds(reply, "cifer-decrypt-s", decrypt_s)
     try:
         _encrypt_reply(reply, key, config, received, opt_state)
     except CiferError as exc:

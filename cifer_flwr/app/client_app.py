@@ -1,0 +1,70 @@
+"""Generic ClientApp: trains the configured task; encrypted through ``ckks_mod`` when asked."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import ClientAppCallable
+
+from cifer_flwr.experiment import client_runtime
+from cifer_flwr.mods import ckks_mod
+from cifer_flwr.topology.p2p import p2p_evaluate, p2p_train
+
+
+def encryption_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Apply ``ckks_mod`` when the run's config enables encryption.
+
+    p2p messages pass through: peers encrypt and decrypt their models themselves.
+    """
+    rt = client_runtime(context)
+    if msg.metadata.message_type.endswith(".p2p") or not rt.exp.encryption.enabled:
+        return call_next(msg, context)
+    return ckks_mod(msg, context, call_next)
+
+
+app = ClientApp(mods=[encryption_mod])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the task from the received (already decrypted) model."""
+    rt = client_runtime(context)
+    config: ConfigRecord = msg.content.config_records.get("config") or ConfigRecord()
+    arrays = {k: a.numpy() for k, a in msg.content.array_records["arrays"].items()}
+    server_round = int(cast(int, config.get("server-round", 0)))
+    mu = float(cast(float, config.get("proximal-mu", 0.0)))
+    settings = rt.settings(server_round, mu)
+    trained, loss = rt.task.train(arrays, rt.data, settings)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in trained.items()}),
+            "metrics": MetricRecord({"num-examples": len(rt.data.y_train), "train-loss": loss}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received (already decrypted) model on the local test split."""
+    rt = client_runtime(context)
+    arrays = {k: a.numpy() for k, a in msg.content.array_records["arrays"].items()}
+    loss, acc = rt.task.evaluate(arrays, rt.data)
+    metrics = MetricRecord({"num-examples": len(rt.data.y_test), "loss": loss, "accuracy": acc})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.train("p2p")
+def train_p2p(msg: Message, context: Context) -> Message:
+    """Peer-to-peer round: mix neighbours' models, train, keep the model locally."""
+    config = msg.content.config_records["config"]
+    server_round = int(cast(int, config["server-round"]))
+    return p2p_train(msg, context, client_runtime(context).peer(server_round))
+
+
+@app.evaluate("p2p")
+def evaluate_p2p(msg: Message, context: Context) -> Message:
+    """Peer-to-peer evaluation of this peer's own model."""
+    return p2p_evaluate(msg, context, client_runtime(context).peer(0))

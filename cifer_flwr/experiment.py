@@ -1,0 +1,184 @@
+"""One experiment on a Flower Grid: the code behind the generic ServerApp and ClientApp."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Context
+from flwr.serverapp import Grid
+
+from cifer_flwr import crypto
+from cifer_flwr.config import ExperimentConfig, compose, overrides_to_string
+from cifer_flwr.constants import NODE_CONFIG_PRIVATE_KEY
+from cifer_flwr.crypto.container import write_file_atomic
+from cifer_flwr.exceptions import ConfigError
+from cifer_flwr.tasks import (
+    TASKS,
+    Partition,
+    Task,
+    TrainSettings,
+    get_task,
+    load_dataset,
+    partition,
+)
+from cifer_flwr.topology.centralized import run_centralized
+from cifer_flwr.topology.p2p import PeerRuntime, run_p2p
+
+__all__ = [
+    "ClientRuntime",
+    "client_runtime",
+    "dataset_shape",
+    "initial_arrays",
+    "run_on_grid",
+    "write_results",
+]
+
+log = logging.getLogger(__name__)
+
+#: Run-config keys of the generic app (``flwr run ... --run-config "..."``).
+RC_OVERRIDES = "hydra-overrides"
+RC_RESULTS = "results-path"
+RC_PUBLIC_KEY = "public-key"
+RC_SAVE = "save-path"
+
+
+@lru_cache(maxsize=8)
+def dataset_shape(dataset: str) -> tuple[int, int]:
+    """(number of features, number of classes) of a dataset."""
+    x, y = load_dataset(dataset)
+    return int(x.shape[1]), int(y.max()) + 1
+
+
+def _task(exp: ExperimentConfig) -> Task:
+    model, dataset = TASKS[exp.task.name]
+    return get_task(model, dataset)
+
+
+def initial_arrays(exp: ExperimentConfig, seed: int | None = None) -> dict[str, np.ndarray]:
+    """The task's initial model for ``exp`` (plaintext; the strategy encrypts it)."""
+    features, classes = dataset_shape(exp.task.dataset)
+    return _task(exp).init_arrays(features, classes, exp.seed if seed is None else seed)
+
+
+def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def run_on_grid(
+    grid: Grid,
+    exp: ExperimentConfig,
+    *,
+    public_key: str | None = None,
+    save_path: str | None = None,
+    timeout: float | None = None,
+) -> dict[str, Any]:
+    """Run ``exp`` on a Grid (a real SuperLink or a test double) and return its results."""
+    t0 = time.perf_counter()
+    limit = exp.federation.timeout if timeout is None else timeout
+    if exp.topology.name.value == "p2p":
+        rounds = run_p2p(
+            grid,
+            num_peers=exp.federation.nodes,
+            num_rounds=exp.num_rounds,
+            graph=exp.topology.graph.value,
+            degree=exp.topology.degree,
+            mixing=exp.topology.mixing.value,
+            seed=exp.seed,
+            timeout=limit,
+        )
+        save_path = None
+    else:
+        rounds = run_centralized(
+            grid,
+            exp,
+            _record(initial_arrays(exp)),
+            public_key=public_key if exp.encryption.enabled else None,
+            save_path=save_path if exp.encryption.enabled else None,
+            timeout=limit,
+        )
+    return {
+        "config": overrides_to_string(exp),
+        "topology": exp.topology.name.value,
+        "strategy": exp.strategy.name.value,
+        "encrypted": exp.encryption.enabled,
+        "preset": exp.encryption.preset if exp.encryption.enabled else None,
+        "task": exp.task.name,
+        "nodes": exp.federation.nodes,
+        "rounds": rounds,
+        "final_model": save_path,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def write_results(path: str | os.PathLike[str], results: dict[str, Any]) -> Path:
+    """Write results as JSON atomically (the ServerApp's only output besides checkpoints)."""
+    return write_file_atomic(path, json.dumps(results, indent=2).encode("utf-8"))
+
+
+class ClientRuntime:
+    """Per-node state of the generic ClientApp: config, data, task and key (loaded once)."""
+
+    def __init__(self, exp: ExperimentConfig, node_config: dict[str, Any]) -> None:
+        self.exp = exp
+        try:
+            pid = int(node_config["partition-id"])
+            num = int(node_config.get("num-partitions", exp.federation.nodes))
+        except KeyError:
+            raise ConfigError(
+                'the SuperNode needs --node-config "partition-id=I num-partitions=N"'
+            ) from None
+        self.partition_id = pid
+        self.data: Partition = partition(
+            exp.task.dataset,
+            pid,
+            num,
+            partitioner=exp.partitioning.partitioner.value,
+            alpha=exp.partitioning.alpha,
+            seed=exp.seed,
+        )
+        self.task = _task(exp)
+        path = node_config.get(NODE_CONFIG_PRIVATE_KEY) or os.environ.get("CIFER_PRIVATE_KEY")
+        self.key = crypto.load_private_key(str(path)) if exp.encryption.enabled and path else None
+        if exp.encryption.enabled and self.key is None:
+            raise ConfigError("encryption is on but this SuperNode has no private-key node config.")
+
+    def settings(self, server_round: int, proximal_mu: float = 0.0) -> TrainSettings:
+        """Local training settings for one round (deterministic per node and round)."""
+        t = self.exp.task
+        return TrainSettings(
+            epochs=t.epochs,
+            learning_rate=t.learning_rate,
+            batch_size=t.batch_size,
+            proximal_mu=proximal_mu,
+            seed=self.exp.seed * 100_003 + self.partition_id * 1009 + server_round,
+        )
+
+    def peer(self, server_round: int) -> PeerRuntime:
+        """What the p2p handlers need; each peer starts from its own random model."""
+        return PeerRuntime(
+            self.task,
+            self.data,
+            self.settings(server_round),
+            self.key,
+            lambda: initial_arrays(self.exp, seed=self.exp.seed + 1 + self.partition_id),
+        )
+
+
+_RUNTIMES: dict[tuple[int, int, str], ClientRuntime] = {}
+
+
+def client_runtime(context: Context) -> ClientRuntime:
+    """The :class:`ClientRuntime` of this run and node (built on first use)."""
+    overrides = str(context.run_config.get(RC_OVERRIDES, ""))
+    key = (context.run_id, context.node_id, overrides)
+    if key not in _RUNTIMES:
+        exp = compose(overrides)
+        _RUNTIMES[key] = ClientRuntime(exp, dict(context.node_config))
+    return _RUNTIMES[key]

@@ -1,0 +1,43 @@
+"""Federated tasks (model + offline dataset) used by the Hydra launcher and the generic app."""
+
+from __future__ import annotations
+
+from cifer_flwr.exceptions import ConfigError
+from cifer_flwr.tasks.base import Arrays, Task, TrainSettings
+from cifer_flwr.tasks.data import Partition, load_dataset, partition
+
+__all__ = [
+    "TASKS",
+    "Arrays",
+    "Partition",
+    "Task",
+    "TrainSettings",
+    "get_task",
+    "load_dataset",
+    "partition",
+]
+
+#: Task names of the ``task/`` config group -> (model family, dataset).
+TASKS: dict[str, tuple[str, str]] = {
+    "digits-torch": ("torch", "digits"),
+    "digits-tensorflow": ("tensorflow", "digits"),
+    "breast-cancer-sklearn": ("sklearn", "breast-cancer"),
+    "mnist-torch": ("torch", "mnist"),
+}
+
+
+def get_task(model: str, dataset: str) -> Task:
+    """Return the task for a model family (``torch``, ``tensorflow``, ``sklearn``) and dataset."""
+    if model == "torch":
+        from cifer_flwr.tasks.torch_mlp import TorchMLP
+
+        return TorchMLP(dataset)
+    if model == "tensorflow":
+        from cifer_flwr.tasks.keras_mlp import KerasMLP
+
+        return KerasMLP(dataset)
+    if model == "sklearn":
+        from cifer_flwr.tasks.sklearn_logreg import SklearnLogReg
+
+        return SklearnLogReg(dataset)
+    raise ConfigError(f"unknown model family {model!r}; choose torch, tensorflow or sklearn.")

@@ -1,0 +1,80 @@
+"""Centralized vs peer-to-peer on digits, through the generic app and an in-process Grid."""
+
+import numpy as np
+import pytest
+
+from cifer_flwr.app.client_app import app as client_app
+from cifer_flwr.config import compose, overrides_to_string
+from cifer_flwr.experiment import run_on_grid
+from tests.strategies.harness import InProcessGrid
+
+
+def grid_for(exp, priv):
+    nodes = exp.federation.nodes
+    grid = InProcessGrid(
+        client_app,
+        {
+            n + 1: {"partition-id": n, "num-partitions": nodes, "private-key": str(priv)}
+            for n in range(nodes)
+        },
+    )
+    run_config = {"hydra-overrides": overrides_to_string(exp)}
+    for ctx in grid.contexts.values():
+        ctx.run_config = run_config
+    return grid
+
+
+def run(overrides, key_files, tamper=None):
+    priv, pub = key_files
+    exp = compose(overrides)
+    grid = grid_for(exp, priv)
+    grid.tamper = tamper
+    return run_on_grid(grid, exp, public_key=str(pub)), grid
+
+
+COMMON = "federation.nodes=4 seed=1"
+
+
+@pytest.mark.parametrize("encryption", ["ckks", "none"])
+def test_p2p_reaches_centralized_accuracy_and_consensus_shrinks(key_files, encryption):
+    central, _ = run(f"num_rounds=5 encryption={encryption} {COMMON}", key_files)
+    p2p, grid = run(
+        f"topology=p2p topology.graph=ring num_rounds=5 encryption={encryption} {COMMON}", key_files
+    )
+    acc_c = central["rounds"][-1]["accuracy"]
+    acc_p = p2p["rounds"][-1]["accuracy"]
+    assert acc_c > 0.85
+    assert acc_p >= acc_c - 0.05, (acc_p, acc_c)
+    dist = [r["consensus_distance"] for r in p2p["rounds"][1:]]
+    assert dist[-1] < 0.5 * dist[0], dist
+    # the relay never aggregates: every server->peer message carries only neighbours' models
+    for msg in grid.sent:
+        peers = [k for k in msg.content.array_records if k.startswith("peer.")]
+        assert len(peers) <= 2
+        if encryption == "ckks":
+            for k in peers:
+                assert all(a.stype.startswith("cifer.") for a in msg.content[k].values())
+
+
+def test_p2p_skips_a_dropped_peer(key_files):
+    def drop_peer_3(call, replies):
+        if call == 3:  # round 2 train
+            replies = [r for r in replies if r.metadata.src_node_id != 3]
+        return replies
+
+    res, grid = run(f"topology=p2p num_rounds=3 encryption=none {COMMON}", key_files, drop_peer_3)
+    assert res["rounds"][1]["dropped"] == [2]
+    assert res["rounds"][2]["peers"] == 4  # back in round 3, with its own model
+    # in round 3 the neighbours of peer index 2 received no model from it
+    round3 = [m for m in grid.sent if m.metadata.message_type == "train.p2p"][-4:]
+    assert all("peer.2" not in m.content.array_records for m in round3)
+    assert res["rounds"][-1]["accuracy"] > 0.5
+
+
+def test_centralized_results_have_bytes_and_timings(key_files):
+    res, _ = run(f"strategy=fedyogi num_rounds=2 {COMMON}", key_files)
+    row = res["rounds"][-1]
+    assert row["bytes_sent"] > 0 and row["bytes_received"] > 0
+    assert row["encrypt_s"] > 0 and row["aggregate_s"] > 0
+    assert res["encrypted"] and res["strategy"] == "fedyogi"
+    assert np.isfinite(row["accuracy"])
