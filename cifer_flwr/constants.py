@@ -55,3 +55,8 @@ REPLY_UPDATE_NORM: Final = "update-norm"
 PART_MODEL: Final = "model"
 PART_STATE: Final = "state"
 PART_CHECK: Final = "check"
+
+#: Container ``kind`` of a dataset encrypted for training (securetrain scenario 1).
+KIND_ENCRYPTED_DATASET: Final = "cifer.encrypted-dataset"
+#: Container ``kind`` of an encrypted logistic-regression model (securetrain).
+KIND_ENCRYPTED_MODEL: Final = "cifer.encrypted-model"

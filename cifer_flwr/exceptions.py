@@ -9,11 +9,15 @@ __all__ = [
     "CiferError",
     "CiphertextFormatError",
     "ConfigError",
+    "DatasetError",
+    "FeatureMismatchError",
     "KeyFileError",
     "KeyMismatchError",
     "KeyTypeError",
     "LayoutMismatchError",
+    "ModelFormatError",
     "NonFiniteError",
+    "OutputPathError",
     "UnknownPresetError",
     "UnsupportedOperationError",
     "ValueRangeError",
@@ -71,3 +75,19 @@ class UnsupportedOperationError(CiferError):
 
 class ConfigError(CiferError, ValueError):
     """An invalid configuration value (strategy argument, run config, Hydra option)."""
+
+
+class DatasetError(CiferError, ValueError):
+    """A dataset file cannot be used: unknown format, missing columns, NaN, text, one class."""
+
+
+class ModelFormatError(CiferError, ValueError):
+    """A model file is not a single-layer logistic-regression model cifer can read."""
+
+
+class FeatureMismatchError(CiferError, ValueError):
+    """A model and a dataset disagree on the number of features."""
+
+
+class OutputPathError(CiferError, ValueError):
+    """An output path that exists (without ``--force``) or has the wrong extension."""

@@ -1,0 +1,418 @@
+"""Homomorphic linear algebra on CKKS vectors, for training on encrypted data.
+
+The securetrain workflows need more than the additions of federated aggregation:
+ciphertext x ciphertext and ciphertext x plaintext products, polynomial evaluation and sums
+over slots (rotations). This module is the thin, typed layer over TenSEAL that provides them;
+everything above it (datasets, the training loop) is plain Python and never sees TenSEAL.
+
+Conventions
+-----------
+* Every :class:`Ciphertext` spans all ``slots`` of the ring (``N / 2`` values). Data that is
+  shorter is laid out *periodically*: a column of ``p`` values (``p`` a power of two dividing
+  ``slots``) is repeated ``slots / p`` times, so that :meth:`Ciphertext.window_sum` with
+  period ``p`` leaves the total of one period in **every** slot (no masking level needed).
+* A weight is a constant vector (the same value in every slot).
+* Every product (ciphertext or plaintext) is rescaled at once and costs one level;
+  additions are free. :attr:`Ciphertext.level` counts the levels already used.
+* Rotations need Galois keys for the steps ``1, 2, 4, ..., p / 2``;
+  :func:`generate_training_key` makes a key pair holding only those (a full set of Galois keys
+  for a deep ring would weigh gigabytes).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import tenseal as ts
+
+from cifer_flwr.crypto.keys import Key, fingerprint_of
+from cifer_flwr.crypto.params import CkksParams
+from cifer_flwr.exceptions import (
+    CiphertextFormatError,
+    KeyMismatchError,
+    NonFiniteError,
+    UnsupportedOperationError,
+    ValueRangeError,
+)
+
+__all__ = [
+    "Ciphertext",
+    "Plain",
+    "encrypt_constant",
+    "encrypt_periodic",
+    "estimate_public_key_bytes",
+    "generate_training_key",
+    "has_training_keys",
+    "periodic",
+    "rotation_steps",
+    "sum_all",
+]
+
+Plain = npt.NDArray[np.float64]
+
+
+# --------------------------------------------------------------------------- protobuf helpers
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    shift = value = 0
+    while True:
+        if pos >= len(data):
+            raise CiphertextFormatError("truncated protobuf varint in a TenSEAL object.")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _fields(data: bytes) -> list[tuple[int, int, bytes]]:
+    """Split a protobuf message into ``(field number, wire type, raw field bytes)``."""
+    out: list[tuple[int, int, bytes]] = []
+    pos = 0
+    while pos < len(data):
+        start = pos
+        tag, pos = _varint(data, pos)
+        wire = tag & 7
+        if wire == 0:
+            _, pos = _varint(data, pos)
+        elif wire == 2:
+            length, pos = _varint(data, pos)
+            pos += length
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise CiphertextFormatError(f"unexpected protobuf wire type {wire}.")
+        if pos > len(data):
+            raise CiphertextFormatError("truncated protobuf field in a TenSEAL object.")
+        out.append((tag >> 3, wire, data[start:pos]))
+    return out
+
+
+def _length_delimited(field_number: int, payload: bytes) -> bytes:
+    return _encode_varint(field_number << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+def _payload(raw_field: bytes) -> bytes:
+    _, pos = _varint(raw_field, 0)
+    length, pos = _varint(raw_field, pos)
+    return raw_field[pos : pos + length]
+
+
+def _with_size(serialized: bytes, size: int) -> bytes:
+    """Rewrite the logical ``size`` (field 1) of a serialized TenSEAL ``CKKSVector``.
+
+    TenSEAL keeps a logical length next to the ciphertext; ``sum`` sets it to 1 and binary
+    operations on different lengths "broadcast" with an extra masking level. All our vectors
+    span the whole ring, so we set the length explicitly instead.
+    """
+    parts = [raw for number, _, raw in _fields(serialized) if number != 1]
+    return _length_delimited(1, _encode_varint(size)) + b"".join(parts)
+
+
+# --------------------------------------------------------------------------------- key pairs
+
+
+def rotation_steps(max_period: int) -> list[int]:
+    """Rotation steps a window sum over ``max_period`` slots needs: ``1, 2, ..., p / 2``."""
+    if max_period < 1 or max_period & (max_period - 1):
+        raise ValueError(f"max_period must be a power of two, got {max_period}.")
+    return [1 << i for i in range(int(math.log2(max_period)))]
+
+
+def estimate_public_key_bytes(params: CkksParams, max_period: int) -> int:
+    """Rough size of a training public key: relinearization + one Galois key per step.
+
+    One key-switching key holds ``L - 1`` ciphertexts of ``L`` primes (``L`` primes in all);
+    SEAL's compression saves about a third.
+    """
+    primes = len(params.coeff_mod_bit_sizes)
+    per_key = (primes - 1) * 2 * params.poly_modulus_degree * primes * 8
+    keys = 1 + len(rotation_steps(max_period))
+    return int(per_key * keys * 0.65)
+
+
+def generate_training_key(params: CkksParams, *, max_period: int) -> Key:
+    """Generate a key pair able to train on encrypted data.
+
+    The public part holds the public key, relinearization keys and Galois keys for the
+    rotation steps ``1, 2, 4, ..., max_period / 2`` only. The private part holds the secret
+    key and the public key (no evaluation keys, so it loads fast: it only encrypts and
+    decrypts).
+
+    Parameters
+    ----------
+    params : CkksParams
+        Parameters with enough depth (see :func:`cifer_flwr.crypto.params.for_depth`).
+    max_period : int
+        Largest period (power of two, at most ``params.slots``) a window sum will use.
+
+    Returns
+    -------
+    Key
+        The private key; ``key.public()`` is what the computing party receives.
+
+    """
+    if max_period > params.slots:
+        raise ValueError(f"max_period {max_period} exceeds the {params.slots} slots.")
+    ctx = ts.context(
+        ts.SCHEME_TYPE.CKKS,
+        params.poly_modulus_degree,
+        coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+    )
+    ctx.global_scale = 2.0**params.scale_bits
+    ctx.generate_relin_keys()
+    two_n = 2 * params.poly_modulus_degree
+    galois = ts._ts_cpp.GaloisKeys()
+    generator = ts._ts_cpp.KeyGenerator(ctx.seal_context().data, ctx.secret_key().data)
+    generator.create_galois_keys([pow(3, s, two_n) for s in rotation_steps(max_period)], galois)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "galois"
+        galois.save(str(path))
+        galois_bytes = path.read_bytes()
+    public = ctx.serialize(
+        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=True
+    )
+    # TenSEALContextProto: 1 encryption parameters, 2 public part (5 = Galois keys).
+    top = _fields(public)
+    rebuilt = b""
+    for number, _, raw in top:
+        if number == 2:
+            rebuilt += _length_delimited(2, _payload(raw) + _length_delimited(5, galois_bytes))
+        else:
+            rebuilt += raw
+    private = ctx.serialize(
+        save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
+    )
+    return Key(params, fingerprint_of(rebuilt), True, rebuilt, private)
+
+
+def has_training_keys(key: Key) -> bool:
+    """Whether ``key``'s loaded context holds relinearization and Galois keys."""
+    ctx = key.context()
+    return bool(ctx.has_relin_keys() and ctx.has_galois_keys())
+
+
+# ------------------------------------------------------------------------------- ciphertexts
+
+
+def periodic(values: npt.ArrayLike, period: int, slots: int) -> Plain:
+    """Lay ``values`` out periodically: zero-pad to ``period`` and repeat to ``slots``.
+
+    Inverse: ``out[: len(values)]``.
+    """
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    if arr.size > period or slots % period:
+        raise ValueError(f"{arr.size} values do not fit a period of {period} in {slots} slots.")
+    padded = np.zeros(period)
+    padded[: arr.size] = arr
+    return np.tile(padded, slots // period)
+
+
+class Ciphertext:
+    """One CKKS ciphertext over all slots of the ring, with level bookkeeping.
+
+    Build with :func:`encrypt_periodic`, :func:`encrypt_constant` or :meth:`from_bytes`;
+    arithmetic returns new objects and never modifies its operands.
+    """
+
+    __slots__ = ("_vec", "key", "level")
+
+    def __init__(self, vec: Any, key: Key, level: int) -> None:
+        self._vec = vec
+        self.key = key
+        self.level = level
+
+    @property
+    def slots(self) -> int:
+        """Number of slots (``N / 2``)."""
+        return self.key.params.slots
+
+    @property
+    def levels_left(self) -> int:
+        """Multiplications still possible before the modulus is exhausted."""
+        return self.key.params.depth - self.level
+
+    def _check(self, other: Ciphertext) -> None:
+        if other.key.fingerprint != self.key.fingerprint:
+            raise KeyMismatchError(other.key.fingerprint, self.key.fingerprint, "ciphertext")
+
+    def _need_level(self, *levels: int) -> int:
+        level = max((self.level, *levels)) + 1
+        if level > self.key.params.depth:
+            raise UnsupportedOperationError(
+                f"multiplicative depth exhausted: this product needs level {level}, but the "
+                f"parameters ({self.key.params.name}) allow {self.key.params.depth}. Use "
+                "fewer iterations or a key made for more."
+            )
+        return level
+
+    def __add__(self, other: Ciphertext | float | Plain) -> Ciphertext:
+        """Sum with a ciphertext, a scalar or a full-length plaintext vector (no level)."""
+        if isinstance(other, Ciphertext):
+            self._check(other)
+            return Ciphertext(self._vec + other._vec, self.key, max(self.level, other.level))
+        if isinstance(other, np.ndarray):
+            self._check_plain(other)
+            return Ciphertext(self._vec + other.tolist(), self.key, self.level)
+        return Ciphertext(self._vec + float(other), self.key, self.level)
+
+    def _check_plain(self, other: Plain) -> None:
+        if other.shape != (self.slots,):
+            raise ValueError(f"plaintext of shape {other.shape}, expected ({self.slots},).")
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Ciphertext) -> Ciphertext:
+        self._check(other)
+        return Ciphertext(self._vec - other._vec, self.key, max(self.level, other.level))
+
+    def __mul__(self, other: Ciphertext | float | Plain) -> Ciphertext:
+        """Product with a ciphertext, a scalar or a full-length plaintext vector (one level)."""
+        if isinstance(other, Ciphertext):
+            self._check(other)
+            level = self._need_level(other.level)
+            return Ciphertext(self._vec * other._vec, self.key, level)
+        level = self._need_level()
+        if isinstance(other, np.ndarray):
+            self._check_plain(other)
+            return Ciphertext(self._vec * other.tolist(), self.key, level)
+        return Ciphertext(self._vec * float(other), self.key, level)
+
+    __rmul__ = __mul__
+
+    def square(self) -> Ciphertext:
+        """Elementwise square (one level)."""
+        return Ciphertext(self._vec.square(), self.key, self._need_level())
+
+    def window_sum(self, period: int) -> Ciphertext:
+        """Sum each window of ``period`` consecutive slots (cyclically) into every slot.
+
+        For periodic data of that period, every slot receives the total of one period.
+        Uses ``log2(period)`` rotations and no level.
+        """
+        if period == 1:
+            return self
+        sized = self._resized(period)
+        try:
+            summed = sized.sum()
+        except (ValueError, RuntimeError) as exc:
+            raise UnsupportedOperationError(
+                f"rotating the ciphertext failed ({exc}); the public key lacks the Galois "
+                f"keys for a period of {period} slots. Create the key pair for this many "
+                "samples (encrypt-dataset does) or with more rotations."
+            ) from exc
+        return Ciphertext(_resize(summed, self.slots, self.key), self.key, self.level)
+
+    def _resized(self, size: int) -> Any:
+        return _resize(self._vec, size, self.key)
+
+    def decrypt(self, key: Key) -> Plain:
+        """Decrypt all slots with the private ``key`` (inverse of :func:`encrypt_periodic`)."""
+        key.require_private("decrypt")
+        if key.fingerprint != self.key.fingerprint:
+            raise KeyMismatchError(self.key.fingerprint, key.fingerprint, "ciphertext")
+        vec = ts.ckks_vector_from(key.context(), self._vec.serialize())
+        return np.asarray(vec.decrypt(), dtype=np.float64)
+
+    def to_bytes(self) -> bytes:
+        """Serialize the ciphertext (no key material); inverse of :meth:`from_bytes`."""
+        return bytes(self._vec.serialize())
+
+    @classmethod
+    def from_bytes(cls, data: bytes, key: Key, level: int) -> Ciphertext:
+        """Load a ciphertext made under ``key`` (public suffices).
+
+        Raises
+        ------
+        CiphertextFormatError
+            When the bytes do not parse or the ciphertext does not span the ring.
+
+        """
+        try:
+            vec = ts.ckks_vector_from(key.context(), bytes(data))
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise CiphertextFormatError(
+                f"a ciphertext ({len(data)} bytes) does not parse: {exc}. The file is "
+                "truncated or corrupted, or was made with other parameters."
+            ) from exc
+        if vec.size() != key.params.slots:
+            raise CiphertextFormatError(
+                f"a ciphertext holds {vec.size()} values, expected {key.params.slots}."
+            )
+        return cls(vec, key, level)
+
+
+def _resize(vec: Any, size: int, key: Key) -> Any:
+    if vec.size() == size:
+        return vec
+    return ts.ckks_vector_from(key.context(), _with_size(vec.serialize(), size))
+
+
+def _encrypt(values: Plain, key: Key) -> Any:
+    _check_values(values, key)
+    vec = ts.ckks_vector(key.encryption_context(), values.tolist())
+    # Symmetric encryption (private keys) is less noisy; evaluation always uses one context.
+    vec.link_context(key.context())
+    return vec
+
+
+def encrypt_periodic(values: npt.ArrayLike, period: int, key: Key) -> Ciphertext:
+    """Encrypt ``values`` laid out by :func:`periodic` (inverse: ``decrypt()[:len(values)]``).
+
+    Raises
+    ------
+    NonFiniteError
+        For NaN or infinite values.
+    ValueRangeError
+        When a value exceeds the parameters' safe magnitude.
+
+    """
+    return Ciphertext(_encrypt(periodic(values, period, key.params.slots), key), key, 0)
+
+
+def encrypt_constant(value: float, key: Key) -> Ciphertext:
+    """Encrypt ``value`` into every slot (a weight); inverse: ``decrypt()[0]``."""
+    return Ciphertext(_encrypt(np.full(key.params.slots, float(value)), key), key, 0)
+
+
+def _check_values(values: Plain, key: Key) -> None:
+    if not np.all(np.isfinite(values)):
+        raise NonFiniteError("cannot encrypt NaN or infinite values.")
+    peak = float(np.abs(values).max(initial=0.0))
+    if peak > key.params.max_abs:
+        raise ValueRangeError(
+            f"a value of magnitude {peak:.6g} exceeds the safe range +-{key.params.max_abs:g} "
+            f"of parameters {key.params.name!r}; standardize the data first."
+        )
+
+
+def sum_all(items: Sequence[Ciphertext]) -> Ciphertext:
+    """Sum ciphertexts (no level); ``items`` must not be empty."""
+    if not items:
+        raise ValueError("sum_all() needs at least one ciphertext.")
+    acc = items[0]
+    for item in items[1:]:
+        acc = acc + item
+    return acc

@@ -1,0 +1,71 @@
+"""Offline encrypted-asset workflows between a data owner and a project owner.
+
+Scenario 1 (data privacy): the data owner encrypts her dataset; the project owner trains a
+logistic regression **on the ciphertexts** with only her public key and returns an encrypted
+model that only she can decrypt. Scenario 2 (model privacy): the project owner encrypts his
+model; the data owner trains it on her plaintext data against the encrypted weights and returns
+it, still encrypted, to him. No workflow ever needs a private key to leave its owner.
+"""
+
+from cifer_flwr.securetrain.algorithm import (
+    DEFAULT_ITERATIONS,
+    DEFAULT_LEARNING_RATE,
+    SIGMOID_COEFFS,
+    max_iterations,
+    nesterov_etas,
+    params_for_iterations,
+    sigmoid_poly,
+    train_plaintext,
+)
+from cifer_flwr.securetrain.data import Dataset, load_dataset, save_dataset, signed_design
+from cifer_flwr.securetrain.encrypted import (
+    EncryptedDataset,
+    EncryptedModel,
+    PlainDesign,
+    decrypt_model,
+    encrypt_dataset,
+    encrypt_model,
+    load_encrypted_dataset,
+    load_encrypted_model,
+    plain_design,
+    save_encrypted,
+    train_encrypted,
+)
+from cifer_flwr.securetrain.model import (
+    LogisticModel,
+    evaluate,
+    read_model,
+    roc_auc,
+    write_model,
+)
+
+__all__ = [
+    "DEFAULT_ITERATIONS",
+    "DEFAULT_LEARNING_RATE",
+    "SIGMOID_COEFFS",
+    "Dataset",
+    "EncryptedDataset",
+    "EncryptedModel",
+    "LogisticModel",
+    "PlainDesign",
+    "decrypt_model",
+    "encrypt_dataset",
+    "encrypt_model",
+    "evaluate",
+    "load_dataset",
+    "load_encrypted_dataset",
+    "load_encrypted_model",
+    "max_iterations",
+    "nesterov_etas",
+    "params_for_iterations",
+    "plain_design",
+    "read_model",
+    "roc_auc",
+    "save_dataset",
+    "save_encrypted",
+    "sigmoid_poly",
+    "signed_design",
+    "train_encrypted",
+    "train_plaintext",
+    "write_model",
+]

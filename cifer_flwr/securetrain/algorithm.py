@@ -1,0 +1,193 @@
+"""The training algorithm shared by the plaintext oracle and the encrypted trainer.
+
+Logistic regression by Nesterov-accelerated gradient *ascent* on the log-likelihood, with the
+sigmoid replaced by a degree-3 polynomial, as in Kim et al., "Secure logistic regression based on
+homomorphic encryption" (iDASH 2017 / JMIR Med. Inform. 2018):
+
+* ``Z = y' * [1, X]`` with ``y' = 2y - 1``; ``beta = [bias, weight...]``;
+* ``g = (lr / n) * Z^T sigma3(-Z v)``;  ``beta+ = v + g``;
+  ``v+ = (1 - eta_k) beta+ + eta_k beta``;
+* ``sigma3(x) = 0.5 + 0.15012 x - 0.001593 x^3`` (least-squares fit of the sigmoid on
+  [-8, 8]); ``eta_k = (1 - lambda_k) / lambda_{k+1}`` with ``lambda_1 = 1`` (FISTA).
+
+Each encrypted iteration costs three multiplicative levels (see :mod:`.encrypted`), so the
+CKKS parameters are chosen from the number of iterations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+
+from cifer_flwr.crypto.linalg import estimate_public_key_bytes
+from cifer_flwr.crypto.params import CkksParams, for_depth
+from cifer_flwr.exceptions import ConfigError, UnsupportedOperationError
+from cifer_flwr.securetrain.data import Dataset, signed_design
+from cifer_flwr.securetrain.model import LogisticModel
+
+__all__ = [
+    "DEFAULT_ITERATIONS",
+    "DEFAULT_LEARNING_RATE",
+    "LEVELS_PER_ITERATION",
+    "MAX_PUBLIC_KEY_BYTES",
+    "SCALE_BITS",
+    "SIGMOID_COEFFS",
+    "depth_for",
+    "iterations_for_depth",
+    "max_iterations",
+    "nesterov_etas",
+    "params_for_iterations",
+    "period_for",
+    "sigmoid_poly",
+    "train_plaintext",
+]
+
+#: ``(a0, a1, a3)`` of ``sigmoid(x) ~ a0 + a1 x + a3 x^3`` (least squares on [-8, 8]).
+SIGMOID_COEFFS: tuple[float, float, float] = (0.5, 0.15012, -0.001593)
+#: Multiplicative levels one encrypted iteration uses.
+LEVELS_PER_ITERATION = 3
+#: log2 of the CKKS scale; 35 bits keep sums over hundreds of samples accurate to ~1e-4.
+SCALE_BITS = 35
+DEFAULT_ITERATIONS = 3
+DEFAULT_LEARNING_RATE = 0.2
+#: Largest public key (relinearization + Galois keys) cifer will create: 2 GiB.
+MAX_PUBLIC_KEY_BYTES = 2 * 1024**3
+
+
+def sigmoid_poly(x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The degree-3 sigmoid approximation used by training (plaintext)."""
+    a0, a1, a3 = SIGMOID_COEFFS
+    t = np.asarray(x, dtype=np.float64)
+    return np.asarray(a0 + a1 * t + a3 * t**3, dtype=np.float64)
+
+
+def nesterov_etas(iterations: int) -> list[float]:
+    """Momentum weights ``eta_k`` of the iterations (``eta_0 = 0``, then negative)."""
+    lam = 1.0
+    etas = []
+    for _ in range(iterations):
+        nxt = (1.0 + math.sqrt(1.0 + 4.0 * lam * lam)) / 2.0
+        etas.append((1.0 - lam) / nxt)
+        lam = nxt
+    return etas
+
+
+def train_plaintext(
+    dataset: Dataset,
+    *,
+    iterations: int = DEFAULT_ITERATIONS,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    init: LogisticModel | None = None,
+    on_iteration: Callable[[int], None] | None = None,
+) -> LogisticModel:
+    """Train with the exact algorithm of the encrypted trainer, in plaintext (the oracle).
+
+    Parameters
+    ----------
+    dataset : Dataset
+        Standardized features and binary labels.
+    iterations : int
+        Nesterov iterations.
+    learning_rate : float
+        Step size ``lr`` (the gradient is averaged over samples).
+    init : LogisticModel, optional
+        Starting model; zeros by default.
+    on_iteration : callable, optional
+        Called with the iteration index after each iteration.
+
+    """
+    _check_hyper(iterations, learning_rate)
+    z = signed_design(dataset)
+    n = z.shape[0]
+    beta = (init or LogisticModel.zeros(dataset.num_features)).to_vector()
+    _check_features(beta.size - 1, dataset.num_features)
+    v = beta.copy()
+    for k, eta in enumerate(nesterov_etas(iterations)):
+        s = sigmoid_poly(-(z @ v))
+        g = (learning_rate / n) * (z.T @ s)
+        new_beta = v + g
+        v = (1.0 - eta) * new_beta + eta * beta
+        beta = new_beta
+        if on_iteration is not None:
+            on_iteration(k)
+    return LogisticModel.from_vector(beta)
+
+
+def _check_features(model_features: int, data_features: int) -> None:
+    if model_features != data_features:
+        from cifer_flwr.exceptions import FeatureMismatchError
+
+        raise FeatureMismatchError(
+            f"the model has {model_features} features but the data has {data_features}; "
+            "train the model on data with the same columns."
+        )
+
+
+def _check_hyper(iterations: int, learning_rate: float) -> None:
+    if iterations < 1:
+        raise ConfigError(f"--iterations must be at least 1, got {iterations}.")
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise ConfigError(f"--learning-rate must be a positive number, got {learning_rate}.")
+
+
+def depth_for(iterations: int) -> int:
+    """Multiplicative depth ``iterations`` encrypted iterations need."""
+    return LEVELS_PER_ITERATION * iterations
+
+
+def iterations_for_depth(depth: int) -> int:
+    """How many iterations fit into ``depth`` levels."""
+    return depth // LEVELS_PER_ITERATION
+
+
+def period_for(num_samples: int, slots: int) -> int:
+    """Samples per ciphertext period: the next power of two, at most ``slots``."""
+    return min(slots, 1 << max(0, math.ceil(math.log2(max(num_samples, 1)))))
+
+
+def _fits(iterations: int) -> tuple[CkksParams | None, int]:
+    try:
+        params = for_depth(depth_for(iterations), scale_bits=SCALE_BITS, name=f"train{iterations}")
+    except UnsupportedOperationError:
+        return None, 0
+    size = estimate_public_key_bytes(params, params.slots)
+    return (params if size <= MAX_PUBLIC_KEY_BYTES else None), size
+
+
+def max_iterations() -> int:
+    """Largest number of iterations cifer creates keys for (128-bit security, <= 2 GiB key)."""
+    k = 1
+    while _fits(k + 1)[0] is not None:
+        k += 1
+    return k
+
+
+def params_for_iterations(iterations: int) -> CkksParams:
+    """Smallest 128-bit-secure CKKS parameters for ``iterations`` encrypted iterations.
+
+    Raises
+    ------
+    UnsupportedOperationError
+        When no secure ring holds that depth with a public key of at most 2 GiB; the message
+        says how many iterations fit.
+
+    """
+    _check_hyper(iterations, 1.0)
+    params, size = _fits(iterations)
+    if params is None:
+        most = max_iterations()
+        detail = (
+            f"an estimated {size / 1024**3:.1f} GiB public key"
+            if size
+            else "a ring beyond N=32768 (no 128-bit-secure CKKS parameters exist)"
+        )
+        raise UnsupportedOperationError(
+            f"{iterations} encrypted iterations need multiplicative depth "
+            f"{depth_for(iterations)} ({LEVELS_PER_ITERATION} per iteration, no "
+            f"bootstrapping), which would take {detail}. At most {most} iterations fit; "
+            f"ask for --iterations {most} or fewer, and raise --learning-rate instead."
+        )
+    return params
