@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cifer_flwr.cli import bench, keys
+from cifer_flwr.cli import bench, keys, securetrain
 
 app = typer.Typer(
     name="cifer",
@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 keys.register(app)
 app.add_typer(bench.app, name="bench")
+app.add_typer(securetrain.app, name="securetrain")
 
 
 def main() -> None:

@@ -459,6 +459,8 @@ def train_encrypted(
     b = u  # current beta / s
     for k, eta in enumerate(etas):
         last = k == iterations - 1
+        if on_step is not None:
+            on_step(k, 0, d1)
         src, src_scale = (weights, model.scale) if k == 0 else (u, s)
         zt = [_scaled(col, src_scale) for col in columns]
         chunks = len(columns[0])

@@ -1,0 +1,206 @@
+"""File-level steps of the securetrain commands: output checks and key handling.
+
+The CLI only parses arguments and calls these functions (and those of :mod:`.encrypted`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cifer_flwr.crypto.keys import Key, load_key, load_public_key, write_key_pair
+from cifer_flwr.crypto.linalg import generate_training_key, has_training_keys
+from cifer_flwr.exceptions import KeyFileError, KeyTypeError, OutputPathError
+from cifer_flwr.securetrain.algorithm import (
+    DEFAULT_ITERATIONS,
+    iterations_for_depth,
+    params_for_iterations,
+    period_for,
+)
+from cifer_flwr.securetrain.model import MODEL_EXTENSIONS
+
+__all__ = [
+    "ENCRYPTED_EXTENSION",
+    "KeySetup",
+    "check_encrypted_output",
+    "check_plain_output",
+    "load_training_key",
+    "prepare_encryption_key",
+]
+
+ENCRYPTED_EXTENSION = ".enc"
+
+
+def _check_exists(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise OutputPathError(
+            f"{path} already exists; refusing to overwrite it. Pass --force to replace it or "
+            "choose another --output path."
+        )
+
+
+def check_encrypted_output(path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Validate the path of an encrypted result: ``.enc``, and new unless ``force``.
+
+    Raises
+    ------
+    OutputPathError
+        For a plaintext model extension (the result is encrypted: nobody but the key holder
+        can turn it into a ``.h5`` / ``.pt`` / ``.npz``), another extension, or an existing file.
+
+    """
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext in MODEL_EXTENSIONS:
+        raise OutputPathError(
+            f"{p} names a plaintext {ext} model, but this result is encrypted: only the "
+            "holder of the private key can decrypt it, so it cannot be written as "
+            f"{ext} here. Write {p.with_suffix(ENCRYPTED_EXTENSION)} instead; the key holder "
+            f"then runs `cifer securetrain decrypt-model --input-model "
+            f"{p.with_suffix(ENCRYPTED_EXTENSION)} --private-key PRIVATE.key "
+            f"--output-model {p}`."
+        )
+    if ext != ENCRYPTED_EXTENSION:
+        raise OutputPathError(
+            f"unknown extension {ext or '(none)'!r} for the encrypted output {p}; use .enc."
+        )
+    _check_exists(p, force)
+    return p
+
+
+def check_plain_output(path: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Validate the path of a decrypted model: ``.h5``, ``.pt`` or ``.npz``, new unless ``force``.
+
+    Raises
+    ------
+    OutputPathError
+        For ``.enc`` or an unknown extension, or an existing file.
+
+    """
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext not in MODEL_EXTENSIONS:
+        raise OutputPathError(
+            f"unknown model extension {ext or '(none)'!r} for {p}; a decrypted model is "
+            "written as .h5 (Keras), .pt (PyTorch state dict) or .npz."
+        )
+    _check_exists(p, force)
+    return p
+
+
+@dataclass(frozen=True)
+class KeySetup:
+    """The key to encrypt with and, when one was created, where its files went.
+
+    Attributes
+    ----------
+    key : Key
+        Key used to encrypt (private when just created, else as loaded).
+    private_path, public_path : Path or None
+        Files of a newly created pair (``None`` when an existing key was reused).
+
+    """
+
+    key: Key
+    private_path: Path | None = None
+    public_path: Path | None = None
+
+    @property
+    def created(self) -> bool:
+        """Whether a new key pair was written."""
+        return self.private_path is not None
+
+
+def prepare_encryption_key(
+    *,
+    public_key: str | os.PathLike[str] | None,
+    key_name: str | None,
+    keys_dir: str | os.PathLike[str] = "keys",
+    iterations: int = DEFAULT_ITERATIONS,
+    num_samples: int | None = None,
+) -> KeySetup:
+    """Return the key to encrypt a dataset or model with, creating a key pair if none is given.
+
+    Parameters
+    ----------
+    public_key : path-like, optional
+        Reuse this key file (a training key: relinearization + Galois keys).
+    key_name : str, optional
+        Name of a new pair: ``keys_dir/key_name/{public,private}.key``; without a name the
+        pair goes to ``keys_dir/{public,private}.key``.
+    keys_dir : path-like
+        Parent directory of new key pairs.
+    iterations : int
+        Encrypted iterations the key must support (picks the CKKS parameters).
+    num_samples : int, optional
+        Samples of the dataset to encrypt (fixes the rotations needed); rotations for all
+        slots when unknown (a model whose training data is not known yet).
+
+    Raises
+    ------
+    KeyFileError
+        When a pair exists at the target (never overwritten) or a reused key cannot train.
+    UnsupportedOperationError
+        When ``iterations`` exceed what a secure ring allows.
+
+    """
+    params = params_for_iterations(iterations)
+    if public_key is not None:
+        key = load_key(public_key)
+        _require_training(key, str(public_key), iterations)
+        return KeySetup(key)
+    directory = Path(keys_dir) / key_name if key_name else Path(keys_dir)
+    for name in ("private.key", "public.key"):
+        if (directory / name).exists():
+            raise KeyFileError(
+                f"{directory / name} already exists and keys are never overwritten. Reuse it "
+                f"with --public-key {directory / 'public.key'}, or create a new pair with "
+                "--key-name NAME."
+            )
+    period = params.slots if num_samples is None else period_for(num_samples, params.slots)
+    key = generate_training_key(params, max_period=period)
+    priv, pub = write_key_pair(key, directory)
+    return KeySetup(key, priv, pub)
+
+
+def _require_training(key: Key, source: str, iterations: int) -> None:
+    if not has_training_keys(key.public() if key.is_private else key):
+        raise KeyFileError(
+            f"{source} has no relinearization/rotation keys, so nobody can train with it; "
+            "let encrypt-dataset / encrypt-model create a training key pair (--key-name NAME)."
+        )
+    fit = iterations_for_depth(key.params.depth)
+    if fit < iterations:
+        raise KeyFileError(
+            f"{source} (parameters {key.params.name}, depth {key.params.depth}) supports at "
+            f"most {fit} encrypted iterations, {iterations} were asked. Pass --iterations "
+            f"{fit} or create a new key pair with --key-name NAME --iterations {iterations}."
+        )
+
+
+def load_training_key(path: str | os.PathLike[str]) -> Key:
+    """Load the public key a computing party trains with.
+
+    Raises
+    ------
+    KeyTypeError
+        When the file holds a private key (it must stay with its owner).
+    KeyFileError
+        When it cannot train (no relinearization or rotation keys).
+
+    """
+    try:
+        key = load_public_key(path, holder="the training party")
+    except KeyTypeError as exc:
+        raise KeyTypeError(
+            f"{path} is a private key. Training needs only the key holder's public key "
+            "(public.key); a private key must never be sent to anyone."
+        ) from exc
+    if not has_training_keys(key):
+        raise KeyFileError(
+            f"{path} has no relinearization/rotation keys, so it cannot train; the key holder "
+            "should create the pair with `cifer securetrain encrypt-dataset` or "
+            "`encrypt-model`."
+        )
+    return key
