@@ -31,7 +31,7 @@ _FEATURE_KEYS = ("X", "features", "x")
 _LABEL_KEYS = ("y", "labels", "Y")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Dataset:
     """Features and binary labels, validated.
 

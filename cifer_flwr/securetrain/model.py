@@ -34,7 +34,7 @@ __all__ = [
 MODEL_EXTENSIONS = (".h5", ".pt", ".npz")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LogisticModel:
     """``p(y=1 | x) = sigmoid(x . weight + bias)``.
 
