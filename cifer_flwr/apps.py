@@ -1,0 +1,447 @@
+"""Building blocks for Flower apps that can run encrypted or as a plaintext baseline.
+
+The examples under ``examples/`` use these so that their ``server_app.py`` and
+``client_app.py`` stay short and identical in shape:
+
+* :func:`make_strategy` turns run config (``strategy``, ``encryption``, ``public-key``, ...)
+  into one of our encrypted strategies, or Flower's own class of the same name when
+  ``encryption = false`` (the plaintext baseline of the comparison).
+* :class:`MeteredGrid` wraps the ServerApp's ``Grid`` and measures, per round, the payload
+  bytes sent and received, the wall time of the train and evaluate phases and the error
+  replies.
+* :func:`run_strategy` runs a strategy on a metered grid and writes the results file (JSON)
+  whose path comes from run config (``results-path``): the ServerApp runs in a subprocess of
+  the SuperLink, so a file is how results reach the person who started the run.
+* :func:`encryption_mod` is :func:`cifer_flwr.mods.ckks_mod` switched by run config
+  ``encryption`` and timed (``cifer-client-crypto-s`` in the reply metrics).
+
+Only key *paths* ever appear in run config; the ServerApp loads a public key only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.serverapp import Grid
+from flwr.serverapp import strategy as flwr_strategy
+from flwr.serverapp.strategy import Result, Strategy
+from flwr.supercore.run import Run
+
+from cifer_flwr import strategies
+from cifer_flwr.crypto.container import write_file_atomic
+from cifer_flwr.exceptions import ConfigError
+from cifer_flwr.mods import ckks_mod
+
+__all__ = [
+    "RESULTS_FORMAT",
+    "STRATEGIES",
+    "MeteredGrid",
+    "encryption_enabled",
+    "encryption_mod",
+    "make_strategy",
+    "run_strategy",
+    "save_plaintext_model",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``format`` field of the results JSON written by :func:`run_strategy`.
+RESULTS_FORMAT = "cifer.results/1"
+#: Strategy names accepted in run config ``strategy``.
+STRATEGIES = ("fedavg", "fedprox", "fedyogi", "fedadam", "fedadagrad", "securefed")
+#: Metric the :func:`encryption_mod` adds to replies: client seconds spent in CKKS.
+CLIENT_CRYPTO_METRIC = "cifer-client-crypto-s"
+
+_ENCRYPTED = {
+    "fedavg": strategies.FedAvg,
+    "fedprox": strategies.FedProx,
+    "fedyogi": strategies.FedYogi,
+    "fedadam": strategies.FedAdam,
+    "fedadagrad": strategies.FedAdagrad,
+    "securefed": strategies.SecureFed,
+}
+_PLAINTEXT = {
+    "fedavg": flwr_strategy.FedAvg,
+    "fedprox": flwr_strategy.FedProx,
+    "fedyogi": flwr_strategy.FedYogi,
+    "fedadam": flwr_strategy.FedAdam,
+    "fedadagrad": flwr_strategy.FedAdagrad,
+    # SecureFed's plaintext counterpart: FedAvg without the hardening
+    "securefed": flwr_strategy.FedAvg,
+}
+
+
+def encryption_enabled(run_config: Mapping[str, Any]) -> bool:
+    """Whether run config asks for encryption (``encryption``, default true)."""
+    value = run_config.get("encryption", True)
+    if isinstance(value, str):
+        return value.strip().lower() not in ("false", "0", "no", "off")
+    return bool(value)
+
+
+def _path_option(run_config: Mapping[str, Any], key: str) -> Path | None:
+    value = str(run_config.get(key, "") or "")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_absolute():
+        raise ConfigError(
+            f"run config '{key}' must be an absolute path (the ServerApp runs in a "
+            f"SuperLink subprocess with its own working directory); got {value!r}."
+        )
+    return path
+
+
+def make_strategy(run_config: Mapping[str, Any]) -> Strategy:
+    """Build the strategy that run config asks for.
+
+    Keys read (all optional except ``public-key`` when encrypting): ``strategy``
+    (one of :data:`STRATEGIES`, default ``fedavg``), ``encryption`` (default true),
+    ``public-key`` (absolute path to ``public.key``), ``save-path`` (absolute path of the
+    encrypted global model, rewritten every round), ``fraction-train``,
+    ``fraction-evaluate``, ``min-nodes``, ``server-lr`` (FedOpt ``eta``), ``proximal-mu``
+    (FedProx), ``min-cohort`` and ``clip-norm`` (SecureFed).
+
+    Returns
+    -------
+    Strategy
+        A :mod:`cifer_flwr.strategies` instance, or a :mod:`flwr.serverapp.strategy` one
+        when ``encryption`` is false.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown strategy, a missing or relative ``public-key`` path.
+
+    """
+    name = str(run_config.get("strategy", "fedavg")).lower()
+    if name not in _ENCRYPTED:
+        raise ConfigError(
+            f"run config strategy={name!r} is unknown; choose one of {', '.join(STRATEGIES)}."
+        )
+    min_nodes = int(run_config.get("min-nodes", 2))
+    common: dict[str, Any] = {
+        "fraction_train": float(run_config.get("fraction-train", 1.0)),
+        "fraction_evaluate": float(run_config.get("fraction-evaluate", 1.0)),
+        "min_train_nodes": min_nodes,
+        "min_evaluate_nodes": min_nodes,
+        "min_available_nodes": min_nodes,
+    }
+    if name in ("fedyogi", "fedadam", "fedadagrad"):
+        common["eta"] = float(run_config.get("server-lr", 0.01))
+    if name == "fedprox":
+        common["proximal_mu"] = float(run_config.get("proximal-mu", 0.1))
+    if not encryption_enabled(run_config):
+        return _PLAINTEXT[name](**common)  # type: ignore[no-any-return]
+    public_key = _path_option(run_config, "public-key")
+    if public_key is None:
+        raise ConfigError(
+            "encryption is on but run config 'public-key' is empty; pass the absolute path of "
+            "the federation's public.key, e.g. --run-config "
+            "'public-key=\"/abs/keys/NAME/public.key\"' (or set encryption=false)."
+        )
+    if name == "securefed":
+        common["min_cohort"] = int(run_config.get("min-cohort", 3))
+        clip = float(run_config.get("clip-norm", 0.0))
+        common["clip_norm"] = clip if clip > 0 else None
+    return _ENCRYPTED[name](  # type: ignore[no-any-return]
+        public_key=public_key, save_path=_path_option(run_config, "save-path"), **common
+    )
+
+
+def save_plaintext_model(path: str | os.PathLike[str], arrays: ArrayRecord) -> None:
+    """Write plaintext arrays as ``.npz`` (no pickle), atomically.
+
+    Used by the plaintext baseline so that its final model can be evaluated exactly like the
+    decrypted encrypted one.
+    """
+    import io
+
+    buf = io.BytesIO()
+    named: dict[str, Any] = {name: arr.numpy() for name, arr in arrays.items()}
+    np.savez(buf, allow_pickle=False, **named)
+    write_file_atomic(Path(path), buf.getvalue())
+
+
+def _payload_bytes(msg: Message) -> int:
+    if msg.has_error() or not msg.has_content():
+        return 0
+    return int(sum(rec.count_bytes() for rec in msg.content.array_records.values()))
+
+
+def _server_round(msg: Message) -> int:
+    for record in msg.content.config_records.values():
+        if "server-round" in record:
+            value = record["server-round"]
+            return int(value) if isinstance(value, int | float) else 0
+    return 0
+
+
+class MeteredGrid(Grid):
+    """A :class:`~flwr.serverapp.Grid` that measures what goes through it, per round.
+
+    For every ``send_and_receive`` it records, under the round number found in the messages'
+    config (``server-round``) and the message type (``train`` / ``evaluate``): the payload
+    bytes of all ``ArrayRecord`` s sent and received, the wall time, the number of replies
+    and the error replies ``(node id, reason)``.
+
+    Parameters
+    ----------
+    grid : Grid
+        The grid Flower gave the ServerApp.
+    poll_interval : float or None (default: 0.2)
+        Seconds between pulls for replies. Flower 1.41's own ``send_and_receive`` sleeps
+        3 s between pulls, which adds up to 3 s to every train and evaluate phase;
+        ``None`` keeps Flower's implementation.
+
+    """
+
+    def __init__(self, grid: Grid, *, poll_interval: float | None = 0.2) -> None:
+        self.inner = grid
+        self.poll_interval = poll_interval
+        self.rounds: dict[int, dict[str, Any]] = {}
+
+    # --- delegation -------------------------------------------------------------------
+    def set_run(self, run: Run) -> None:
+        """Delegate to the wrapped grid."""
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        """Delegate to the wrapped grid."""
+        return self.inner.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """Delegate to the wrapped grid."""
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Delegate to the wrapped grid."""
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Delegate to the wrapped grid."""
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Delegate to the wrapped grid."""
+        return self.inner.pull_messages(message_ids)
+
+    # --- metering ---------------------------------------------------------------------
+    def _exchange(self, messages: list[Message], timeout: float | None) -> list[Message]:
+        if self.poll_interval is None:
+            return list(self.inner.send_and_receive(messages, timeout=timeout))
+        pending = set(self.inner.push_messages(messages))
+        end = None if timeout is None else time.time() + timeout
+        replies: list[Message] = []
+        while pending and (end is None or time.time() < end):
+            got = list(self.inner.pull_messages(pending))
+            replies.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            if pending:
+                time.sleep(self.poll_interval)
+        return replies
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Send, receive, and record bytes, time and errors of this exchange."""
+        messages = list(messages)
+        if not messages:
+            return []
+        phase = (
+            "train"
+            if messages[0].metadata.message_type.startswith(MessageType.TRAIN)
+            else (
+                "evaluate"
+                if messages[0].metadata.message_type.startswith(MessageType.EVALUATE)
+                else "other"
+            )
+        )
+        server_round = _server_round(messages[0])
+        sent = sum(_payload_bytes(m) for m in messages)
+        t0 = time.time()
+        replies = self._exchange(messages, timeout)
+        t1 = time.time()
+        stats = self.rounds.setdefault(server_round, {})
+        stats[f"{phase}-start"] = t0
+        stats[f"{phase}-end"] = t1
+        stats[f"{phase}-s"] = t1 - t0
+        stats[f"{phase}-bytes-sent"] = sent
+        stats[f"{phase}-bytes-received"] = sum(_payload_bytes(r) for r in replies)
+        stats[f"{phase}-replies"] = len(replies)
+        stats[f"{phase}-expected"] = len(messages)
+        errors = stats.setdefault("errors", [])
+        for r in replies:
+            if r.has_error():
+                errors.append(
+                    {"node": r.metadata.src_node_id, "phase": phase, "reason": r.error.reason}
+                )
+        return replies
+
+
+def _metrics(record: Mapping[str, Any] | None) -> dict[str, Any]:
+    if record is None:
+        return {}
+    return {k: (v if isinstance(v, int | float) else list(v)) for k, v in record.items()}
+
+
+def _round_rows(
+    grid: MeteredGrid, result: Result, strategy: Strategy, num_rounds: int
+) -> list[dict[str, Any]]:
+    round_stats = getattr(strategy, "round_stats", {})
+    excluded = getattr(strategy, "excluded", {})
+    rows = []
+    for r in range(1, num_rounds + 1):
+        g = grid.rounds.get(r, {})
+        train = _metrics(result.train_metrics_clientapp.get(r))
+        evaluate = _metrics(result.evaluate_metrics_clientapp.get(r))
+        start = g.get("train-start")
+        end = g.get("evaluate-end", g.get("train-end"))
+        row: dict[str, Any] = {
+            "round": r,
+            "accuracy": evaluate.get("accuracy"),
+            "loss": evaluate.get("loss"),
+            "train-loss": train.get("train-loss"),
+            "round-s": (end - start) if start is not None and end is not None else None,
+            "train-s": g.get("train-s"),
+            "evaluate-s": g.get("evaluate-s"),
+            "bytes-sent": g.get("train-bytes-sent", 0) + g.get("evaluate-bytes-sent", 0),
+            "bytes-received": g.get("train-bytes-received", 0)
+            + g.get("evaluate-bytes-received", 0),
+            "train-bytes-sent": g.get("train-bytes-sent"),
+            "train-bytes-received": g.get("train-bytes-received"),
+            "aggregate-s": round_stats.get(r, {}).get("aggregate-s"),
+            "client-crypto-s": train.get(CLIENT_CRYPTO_METRIC),
+            "client-eval-crypto-s": evaluate.get(CLIENT_CRYPTO_METRIC),
+            "train-replies": g.get("train-replies"),
+            "errors": g.get("errors", []),
+            "excluded": [{"node": n, "reason": why} for n, why in excluded.get(r, [])],
+            "train-metrics": train,
+            "evaluate-metrics": evaluate,
+        }
+        rows.append(row)
+    return rows
+
+
+def run_strategy(
+    strategy: Strategy,
+    grid: Grid,
+    context: Context,
+    initial_arrays: ArrayRecord,
+    *,
+    train_config: ConfigRecord | None = None,
+    evaluate_config: ConfigRecord | None = None,
+    app_name: str = "",
+) -> Result:
+    """Run ``strategy`` on a :class:`MeteredGrid` and write the results file.
+
+    Run config read: ``num-server-rounds`` (default 3), ``results-path`` (absolute; no
+    file when empty), ``save-path`` (plaintext baseline: the final model as ``.npz``;
+    encrypted strategies write their encrypted model there themselves) and the keys
+    :func:`make_strategy` reads (copied into the results for reference).
+
+    The results JSON holds ``format``, ``app``, ``strategy``, ``encryption``,
+    ``num-rounds``, ``total-s``, ``status`` (``ok`` or ``error``) and ``rounds``: one row per
+    round with ``accuracy`` and ``loss`` (federated evaluation), ``train-loss``,
+    ``round-s``, ``train-s``, ``evaluate-s``, ``bytes-sent``, ``bytes-received`` (payload
+    bytes of all ArrayRecords, train and evaluate), ``aggregate-s`` (server-side ciphertext
+    aggregation), ``client-crypto-s`` (mean client time in CKKS for train), ``errors``
+    (error replies) and ``excluded`` (replies the encrypted strategy refused, with reasons).
+
+    Returns
+    -------
+    Result
+        Flower's result (its ``arrays`` are encrypted when encrypting).
+
+    """
+    cfg = context.run_config
+    num_rounds = int(cfg.get("num-server-rounds", 3))
+    results_path = _path_option(cfg, "results-path")
+    save_path = _path_option(cfg, "save-path")
+    encrypted = encryption_enabled(cfg)
+    metered = MeteredGrid(grid)
+    info: dict[str, Any] = {
+        "format": RESULTS_FORMAT,
+        "app": app_name,
+        "run-id": context.run_id,
+        "strategy": str(cfg.get("strategy", "fedavg")),
+        "strategy-class": f"{type(strategy).__module__}.{type(strategy).__name__}",
+        "encryption": encrypted,
+        "num-rounds": num_rounds,
+        "run-config": {k: v for k, v in cfg.items() if isinstance(v, bool | int | float | str)},
+        "save-path": str(save_path) if save_path else None,
+    }
+    key = getattr(strategy, "key", None)
+    if key is not None:
+        info["key-fingerprint"] = key.fingerprint
+        info["ckks-preset"] = key.params.name
+    t0 = time.time()
+    try:
+        result = strategy.start(
+            grid=metered,
+            initial_arrays=initial_arrays,
+            num_rounds=num_rounds,
+            train_config=train_config,
+            evaluate_config=evaluate_config,
+        )
+    except BaseException as exc:
+        info.update(status="error", error=f"{type(exc).__name__}: {exc}")
+        info["total-s"] = time.time() - t0
+        if results_path is not None:
+            write_file_atomic(results_path, json.dumps(info, indent=2).encode())
+        raise
+    if save_path is not None and not encrypted:
+        save_plaintext_model(save_path, result.arrays)
+    info["status"] = "ok"
+    info["total-s"] = time.time() - t0
+    info["rounds"] = _round_rows(metered, result, strategy, num_rounds)
+    if results_path is not None:
+        write_file_atomic(results_path, json.dumps(info, indent=2).encode())
+        log.info("wrote results to %s", results_path)
+    return result
+
+
+def encryption_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """:func:`~cifer_flwr.mods.ckks_mod` when run config ``encryption`` is on, else a no-op.
+
+    One ClientApp thus serves both the encrypted run and its plaintext baseline. When
+    encrypting, the seconds spent outside the user's function (decrypting, encrypting) are
+    added to the reply's metrics as ``cifer-client-crypto-s``.
+    """
+    if not encryption_enabled(context.run_config):
+        return call_next(msg, context)
+    inner = 0.0
+
+    def timed(m: Message, c: Context) -> Message:
+        nonlocal inner
+        t = time.perf_counter()
+        try:
+            return call_next(m, c)
+        finally:
+            inner += time.perf_counter() - t
+
+    t0 = time.perf_counter()
+    reply = ckks_mod(msg, context, timed)
+    crypto_s = time.perf_counter() - t0 - inner
+    if not reply.has_error():
+        for record in reply.content.metric_records.values():
+            record[CLIENT_CRYPTO_METRIC] = crypto_s
+            break
+    return reply

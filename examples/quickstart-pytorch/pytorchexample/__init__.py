@@ -1,0 +1,1 @@
+"""Encrypted federated learning with PyTorch on 8x8 digits (cifer-flwr quickstart)."""

@@ -1,0 +1,54 @@
+"""ClientApp: an ordinary Flower PyTorch client; ``encryption_mod`` adds CKKS around it.
+
+The SuperNode's node config gives ``partition-id``, ``num-partitions`` and ``private-key``
+(the path of the CKKS private key, read by the mod; it never leaves this machine).
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from cifer_flwr.apps import encryption_mod
+from pytorchexample import task
+
+torch.set_num_threads(1)
+
+# encryption_mod = cifer_flwr.mods.ckks_mod, switched off when run config encryption=false
+app = ClientApp(mods=[encryption_mod])
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg = context.run_config
+    model = task.make_model(cfg)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    data = task.load_data(cfg, context.node_config)
+    config = msg.content["config"]
+    server_round = int(config.get("server-round", 0))
+    partition = int(context.node_config.get("partition-id", 0))
+    loss = task.train(
+        model,
+        data.x_train,
+        data.y_train,
+        epochs=int(cfg["local-epochs"]),
+        lr=float(cfg["lr"]),
+        batch_size=int(cfg["batch-size"]),
+        seed=int(cfg["seed"]) * 10_000 + server_round * 100 + partition,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+    )
+    metrics = MetricRecord({"train-loss": loss, "num-examples": len(data.y_train)})
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    cfg = context.run_config
+    model = task.make_model(cfg)
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    data = task.load_data(cfg, context.node_config)
+    loss, accuracy = task.test(model, data.x_test, data.y_test)
+    metrics = MetricRecord({"loss": loss, "accuracy": accuracy, "num-examples": len(data.y_test)})
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

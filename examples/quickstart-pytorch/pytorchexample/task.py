@@ -1,0 +1,123 @@
+"""Model, data and training loops of the PyTorch quickstart (no Flower, no encryption here)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cifer_flwr.data import Dataset, Partition, load_dataset, load_partition
+
+# (num classes, image side) of the datasets this example knows
+SHAPES = {"digits": (10, 8), "mnist": (10, 28)}
+
+
+class Net(nn.Module):
+    """A small CNN: two 3x3 convolutions with pooling, then one linear layer."""
+
+    def __init__(self, num_classes: int = 10, side: int = 8) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(16 * (side // 4) ** 2, num_classes)
+        self.side = side
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.view(-1, 1, self.side, self.side)
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        return self.fc(x.flatten(1))
+
+
+def make_model(run_config: Mapping[str, Any]) -> Net:
+    """The model for run config ``dataset``, with deterministic initial weights (``seed``)."""
+    name = str(run_config.get("dataset", "digits"))
+    if name not in SHAPES:
+        raise ValueError(
+            f"dataset {name!r} is not an image dataset this example supports: {list(SHAPES)}"
+        )
+    torch.manual_seed(int(run_config.get("seed", 42)))
+    classes, side = SHAPES[name]
+    return Net(classes, side)
+
+
+@lru_cache(maxsize=2)
+def _dataset(name: str, seed: int) -> Dataset:
+    return load_dataset(name, seed=seed)
+
+
+def load_data(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Partition:
+    """This SuperNode's partition (node config ``partition-id`` / ``num-partitions``)."""
+    seed = int(run_config.get("seed", 42))
+    return load_partition(
+        _dataset(str(run_config.get("dataset", "digits")), seed),
+        int(node_config.get("partition-id", 0)),
+        int(node_config.get("num-partitions", 1)),
+        partitioner=str(run_config.get("partitioner", "iid")),
+        alpha=float(run_config.get("dirichlet-alpha", 0.5)),
+        seed=seed,
+    )
+
+
+def train(
+    model: Net,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    proximal_mu: float = 0.0,
+) -> float:
+    """Train with SGD (momentum 0.9); FedProx's proximal term when ``proximal_mu > 0``."""
+    gen = torch.Generator().manual_seed(seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    global_params = [p.detach().clone() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    model.train()
+    total, count = 0.0, 0
+    for _ in range(epochs):
+        order = torch.randperm(len(yt), generator=gen)
+        for start in range(0, len(yt), batch_size):
+            idx = order[start : start + batch_size]
+            opt.zero_grad()
+            loss = loss_fn(model(xt[idx]), yt[idx])
+            if proximal_mu > 0:
+                prox = sum(
+                    ((p - g) ** 2).sum()
+                    for p, g in zip(model.parameters(), global_params, strict=False)
+                )
+                loss = loss + proximal_mu / 2 * prox
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def test(model: Net, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Return ``(loss, accuracy)`` on ``(x, y)``."""
+    model.eval()
+    logits = model(torch.from_numpy(x))
+    loss = float(nn.functional.cross_entropy(logits, torch.from_numpy(y)))
+    accuracy = float((logits.argmax(1).numpy() == y).mean())
+    return loss, accuracy
+
+
+def evaluate_arrays(
+    arrays: Mapping[str, np.ndarray], run_config: Mapping[str, Any]
+) -> dict[str, float]:
+    """Evaluate plaintext model arrays (e.g. a decrypted final model) on the global test set."""
+    model = make_model(run_config)
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
+    ds = _dataset(str(run_config.get("dataset", "digits")), int(run_config.get("seed", 42)))
+    loss, accuracy = test(model, ds.x_test, ds.y_test)
+    return {"loss": loss, "accuracy": accuracy, "num-examples": float(len(ds.y_test))}
