@@ -224,7 +224,7 @@ def compose(overrides: list[str] | str = ()) -> ExperimentConfig:  # type: ignor
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=items)
     except HydraException as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc).split("\nConfig search path:")[0].strip()) from None
     return validate(cfg)
 
 

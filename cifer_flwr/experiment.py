@@ -104,6 +104,7 @@ def run_on_grid(
             timeout=limit,
         )
     return {
+        "status": "ok",
         "config": overrides_to_string(exp),
         "topology": exp.topology.name.value,
         "strategy": exp.strategy.name.value,

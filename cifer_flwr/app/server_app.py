@@ -26,12 +26,20 @@ def main(grid: Grid, context: Context) -> None:
     private key or a plaintext model.
     """
     cfg = context.run_config
-    exp = compose(str(cfg.get(RC_OVERRIDES, "")))
-    results = run_on_grid(
-        grid,
-        exp,
-        public_key=str(cfg[RC_PUBLIC_KEY]) if cfg.get(RC_PUBLIC_KEY) else None,
-        save_path=str(cfg[RC_SAVE]) if cfg.get(RC_SAVE) else None,
-    )
-    if cfg.get(RC_RESULTS):
-        write_results(str(cfg[RC_RESULTS]), results)
+    results_path = str(cfg.get(RC_RESULTS) or "")
+    try:
+        exp = compose(str(cfg.get(RC_OVERRIDES, "")))
+        results = run_on_grid(
+            grid,
+            exp,
+            public_key=str(cfg[RC_PUBLIC_KEY]) if cfg.get(RC_PUBLIC_KEY) else None,
+            save_path=str(cfg[RC_SAVE]) if cfg.get(RC_SAVE) else None,
+        )
+    except Exception as exc:
+        if results_path:
+            write_results(
+                results_path, {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
+            )
+        raise
+    if results_path:
+        write_results(results_path, results)

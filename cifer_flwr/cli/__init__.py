@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cifer_flwr.cli import bench, keys, securetrain
+from cifer_flwr.cli import bench, keys, run, securetrain
 
 app = typer.Typer(
     name="cifer",
@@ -15,6 +15,7 @@ app = typer.Typer(
 keys.register(app)
 app.add_typer(bench.app, name="bench")
 app.add_typer(securetrain.app, name="securetrain")
+run.register(app)
 
 
 def main() -> None:

@@ -17,7 +17,8 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 def fail(exc: BaseException) -> typer.Exit:
     """Print an error the user can act on and return the exit to raise."""
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    err_console.print("[bold red]error:[/]", end=" ")
+    err_console.print(str(exc), markup=False, highlight=False)
     return typer.Exit(code=2 if isinstance(exc, CiferError) else 1)
 
 

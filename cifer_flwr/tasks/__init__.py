@@ -22,6 +22,7 @@ TASKS: dict[str, tuple[str, str]] = {
     "digits-torch": ("torch", "digits"),
     "digits-tensorflow": ("tensorflow", "digits"),
     "breast-cancer-sklearn": ("sklearn", "breast-cancer"),
+    "digits-sklearn": ("sklearn", "digits"),
     "mnist-torch": ("torch", "mnist"),
 }
 

@@ -1,0 +1,170 @@
+"""Hydra entry point behind ``cifer run``: compose, validate, deploy on 127.0.0.1, collect.
+
+Each experiment writes into Hydra's output directory: ``config.yaml`` (the resolved,
+validated config; Hydra's own copy is in ``.hydra/``), ``metrics.json`` (per round: accuracy,
+loss, bytes, encryption and aggregation seconds), ``metrics.png`` and, for encrypted
+centralized runs, ``final_model.enc``. Key pairs go to ``keys/`` (private key 0600).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from cifer_flwr import crypto
+from cifer_flwr.config import CONF_DIR, ExperimentConfig, compose, overrides_to_string, validate
+from cifer_flwr.exceptions import CiferError, ConfigError
+from cifer_flwr.report import plot_runs
+
+__all__ = ["APP_DIR", "expand_sweep", "hydra_entry", "run_experiment", "validate_sweep"]
+
+log = logging.getLogger(__name__)
+
+#: The generic Flower app submitted with ``flwr run``.
+APP_DIR = Path(__file__).resolve().parent / "app"
+
+Progress = Callable[[str], None]
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """Expand Hydra sweep overrides (``a=1,2 b=x,y``) into every combination."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices = []
+    for o in parsed:
+        key = o.get_key_element()
+        values = (
+            list(o.sweep_string_iterator())
+            if o.is_sweep_override()
+            else [o.get_value_element_as_str()]
+        )
+        choices.append([f"{key}={v}" for v in values])
+    return [list(combo) for combo in itertools.product(*choices)]
+
+
+def validate_sweep(overrides: list[str], multirun: bool) -> list[ExperimentConfig]:
+    """Compose and validate every experiment a command line asks for, before anything starts.
+
+    Raises
+    ------
+    ConfigError
+        For the first invalid combination, naming the overrides and the valid choices.
+
+    """
+    combos = expand_sweep(overrides) if multirun else [overrides]
+    out = []
+    for combo in combos:
+        try:
+            out.append(compose(combo))
+        except ConfigError as exc:
+            raise ConfigError(f"{' '.join(combo) or '(defaults)'}: {exc}") from None
+    return out
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2))
+
+
+def run_experiment(
+    exp: ExperimentConfig, out_dir: Path, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Run one experiment on a fresh local deployment and write its outputs into ``out_dir``."""
+    from cifer_flwr.federation import up
+    from cifer_flwr.federation.runs import run_app
+
+    say = progress or (lambda msg: log.info("%s", msg))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(exp)))
+    private = public = None
+    if exp.encryption.enabled:
+        say(f"generating a CKKS key pair (preset {exp.encryption.preset})")
+        key = crypto.generate_key(exp.encryption.preset)
+        private, public = crypto.write_key_pair(key, out_dir / "keys", force=True)
+    if exp.federation.kind.value != "local":
+        raise ConfigError(
+            "federation=simulation needs Flower's simulation engine (Ray), which binds "
+            "non-loopback addresses; run it inside a loopback-only network namespace "
+            "(`unshare -n`) with `flwr run` and a simulation connection. `cifer run` "
+            "deploys locally (federation=local)."
+        )
+    say(f"starting a SuperLink and {exp.federation.nodes} SuperNodes on 127.0.0.1")
+    fed = up(
+        out_dir / "federation",
+        nodes=exp.federation.nodes,
+        tls=exp.federation.tls,
+        auth=exp.federation.auth,
+        private_key=private,
+        public_key=public,
+    )
+    try:
+        run_config: dict[str, str] = {"hydra-overrides": overrides_to_string(exp)}
+        if public is not None:
+            run_config["public-key"] = str(public.resolve())
+            if exp.topology.name.value == "centralized":
+                run_config["save-path"] = str((out_dir / "final_model.enc").resolve())
+        say(
+            f"running {exp.num_rounds} rounds ({exp.strategy.name.value}, {exp.topology.name.value})"
+        )
+        outcome = run_app(
+            fed,
+            APP_DIR,
+            run_config,
+            timeout=exp.federation.timeout,
+            results_path=out_dir / "results.json",
+            log_path=out_dir / "run.log",
+        )
+    finally:
+        say("stopping the federation")
+        fed.stop()
+    if not outcome.completed:
+        raise CiferError(
+            f"run {outcome.run_id} ended {outcome.status}: {'; '.join(outcome.errors)} "
+            f"(log: {outcome.log_path})"
+        )
+    results = dict(outcome.results or {})
+    _write_json(out_dir / "metrics.json", results)
+    plot_runs({"this run": results}, out_dir / "metrics.png")
+    shutil.rmtree(out_dir / "federation" / "home", ignore_errors=True)
+    return results
+
+
+def _hydra_main() -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig
+
+    @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
+    def main(cfg: DictConfig) -> float | None:
+        exp = validate(cfg)
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+        results = run_experiment(exp, out_dir, progress=lambda m: print(f"[cifer] {m}", flush=True))
+        last = results["rounds"][-1] if results.get("rounds") else {}
+        print(
+            f"[cifer] done: final accuracy {last.get('accuracy')}; outputs in {out_dir}", flush=True
+        )
+        acc = last.get("accuracy")
+        return None if acc is None else float(acc)
+
+    main()
+
+
+def hydra_entry(overrides: list[str], multirun: bool) -> None:
+    """Validate every requested experiment, then hand the command line to Hydra."""
+    validate_sweep(overrides, multirun)
+    argv = sys.argv
+    sys.argv = ["cifer run", *(["--multirun"] if multirun else []), *overrides]
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    try:
+        _hydra_main()
+    finally:
+        sys.argv = argv

@@ -1,0 +1,107 @@
+"""Plots and comparison tables of experiment results (``metrics.json`` files)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["find_runs", "plot_runs", "report", "table"]
+
+
+def _label(run: dict[str, Any]) -> str:
+    enc = f"ckks:{run.get('preset')}" if run.get("encrypted") else "plaintext"
+    return f"{run.get('strategy')} / {run.get('topology')} / {enc} / {run.get('task')}"
+
+
+def plot_runs(
+    runs: dict[str, dict[str, Any]], path: str | os.PathLike[str], title: str = ""
+) -> Path:
+    """Accuracy and loss per round of one or more runs, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, run in runs.items():
+        rows = run.get("rounds", [])
+        rounds = [r["round"] for r in rows]
+        ax_acc.plot(rounds, [r.get("accuracy") for r in rows], marker="o", label=name)
+        ax_loss.plot(rounds, [r.get("loss") for r in rows], marker="o", label=name)
+    ax_acc.set(xlabel="round", ylabel="accuracy", title="federated evaluation accuracy")
+    ax_loss.set(xlabel="round", ylabel="loss", title="federated evaluation loss")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+    ax_acc.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def find_runs(directory: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """All ``metrics.json`` under ``directory``, keyed by their folder relative to it."""
+    root = Path(directory)
+    runs = {}
+    for path in sorted(root.rglob("metrics.json")):
+        runs[str(path.parent.relative_to(root)) or "."] = json.loads(path.read_text())
+    return runs
+
+
+def _mean(values: list[Any]) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(runs: dict[str, dict[str, Any]]) -> str:
+    """A markdown table: final accuracy and loss, mean round time and bytes per round."""
+    lines = [
+        "| run | strategy | topology | encryption | final accuracy | final loss | "
+        "round s (mean) | MB sent / round | MB received / round |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, run in runs.items():
+        rows = run.get("rounds", [])
+        last = rows[-1] if rows else {}
+        enc = f"ckks ({run.get('preset')})" if run.get("encrypted") else "none"
+        sent = _mean([r.get("bytes_sent") for r in rows])
+        recv = _mean([r.get("bytes_received") for r in rows])
+        lines.append(
+            f"| {name} | {run.get('strategy')} | {run.get('topology')} | {enc} | "
+            f"{_fmt(last.get('accuracy'), '.4f')} | {_fmt(last.get('loss'), '.4f')} | "
+            f"{_fmt(_mean([r.get('round_s') for r in rows]), '.2f')} | "
+            f"{_fmt(None if sent is None else sent / 1e6, '.3f')} | "
+            f"{_fmt(None if recv is None else recv / 1e6, '.3f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def report(directory: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.png`` comparing every run under ``directory``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``directory`` holds no ``metrics.json``.
+
+    """
+    root = Path(directory)
+    runs = find_runs(root)
+    if not runs:
+        raise FileNotFoundError(
+            f"no metrics.json under {root}; point `cifer report` at a `cifer run -m` output "
+            "directory (multirun/DATE/TIME)."
+        )
+    md = root / "report.md"
+    md.write_text("# cifer experiment comparison\n\n" + table(runs))
+    png = plot_runs({f"{k}: {_label(v)}": v for k, v in runs.items()}, root / "report.png")
+    return md, png
