@@ -112,9 +112,8 @@ def run_experiment(
             run_config["public-key"] = str(public.resolve())
             if exp.topology.name.value == "centralized":
                 run_config["save-path"] = str((out_dir / "final_model.enc").resolve())
-        say(
-            f"running {exp.num_rounds} rounds ({exp.strategy.name.value}, {exp.topology.name.value})"
-        )
+        what = f"{exp.strategy.name.value}, {exp.topology.name.value}"
+        say(f"running {exp.num_rounds} rounds ({what})")
         outcome = run_app(
             fed,
             APP_DIR,
