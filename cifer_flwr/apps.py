@@ -13,7 +13,7 @@ The examples under ``examples/`` use these so that their ``server_app.py`` and
   whose path comes from run config (``results-path``): the ServerApp runs in a subprocess of
   the SuperLink, so a file is how results reach the person who started the run.
 * :func:`encryption_mod` is :func:`cifer_flwr.mods.ckks_mod` switched by run config
-  ``encryption`` and timed (``cifer-client-crypto-s`` in the reply metrics).
+  ``encryption``.
 
 Only key *paths* ever appear in run config; the ServerApp loads a public key only.
 """
@@ -58,8 +58,6 @@ log = logging.getLogger(__name__)
 RESULTS_FORMAT = "cifer.results/1"
 #: Strategy names accepted in run config ``strategy``.
 STRATEGIES = ("fedavg", "fedprox", "fedyogi", "fedadam", "fedadagrad", "securefed")
-#: Metric the :func:`encryption_mod` adds to replies: client seconds spent in CKKS.
-CLIENT_CRYPTO_METRIC = "cifer-client-crypto-s"
 
 _ENCRYPTED = {
     "fedavg": strategies.FedAvg,
@@ -312,6 +310,7 @@ def _round_rows(
         g = grid.rounds.get(r, {})
         train = _metrics(result.train_metrics_clientapp.get(r))
         evaluate = _metrics(result.evaluate_metrics_clientapp.get(r))
+        enc_s, dec_s = train.get("cifer-encrypt-s"), train.get("cifer-decrypt-s")
         start = g.get("train-start")
         end = g.get("evaluate-end", g.get("train-end"))
         row: dict[str, Any] = {
@@ -328,8 +327,9 @@ def _round_rows(
             "train-bytes-sent": g.get("train-bytes-sent"),
             "train-bytes-received": g.get("train-bytes-received"),
             "aggregate-s": round_stats.get(r, {}).get("aggregate-s"),
-            "client-crypto-s": train.get(CLIENT_CRYPTO_METRIC),
-            "client-eval-crypto-s": evaluate.get(CLIENT_CRYPTO_METRIC),
+            "client-encrypt-s": enc_s,
+            "client-decrypt-s": dec_s,
+            "client-crypto-s": None if enc_s is None else enc_s + (dec_s or 0.0),
             "train-replies": g.get("train-replies"),
             "errors": g.get("errors", []),
             "excluded": [{"node": n, "reason": why} for n, why in excluded.get(r, [])],
@@ -362,7 +362,8 @@ def run_strategy(
     round with ``accuracy`` and ``loss`` (federated evaluation), ``train-loss``,
     ``round-s``, ``train-s``, ``evaluate-s``, ``bytes-sent``, ``bytes-received`` (payload
     bytes of all ArrayRecords, train and evaluate), ``aggregate-s`` (server-side ciphertext
-    aggregation), ``client-crypto-s`` (mean client time in CKKS for train), ``errors``
+    aggregation), ``client-encrypt-s`` / ``client-decrypt-s`` / ``client-crypto-s`` (mean
+    client seconds in CKKS per train message, weighted by examples), ``errors``
     (error replies) and ``excluded`` (replies the encrypted strategy refused, with reasons).
 
     Returns
@@ -421,27 +422,8 @@ def run_strategy(
 def encryption_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """:func:`~cifer_flwr.mods.ckks_mod` when run config ``encryption`` is on, else a no-op.
 
-    One ClientApp thus serves both the encrypted run and its plaintext baseline. When
-    encrypting, the seconds spent outside the user's function (decrypting, encrypting) are
-    added to the reply's metrics as ``cifer-client-crypto-s``.
+    One ClientApp thus serves both the encrypted run and its plaintext baseline.
     """
     if not encryption_enabled(context.run_config):
         return call_next(msg, context)
-    inner = 0.0
-
-    def timed(m: Message, c: Context) -> Message:
-        nonlocal inner
-        t = time.perf_counter()
-        try:
-            return call_next(m, c)
-        finally:
-            inner += time.perf_counter() - t
-
-    t0 = time.perf_counter()
-    reply = ckks_mod(msg, context, timed)
-    crypto_s = time.perf_counter() - t0 - inner
-    if not reply.has_error():
-        for record in reply.content.metric_records.values():
-            record[CLIENT_CRYPTO_METRIC] = crypto_s
-            break
-    return reply
+    return ckks_mod(msg, context, call_next)

@@ -16,7 +16,10 @@ unless asked for.
 
 from __future__ import annotations
 
+import io
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -37,6 +40,8 @@ __all__ = [
 
 #: Names accepted by :func:`load_dataset` (``mnist`` needs flwr-datasets and the network).
 DATASETS = ("digits", "breast-cancer", "mnist")
+#: Environment variable overriding the cache directory of the bundled datasets.
+ENV_CACHE = "CIFER_DATA_CACHE"
 #: Names accepted by :func:`load_partition` (``non-iid`` is an alias of ``dirichlet``).
 PARTITIONERS = ("iid", "dirichlet", "non-iid")
 
@@ -136,6 +141,46 @@ def _load_mnist() -> Dataset:  # pragma: no cover - needs the network
     return Dataset("mnist", xtr_s, ytr, xte_s, yte, 10, (28, 28))
 
 
+def _cache_dir() -> Path:
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cifer-flwr"
+
+
+def _bundled(name: str) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """Raw ``(x, y)`` of a scikit-learn bundled dataset, cached as ``.npz``.
+
+    Importing scikit-learn takes seconds; a Flower ClientApp starts a fresh process for every
+    message, so the arrays are cached once (no pickle) and read with numpy afterwards.
+    """
+    cache = _cache_dir() / f"{name}.npz"
+    try:
+        with np.load(cache, allow_pickle=False) as data:
+            return data["x"].astype(np.float64), data["y"].astype(np.int64)
+    except (OSError, KeyError, ValueError):
+        pass
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+    else:
+        from sklearn.datasets import load_breast_cancer
+
+        bunch = load_breast_cancer()
+    x, y = np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target, dtype=np.int64)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.BytesIO()
+        np.savez(buf, x=x, y=y)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(buf.getvalue())
+        tmp.replace(cache)
+    except OSError:
+        pass  # read-only home: no cache, scikit-learn is imported each time
+    return x, y
+
+
 def load_dataset(name: str = "digits", *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """Load a built-in dataset, split it (stratified) and standardize it.
 
@@ -163,19 +208,15 @@ def load_dataset(name: str = "digits", *, test_fraction: float = 0.2, seed: int 
     """
     if name == "mnist":
         return _load_mnist()
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        x, y, classes, shape = bunch.data, bunch.target, 10, (8, 8)
-    elif name == "breast-cancer":
-        from sklearn.datasets import load_breast_cancer
-
-        bunch = load_breast_cancer()
-        x, y, classes, shape = bunch.data, bunch.target, 2, None
-    else:
+    shapes: dict[str, tuple[int, tuple[int, int] | None]] = {
+        "digits": (10, (8, 8)),
+        "breast-cancer": (2, None),
+    }
+    if name not in shapes:
         raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
-    xtr, ytr, xte, yte = _split(np.asarray(x, dtype=np.float64), np.asarray(y), test_fraction, seed)
+    classes, shape = shapes[name]
+    x, y = _bundled(name)
+    xtr, ytr, xte, yte = _split(x, y, test_fraction, seed)
     xtr_s, xte_s = _standardize(xtr, xte)
     return Dataset(name, xtr_s, ytr, xte_s, yte, classes, shape)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cifer_flwr.cli import bench, keys, run, securetrain
+from cifer_flwr.cli import bench, demo, federation, keys, run, securetrain
 
 app = typer.Typer(
     name="cifer",
@@ -16,6 +16,8 @@ keys.register(app)
 app.add_typer(bench.app, name="bench")
 app.add_typer(securetrain.app, name="securetrain")
 run.register(app)
+app.add_typer(federation.app, name="federation")
+app.command("demo")(demo.demo)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""Encrypted federated logistic regression with scikit-learn (cifer-flwr quickstart)."""

@@ -1,0 +1,102 @@
+"""Logistic regression (scikit-learn's SGDClassifier with log loss) and its numpy parameters."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model import SGDClassifier
+from sklearn.metrics import log_loss
+
+from cifer_flwr.data import Dataset, Partition, load_dataset, load_partition
+
+# (num features, num classes) of the datasets this example knows
+SHAPES = {"breast-cancer": (30, 2), "digits": (64, 10), "mnist": (784, 10)}
+
+
+def _shape(run_config: Mapping[str, Any]) -> tuple[int, int]:
+    name = str(run_config.get("dataset", "breast-cancer"))
+    if name not in SHAPES:
+        raise ValueError(f"dataset {name!r} is not one of {list(SHAPES)}")
+    return SHAPES[name]
+
+
+def make_model(run_config: Mapping[str, Any]) -> SGDClassifier:
+    """Logistic regression trained by SGD, with ``local-epochs`` passes per round."""
+    return SGDClassifier(
+        loss="log_loss",
+        learning_rate="constant",
+        eta0=float(run_config.get("lr", 0.01)),
+        alpha=1e-4,
+        random_state=int(run_config.get("seed", 42)),
+    )
+
+
+def initial_params(run_config: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Zero weights (binary problems have one row of coefficients, as in scikit-learn)."""
+    features, classes = _shape(run_config)
+    rows = 1 if classes == 2 else classes
+    return {
+        "coef": np.zeros((rows, features), dtype=np.float64),
+        "intercept": np.zeros(rows, dtype=np.float64),
+    }
+
+
+def set_params(model: SGDClassifier, params: Mapping[str, np.ndarray], classes: int) -> None:
+    """Put numpy parameters into the model (also before its first fit)."""
+    model.classes_ = np.arange(classes)
+    model.coef_ = np.array(params["coef"], dtype=np.float64)
+    model.intercept_ = np.array(params["intercept"], dtype=np.float64)
+
+
+def get_params(model: SGDClassifier) -> dict[str, np.ndarray]:
+    """The model's parameters as named numpy arrays (what travels, encrypted)."""
+    return {"coef": model.coef_.copy(), "intercept": model.intercept_.copy()}
+
+
+@lru_cache(maxsize=2)
+def _dataset(name: str, seed: int) -> Dataset:
+    return load_dataset(name, seed=seed)
+
+
+def load_data(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Partition:
+    """This SuperNode's partition (node config ``partition-id`` / ``num-partitions``)."""
+    seed = int(run_config.get("seed", 42))
+    return load_partition(
+        _dataset(str(run_config.get("dataset", "breast-cancer")), seed),
+        int(node_config.get("partition-id", 0)),
+        int(node_config.get("num-partitions", 1)),
+        partitioner=str(run_config.get("partitioner", "iid")),
+        alpha=float(run_config.get("dirichlet-alpha", 0.5)),
+        seed=seed,
+    )
+
+
+def train(model: SGDClassifier, x: np.ndarray, y: np.ndarray, epochs: int, classes: int) -> None:
+    """``epochs`` passes of SGD from the current parameters (missing classes are fine)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(epochs):
+            model.partial_fit(x, y, classes=np.arange(classes))
+
+
+def test(model: SGDClassifier, x: np.ndarray, y: np.ndarray, classes: int) -> tuple[float, float]:
+    """Return ``(log loss, accuracy)``."""
+    proba = model.predict_proba(x)
+    loss = float(log_loss(y, proba, labels=np.arange(classes)))
+    return loss, float((model.predict(x) == y).mean())
+
+
+def evaluate_arrays(
+    arrays: Mapping[str, np.ndarray], run_config: Mapping[str, Any]
+) -> dict[str, float]:
+    """Evaluate plaintext parameters (e.g. a decrypted final model) on the global test set."""
+    _, classes = _shape(run_config)
+    model = make_model(run_config)
+    set_params(model, arrays, classes)
+    ds = _dataset(str(run_config.get("dataset", "breast-cancer")), int(run_config.get("seed", 42)))
+    loss, accuracy = test(model, ds.x_test, ds.y_test, classes)
+    return {"loss": loss, "accuracy": accuracy, "num-examples": float(len(ds.y_test))}

@@ -1,0 +1,1 @@
+"""Encrypted federated learning with Keras (cifer-flwr quickstart)."""

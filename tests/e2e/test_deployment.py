@@ -1,0 +1,175 @@
+"""The PyTorch example on a real deployment: SuperLink + SuperNodes, TLS, node authentication.
+
+One federation (module fixture) serves every test; its teardown stops every process by PID.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifer_flwr import crypto
+from cifer_flwr.demo import decrypt_final_model, evaluate_with_example, find_example
+from cifer_flwr.federation import Federation, up
+from cifer_flwr.federation.audit import find_secret_key
+from cifer_flwr.federation.processes import descendants, is_alive
+from cifer_flwr.federation.runs import run_app
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.e2e
+
+ROUNDS = 3
+EXAMPLE = find_example("quickstart-pytorch")
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("keys")
+    priv, pub = crypto.write_key_pair(crypto.generate_key("default"), d / "fed")
+    wrong, _ = crypto.write_key_pair(crypto.generate_key("default"), d / "other")
+    return priv, pub, wrong
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, keys):
+    priv, pub, _ = keys
+    fed = up(
+        tmp_path_factory.mktemp("fed") / "federation",
+        nodes=2,
+        tls=True,
+        auth=True,
+        private_key=priv,
+        public_key=pub,
+    )
+    try:
+        yield fed
+    finally:
+        fed.stop()
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def _run(fed: Federation, name: str, **config):
+    out = fed.directory.parent / name
+    outcome = run_app(
+        fed,
+        EXAMPLE,
+        {"num-server-rounds": ROUNDS, **config},
+        timeout=400,
+        results_path=out.with_suffix(".json"),
+    )
+    assert outcome.status == "finished:completed", (outcome.status, outcome.log_path)
+    assert outcome.completed, outcome.errors
+    return outcome.results
+
+
+def test_tls_and_auth_are_on(deployment):
+    assert deployment.tls and deployment.auth
+    assert deployment.address.startswith("127.0.0.1:")
+    args = deployment.processes[0].args
+    assert "--enable-supernode-auth" in args and "--ssl-certfile" in args
+    assert "--insecure" not in args
+    assert all(p.role != "superlink" or "--insecure" not in p.args for p in deployment.processes)
+
+
+def test_unregistered_supernode_is_refused(deployment):
+    node = deployment.start_supernode(0, role="unregistered", register=False)
+    deadline = time.monotonic() + 60
+    while is_alive(node.pid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not is_alive(node.pid), "a SuperNode with an unregistered key kept running"
+    log = Path(node.log).read_text()
+    assert "Failed to activate SuperNode" in log or "305" in log, log[-2000:]
+    online = [n for n in deployment.nodes() if n.get("status") == "online"]
+    assert len(online) == 2
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedyogi"])
+def test_encrypted_run_matches_plaintext(deployment, keys, strategy):
+    priv, pub, _ = keys
+    model = deployment.directory.parent / f"{strategy}.enc"
+    plain_model = deployment.directory.parent / f"{strategy}-plain.npz"
+    enc = _run(
+        deployment,
+        f"{strategy}-enc",
+        strategy=strategy,
+        encryption=True,
+        **{"public-key": str(pub), "save-path": str(model)},
+    )
+    plain = _run(
+        deployment,
+        f"{strategy}-plain",
+        strategy=strategy,
+        encryption=False,
+        **{"save-path": str(plain_model)},
+    )
+    assert enc["encryption"] and not plain["encryption"]
+    assert enc["strategy-class"].startswith("cifer_flwr.strategies")
+    assert plain["strategy-class"].startswith("flwr.serverapp.strategy")
+    for rows in (enc["rounds"], plain["rounds"]):
+        assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
+        assert all(r["errors"] == [] and r["excluded"] == [] for r in rows)
+        assert all(r["train-replies"] == 2 for r in rows)
+    # ciphertexts are bigger than the plaintext model, and the server only ever added them
+    assert enc["rounds"][0]["bytes-sent"] > 2 * plain["rounds"][0]["bytes-sent"]
+    assert all(r["aggregate-s"] is not None for r in enc["rounds"])
+
+    run_config = enc["run-config"]
+    decrypted = evaluate_with_example(EXAMPLE, decrypt_final_model(model, priv), run_config)
+    baseline = evaluate_with_example(EXAMPLE, _load_npz(plain_model), run_config)
+    assert abs(decrypted["accuracy"] - baseline["accuracy"]) <= 0.02, (decrypted, baseline)
+    assert decrypted["accuracy"] > 0.5
+    # per-round federated accuracy agrees too
+    for e, p in zip(enc["rounds"], plain["rounds"], strict=True):
+        assert abs(e["accuracy"] - p["accuracy"]) <= 0.02
+
+    # nothing the server side can read holds the secret key
+    fed = deployment.directory
+    server_side = [
+        fed / "home" / "superlink",
+        fed / "logs" / "superlink.log",
+        fed / "flwr-home",
+        fed.parent / f"{strategy}-enc.json",
+        fed.parent / f"{strategy}-enc.log",
+        model,
+    ]
+    hits, scanned = find_secret_key(server_side, priv)
+    assert scanned >= 5 and hits == []
+    # the scan does find the key where it is (the check is not vacuous)
+    assert find_secret_key([priv], priv)[0] == [priv]
+
+
+def test_wrong_private_key_is_excluded_and_run_completes(deployment, keys):
+    _, pub, wrong = keys
+    deployment.start_supernode(1, role="wrong-key", private_key=wrong)
+    deployment.wait_nodes_online(3, timeout=60)
+    res = _run(
+        deployment,
+        "wrong-key",
+        strategy="fedavg",
+        encryption=True,
+        **{"num-server-rounds": 2, "public-key": str(pub)},
+    )
+    for row in res["rounds"]:
+        reasons = [e["reason"] for e in row["excluded"]]
+        assert len(reasons) == 1, row
+        assert "key" in reasons[0].lower() and "fingerprint" in reasons[0].lower(), reasons
+        assert row["train-replies"] == 3
+        assert row["accuracy"] is not None
+    assert res["rounds"][-1]["accuracy"] > 0.5
+
+
+def test_teardown_stops_every_process(deployment):
+    pids = [p.pid for p in deployment.processes]
+    family = pids + descendants(pids)
+    assert any(is_alive(p) for p in pids)
+    deployment.stop()
+    assert [p for p in family if is_alive(p)] == []
+    assert not any(deployment.alive().values())
