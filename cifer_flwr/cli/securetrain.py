@@ -22,10 +22,13 @@ from cifer_flwr.cli._common import console, err_console, fail
 from cifer_flwr.crypto.keys import load_private_key
 from cifer_flwr.exceptions import CiferError, ConfigError
 from cifer_flwr.securetrain.encrypted import EncryptedDataset, PlainDesign
+from cifer_flwr.securetrain.model import write_arrays
 from cifer_flwr.securetrain.workflow import (
     KeySetup,
     check_encrypted_output,
     check_plain_output,
+    decrypt_federated_model,
+    is_federated_model,
     load_training_key,
     prepare_encryption_key,
 )
@@ -305,12 +308,24 @@ def decrypt_model_cmd(
 ) -> None:
     """Decrypt a model encrypted under your key and save it as .h5 (Keras), .pt or .npz.
 
+    Also decrypts the encrypted global model a federated strategy saved (save_path=), into
+    .npz or .pt named arrays (FedOpt's pending server step is applied first).
+
     Example: cifer securetrain decrypt-model --input-model ./bob/encrypted_prj2_trained_model.enc
     --private-key ./keys/alice_private.key --output-model ./bob/final_model_decrypted.h5
     """
     try:
         out = check_plain_output(output_model, force=force)
         key = load_private_key(private_key)
+        if is_federated_model(input_model):
+            arrays = decrypt_federated_model(input_model, key)
+            write_arrays(arrays, out)
+            console.print(
+                f"decrypted a federated model ({len(arrays)} arrays: "
+                f"{', '.join(list(arrays)[:4])}{'...' if len(arrays) > 4 else ''}) -> {out}",
+                highlight=False,
+            )
+            return
         enc = st.load_encrypted_model(input_model, key)
         with _bars(quiet) as bar:
             step = bar("decrypting", 1)

@@ -28,6 +28,7 @@ __all__ = [
     "evaluate",
     "read_model",
     "roc_auc",
+    "write_arrays",
     "write_model",
 ]
 
@@ -287,6 +288,43 @@ def write_model(model: LogisticModel, path: str | os.PathLike[str]) -> Path:
         else:
             with tmp.open("wb") as fh:
                 np.savez(fh, weight=model.weight.reshape(1, -1), bias=np.array([model.bias]))
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return p
+
+
+def write_arrays(arrays: dict[str, npt.NDArray[Any]], path: str | os.PathLike[str]) -> Path:
+    """Write named arrays (a federated model) as ``.npz`` or a PyTorch ``.pt`` state dict.
+
+    Raises
+    ------
+    ModelFormatError
+        For ``.h5``: a Keras file needs the model's architecture, which an encrypted
+        federated model does not carry; write ``.npz`` or ``.pt`` and load the weights
+        into your own model.
+
+    """
+    p = Path(path)
+    ext = _extension(p)
+    if ext == ".h5":
+        raise ModelFormatError(
+            f"{p}: a federated model holds named weight arrays, not a Keras architecture, so "
+            "it cannot be written as .h5; use .npz (np.load) or .pt (torch state dict) and "
+            "load the weights into your model."
+        )
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.stem}.tmp{ext}")
+    try:
+        if ext == ".pt":
+            import torch
+
+            torch.save(
+                {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, tmp
+            )
+        else:
+            with tmp.open("wb") as fh:
+                np.savez(fh, allow_pickle=False, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, p)
     finally:
         tmp.unlink(missing_ok=True)

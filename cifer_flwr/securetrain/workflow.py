@@ -8,10 +8,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
 
 from cifer_flwr.crypto.keys import Key, load_key, load_public_key, write_key_pair
 from cifer_flwr.crypto.linalg import generate_training_key, has_training_keys
-from cifer_flwr.exceptions import KeyFileError, KeyTypeError, OutputPathError
+from cifer_flwr.exceptions import CiferError, KeyFileError, KeyTypeError, OutputPathError
 from cifer_flwr.securetrain.algorithm import (
     DEFAULT_ITERATIONS,
     iterations_for_depth,
@@ -25,6 +28,8 @@ __all__ = [
     "KeySetup",
     "check_encrypted_output",
     "check_plain_output",
+    "decrypt_federated_model",
+    "is_federated_model",
     "load_training_key",
     "prepare_encryption_key",
 ]
@@ -204,3 +209,34 @@ def load_training_key(path: str | os.PathLike[str]) -> Key:
             "`encrypt-model`."
         )
     return key
+
+
+def is_federated_model(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds an encrypted *federated* global model (a strategy's ``save_path``).
+
+    Reads only the public container header; no key is needed.
+    """
+    from cifer_flwr.constants import KIND_ENCRYPTED_ARRAYS, KIND_ENCRYPTED_BUNDLE
+    from cifer_flwr.crypto import container
+
+    p = Path(path)
+    if not p.is_file():
+        return False
+    try:
+        header, _ = container.read_file(p)
+    except CiferError:
+        return False
+    return header.get("kind") in (KIND_ENCRYPTED_ARRAYS, KIND_ENCRYPTED_BUNDLE)
+
+
+def decrypt_federated_model(path: str | os.PathLike[str], key: Key) -> dict[str, npt.NDArray[Any]]:
+    """Decrypt a strategy's encrypted global model into named arrays (key holders only).
+
+    For FedYogi / FedAdam / FedAdagrad the last round's pending server step is applied
+    first (DESIGN.md §4.3), so the result is the model Flower's plaintext strategy returns.
+    """
+    from cifer_flwr import crypto, protocol
+
+    parts = crypto.bundle_from_bytes(Path(path).read_bytes(), key)
+    arrays, _ = protocol.materialize(parts, key)
+    return arrays
