@@ -324,7 +324,7 @@ def write_arrays(arrays: dict[str, npt.NDArray[Any]], path: str | os.PathLike[st
             )
         else:
             with tmp.open("wb") as fh:
-                np.savez(fh, allow_pickle=False, **arrays)  # type: ignore[arg-type]
+                np.savez(fh, allow_pickle=False, **arrays)
         os.replace(tmp, p)
     finally:
         tmp.unlink(missing_ok=True)
