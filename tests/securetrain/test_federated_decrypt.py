@@ -12,6 +12,22 @@ runner = CliRunner()
 COMMON = {"min_train_nodes": 3, "min_available_nodes": 3, "min_evaluate_nodes": 3}
 
 
+def decrypt(model, key, out):
+    return runner.invoke(
+        app,
+        [
+            "securetrain",
+            "decrypt-model",
+            "--input-model",
+            str(model),
+            "--private-key",
+            str(key),
+            "--output-model",
+            str(out),
+        ],
+    )
+
+
 def test_decrypt_model_reads_a_fedyogi_checkpoint(key_files, tmp_path):
     priv, pub = key_files
     seen = {}
