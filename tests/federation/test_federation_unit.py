@@ -1,0 +1,111 @@
+"""Fast checks of the local-deployment tooling (no Flower processes started)."""
+
+from __future__ import annotations
+
+import ipaddress
+import stat
+import subprocess
+import sys
+import tomllib
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+from cifer_flwr.federation import Federation, FederationError, ProcessInfo
+from cifer_flwr.federation.audit import find_secret_key
+from cifer_flwr.federation.certs import make_node_auth_key, make_tls_files
+from cifer_flwr.federation.local import _write_connection, parse_json_output
+from cifer_flwr.federation.processes import descendants, is_alive, spawn, stop_pids
+from cifer_flwr.federation.runs import to_toml
+
+
+def test_tls_files_chain_and_san(tmp_path):
+    files = make_tls_files(tmp_path)
+    ca = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+    server.verify_directly_issued_by(ca)
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert ipaddress.ip_address("127.0.0.1") in san.get_values_for_type(x509.IPAddress)
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+    assert stat.S_IMODE(files.server_key.stat().st_mode) == 0o600
+
+
+def test_node_auth_key_is_p384_openssh(tmp_path):
+    priv, pub = make_node_auth_key(tmp_path, "node-0")
+    assert stat.S_IMODE(priv.stat().st_mode) == 0o600
+    key = load_ssh_private_key(priv.read_bytes(), None)
+    public = load_ssh_public_key(pub.read_bytes())
+    assert public.curve.name == "secp384r1"  # type: ignore[union-attr]
+    assert key.public_key().public_numbers() == public.public_numbers()  # type: ignore[union-attr]
+
+
+def test_connection_toml(tmp_path):
+    fed = Federation(directory=tmp_path, address="127.0.0.1:1234", tls=True, ca_cert="/x/ca.crt")
+    _write_connection(fed)
+    conf = tomllib.loads((fed.flwr_home / "config.toml").read_text())
+    assert conf["superlink"]["default"] == "cifer-local"
+    assert conf["superlink"]["cifer-local"] == {
+        "address": "127.0.0.1:1234",
+        "root-certificates": "/x/ca.crt",
+    }
+    fed.tls = False
+    _write_connection(fed)
+    conf = tomllib.loads((fed.flwr_home / "config.toml").read_text())
+    assert conf["superlink"]["cifer-local"]["insecure"] is True
+
+
+def test_state_file_round_trip(tmp_path):
+    fed = Federation(
+        directory=tmp_path,
+        address="127.0.0.1:1",
+        processes=[ProcessInfo("superlink", 1, ["a"], "l")],
+    )
+    fed.save()
+    assert Federation.load(tmp_path) == fed
+    with pytest.raises(FederationError, match="federation up"):
+        Federation.load(tmp_path / "nothing")
+
+
+def test_run_config_toml_quotes_paths():
+    text = to_toml({"public-key": '/a b/"k".key', "encryption": False, "n": 3, "lr": 0.5})
+    assert tomllib.loads(text) == {
+        "public-key": '/a b/"k".key',
+        "encryption": False,
+        "n": 3,
+        "lr": 0.5,
+    }
+
+
+def test_parse_json_output_skips_text():
+    assert parse_json_output('Loading...\n{\n "success": true, "run-id": 5\n}\n') == {
+        "success": True,
+        "run-id": 5,
+    }
+    assert parse_json_output("no json") is None
+
+
+def test_stop_pids_stops_children_too(tmp_path):
+    code = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    )
+    pid = spawn([sys.executable, "-c", code], log_path=tmp_path / "p.log", env={"PATH": ""})
+    for _ in range(50):
+        kids = descendants([pid])
+        if kids:
+            break
+        subprocess.run(["sleep", "0.1"], check=True)
+    assert kids and is_alive(pid)
+    assert stop_pids([pid], grace=2) == []
+    assert not is_alive(pid) and not any(is_alive(k) for k in kids)
+
+
+def test_find_secret_key(key_files, tmp_path):
+    priv, pub = key_files
+    (tmp_path / "ok.txt").write_text("nothing here")
+    (tmp_path / "pub.key").write_bytes(pub.read_bytes())
+    assert find_secret_key([tmp_path], priv) == ([], 2)
+    (tmp_path / "copy.bin").write_bytes(b"xx" + priv.read_bytes()[1000:] + b"yy")
+    hits, scanned = find_secret_key([tmp_path], priv)
+    assert hits == [tmp_path / "copy.bin"] and scanned == 3
