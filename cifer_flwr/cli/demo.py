@@ -18,6 +18,16 @@ def _kb(value: Any) -> str:
     return "-" if value is None else f"{value / 1024:,.0f}"
 
 
+def _rel(path: Path | None) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    if path is None:
+        return "-"
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def _ms(value: Any) -> str:
     return "-" if value is None else f"{1000 * value:.1f} ms"
 
@@ -72,7 +82,7 @@ def demo(
         return
     enc_rows, pla_rows = report.encrypted["rounds"], report.plaintext["rounds"]
     console.print(
-        f"keys        {report.directory / 'keys' / 'demo'}  fingerprint "
+        f"keys        {_rel(report.directory / 'keys' / 'demo')}  fingerprint "
         f"{report.fingerprint[:12]}  (server side got public.key only)",
         highlight=False,
     )
@@ -121,7 +131,7 @@ def demo(
     )
     fe, fp = report.final_encrypted, report.final_plaintext
     console.print(
-        f"final model {report.model_file} ({report.model_bytes / 1024:,.0f} KiB, encrypted)\n"
+        f"final model {_rel(report.model_file)} ({report.model_bytes / 1024:,.0f} KiB, encrypted)\n"
         f"            decrypted with private.key: accuracy {_pct(fe['accuracy'])} on "
         f"{int(fe['num-examples'])} held-out digits (plaintext run's model: "
         f"{_pct(fp['accuracy'])})",
@@ -139,6 +149,7 @@ def demo(
         )
     console.print(
         f"teardown    SuperLink and {report.stopped - 1} SuperNodes stopped (with their helper "
-        f"processes); total {report.total_s:.0f} s; details in {report.directory / 'demo.json'}",
+        f"processes); total {report.total_s:.0f} s; details in "
+        f"{_rel(report.directory / 'demo.json')}",
         highlight=False,
     )
