@@ -162,7 +162,7 @@ class DemoReport:
 
 
 def _check(outcome: RunOutcome, what: str) -> dict[str, Any]:
-    if not outcome.completed or outcome.results is None:
+    if not outcome.clean or outcome.results is None:
         raise CiferError(
             f"the {what} run {outcome.run_id} ended '{outcome.status}': "
             f"{'; '.join(outcome.errors) or 'see the log'} (log: {outcome.log_path})"

@@ -47,6 +47,9 @@ class RunOutcome:
         The run's log (``flwr log --stream``).
     seconds : float
         Wall time from submission to the final status.
+    errors : list of str
+        What went wrong: no results, a failed ServerApp, or client error replies per round
+        (a run whose clients all fail still ends ``finished:completed`` in Flower).
 
     """
 
@@ -56,6 +59,11 @@ class RunOutcome:
     log_path: Path
     seconds: float
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        """:attr:`completed` and no client sent an error reply."""
+        return self.completed and not self.errors
 
     @property
     def completed(self) -> bool:
@@ -194,4 +202,12 @@ def run_app(
         errors.append(f"the ServerApp wrote no results to {results}; see {log}.")
     elif payload.get("status") != "ok":
         errors.append(f"the ServerApp failed: {payload.get('error')}")
+    else:
+        for row in payload.get("rounds", []):
+            if row.get("errors"):
+                first = row["errors"][0]
+                errors.append(
+                    f"round {row['round']}: {len(row['errors'])} client error replies (node "
+                    f"{first['node']}, {first['phase']}: {first['reason']})"
+                )
     return RunOutcome(run_id, status, payload, log, time.monotonic() - t0, errors)

@@ -80,11 +80,12 @@ def train(model: SGDClassifier, x: np.ndarray, y: np.ndarray, epochs: int, class
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for _ in range(epochs):
-            model.partial_fit(x, y, classes=np.arange(classes))
+            model.partial_fit(x.astype(np.float64), y, classes=np.arange(classes))
 
 
 def test(model: SGDClassifier, x: np.ndarray, y: np.ndarray, classes: int) -> tuple[float, float]:
     """Return ``(log loss, accuracy)``."""
+    x = x.astype(np.float64)
     proba = model.predict_proba(x)
     loss = float(log_loss(y, proba, labels=np.arange(classes)))
     return loss, float((model.predict(x) == y).mean())

@@ -6,7 +6,6 @@ The SuperNode's node config gives ``partition-id``, ``num-partitions`` and ``pri
 
 from __future__ import annotations
 
-import keras
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -24,7 +23,7 @@ def train(msg: Message, context: Context) -> Message:
     data = task.load_data(cfg, context.node_config)
     server_round = int(msg.content["config"].get("server-round", 0))
     partition = int(context.node_config.get("partition-id", 0))
-    keras.utils.set_random_seed(int(cfg["seed"]) * 10_000 + server_round * 100 + partition)
+    task.set_seed(int(cfg["seed"]) * 10_000 + server_round * 100 + partition)
     history = model.fit(
         data.x_train,
         data.y_train,

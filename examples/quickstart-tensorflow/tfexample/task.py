@@ -60,6 +60,11 @@ def load_data(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> 
     )
 
 
+def set_seed(seed: int) -> None:
+    """Seed Python, numpy and TensorFlow (deterministic local training)."""
+    keras.utils.set_random_seed(seed)
+
+
 def set_weights(model: keras.Model, weights: Sequence[np.ndarray]) -> None:
     """Load a list of arrays (the order of ``model.get_weights()``)."""
     model.set_weights([np.asarray(w, dtype=np.float32) for w in weights])
