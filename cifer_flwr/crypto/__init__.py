@@ -4,6 +4,17 @@ Everything above this package works with :class:`EncryptedArrays`, :class:`Key` 
 Flower ``ArrayRecord`` objects, never with TenSEAL types directly.
 """
 
+import sys as _sys
+
+if "tenseal" not in _sys.modules and {"tensorflow", "keras"} & set(_sys.modules):
+    # Measured here (tensorflow-cpu 2.21, tenseal 0.3.18): with TensorFlow loaded first,
+    # SEAL's serialization segfaults and the process dies without a message.
+    raise ImportError(
+        "cifer_flwr.crypto must be imported before tensorflow/keras: TenSEAL crashes (segfault) "
+        "when TensorFlow was loaded first in the same process. Import cifer_flwr (or "
+        "cifer_flwr.crypto) at the top of your module, before tensorflow or keras."
+    )
+
 from cifer_flwr.crypto.ckks import (
     EncryptedArrays,
     add,
