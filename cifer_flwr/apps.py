@@ -48,6 +48,7 @@ __all__ = [
     "encryption_enabled",
     "encryption_mod",
     "make_strategy",
+    "round_rows",
     "run_strategy",
     "save_plaintext_model",
 ]
@@ -300,9 +301,10 @@ def _metrics(record: Mapping[str, Any] | None) -> dict[str, Any]:
     return {k: (v if isinstance(v, int | float) else list(v)) for k, v in record.items()}
 
 
-def _round_rows(
+def round_rows(
     grid: MeteredGrid, result: Result, strategy: Strategy, num_rounds: int
 ) -> list[dict[str, Any]]:
+    """Per-round rows of the results file from a metered grid and Flower's result."""
     round_stats = getattr(strategy, "round_stats", {})
     excluded = getattr(strategy, "excluded", {})
     rows = []
@@ -412,7 +414,7 @@ def run_strategy(
         save_plaintext_model(save_path, result.arrays)
     info["status"] = "ok"
     info["total-s"] = time.time() - t0
-    info["rounds"] = _round_rows(metered, result, strategy, num_rounds)
+    info["rounds"] = round_rows(metered, result, strategy, num_rounds)
     if results_path is not None:
         write_file_atomic(results_path, json.dumps(info, indent=2).encode())
         log.info("wrote results to %s", results_path)

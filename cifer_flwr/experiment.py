@@ -18,16 +18,9 @@ from cifer_flwr import crypto
 from cifer_flwr.config import ExperimentConfig, compose, overrides_to_string
 from cifer_flwr.constants import NODE_CONFIG_PRIVATE_KEY
 from cifer_flwr.crypto.container import write_file_atomic
+from cifer_flwr.data import Partition, load_dataset, load_partition
 from cifer_flwr.exceptions import ConfigError
-from cifer_flwr.tasks import (
-    TASKS,
-    Partition,
-    Task,
-    TrainSettings,
-    get_task,
-    load_dataset,
-    partition,
-)
+from cifer_flwr.tasks import TASKS, Task, TrainSettings, get_task
 from cifer_flwr.topology.centralized import run_centralized
 from cifer_flwr.topology.p2p import PeerRuntime, run_p2p
 
@@ -52,8 +45,8 @@ RC_SAVE = "save-path"
 @lru_cache(maxsize=8)
 def dataset_shape(dataset: str) -> tuple[int, int]:
     """(number of features, number of classes) of a dataset."""
-    x, y = load_dataset(dataset)
-    return int(x.shape[1]), int(y.max()) + 1
+    data = load_dataset(dataset)
+    return data.num_features, data.num_classes
 
 
 def _task(exp: ExperimentConfig) -> Task:
@@ -136,8 +129,8 @@ class ClientRuntime:
                 'the SuperNode needs --node-config "partition-id=I num-partitions=N"'
             ) from None
         self.partition_id = pid
-        self.data: Partition = partition(
-            exp.task.dataset,
+        self.data: Partition = load_partition(
+            load_dataset(exp.task.dataset, seed=exp.seed),
             pid,
             num,
             partitioner=exp.partitioning.partitioner.value,

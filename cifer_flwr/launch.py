@@ -130,6 +130,8 @@ def run_experiment(
             f"run {outcome.run_id} ended {outcome.status}: {'; '.join(outcome.errors)} "
             f"(log: {outcome.log_path})"
         )
+    for problem in outcome.errors:  # the run went on without these clients; say so
+        say(f"warning: {problem}")
     results = dict(outcome.results or {})
     _write_json(out_dir / "metrics.json", results)
     plot_runs({"this run": results}, out_dir / "metrics.png")

@@ -78,12 +78,12 @@ def table(runs: dict[str, dict[str, Any]]) -> str:
         rows = run.get("rounds", [])
         last = rows[-1] if rows else {}
         enc = f"ckks ({run.get('preset')})" if run.get("encrypted") else "none"
-        sent = _mean([r.get("bytes_sent") for r in rows])
-        recv = _mean([r.get("bytes_received") for r in rows])
+        sent = _mean([r.get("bytes-sent") for r in rows])
+        recv = _mean([r.get("bytes-received") for r in rows])
         lines.append(
             f"| {name} | {run.get('strategy')} | {run.get('topology')} | {enc} | "
             f"{_fmt(last.get('accuracy'), '.4f')} | {_fmt(last.get('loss'), '.4f')} | "
-            f"{_fmt(_mean([r.get('round_s') for r in rows]), '.2f')} | "
+            f"{_fmt(_mean([r.get('round-s') for r in rows]), '.2f')} | "
             f"{_fmt(None if sent is None else sent / 1e6, '.3f')} | "
             f"{_fmt(None if recv is None else recv / 1e6, '.3f')} |"
         )

@@ -4,18 +4,8 @@ from __future__ import annotations
 
 from cifer_flwr.exceptions import ConfigError
 from cifer_flwr.tasks.base import Arrays, Task, TrainSettings
-from cifer_flwr.tasks.data import Partition, load_dataset, partition
 
-__all__ = [
-    "TASKS",
-    "Arrays",
-    "Partition",
-    "Task",
-    "TrainSettings",
-    "get_task",
-    "load_dataset",
-    "partition",
-]
+__all__ = ["TASKS", "Arrays", "Task", "TrainSettings", "get_task"]
 
 #: Task names of the ``task/`` config group -> (model family, dataset).
 TASKS: dict[str, tuple[str, str]] = {

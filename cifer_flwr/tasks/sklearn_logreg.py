@@ -6,8 +6,8 @@ import warnings
 
 import numpy as np
 
+from cifer_flwr.data import Partition
 from cifer_flwr.tasks.base import Arrays, TrainSettings, accuracy_and_loss
-from cifer_flwr.tasks.data import Partition
 
 __all__ = ["SklearnLogReg"]
 
@@ -56,7 +56,8 @@ class SklearnLogReg:
         self, arrays: Arrays, data: Partition, settings: TrainSettings
     ) -> tuple[Arrays, float]:
         """Train locally from ``arrays``; return new arrays and the mean training loss."""
-        classes = max(data.num_classes, 2)
+        rows = arrays["coef"].shape[0]
+        classes = 2 if rows == 1 else rows
         model = self._model(arrays, classes, settings)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -10,9 +10,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp import strategy as flwr_strategy
 
 from cifer_flwr import strategies
+from cifer_flwr.apps import MeteredGrid, round_rows
 from cifer_flwr.config import ExperimentConfig
 from cifer_flwr.exceptions import ConfigError
-from cifer_flwr.topology.metered import MeteredGrid
 
 __all__ = ["make_strategy", "run_centralized"]
 
@@ -68,12 +68,6 @@ def make_strategy(
     return cls(public_key=public_key, save_path=save_path, **kwargs)
 
 
-def _metric(record: Any, name: str) -> float | None:
-    if record is None or name not in record:
-        return None
-    return float(record[name])
-
-
 def run_centralized(
     grid: Grid,
     exp: ExperimentConfig,
@@ -83,36 +77,10 @@ def run_centralized(
     save_path: str | None = None,
     timeout: float = 3600.0,
 ) -> list[dict[str, Any]]:
-    """Run ``exp.num_rounds`` rounds and return per-round metrics (accuracy, bytes, seconds)."""
+    """Run ``exp.num_rounds`` rounds; return the per-round rows of the results file."""
     strategy = make_strategy(exp, public_key=public_key, save_path=save_path)
     metered = MeteredGrid(grid)
     result = strategy.start(
         grid=metered, initial_arrays=initial_arrays, num_rounds=exp.num_rounds, timeout=timeout
     )
-    rows = []
-    exchanges = iter(metered.exchanges)
-    for rnd in range(1, exp.num_rounds + 1):
-        train = next(exchanges, None)
-        evaluate = next(exchanges, None) if exp.fraction_evaluate > 0 else None
-        tm = result.train_metrics_clientapp.get(rnd)
-        em = result.evaluate_metrics_clientapp.get(rnd)
-        excluded = getattr(strategy, "excluded", {}).get(rnd, [])
-        rows.append(
-            {
-                "round": rnd,
-                "accuracy": _metric(em, "accuracy"),
-                "loss": _metric(em, "loss"),
-                "train_loss": _metric(tm, "train-loss"),
-                "encrypt_s": _metric(tm, "cifer-encrypt-s"),
-                "decrypt_s": _metric(tm, "cifer-decrypt-s"),
-                "aggregate_s": _metric(tm, "cifer-aggregate-s") or 0.0,
-                "bytes_sent": (train.bytes_sent if train else 0)
-                + (evaluate.bytes_sent if evaluate else 0),
-                "bytes_received": train.bytes_received if train else 0,
-                "round_s": (train.seconds if train else 0.0)
-                + (evaluate.seconds if evaluate else 0.0),
-                "errors": (train.errors if train else 0) + (evaluate.errors if evaluate else 0),
-                "excluded": [{"node": n, "reason": r} for n, r in excluded],
-            }
-        )
-    return rows
+    return round_rows(metered, result, strategy, exp.num_rounds)

@@ -21,7 +21,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid
 
 from cifer_flwr import crypto
-from cifer_flwr.tasks import Partition, Task, TrainSettings
+from cifer_flwr.data import Partition
+from cifer_flwr.tasks import Task, TrainSettings
 from cifer_flwr.topology.graph import build_graph, mix, mixing_weights
 
 __all__ = ["P2P_EVALUATE", "P2P_TRAIN", "PeerRuntime", "p2p_evaluate", "p2p_train", "run_p2p"]
@@ -127,6 +128,12 @@ def _metric(reply: Message, name: str) -> float | None:
     return None
 
 
+def _weighted(replies: list[Message], name: str, weights: list[float]) -> float | None:
+    if not replies:
+        return None
+    return float(np.average([_metric(r, name) or 0.0 for r in replies], weights=weights))
+
+
 def _mean(values: list[float | None]) -> float | None:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     return float(np.mean(vals)) if vals else None
@@ -179,6 +186,7 @@ def run_p2p(
             r.metadata.src_node_id: r for r in grid.send_and_receive(messages, timeout=timeout)
         }
         received, dropped, train_replies = 0, [], []
+        errors: list[dict[str, Any]] = []
         for i, node in enumerate(nodes):
             reply = replies.get(node)
             if reply is None or reply.has_error() or "model" not in reply.content.array_records:
@@ -192,6 +200,7 @@ def run_p2p(
                 )
                 latest.pop(i, None)
                 dropped.append(i)
+                errors.append({"node": node, "phase": "train", "reason": reason})
                 continue
             latest[i] = reply.content.array_records["model"]
             received += latest[i].count_bytes()
@@ -213,24 +222,19 @@ def run_p2p(
         weights_n = [(_metric(e, "num-examples") or 1.0) for e in evals]
         row: dict[str, Any] = {
             "round": rnd,
-            "accuracy": float(
-                np.average([_metric(e, "accuracy") or 0.0 for e in evals], weights=weights_n)
-            )
-            if evals
-            else None,
-            "loss": float(np.average([_metric(e, "loss") or 0.0 for e in evals], weights=weights_n))
-            if evals
-            else None,
-            "train_loss": _mean([_metric(r, "train-loss") for r in train_replies]),
-            "consensus_distance": _mean([_metric(r, "consensus-distance") for r in train_replies]),
-            "encrypt_s": _mean([_metric(r, "cifer-encrypt-s") for r in train_replies]),
-            "decrypt_s": _mean([_metric(r, "cifer-decrypt-s") for r in train_replies]),
-            "aggregate_s": 0.0,
-            "bytes_sent": sent,
-            "bytes_received": received,
-            "round_s": time.perf_counter() - t0,
+            "accuracy": _weighted(evals, "accuracy", weights_n),
+            "loss": _weighted(evals, "loss", weights_n),
+            "train-loss": _mean([_metric(r, "train-loss") for r in train_replies]),
+            "consensus-distance": _mean([_metric(r, "consensus-distance") for r in train_replies]),
+            "client-encrypt-s": _mean([_metric(r, "cifer-encrypt-s") for r in train_replies]),
+            "client-decrypt-s": _mean([_metric(r, "cifer-decrypt-s") for r in train_replies]),
+            "aggregate-s": None,
+            "bytes-sent": sent,
+            "bytes-received": received,
+            "round-s": time.perf_counter() - t0,
             "peers": len(latest),
             "dropped": dropped,
+            "errors": errors,
         }
         log.info("p2p round %d: %s", rnd, {k: v for k, v in row.items() if k != "dropped"})
         history.append(row)

@@ -62,7 +62,7 @@ def test_centralized_fedyogi_writes_config_metrics_plot_and_model(tmp_path):
     rows = metrics["rounds"]
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert metrics["encrypted"] and metrics["strategy"] == "fedyogi"
-    assert all(r["bytes_sent"] > 0 and r["errors"] == 0 for r in rows)
+    assert all(r["bytes-sent"] > 0 and r["errors"] == [] for r in rows)
     assert rows[-1]["accuracy"] > 0.8
     # the saved model is encrypted; the key holder materializes the pending FedYogi step
     key = crypto.load_private_key(run_dir / "keys" / "private.key")
@@ -82,7 +82,7 @@ def test_p2p_ring_reaches_centralized_accuracy(tmp_path):
     c_rows = json.loads((c_dir / "metrics.json").read_text())["rounds"]
     p_rows = json.loads((p_dir / "metrics.json").read_text())["rounds"]
     assert p_rows[-1]["accuracy"] >= c_rows[-1]["accuracy"] - 0.05
-    dist = [r["consensus_distance"] for r in p_rows[1:]]
+    dist = [r["consensus-distance"] for r in p_rows[1:]]
     assert dist[-1] < dist[0], dist
     assert all(r["dropped"] == [] for r in p_rows)
     assert not (p_dir / "final_model.enc").exists()  # no global model in p2p

@@ -36,6 +36,7 @@ class InProcessGrid(Grid):
             for node, cfg in node_configs.items()
         }
         self.tamper = tamper
+        self._outbox: list[Message] = []
         self.sent: list[Message] = []
         self.replies: list[Message] = []
         self.calls = 0
@@ -53,24 +54,32 @@ class InProcessGrid(Grid):
     def get_node_ids(self) -> Iterable[int]:
         return list(self.contexts)
 
-    def push_messages(self, messages):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def pull_messages(self, message_ids):  # pragma: no cover - unused
-        raise NotImplementedError
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
+    def push_messages(self, messages):
+        """Deliver each message to its node now; replies wait for pull_messages."""
         self.calls += 1
-        replies = []
+        ids, replies = [], []
         for msg in messages:
             self.sent.append(msg)
             received = wire(msg)
-            reply = self.app(received, self.contexts[msg.metadata.dst_node_id])
-            replies.append(wire(reply))
+            msg_id = f"m{len(self.sent)}"
+            received.metadata.__dict__["_message_id"] = msg_id  # the SuperLink assigns ids
+            reply = wire(self.app(received, self.contexts[msg.metadata.dst_node_id]))
+            ids.append(msg_id)
+            replies.append(reply)
         if self.tamper is not None:
             replies = self.tamper(self.calls, replies)
         self.replies.extend(replies)
-        return replies
+        self._outbox.extend(replies)
+        return ids
+
+    def pull_messages(self, message_ids):
+        wanted = set(message_ids)
+        got = [r for r in self._outbox if r.metadata.reply_to_message_id in wanted]
+        self._outbox = [r for r in self._outbox if r not in got]
+        return got
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
+        return self.pull_messages(self.push_messages(list(messages)))
 
 
 INITIAL = {
