@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -28,6 +30,8 @@ from numpy.typing import NDArray
 from cifer_flwr.exceptions import ConfigError
 
 __all__ = [
+    "cached_dataset",
+    "node_partition",
     "DATASETS",
     "PARTITIONERS",
     "Dataset",
@@ -313,4 +317,32 @@ def load_partition(
     tr, te = train_parts[partition_id], test_parts[partition_id]
     return Partition(
         dataset.x_train[tr], dataset.y_train[tr], dataset.x_test[te], dataset.y_test[te]
+    )
+
+
+@lru_cache(maxsize=4)
+def cached_dataset(name: str, seed: int = 0) -> Dataset:
+    """:func:`load_dataset` once per process (a ClientApp process may handle many messages)."""
+    return load_dataset(name, seed=seed)
+
+
+def node_partition(
+    run_config: Mapping[str, Any],
+    node_config: Mapping[str, Any],
+    *,
+    default_dataset: str = "digits",
+) -> Partition:
+    """Return this SuperNode's partition, as the examples configure it.
+
+    Run config: ``dataset``, ``seed`` (default 42), ``partitioner``, ``dirichlet-alpha``;
+    node config: ``partition-id``, ``num-partitions``.
+    """
+    seed = int(run_config.get("seed", 42))
+    return load_partition(
+        cached_dataset(str(run_config.get("dataset", default_dataset)), seed),
+        int(node_config.get("partition-id", 0)),
+        int(node_config.get("num-partitions", 1)),
+        partitioner=str(run_config.get("partitioner", "iid")),
+        alpha=float(run_config.get("dirichlet-alpha", 0.5)),
+        seed=seed,
     )

@@ -7,6 +7,7 @@ import typer
 from cifer_flwr.cli import bench, demo, federation, keys, run, securetrain
 
 app = typer.Typer(
+    pretty_exceptions_show_locals=False,
     name="cifer",
     help="CKKS-encrypted federated learning for Flower.",
     no_args_is_help=True,

@@ -12,7 +12,9 @@ from cifer_flwr.bench import bench_crypto
 from cifer_flwr.cli._common import console, fail, status
 from cifer_flwr.exceptions import CiferError
 
-app = typer.Typer(help="Measure encryption cost.", no_args_is_help=True)
+app = typer.Typer(
+    pretty_exceptions_show_locals=False, help="Measure encryption cost.", no_args_is_help=True
+)
 
 
 @app.command("crypto")

@@ -12,6 +12,7 @@ from cifer_flwr.cli._common import console, fail, status
 from cifer_flwr.exceptions import CiferError
 
 app = typer.Typer(
+    pretty_exceptions_show_locals=False,
     help="Start, inspect and stop a local Flower deployment (SuperLink + SuperNodes).",
     no_args_is_help=True,
 )

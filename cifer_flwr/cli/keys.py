@@ -12,7 +12,9 @@ from cifer_flwr import crypto
 from cifer_flwr.cli._common import console, fail
 from cifer_flwr.exceptions import CiferError
 
-keys_app = typer.Typer(help="Inspect key files.", no_args_is_help=True)
+keys_app = typer.Typer(
+    pretty_exceptions_show_locals=False, help="Inspect key files.", no_args_is_help=True
+)
 
 
 def keygen(

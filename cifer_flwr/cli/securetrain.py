@@ -34,6 +34,7 @@ from cifer_flwr.securetrain.workflow import (
 )
 
 app = typer.Typer(
+    pretty_exceptions_show_locals=False,
     help="Encrypted-asset workflows between a data owner and a project owner: encrypt a "
     "dataset or model, train on encrypted data, decrypt the result, evaluate it.",
     no_args_is_help=True,

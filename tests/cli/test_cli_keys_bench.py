@@ -48,3 +48,11 @@ def test_bench_crypto_json_small():
         assert k in data
     assert data["expansion"] < data["expansion_nvflare"]
     assert data["rel_error"] <= 1e-6
+
+
+def test_crash_reports_never_print_local_variables():
+    # a traceback with locals could print key material; typer shows locals by default
+    from cifer_flwr.cli import bench, federation, keys, securetrain
+
+    for typer_app in (app, bench.app, federation.app, keys.keys_app, securetrain.app):
+        assert typer_app.pretty_exceptions_show_locals is False

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from cifer_flwr.data import Dataset, Partition, load_dataset, load_partition
+from cifer_flwr.data import Partition, cached_dataset, node_partition
 
 # (num classes, image side) of the datasets this example knows
 SHAPES = {"digits": (10, 8), "mnist": (10, 28)}
@@ -46,22 +45,9 @@ def make_model(run_config: Mapping[str, Any]) -> Net:
     return Net(classes, side)
 
 
-@lru_cache(maxsize=2)
-def _dataset(name: str, seed: int) -> Dataset:
-    return load_dataset(name, seed=seed)
-
-
 def load_data(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Partition:
     """This SuperNode's partition (node config ``partition-id`` / ``num-partitions``)."""
-    seed = int(run_config.get("seed", 42))
-    return load_partition(
-        _dataset(str(run_config.get("dataset", "digits")), seed),
-        int(node_config.get("partition-id", 0)),
-        int(node_config.get("num-partitions", 1)),
-        partitioner=str(run_config.get("partitioner", "iid")),
-        alpha=float(run_config.get("dirichlet-alpha", 0.5)),
-        seed=seed,
-    )
+    return node_partition(run_config, node_config, default_dataset="digits")
 
 
 def train(
@@ -118,6 +104,6 @@ def evaluate_arrays(
     """Evaluate plaintext model arrays (e.g. a decrypted final model) on the global test set."""
     model = make_model(run_config)
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
-    ds = _dataset(str(run_config.get("dataset", "digits")), int(run_config.get("seed", 42)))
+    ds = cached_dataset(str(run_config.get("dataset", "digits")), int(run_config.get("seed", 42)))
     loss, accuracy = test(model, ds.x_test, ds.y_test)
     return {"loss": loss, "accuracy": accuracy, "num-examples": float(len(ds.y_test))}

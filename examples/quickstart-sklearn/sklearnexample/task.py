@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import log_loss
 
-from cifer_flwr.data import Dataset, Partition, load_dataset, load_partition
+from cifer_flwr.data import Partition, cached_dataset, node_partition
 
 # (num features, num classes) of the datasets this example knows
 SHAPES = {"breast-cancer": (30, 2), "digits": (64, 10), "mnist": (784, 10)}
@@ -57,22 +56,9 @@ def get_params(model: SGDClassifier) -> dict[str, np.ndarray]:
     return {"coef": model.coef_.copy(), "intercept": model.intercept_.copy()}
 
 
-@lru_cache(maxsize=2)
-def _dataset(name: str, seed: int) -> Dataset:
-    return load_dataset(name, seed=seed)
-
-
 def load_data(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Partition:
     """This SuperNode's partition (node config ``partition-id`` / ``num-partitions``)."""
-    seed = int(run_config.get("seed", 42))
-    return load_partition(
-        _dataset(str(run_config.get("dataset", "breast-cancer")), seed),
-        int(node_config.get("partition-id", 0)),
-        int(node_config.get("num-partitions", 1)),
-        partitioner=str(run_config.get("partitioner", "iid")),
-        alpha=float(run_config.get("dirichlet-alpha", 0.5)),
-        seed=seed,
-    )
+    return node_partition(run_config, node_config, default_dataset="breast-cancer")
 
 
 def train(model: SGDClassifier, x: np.ndarray, y: np.ndarray, epochs: int, classes: int) -> None:
@@ -98,6 +84,8 @@ def evaluate_arrays(
     _, classes = _shape(run_config)
     model = make_model(run_config)
     set_params(model, arrays, classes)
-    ds = _dataset(str(run_config.get("dataset", "breast-cancer")), int(run_config.get("seed", 42)))
+    ds = cached_dataset(
+        str(run_config.get("dataset", "breast-cancer")), int(run_config.get("seed", 42))
+    )
     loss, accuracy = test(model, ds.x_test, ds.y_test, classes)
     return {"loss": loss, "accuracy": accuracy, "num-examples": float(len(ds.y_test))}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -12,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 
-from cifer_flwr.data import Dataset, Partition, load_dataset, load_partition
+from cifer_flwr.data import Partition, cached_dataset, node_partition
 
 # (num features, num classes) of the datasets this example knows
 SHAPES = {"digits": (64, 10), "breast-cancer": (30, 2), "mnist": (784, 10)}
@@ -42,22 +41,9 @@ def make_model(run_config: Mapping[str, Any]) -> keras.Model:
     return model
 
 
-@lru_cache(maxsize=2)
-def _dataset(name: str, seed: int) -> Dataset:
-    return load_dataset(name, seed=seed)
-
-
 def load_data(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Partition:
     """This SuperNode's partition (node config ``partition-id`` / ``num-partitions``)."""
-    seed = int(run_config.get("seed", 42))
-    return load_partition(
-        _dataset(str(run_config.get("dataset", "digits")), seed),
-        int(node_config.get("partition-id", 0)),
-        int(node_config.get("num-partitions", 1)),
-        partitioner=str(run_config.get("partitioner", "iid")),
-        alpha=float(run_config.get("dirichlet-alpha", 0.5)),
-        seed=seed,
-    )
+    return node_partition(run_config, node_config, default_dataset="digits")
 
 
 def set_seed(seed: int) -> None:
@@ -76,6 +62,6 @@ def evaluate_arrays(
     """Evaluate plaintext model arrays (e.g. a decrypted final model) on the global test set."""
     model = make_model(run_config)
     set_weights(model, [arrays[k] for k in sorted(arrays, key=int)])
-    ds = _dataset(str(run_config.get("dataset", "digits")), int(run_config.get("seed", 42)))
+    ds = cached_dataset(str(run_config.get("dataset", "digits")), int(run_config.get("seed", 42)))
     loss, accuracy = model.evaluate(ds.x_test, ds.y_test, verbose=0)
     return {"loss": float(loss), "accuracy": float(accuracy), "num-examples": float(len(ds.y_test))}
