@@ -20,6 +20,7 @@ import tenseal as ts
 
 from cifer_flwr.constants import KIND_KEY
 from cifer_flwr.crypto import container
+from cifer_flwr.crypto._protobuf import encode_varint, fields
 from cifer_flwr.crypto.params import CkksParams, get_preset
 from cifer_flwr.exceptions import CiphertextFormatError, KeyFileError, KeyTypeError
 
@@ -53,40 +54,8 @@ def _symmetric(private_context_bytes: bytes) -> ts.Context:
     TenSEAL fixes the encryption type when a context is created; its protobuf carries it as
     field 4 (``encryption_type``: 0 asymmetric, 1 symmetric). We rewrite only that field.
     """
-    out = bytearray()
-    data = private_context_bytes
-    pos = 0
-
-    def varint() -> int:
-        nonlocal pos
-        shift = value = 0
-        while True:
-            byte = data[pos]
-            pos += 1
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                return value
-            shift += 7
-
-    while pos < len(data):
-        start = pos
-        tag = varint()
-        wire = tag & 7
-        if wire == 0:
-            varint()
-        elif wire == 2:
-            length = varint()
-            pos += length
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:  # pragma: no cover - TenSEAL never writes groups
-            raise CiphertextFormatError(f"unexpected protobuf wire type {wire} in key")
-        if tag >> 3 != 4:
-            out += data[start:pos]
-    out += bytes([4 << 3, 1])
-    return ts.context_from(bytes(out))
+    kept = b"".join(raw for number, _, raw in fields(private_context_bytes) if number != 4)
+    return ts.context_from(kept + encode_varint(4 << 3) + encode_varint(1))
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import tenseal as ts
 
+from cifer_flwr.crypto._protobuf import encode_varint, fields, length_delimited, payload
 from cifer_flwr.crypto.keys import Key, fingerprint_of
 from cifer_flwr.crypto.params import CkksParams
 from cifer_flwr.exceptions import (
@@ -57,69 +58,6 @@ __all__ = [
 Plain = npt.NDArray[np.float64]
 
 
-# --------------------------------------------------------------------------- protobuf helpers
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        if pos >= len(data):
-            raise CiphertextFormatError("truncated protobuf varint in a TenSEAL object.")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _fields(data: bytes) -> list[tuple[int, int, bytes]]:
-    """Split a protobuf message into ``(field number, wire type, raw field bytes)``."""
-    out: list[tuple[int, int, bytes]] = []
-    pos = 0
-    while pos < len(data):
-        start = pos
-        tag, pos = _varint(data, pos)
-        wire = tag & 7
-        if wire == 0:
-            _, pos = _varint(data, pos)
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            pos += length
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        else:
-            raise CiphertextFormatError(f"unexpected protobuf wire type {wire}.")
-        if pos > len(data):
-            raise CiphertextFormatError("truncated protobuf field in a TenSEAL object.")
-        out.append((tag >> 3, wire, data[start:pos]))
-    return out
-
-
-def _length_delimited(field_number: int, payload: bytes) -> bytes:
-    return _encode_varint(field_number << 3 | 2) + _encode_varint(len(payload)) + payload
-
-
-def _payload(raw_field: bytes) -> bytes:
-    _, pos = _varint(raw_field, 0)
-    length, pos = _varint(raw_field, pos)
-    return raw_field[pos : pos + length]
-
-
 def _with_size(serialized: bytes, size: int) -> bytes:
     """Rewrite the logical ``size`` (field 1) of a serialized TenSEAL ``CKKSVector``.
 
@@ -127,8 +65,8 @@ def _with_size(serialized: bytes, size: int) -> bytes:
     operations on different lengths "broadcast" with an extra masking level. All our vectors
     span the whole ring, so we set the length explicitly instead.
     """
-    parts = [raw for number, _, raw in _fields(serialized) if number != 1]
-    return _length_delimited(1, _encode_varint(size)) + b"".join(parts)
+    parts = [raw for number, _, raw in fields(serialized) if number != 1]
+    return length_delimited(1, encode_varint(size)) + b"".join(parts)
 
 
 # --------------------------------------------------------------------------------- key pairs
@@ -195,11 +133,11 @@ def generate_training_key(params: CkksParams, *, max_period: int) -> Key:
         save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=True
     )
     # TenSEALContextProto: 1 encryption parameters, 2 public part (5 = Galois keys).
-    top = _fields(public)
+    top = fields(public)
     rebuilt = b""
     for number, _, raw in top:
         if number == 2:
-            rebuilt += _length_delimited(2, _payload(raw) + _length_delimited(5, galois_bytes))
+            rebuilt += length_delimited(2, payload(raw) + length_delimited(5, galois_bytes))
         else:
             rebuilt += raw
     private = ctx.serialize(

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from cifer_flwr.crypto import generate_key
+from cifer_flwr.crypto._protobuf import fields as _fields
 from cifer_flwr.crypto.linalg import (
     Ciphertext,
-    _fields,
     _with_size,
     encrypt_constant,
     encrypt_periodic,
