@@ -42,6 +42,8 @@ from cifer_flwr.exceptions import ConfigError
 from cifer_flwr.mods import ckks_mod
 
 __all__ = [
+    "ENCRYPTED_STRATEGIES",
+    "PLAINTEXT_STRATEGIES",
     "RESULTS_FORMAT",
     "STRATEGIES",
     "MeteredGrid",
@@ -60,7 +62,8 @@ RESULTS_FORMAT = "cifer.results/1"
 #: Strategy names accepted in run config ``strategy``.
 STRATEGIES = ("fedavg", "fedprox", "fedyogi", "fedadam", "fedadagrad", "securefed")
 
-_ENCRYPTED = {
+#: Strategy name -> our encrypted class / Flower's plaintext class of the same name.
+ENCRYPTED_STRATEGIES = {
     "fedavg": strategies.FedAvg,
     "fedprox": strategies.FedProx,
     "fedyogi": strategies.FedYogi,
@@ -68,7 +71,7 @@ _ENCRYPTED = {
     "fedadagrad": strategies.FedAdagrad,
     "securefed": strategies.SecureFed,
 }
-_PLAINTEXT = {
+PLAINTEXT_STRATEGIES = {
     "fedavg": flwr_strategy.FedAvg,
     "fedprox": flwr_strategy.FedProx,
     "fedyogi": flwr_strategy.FedYogi,
@@ -123,7 +126,7 @@ def make_strategy(run_config: Mapping[str, Any]) -> Strategy:
 
     """
     name = str(run_config.get("strategy", "fedavg")).lower()
-    if name not in _ENCRYPTED:
+    if name not in ENCRYPTED_STRATEGIES:
         raise ConfigError(
             f"run config strategy={name!r} is unknown; choose one of {', '.join(STRATEGIES)}."
         )
@@ -140,7 +143,7 @@ def make_strategy(run_config: Mapping[str, Any]) -> Strategy:
     if name == "fedprox":
         common["proximal_mu"] = float(run_config.get("proximal-mu", 0.1))
     if not encryption_enabled(run_config):
-        return _PLAINTEXT[name](**common)  # type: ignore[no-any-return]
+        return PLAINTEXT_STRATEGIES[name](**common)  # type: ignore[no-any-return]
     public_key = _path_option(run_config, "public-key")
     if public_key is None:
         raise ConfigError(
@@ -152,7 +155,7 @@ def make_strategy(run_config: Mapping[str, Any]) -> Strategy:
         common["min_cohort"] = int(run_config.get("min-cohort", 3))
         clip = float(run_config.get("clip-norm", 0.0))
         common["clip_norm"] = clip if clip > 0 else None
-    return _ENCRYPTED[name](  # type: ignore[no-any-return]
+    return ENCRYPTED_STRATEGIES[name](  # type: ignore[no-any-return]
         public_key=public_key, save_path=_path_option(run_config, "save-path"), **common
     )
 

@@ -7,23 +7,12 @@ from typing import Any
 
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
-from flwr.serverapp import strategy as flwr_strategy
 
-from cifer_flwr import strategies
-from cifer_flwr.apps import MeteredGrid, round_rows
+from cifer_flwr.apps import ENCRYPTED_STRATEGIES, PLAINTEXT_STRATEGIES, MeteredGrid, round_rows
 from cifer_flwr.config import ExperimentConfig
 from cifer_flwr.exceptions import ConfigError
 
 __all__ = ["make_strategy", "run_centralized"]
-
-_CLASSES = {
-    "fedavg": "FedAvg",
-    "fedprox": "FedProx",
-    "fedyogi": "FedYogi",
-    "fedadam": "FedAdam",
-    "fedadagrad": "FedAdagrad",
-    "securefed": "SecureFed",
-}
 
 
 def make_strategy(
@@ -59,13 +48,12 @@ def make_strategy(
                 "strategy=securefed is an encrypted strategy; use encryption=ckks or pick "
                 "fedavg for the plaintext baseline."
             )
-        return getattr(flwr_strategy, _CLASSES[name])(**kwargs)
+        return PLAINTEXT_STRATEGIES[name](**kwargs)
     if public_key is None:
         raise ConfigError(
             "encryption is on but no public key path was given (run config 'public-key')."
         )
-    cls = getattr(strategies, _CLASSES[name])
-    return cls(public_key=public_key, save_path=save_path, **kwargs)
+    return ENCRYPTED_STRATEGIES[name](public_key=public_key, save_path=save_path, **kwargs)
 
 
 def run_centralized(

@@ -13,19 +13,8 @@ COMMON = {"min_train_nodes": 3, "min_available_nodes": 3, "min_evaluate_nodes": 
 
 
 def decrypt(model, key, out):
-    return runner.invoke(
-        app,
-        [
-            "securetrain",
-            "decrypt-model",
-            "--input-model",
-            str(model),
-            "--private-key",
-            str(key),
-            "--output-model",
-            str(out),
-        ],
-    )
+    args = ["securetrain", "decrypt-model", "--input-model", str(model)]
+    return runner.invoke(app, [*args, "--private-key", str(key), "--output-model", str(out)])
 
 
 def test_decrypt_model_reads_a_fedyogi_checkpoint(key_files, tmp_path):
@@ -37,66 +26,18 @@ def test_decrypt_model_reads_a_fedyogi_checkpoint(key_files, tmp_path):
         grid=grid, initial_arrays=plain_initial(), num_rounds=2
     )
     out = tmp_path / "final.npz"
-    res = runner.invoke(
-        app,
-        [
-            "securetrain",
-            "decrypt-model",
-            "--input-model",
-            str(save),
-            "--private-key",
-            str(priv),
-            "--output-model",
-            str(out),
-        ],
-    )
+    res = decrypt(save, priv, out)
     assert res.exit_code == 0, res.output
     with np.load(out, allow_pickle=False) as data:
         # the pending round-2 step is applied: equal to what clients evaluated after round 2
         for k in ("w", "b"):
             np.testing.assert_allclose(data[k], seen[("evaluate", 2, 1)][k], atol=1e-6)
     pt = tmp_path / "final.pt"
-    res = runner.invoke(
-        app,
-        [
-            "securetrain",
-            "decrypt-model",
-            "--input-model",
-            str(save),
-            "--private-key",
-            str(priv),
-            "--output-model",
-            str(pt),
-        ],
-    )
+    res = decrypt(save, priv, pt)
     assert res.exit_code == 0, res.output
     state = torch.load(pt, weights_only=True)
     assert tuple(state["w"].shape) == (20, 10)
-    h5 = runner.invoke(
-        app,
-        [
-            "securetrain",
-            "decrypt-model",
-            "--input-model",
-            str(save),
-            "--private-key",
-            str(priv),
-            "--output-model",
-            str(tmp_path / "m.h5"),
-        ],
-    )
+    h5 = decrypt(save, priv, tmp_path / "m.h5")
     assert h5.exit_code != 0 and "architecture" in h5.output
-    wrong = runner.invoke(
-        app,
-        [
-            "securetrain",
-            "decrypt-model",
-            "--input-model",
-            str(save),
-            "--private-key",
-            str(pub),
-            "--output-model",
-            str(tmp_path / "x.npz"),
-        ],
-    )
+    wrong = decrypt(save, pub, tmp_path / "x.npz")
     assert wrong.exit_code != 0 and "public key" in wrong.output
