@@ -10,8 +10,12 @@ The examples under ``examples/`` use these so that their ``server_app.py`` and
   bytes sent and received, the wall time of the train and evaluate phases and the error
   replies.
 * :func:`run_strategy` runs a strategy on a metered grid and writes the results file (JSON)
-  whose path comes from run config (``results-path``): the ServerApp runs in a subprocess of
-  the SuperLink, so a file is how results reach the person who started the run.
+  whose path comes from run config (``results-path``) after every round: the ServerApp runs
+  in a subprocess of the SuperLink, so a file is how results reach the person who started
+  the run, and a killed run keeps the rows of its completed rounds.
+* Resume: run config ``resume = true`` continues a killed run from the encrypted strategy's
+  checkpoint (``checkpoint-path``, by default next to the results file, see
+  :func:`checkpoint_path`); the results then hold the restored rounds and the new ones.
 * :func:`encryption_mod` is :func:`cifer_flwr.mods.ckks_mod` switched by run config
   ``encryption``.
 
@@ -20,11 +24,13 @@ Only key *paths* ever appear in run config; the ServerApp loads a public key onl
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,23 +48,37 @@ from cifer_flwr.exceptions import ConfigError
 from cifer_flwr.mods import ckks_mod
 
 __all__ = [
+    "CHECKPOINT_SUFFIX",
     "ENCRYPTED_STRATEGIES",
     "PLAINTEXT_STRATEGIES",
+    "RC_CHECKPOINT",
+    "RC_RESUME",
     "RESULTS_FORMAT",
     "STRATEGIES",
     "MeteredGrid",
+    "RoundRecorder",
+    "checkpoint_options",
+    "checkpoint_path",
     "encryption_enabled",
     "encryption_mod",
     "make_strategy",
+    "previous_rows",
+    "resume_requested",
     "round_rows",
     "run_strategy",
     "save_plaintext_model",
+    "write_json_atomic",
 ]
 
 log = logging.getLogger(__name__)
 
 #: ``format`` field of the results JSON written by :func:`run_strategy`.
 RESULTS_FORMAT = "cifer.results/1"
+#: Run config keys: continue from the checkpoint / where the strategy checkpoints.
+RC_RESUME = "resume"
+RC_CHECKPOINT = "checkpoint-path"
+#: Suffix of the checkpoint derived from the results (or save) path.
+CHECKPOINT_SUFFIX = ".ckpt"
 #: Strategy names accepted in run config ``strategy``.
 STRATEGIES = ("fedavg", "fedprox", "fedyogi", "fedadam", "fedadagrad", "securefed")
 
@@ -103,6 +123,79 @@ def _path_option(run_config: Mapping[str, Any], key: str) -> Path | None:
     return path
 
 
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes", "on")
+    return bool(value)
+
+
+def resume_requested(run_config: Mapping[str, Any]) -> bool:
+    """Whether run config asks to continue from a checkpoint (``resume``, default false)."""
+    return _flag(run_config.get(RC_RESUME, False))
+
+
+def checkpoint_path(run_config: Mapping[str, Any]) -> Path | None:
+    """Where the strategy checkpoints after every round, from run config.
+
+    ``checkpoint-path`` when given (absolute); else next to the results file
+    (``results-path`` with suffix :data:`CHECKPOINT_SUFFIX`: ``run.json`` ->
+    ``run.ckpt``); else next to ``save-path``; else ``None`` (no checkpoint).
+
+    Raises
+    ------
+    ConfigError
+        For a relative path.
+
+    """
+    explicit = _path_option(run_config, RC_CHECKPOINT)
+    if explicit is not None:
+        return explicit
+    for key in ("results-path", "save-path"):
+        base = _path_option(run_config, key)
+        if base is not None:
+            return base.with_suffix(CHECKPOINT_SUFFIX)
+    return None
+
+
+def checkpoint_options(
+    strategy_class: type, path: Path | None, resume: bool, *, encrypted: bool
+) -> dict[str, Any]:
+    """Constructor keywords ``checkpoint_path`` / ``resume`` for ``strategy_class``.
+
+    Shared by both strategy factories (this module's and
+    :func:`cifer_flwr.topology.centralized.make_strategy`).
+
+    Raises
+    ------
+    ConfigError
+        When ``resume`` is asked for a plaintext strategy (Flower's strategies keep no
+        checkpoint: the plaintext baseline is rerun from round 1), or without a path.
+
+    """
+    if not encrypted:
+        if resume:
+            raise ConfigError(
+                "resume=true needs an encrypted strategy: the plaintext baseline "
+                "(encryption=none / encryption=false) keeps no checkpoint; rerun it from "
+                "round 1 without resume."
+            )
+        return {}
+    if resume and path is None:
+        raise ConfigError(
+            "resume=true but no checkpoint path: set run config 'results-path' (the "
+            "checkpoint lives next to it) or 'checkpoint-path' to an absolute path."
+        )
+    params = inspect.signature(strategy_class).parameters
+    if "checkpoint_path" not in params:  # a strategy without checkpoints (none today)
+        if resume:
+            raise ConfigError(
+                f"{strategy_class.__name__} cannot resume (no checkpoint_path argument); "
+                "rerun without resume."
+            )
+        return {}
+    return {"checkpoint_path": path, "resume": resume}
+
+
 def make_strategy(run_config: Mapping[str, Any]) -> Strategy:
     """Build the strategy that run config asks for.
 
@@ -111,7 +204,8 @@ def make_strategy(run_config: Mapping[str, Any]) -> Strategy:
     ``public-key`` (absolute path to ``public.key``), ``save-path`` (absolute path of the
     encrypted global model, rewritten every round), ``fraction-train``,
     ``fraction-evaluate``, ``min-nodes``, ``server-lr`` (FedOpt ``eta``), ``proximal-mu``
-    (FedProx), ``min-cohort`` and ``clip-norm`` (SecureFed).
+    (FedProx), ``min-cohort`` and ``clip-norm`` (SecureFed), ``resume`` and the checkpoint
+    path (:func:`checkpoint_path`).
 
     Returns
     -------
@@ -122,7 +216,8 @@ def make_strategy(run_config: Mapping[str, Any]) -> Strategy:
     Raises
     ------
     ConfigError
-        For an unknown strategy, a missing or relative ``public-key`` path.
+        For an unknown strategy, a missing or relative ``public-key`` path, or
+        ``resume`` with a plaintext strategy.
 
     """
     name = str(run_config.get("strategy", "fedavg")).lower()
@@ -142,7 +237,9 @@ def make_strategy(run_config: Mapping[str, Any]) -> Strategy:
         common["eta"] = float(run_config.get("server-lr", 0.01))
     if name == "fedprox":
         common["proximal_mu"] = float(run_config.get("proximal-mu", 0.1))
+    resume = resume_requested(run_config)
     if not encryption_enabled(run_config):
+        checkpoint_options(PLAINTEXT_STRATEGIES[name], None, resume, encrypted=False)
         return PLAINTEXT_STRATEGIES[name](**common)  # type: ignore[no-any-return]
     public_key = _path_option(run_config, "public-key")
     if public_key is None:
@@ -155,7 +252,9 @@ def make_strategy(run_config: Mapping[str, Any]) -> Strategy:
         common["min_cohort"] = int(run_config.get("min-cohort", 3))
         clip = float(run_config.get("clip-norm", 0.0))
         common["clip_norm"] = clip if clip > 0 else None
-    return ENCRYPTED_STRATEGIES[name](  # type: ignore[no-any-return]
+    cls = ENCRYPTED_STRATEGIES[name]
+    common.update(checkpoint_options(cls, checkpoint_path(run_config), resume, encrypted=True))
+    return cls(  # type: ignore[no-any-return]
         public_key=public_key, save_path=_path_option(run_config, "save-path"), **common
     )
 
@@ -305,13 +404,22 @@ def _metrics(record: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def round_rows(
-    grid: MeteredGrid, result: Result, strategy: Strategy, num_rounds: int
+    grid: MeteredGrid,
+    result: Result,
+    strategy: Strategy,
+    num_rounds: int,
+    *,
+    only: Iterable[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per-round rows of the results file from a metered grid and Flower's result."""
+    """Per-round rows of the results file from a metered grid and Flower's result.
+
+    ``only`` restricts the rows to these rounds (default: 1 to ``num_rounds``).
+    """
     round_stats = getattr(strategy, "round_stats", {})
     excluded = getattr(strategy, "excluded", {})
+    events = getattr(strategy, "integrity_events", [])
     rows = []
-    for r in range(1, num_rounds + 1):
+    for r in range(1, num_rounds + 1) if only is None else sorted(only):
         g = grid.rounds.get(r, {})
         train = _metrics(result.train_metrics_clientapp.get(r))
         evaluate = _metrics(result.evaluate_metrics_clientapp.get(r))
@@ -338,11 +446,131 @@ def round_rows(
             "train-replies": g.get("train-replies"),
             "errors": g.get("errors", []),
             "excluded": [{"node": n, "reason": why} for n, why in excluded.get(r, [])],
+            # SecureFed: refused releases, failing groups, suspects, excluded nodes (§4.4.3)
+            "integrity-events": [e for e in events if e.get("round") == r],
             "train-metrics": train,
             "evaluate-metrics": evaluate,
         }
         rows.append(row)
     return rows
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> Path:
+    """Write JSON atomically (temp file + ``os.replace``); no temp file is left behind.
+
+    Temp files a killed writer left next to ``path`` (``.NAME.*``, see
+    :func:`~cifer_flwr.crypto.container.write_file_atomic`) are removed first.
+    """
+    for stale in path.parent.glob(f".{path.name}.*"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    return write_file_atomic(path, json.dumps(data, indent=2).encode("utf-8"))
+
+
+def previous_rows(results_path: Path | None) -> list[dict[str, Any]]:
+    """The per-round rows of an earlier (killed) run's results file, for a resumed run.
+
+    A missing, unreadable or foreign file gives no rows: the rounds the checkpoint
+    restores then get rows built from the restored history, without grid figures.
+    """
+    if results_path is None or not results_path.is_file():
+        return []
+    try:
+        data = json.loads(results_path.read_text())
+    except (OSError, ValueError):
+        log.warning("resume: cannot read the earlier results %s; rows rebuilt", results_path)
+        return []
+    rows = data.get("rounds") if isinstance(data, dict) else None
+    if not isinstance(rows, list):
+        return []
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("round"), int)]
+
+
+class RoundRecorder:
+    """Keeps Flower's per-round history while a strategy runs and reports each round.
+
+    Flower's ``Strategy.start`` only returns its ``Result`` at the end; to write the
+    results file after every round, the recorder wraps the strategy's ``aggregate_train``
+    and ``aggregate_evaluate`` (on the instance) and records what they return. After the
+    evaluation of every round it calls ``on_round(round)``.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The strategy about to run (its methods are wrapped in place).
+    grid : MeteredGrid
+        The grid it runs on (its per-round figures go into the rows).
+    num_rounds : int
+        Rounds of the whole run (restored ones included).
+    restored : list of dict
+        Rows of an earlier run's results file (resume); those of rounds this run does not
+        perform are kept as they are.
+    on_round : callable, optional
+        Called with the round number after each completed round.
+
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        grid: MeteredGrid,
+        num_rounds: int,
+        *,
+        restored: Iterable[Mapping[str, Any]] = (),
+        on_round: Callable[[int], None] | None = None,
+    ) -> None:
+        self.strategy = strategy
+        self.grid = grid
+        self.num_rounds = num_rounds
+        self.restored = {int(r["round"]): dict(r) for r in restored}
+        self.on_round = on_round
+        self.result = Result()
+        self.completed: list[int] = []
+        train, evaluate = strategy.aggregate_train, strategy.aggregate_evaluate
+
+        def aggregate_train(server_round: int, replies: Iterable[Message]) -> Any:
+            arrays, metrics = train(server_round, replies)
+            if metrics is not None:
+                self.result.train_metrics_clientapp[server_round] = metrics
+            return arrays, metrics
+
+        def aggregate_evaluate(server_round: int, replies: Iterable[Message]) -> Any:
+            metrics = evaluate(server_round, replies)
+            if metrics is not None:
+                self.result.evaluate_metrics_clientapp[server_round] = metrics
+            self.completed.append(server_round)
+            if self.on_round is not None:
+                self.on_round(server_round)
+            return metrics
+
+        setattr(strategy, "aggregate_train", aggregate_train)  # noqa: B010
+        setattr(strategy, "aggregate_evaluate", aggregate_evaluate)  # noqa: B010
+
+    @property
+    def performed(self) -> list[int]:
+        """Rounds this run started (a resumed run starts after the restored ones)."""
+        return sorted(r for r, g in self.grid.rounds.items() if r >= 1 and "train-start" in g)
+
+    @property
+    def resumed_after(self) -> int:
+        """Last round restored from a checkpoint (0 for a fresh run)."""
+        done = self.performed
+        return (min(done) - 1) if done else max(self.restored, default=0)
+
+    def rows(self, final: Result | None = None) -> list[dict[str, Any]]:
+        """Rows of every round so far, restored ones first; all rounds given ``final``."""
+        first = min(self.performed, default=self.num_rounds + 1)
+        if final is None:
+            kept = [self.restored[r] for r in sorted(self.restored) if r < first]
+            fresh = round_rows(
+                self.grid, self.result, self.strategy, self.num_rounds, only=self.completed
+            )
+            return kept + fresh
+        rows = []
+        for row in round_rows(self.grid, final, self.strategy, self.num_rounds):
+            r = row["round"]
+            rows.append(self.restored[r] if r < first and r in self.restored else row)
+        return rows
 
 
 def run_strategy(
@@ -359,16 +587,23 @@ def run_strategy(
 
     Run config read: ``num-server-rounds`` (default 3), ``results-path`` (absolute; no
     file when empty), ``save-path`` (plaintext baseline: the final model as ``.npz``;
-    encrypted strategies write their encrypted model there themselves) and the keys
-    :func:`make_strategy` reads (copied into the results for reference).
+    encrypted strategies write their encrypted model there themselves), ``resume`` and the
+    keys :func:`make_strategy` reads (copied into the results for reference).
 
-    The results JSON holds ``format``, ``app``, ``strategy``, ``encryption``,
-    ``num-rounds``, ``total-s``, ``status`` (``ok`` or ``error``) and ``rounds``: one row per
-    round with ``accuracy`` and ``loss`` (federated evaluation), ``train-loss``,
-    ``round-s``, ``train-s``, ``evaluate-s``, ``bytes-sent``, ``bytes-received`` (payload
-    bytes of all ArrayRecords, train and evaluate), ``aggregate-s`` (server-side ciphertext
-    aggregation), ``client-encrypt-s`` / ``client-decrypt-s`` / ``client-crypto-s`` (mean
-    client seconds in CKKS per train message, weighted by examples), ``errors``
+    The results file is rewritten atomically after every round (``status`` ``running``), so
+    a killed run keeps the rows of its completed rounds; a resumed run (``resume = true``,
+    the strategy built with :func:`make_strategy` from the same run config) keeps the rows
+    of the rounds restored from the checkpoint and adds the new ones, in the same schema.
+
+    The results JSON holds ``format``, ``app``, ``run-id``, ``strategy``, ``encryption``,
+    ``num-rounds``, ``total-s``, ``status`` (``running``, ``ok`` or ``error``),
+    ``resume``, ``resumed-after-round`` (0 for a fresh run), ``checkpoint-path`` and
+    ``rounds``: one row per round with ``accuracy`` and ``loss`` (federated evaluation),
+    ``train-loss``, ``round-s``, ``train-s``, ``evaluate-s``, ``bytes-sent``,
+    ``bytes-received`` (payload bytes of all ArrayRecords, train and evaluate),
+    ``aggregate-s`` (server-side ciphertext aggregation), ``client-encrypt-s`` /
+    ``client-decrypt-s`` / ``client-crypto-s`` (mean client seconds in CKKS per train
+    message, weighted by examples), ``errors``
     (error replies) and ``excluded`` (replies the encrypted strategy refused, with reasons).
 
     Returns
@@ -382,6 +617,7 @@ def run_strategy(
     results_path = _path_option(cfg, "results-path")
     save_path = _path_option(cfg, "save-path")
     encrypted = encryption_enabled(cfg)
+    resume = resume_requested(cfg)
     metered = MeteredGrid(grid)
     info: dict[str, Any] = {
         "format": RESULTS_FORMAT,
@@ -393,12 +629,27 @@ def run_strategy(
         "num-rounds": num_rounds,
         "run-config": {k: v for k, v in cfg.items() if isinstance(v, bool | int | float | str)},
         "save-path": str(save_path) if save_path else None,
+        "checkpoint-path": str(checkpoint_path(cfg)) if encrypted else None,
+        "resume": resume,
     }
     key = getattr(strategy, "key", None)
     if key is not None:
         info["key-fingerprint"] = key.fingerprint
         info["ckks-preset"] = key.params.name
+    recorder = RoundRecorder(
+        strategy, metered, num_rounds, restored=previous_rows(results_path) if resume else ()
+    )
     t0 = time.time()
+
+    def write(status: str, rows: list[dict[str, Any]], **extra: Any) -> None:
+        info.update(status=status, rounds=rows, **extra)
+        info["total-s"] = time.time() - t0
+        info["resumed-after-round"] = recorder.resumed_after
+        if results_path is not None:
+            write_json_atomic(results_path, info)
+
+    recorder.on_round = lambda _r: write("running", recorder.rows())
+    write("running", recorder.rows())
     try:
         result = strategy.start(
             grid=metered,
@@ -408,18 +659,12 @@ def run_strategy(
             evaluate_config=evaluate_config,
         )
     except BaseException as exc:
-        info.update(status="error", error=f"{type(exc).__name__}: {exc}")
-        info["total-s"] = time.time() - t0
-        if results_path is not None:
-            write_file_atomic(results_path, json.dumps(info, indent=2).encode())
+        write("error", recorder.rows(), error=f"{type(exc).__name__}: {exc}")
         raise
     if save_path is not None and not encrypted:
         save_plaintext_model(save_path, result.arrays)
-    info["status"] = "ok"
-    info["total-s"] = time.time() - t0
-    info["rounds"] = round_rows(metered, result, strategy, num_rounds)
+    write("ok", recorder.rows(result))
     if results_path is not None:
-        write_file_atomic(results_path, json.dumps(info, indent=2).encode())
         log.info("wrote results to %s", results_path)
     return result
 

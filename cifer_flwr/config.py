@@ -151,6 +151,8 @@ class ExperimentConfig:
     fraction_train: float = 1.0
     fraction_evaluate: float = 1.0
     seed: int = 0
+    #: continue a killed run from its checkpoint (centralized, encrypted runs only)
+    resume: bool = False
 
 
 def _check(exp: ExperimentConfig) -> None:
@@ -178,6 +180,16 @@ def _check(exp: ExperimentConfig) -> None:
     if exp.strategy.name == StrategyName.securefed and exp.strategy.min_cohort > nodes:
         problems.append(
             f"strategy.min_cohort ({exp.strategy.min_cohort}) exceeds federation.nodes ({nodes})"
+        )
+    if exp.resume and not exp.encryption.enabled:
+        problems.append(
+            "resume=true needs encryption (the plaintext baseline keeps no checkpoint; "
+            "rerun it without resume)"
+        )
+    if exp.resume and topo.name == TopologyName.p2p:
+        problems.append(
+            "resume=true needs topology=centralized (p2p peers keep their models in the "
+            "ClientApps, there is no server checkpoint)"
         )
     try:
         get_preset(exp.encryption.preset)

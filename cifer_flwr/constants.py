@@ -43,6 +43,8 @@ CFG_CHECK: Final = "cifer.check"
 CFG_SLOT: Final = "cifer.slot"
 #: SecureFed: number of sampled clients in this round (length of the participation vector).
 CFG_COHORT: Final = "cifer.cohort-size"
+#: SecureFed: per-run nonce that every per-chunk integrity tag is derived from.
+CFG_SESSION: Final = "cifer.session"
 
 #: Key of the ConfigRecord the mod adds to replies (state digest, clipping report).
 REPLY_RECORD: Final = "cifer"
@@ -50,13 +52,47 @@ REPLY_RECORD: Final = "cifer"
 REPLY_STATE_DIGEST: Final = "state-digest"
 #: L2 norm of the client's update before clipping.
 REPLY_UPDATE_NORM: Final = "update-norm"
+#: SecureFed: comma-separated indices of the candidate groups whose check failed.
+REPLY_FAILED_GROUPS: Final = "failed-groups"
+#: SecureFed: opening words of every refusal by a key holder (error replies carry them).
+CHECK_FAILED: Final = "aggregation check failed"
 
 #: Bundle part names inside an encrypted ArrayRecord.
 PART_MODEL: Final = "model"
 PART_STATE: Final = "state"
 PART_CHECK: Final = "check"
+#: SecureFed: suffix of the candidate-group parts (``model_g0``, ``check_g0``, ...).
+PART_GROUP_SUFFIX: Final = "_g"
+
+#: SecureFed: public metadata of an aggregate (round of its contributions, round of the global
+#: they trained from, session nonce, clipping bound, per-client noise std, group index).
+META_ROUND: Final = "round"
+META_BASE_ROUND: Final = "base_round"
+META_SESSION: Final = "session"
+META_CLIP_NORM: Final = "clip_norm"
+META_NOISE_STD: Final = "noise_std"
+META_GROUP: Final = "group"
+
+#: SecureFed: keys in a key holder's ``Context.state`` for the last global it accepted.
+STATE_BASE_ARRAYS: Final = "cifer.securefed.base"
+STATE_BASE_INFO: Final = "cifer.securefed.base-info"
 
 #: Container ``kind`` of a dataset encrypted for training (securetrain scenario 1).
 KIND_ENCRYPTED_DATASET: Final = "cifer.encrypted-dataset"
 #: Container ``kind`` of an encrypted logistic-regression model (securetrain).
 KIND_ENCRYPTED_MODEL: Final = "cifer.encrypted-model"
+
+# --- strategy robustness and checkpoints ------------------------------------------------------
+#: Container ``kind`` of a strategy checkpoint (encrypted global model + round state).
+KIND_STRATEGY_CHECKPOINT: Final = "cifer.strategy-checkpoint"
+#: Marker in the name of a checkpoint's temporary file (``.NAME.cifer-tmp-XXXX``), removed on
+#: the next start when a crash left it behind.
+CHECKPOINT_TMP_MARK: Final = ".cifer-tmp-"
+#: Train metric: 1 when the round released a new global model, 0 when it released nothing.
+METRIC_RELEASED: Final = "cifer-released"
+#: Train metric: number of replies that passed every check and entered the aggregate.
+METRIC_VALID_REPLIES: Final = "cifer-valid-replies"
+#: Train metric: number of replies excluded in the round (with reasons in ``excluded``).
+METRIC_EXCLUDED: Final = "cifer-excluded"
+#: Train metric: seconds the server spent adding ciphertexts.
+METRIC_AGGREGATE_S: Final = "cifer-aggregate-s"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -15,9 +15,9 @@ from flwr.app import Array, ArrayRecord, Context
 from flwr.serverapp import Grid
 
 from cifer_flwr import crypto
+from cifer_flwr.apps import write_json_atomic
 from cifer_flwr.config import ExperimentConfig, compose, overrides_to_string
 from cifer_flwr.constants import NODE_CONFIG_PRIVATE_KEY
-from cifer_flwr.crypto.container import write_file_atomic
 from cifer_flwr.data import Partition, load_dataset, load_partition
 from cifer_flwr.exceptions import ConfigError
 from cifer_flwr.tasks import TASKS, Task, TrainSettings, get_task
@@ -35,7 +35,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Run-config keys of the generic app (``flwr run ... --run-config "..."``).
+#: Run-config keys of the generic app (``flwr run ... --run-config "..."``); ``resume`` and
+#: ``checkpoint-path`` are :data:`cifer_flwr.apps.RC_RESUME` / ``RC_CHECKPOINT``.
 RC_OVERRIDES = "hydra-overrides"
 RC_RESULTS = "results-path"
 RC_PUBLIC_KEY = "public-key"
@@ -71,11 +72,47 @@ def run_on_grid(
     public_key: str | None = None,
     save_path: str | None = None,
     timeout: float | None = None,
+    checkpoint_path: str | None = None,
+    resume: bool = False,
+    restored_rows: list[dict[str, Any]] | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run ``exp`` on a Grid (a real SuperLink or a test double) and return its results."""
+    """Run ``exp`` on a Grid (a real SuperLink or a test double) and return its results.
+
+    Centralized encrypted runs checkpoint to ``checkpoint_path`` after every round and,
+    with ``resume`` (or ``exp.resume``), continue from it; ``restored_rows`` (the killed
+    run's rows) are kept for the restored rounds. ``on_round`` gets the results so far
+    (``status`` ``running``) after every round, to be written to disk.
+    """
     t0 = time.perf_counter()
     limit = exp.federation.timeout if timeout is None else timeout
+    resume = resume or exp.resume
+    info: dict[str, Any] = {
+        "status": "running",
+        "config": overrides_to_string(exp),
+        "topology": exp.topology.name.value,
+        "strategy": exp.strategy.name.value,
+        "encrypted": exp.encryption.enabled,
+        "preset": exp.encryption.preset if exp.encryption.enabled else None,
+        "task": exp.task.name,
+        "nodes": exp.federation.nodes,
+        "resume": resume,
+        "resumed-after-round": 0,
+        "checkpoint-path": None,
+        "rounds": [],
+        "final_model": None,
+        "seconds": 0.0,
+    }
+
+    def snapshot(rows: list[dict[str, Any]], resumed_after: int = 0) -> dict[str, Any]:
+        info.update(
+            rounds=rows, seconds=time.perf_counter() - t0, **{"resumed-after-round": resumed_after}
+        )
+        return dict(info)
+
     if exp.topology.name.value == "p2p":
+        if resume:
+            raise ConfigError("resume=true needs topology=centralized (p2p has no checkpoint).")
         rounds = run_p2p(
             grid,
             num_peers=exp.federation.nodes,
@@ -88,32 +125,34 @@ def run_on_grid(
         )
         save_path = None
     else:
-        rounds = run_centralized(
+        encrypted = exp.encryption.enabled
+        info["checkpoint-path"] = checkpoint_path if encrypted else None
+        if on_round is not None:
+            on_round(snapshot(list(restored_rows or []) if resume else []))
+        report = on_round
+        rounds, after = run_centralized(
             grid,
             exp,
             _record(initial_arrays(exp)),
-            public_key=public_key if exp.encryption.enabled else None,
-            save_path=save_path if exp.encryption.enabled else None,
+            public_key=public_key if encrypted else None,
+            save_path=save_path if encrypted else None,
             timeout=limit,
+            checkpoint_path=checkpoint_path if encrypted else None,
+            resume=resume,
+            restored_rows=(restored_rows or []) if resume else [],
+            on_round=None if report is None else (lambda rows, a: report(snapshot(rows, a))),
         )
-    return {
-        "status": "ok",
-        "config": overrides_to_string(exp),
-        "topology": exp.topology.name.value,
-        "strategy": exp.strategy.name.value,
-        "encrypted": exp.encryption.enabled,
-        "preset": exp.encryption.preset if exp.encryption.enabled else None,
-        "task": exp.task.name,
-        "nodes": exp.federation.nodes,
-        "rounds": rounds,
-        "final_model": save_path,
-        "seconds": time.perf_counter() - t0,
-    }
+        info["resumed-after-round"] = after
+    info.update(status="ok", final_model=save_path)
+    return snapshot(rounds, int(info.get("resumed-after-round", 0)))
 
 
 def write_results(path: str | os.PathLike[str], results: dict[str, Any]) -> Path:
-    """Write results as JSON atomically (the ServerApp's only output besides checkpoints)."""
-    return write_file_atomic(path, json.dumps(results, indent=2).encode("utf-8"))
+    """Write results as JSON atomically (the ServerApp's only output besides checkpoints).
+
+    Temp files of an earlier killed writer are removed; none is left behind.
+    """
+    return write_json_atomic(Path(path), results)
 
 
 class ClientRuntime:

@@ -18,14 +18,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from cifer_flwr import crypto
 from cifer_flwr.config import CONF_DIR, ExperimentConfig, compose, overrides_to_string, validate
 from cifer_flwr.exceptions import CiferError, ConfigError
 from cifer_flwr.report import plot_runs
 
-__all__ = ["APP_DIR", "expand_sweep", "hydra_entry", "run_experiment", "validate_sweep"]
+__all__ = [
+    "APP_DIR",
+    "RESULTS_FILE",
+    "expand_sweep",
+    "hydra_entry",
+    "run_experiment",
+    "validate_sweep",
+]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,49 @@ def validate_sweep(overrides: list[str], multirun: bool) -> list[ExperimentConfi
     return out
 
 
+#: Results file of a run inside its output directory; the checkpoint sits next to it.
+RESULTS_FILE = "results.json"
+
+
+def _check_resumable(exp: ExperimentConfig, out_dir: Path) -> None:
+    """Refuse ``resume=true`` unless ``out_dir`` holds a killed run of the same experiment.
+
+    Raises
+    ------
+    ConfigError
+        No checkpoint or key pair in ``out_dir``, or its config differs from ``exp``.
+
+    """
+    from cifer_flwr.apps import CHECKPOINT_SUFFIX
+
+    ckpt = (out_dir / RESULTS_FILE).with_suffix(CHECKPOINT_SUFFIX)
+    fix = (
+        "run `cifer run <the killed run's overrides> resume=true "
+        "hydra.run.dir=<its output directory>`"
+    )
+    if not ckpt.is_file():
+        raise ConfigError(
+            f"resume=true but {out_dir} holds no checkpoint ({ckpt.name} missing): a new "
+            f"output directory has nothing to resume; {fix}."
+        )
+    if not (out_dir / "keys" / crypto.PUBLIC_KEY_FILE).is_file():
+        raise ConfigError(f"resume=true but {out_dir / 'keys'} holds no key pair; {fix}.")
+    saved = out_dir / "config.yaml"
+    if saved.is_file():
+        loaded = OmegaConf.load(saved)
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{saved} is not a mapping; {fix}.")
+        before = validate(loaded)
+        before.resume = exp.resume
+        if before != exp:
+            old, new = overrides_to_string(before).split(), overrides_to_string(exp).split()
+            diff = sorted(set(new) - set(old))
+            raise ConfigError(
+                f"resume=true but the experiment differs from the killed run in {out_dir} "
+                f"({', '.join(diff)}); resume with the same overrides."
+            )
+
+
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2))
 
@@ -83,10 +133,16 @@ def run_experiment(
     from cifer_flwr.federation.runs import run_app
 
     say = progress or (lambda msg: log.info("%s", msg))
+    if exp.resume:
+        _check_resumable(exp, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(exp)))
     private = public = None
-    if exp.encryption.enabled:
+    if exp.resume:
+        say("resuming: reusing the run's CKKS key pair (the checkpoint is encrypted under it)")
+        private = out_dir / "keys" / crypto.PRIVATE_KEY_FILE
+        public = out_dir / "keys" / crypto.PUBLIC_KEY_FILE
+    elif exp.encryption.enabled:
         say(f"generating a CKKS key pair (preset {exp.encryption.preset})")
         key = crypto.generate_key(exp.encryption.preset)
         private, public = crypto.write_key_pair(key, out_dir / "keys", force=True)
@@ -107,7 +163,10 @@ def run_experiment(
         public_key=public,
     )
     try:
-        run_config: dict[str, str] = {"hydra-overrides": overrides_to_string(exp)}
+        run_config: dict[str, str | bool] = {
+            "hydra-overrides": overrides_to_string(exp),
+            "resume": exp.resume,
+        }
         if public is not None:
             run_config["public-key"] = str(public.resolve())
             if exp.topology.name.value == "centralized":
@@ -119,7 +178,7 @@ def run_experiment(
             APP_DIR,
             run_config,
             timeout=exp.federation.timeout,
-            results_path=out_dir / "results.json",
+            results_path=out_dir / RESULTS_FILE,
             log_path=out_dir / "run.log",
         )
     finally:
@@ -142,7 +201,6 @@ def run_experiment(
 def _hydra_main() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import DictConfig
 
     @hydra.main(version_base=None, config_path=str(CONF_DIR), config_name="config")
     def main(cfg: DictConfig) -> float | None:
@@ -160,8 +218,23 @@ def _hydra_main() -> None:
 
 
 def hydra_entry(overrides: list[str], multirun: bool) -> None:
-    """Validate every requested experiment, then hand the command line to Hydra."""
-    validate_sweep(overrides, multirun)
+    """Validate every requested experiment, then hand the command line to Hydra.
+
+    ``resume=true`` is checked here too, before anything starts: it needs the killed run's
+    output directory (``hydra.run.dir=...``; ``hydra.sweep.dir=...`` with ``-m``) holding
+    its checkpoint, key pair and the same config.
+    """
+    exps = validate_sweep(overrides, multirun)
+    if any(e.resume for e in exps):
+        key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+        given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith(key)]
+        if not given:
+            raise ConfigError(
+                f"resume=true needs the killed run's output directory: add "
+                f"{key}<that directory> (a new output directory has no checkpoint)."
+            )
+        if not multirun:
+            _check_resumable(exps[0], Path(given[0]))
     argv = sys.argv
     sys.argv = ["cifer run", *(["--multirun"] if multirun else []), *overrides]
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")

@@ -29,6 +29,7 @@ from cifer_flwr.constants import (
     CFG_COHORT,
     CFG_NOISE_STD,
     CFG_RETURN_STATE,
+    CFG_SESSION,
     CFG_SLOT,
     CFG_WEIGHT_DIVISOR,
     CFG_WEIGHTED_BY,
@@ -37,10 +38,14 @@ from cifer_flwr.constants import (
     PART_CHECK,
     PART_MODEL,
     PART_STATE,
+    REPLY_FAILED_GROUPS,
     REPLY_RECORD,
     REPLY_STATE_DIGEST,
     REPLY_UPDATE_NORM,
+    STATE_BASE_ARRAYS,
+    STATE_BASE_INFO,
 )
+from cifer_flwr.crypto.encoding import count_chunks
 from cifer_flwr.exceptions import CiferError, KeyFileError
 
 __all__ = ["ckks_mod", "private_key_for"]
@@ -106,26 +111,59 @@ def _error_reply(msg: Message, reason: str) -> Message:
     return Message(Error(code=ErrorCode.MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
 
 
+def _load_base(context: Context, name: str) -> protocol.BaseModel | None:
+    """The last SecureFed global this key holder accepted for record ``name`` (or None)."""
+    info = context.state.config_records.get(STATE_BASE_INFO)
+    record = context.state.array_records.get(STATE_BASE_ARRAYS)
+    if info is None or record is None or info.get("record") != name:
+        return None
+    arrays = {k: a.numpy() for k, a in record.items()}
+    return protocol.BaseModel(int(info["round"]), arrays, float(info["error-bound"]))  # type: ignore[arg-type]
+
+
+def _store_base(context: Context, name: str, opened: protocol.Opened) -> None:
+    """Remember an accepted SecureFed global: the norm check of the next one needs it."""
+    if opened.round is None:
+        return
+    context.state.array_records[STATE_BASE_ARRAYS] = _plain_record(opened.arrays)
+    context.state.config_records[STATE_BASE_INFO] = ConfigRecord(
+        {"record": name, "round": opened.round, "error-bound": opened.error_bound}
+    )
+
+
 def _decrypt_incoming(
-    msg: Message, key: crypto.Key, config: Mapping[str, Any]
-) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
-    """Replace encrypted records in ``msg`` by plaintext ones; return what was received."""
+    msg: Message, key: crypto.Key, config: Mapping[str, Any], context: Context
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any], ConfigRecord]:
+    """Replace encrypted records in ``msg`` by plaintext ones; return what was received.
+
+    SecureFed globals are verified first (:func:`protocol.open_global`, docs/design.md
+    §4.4): a failing aggregate raises :class:`protocol.AggregationCheckError`, and the
+    verdicts on candidate groups go back to the server in the returned ConfigRecord.
+    """
     received: dict[str, dict[str, np.ndarray]] = {}
     state: dict[str, Any] = {}
+    report = ConfigRecord()
     is_train = msg.metadata.message_type.startswith(MessageType.TRAIN)
     server_round = int(config.get("server-round", 0))
-    # a train message carries the aggregate of the previous round, evaluate that of this one
-    check_round = server_round - 1 if is_train else server_round
+    # a train message carries an aggregate of an earlier round, evaluate one of this round
+    max_round = server_round - 1 if is_train else server_round
     for name, record in list(msg.content.array_records.items()):
         if not crypto.is_encrypted_record(record):
             continue
         parts = crypto.bundle_from_record(record, key)
-        plain, opt_state = protocol.materialize(parts, key, check_round=check_round)
-        if opt_state is not None:
-            state[name] = opt_state
-        received[name] = plain
-        msg.content.array_records[name] = _plain_record(plain)
-    return received, state
+        opened = protocol.open_global(
+            parts, key, previous=_load_base(context, name), max_round=max_round
+        )
+        for note in opened.notes:
+            log.warning("ckks_mod: %s", note)
+        if opened.groups_tested:
+            report[REPLY_FAILED_GROUPS] = ",".join(str(g) for g in opened.failed_groups)
+        _store_base(context, name, opened)
+        if opened.opt_state is not None:
+            state[name] = opened.opt_state
+        received[name] = opened.arrays
+        msg.content.array_records[name] = _plain_record(opened.arrays)
+    return received, state, report
 
 
 def _encrypt_reply(
@@ -134,12 +172,13 @@ def _encrypt_reply(
     config: Mapping[str, Any],
     received: Mapping[str, Mapping[str, np.ndarray]],
     opt_state: Mapping[str, Any],
+    report: ConfigRecord,
 ) -> None:
     weighted_by = str(config.get(CFG_WEIGHTED_BY, "num-examples"))
     divisor = float(config.get(CFG_WEIGHT_DIVISOR, 1.0))
     n = _num_examples(reply, weighted_by)
     weight = n / divisor
-    info = ConfigRecord()
+    info = ConfigRecord(dict(report))
     t0 = time.perf_counter()
     for name, record in list(reply.content.array_records.items()):
         arrays = {k: a.numpy() for k, a in record.items()}
@@ -151,15 +190,10 @@ def _encrypt_reply(
         noise = float(config.get(CFG_NOISE_STD, 0.0))
         if noise > 0:
             arrays = protocol.add_noise(arrays, noise, np.random.default_rng())
-        parts = {PART_MODEL: crypto.encrypt(arrays, key, weight=weight)}
         if config.get(CFG_CHECK):
-            check = protocol.check_arrays(
-                int(config[CFG_SLOT]),
-                int(config[CFG_COHORT]),
-                int(config.get("server-round", 0)),
-                weight,
-            )
-            parts[PART_CHECK] = crypto.encrypt(check, key)
+            parts = _encrypt_checked(arrays, key, config, weight)
+        else:
+            parts = {PART_MODEL: crypto.encrypt(arrays, key, weight=weight)}
         if name in opt_state:
             x, m, v = opt_state[name]
             info[REPLY_STATE_DIGEST] = protocol.state_digest(x, m, v)
@@ -169,6 +203,26 @@ def _encrypt_reply(
     _report_seconds(reply, "cifer-encrypt-s", time.perf_counter() - t0)
     if len(info):
         reply.content.config_records[REPLY_RECORD] = info
+
+
+def _encrypt_checked(
+    arrays: Mapping[str, np.ndarray], key: crypto.Key, config: Mapping[str, Any], weight: float
+) -> dict[str, crypto.EncryptedArrays]:
+    """SecureFed: the model with integrity values in every ciphertext, plus the check part."""
+    slot, cohort = int(config[CFG_SLOT]), int(config[CFG_COHORT])
+    server_round = int(config.get("server-round", 0))
+    session = str(config.get(CFG_SESSION, ""))
+    if not session:
+        raise CiferError(
+            f"the SecureFed config has no '{CFG_SESSION}'; the server's cifer_flwr is older "
+            "than this client's. Use the same cifer_flwr version on both sides."
+        )
+    reserved = protocol.INTEGRITY_SLOTS
+    num_chunks = count_chunks(arrays, key.params.slots, reserved)
+    fill = protocol.integrity_fill(session, server_round, slot, cohort, num_chunks, key.params)
+    model = crypto.encrypt(arrays, key, weight=weight, reserved=reserved, fill=fill)
+    check = protocol.check_arrays(slot, cohort, server_round, weight)
+    return {PART_MODEL: model, PART_CHECK: crypto.encrypt(check, key)}
 
 
 def ckks_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -183,8 +237,11 @@ def ckks_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
         key = private_key_for(context)
         config = _config(msg)
         t0 = time.perf_counter()
-        received, opt_state = _decrypt_incoming(msg, key, config)
+        received, opt_state, report = _decrypt_incoming(msg, key, config, context)
         decrypt_s = time.perf_counter() - t0
+    except protocol.AggregationCheckError as exc:
+        # never train or evaluate on it; the reason opens with CHECK_FAILED (docs/design.md §4.4)
+        return _error_reply(msg, f"{exc} The global model is refused.")
     except CiferError as exc:
         return _error_reply(msg, f"cannot decrypt the server's message: {exc}")
     reply = call_next(msg, context)
@@ -192,7 +249,7 @@ def ckks_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
         return reply
     _report_seconds(reply, "cifer-decrypt-s", decrypt_s)
     try:
-        _encrypt_reply(reply, key, config, received, opt_state)
+        _encrypt_reply(reply, key, config, received, opt_state, report)
     except CiferError as exc:
         return _error_reply(msg, f"cannot encrypt the reply: {exc}")
     return reply

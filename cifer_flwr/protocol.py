@@ -1,44 +1,79 @@
 """The encrypted-FL protocol shared by the strategies (server) and ``ckks_mod`` (key holders).
 
 Pure functions on numpy arrays and :mod:`cifer_flwr.crypto` objects; no TenSEAL import.
-See DESIGN.md §4.2-4.4.
+See docs/design.md §4.2-4.4.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from cifer_flwr import crypto
-from cifer_flwr.constants import PART_CHECK, PART_MODEL, PART_STATE
+from cifer_flwr.constants import (
+    CHECK_FAILED,
+    META_BASE_ROUND,
+    META_CLIP_NORM,
+    META_NOISE_STD,
+    META_ROUND,
+    META_SESSION,
+    PART_CHECK,
+    PART_GROUP_SUFFIX,
+    PART_MODEL,
+    PART_STATE,
+)
+from cifer_flwr.crypto.encoding import decode, reserved_values
 from cifer_flwr.exceptions import CiferError, ConfigError
 
 __all__ = [
+    "INTEGRITY_SLOTS",
     "AggregationCheckError",
+    "BaseModel",
+    "Opened",
     "OptimizerSpec",
     "add_noise",
     "check_arrays",
+    "ckks_error_bound",
     "clip_update",
     "fedopt_step",
+    "group_indices",
+    "group_part",
+    "integrity_fill",
+    "integrity_scale",
+    "integrity_tags",
     "materialize",
+    "open_global",
     "pack_state",
     "state_digest",
     "unpack_state",
+    "update_norm_allowance",
     "verify_check",
     "weight_divisor",
 ]
 
 Arrays = dict[str, npt.NDArray[Any]]
+FloatArray = npt.NDArray[np.float64]
 
 
 class AggregationCheckError(CiferError):
-    """The key holders detected a dropped, duplicated or replayed update in an aggregate."""
+    """A key holder refuses an aggregate that violates what SecureFed guarantees.
+
+    A dropped, duplicated or replayed update, a ciphertext under another key or from another
+    round, client or position, or an update beyond the clipping bound. The message always
+    opens with ``constants.CHECK_FAILED`` so the server can recognise refusals.
+    """
+
+    def __init__(self, message: str) -> None:
+        if not message.startswith(CHECK_FAILED):
+            message = f"{CHECK_FAILED}: {message}"
+        super().__init__(message)
 
 
 # --------------------------------------------------------------------------- weighting
@@ -76,17 +111,47 @@ class OptimizerSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> OptimizerSpec:
-        """Rebuild from :meth:`to_dict` output."""
-        kind = str(data["kind"])
+    def from_dict(cls, data: Any) -> OptimizerSpec:
+        """Rebuild from :meth:`to_dict` output, checking every field.
+
+        The settings are public metadata another party wrote, so nothing is trusted.
+
+        Raises
+        ------
+        ConfigError
+            For a missing field, an unknown kind or a value out of range.
+
+        """
+        if not isinstance(data, Mapping) or set(data) != {"kind", "eta", "beta_1", "beta_2", "tau"}:
+            raise ConfigError(
+                f"FedOpt settings {data!r:.120}; expected an object with exactly kind, eta, "
+                "beta_1, beta_2 and tau."
+            )
+        kind = data["kind"]
         if kind not in ("yogi", "adam", "adagrad"):
-            raise ConfigError(f"unknown FedOpt kind {kind!r}; expected yogi, adam or adagrad.")
+            raise ConfigError(f"unknown FedOpt kind {kind!r:.40}; expected yogi, adam or adagrad.")
+        values = {}
+        for name in ("eta", "beta_1", "beta_2", "tau"):
+            value = data[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"FedOpt {name} is {value!r:.40}; expected a number.")
+            values[name] = float(value)
+        if not 0 < values["eta"] < math.inf or not 0 < values["tau"] < math.inf:
+            raise ConfigError(
+                f"FedOpt eta={values['eta']!r} and tau={values['tau']!r}; both must be finite "
+                "and > 0."
+            )
+        if not (0 <= values["beta_1"] < 1 and 0 <= values["beta_2"] < 1):
+            raise ConfigError(
+                f"FedOpt beta_1={values['beta_1']!r}, beta_2={values['beta_2']!r}; both must "
+                "lie in [0, 1)."
+            )
         return cls(
-            kind,  # type: ignore[arg-type]
-            float(data["eta"]),
-            float(data["beta_1"]),
-            float(data["beta_2"]),
-            float(data["tau"]),
+            kind,
+            values["eta"],
+            values["beta_1"],
+            values["beta_2"],
+            values["tau"],
         )
 
 
@@ -219,6 +284,22 @@ def check_arrays(slot: int, cohort: int, server_round: int, weight: float) -> Ar
     return {"participation": participation, "weights": weights}
 
 
+def _check_vectors(check: Mapping[str, npt.NDArray[Any]]) -> tuple[FloatArray, FloatArray]:
+    try:
+        part = np.asarray(check["participation"], np.float64).ravel()
+        weights = np.asarray(check["weights"], np.float64).ravel()
+    except KeyError as exc:
+        raise AggregationCheckError(
+            f"the check part has arrays {sorted(check)}, expected participation and weights."
+        ) from exc
+    if part.shape != weights.shape or part.size < 1:
+        raise AggregationCheckError(
+            f"the check part has {part.size} participation and {weights.size} weight slots; "
+            "expected the same positive number (the cohort size)."
+        )
+    return part, weights
+
+
 def verify_check(
     check: Mapping[str, npt.NDArray[Any]], model: crypto.EncryptedArrays, server_round: int
 ) -> None:
@@ -232,35 +313,474 @@ def verify_check(
 
     """
     tag = _round_tag(server_round)
-    part = np.asarray(check["participation"], np.float64)
+    part, weights = _check_vectors(check)
     tol = 1e-3
     present = part > 0.5
     if np.any(part > tag + 0.5):
         slots = np.flatnonzero(part > tag + 0.5).tolist()
         raise AggregationCheckError(
-            f"aggregation check failed: slots {slots} were counted more than once "
-            "(a duplicated update)."
+            f"slots {slots[:10]} were counted more than once (a duplicated update)."
         )
     wrong = present & (np.abs(part - tag) > tol)
     if wrong.any():
         raise AggregationCheckError(
-            f"aggregation check failed: slots {np.flatnonzero(wrong).tolist()} carry a tag of "
-            f"another round than {server_round} (a replayed update)."
+            f"slots {np.flatnonzero(wrong).tolist()[:10]} carry a tag of another round than "
+            f"{server_round} (a replayed update)."
         )
     if int(present.sum()) != model.count:
         raise AggregationCheckError(
-            f"aggregation check failed: {int(present.sum())} clients contributed but the "
-            f"aggregate claims {model.count} updates (a dropped or injected update)."
+            f"{int(present.sum())} clients contributed but the aggregate claims {model.count} "
+            "updates (a dropped or injected update)."
         )
-    total = float(np.asarray(check["weights"], np.float64).sum())
+    total = float(weights.sum())
     if not math.isclose(total, model.weight, rel_tol=1e-4, abs_tol=1e-6):
         raise AggregationCheckError(
-            f"aggregation check failed: the contributions carry total weight {total:.8g} "
-            f"but the aggregate claims {model.weight:.8g}."
+            f"the contributions carry total weight {total:.8g} but the aggregate claims "
+            f"{model.weight:.8g}."
         )
+
+
+# --------------------------------------------------------------------------- SecureFed integrity
+#: Slots reserved at the end of every SecureFed model ciphertext for integrity values
+#: (docs/design.md §4.4): 4 of 2 048 slots, 0.2 %.
+INTEGRITY_SLOTS: Final = 4
+#: Tail bound used for the DP-noise allowance of the norm check: a Gaussian vector's norm
+#: exceeds ``std * (sqrt(d) + t)`` with probability below ``exp(-t**2 / 2)`` (about 2e-22).
+NOISE_TAIL: Final = 10.0
+
+
+def integrity_scale(params: crypto.CkksParams, cohort: int) -> float:
+    """Magnitude of one client's integrity values: ``max_abs / (4 * cohort)``.
+
+    The sum of a whole cohort's values (tags < 2) then stays below ``max_abs / 2``, and a
+    wrong value differs from the expected one by about a third of this scale, far above
+    the CKKS error (:func:`ckks_error_bound`).
+    """
+    if cohort < 1:
+        raise ConfigError(f"the cohort size must be >= 1, got {cohort}.")
+    return params.max_abs / (4.0 * cohort)
+
+
+def integrity_tags(
+    session: str, server_round: int, slot: int, num_chunks: int, reserved: int = INTEGRITY_SLOTS
+) -> FloatArray:
+    """Pseudo-random tags in [1, 2) for every reserved slot of every chunk of one client.
+
+    Derived with SHAKE-256 from ``(session, round, cohort slot)``; row ``j`` belongs to chunk
+    ``j``. Public (anyone can compute them): they bind a ciphertext to its run, round, client
+    slot and position, not to a secret.
+    """
+    seed = f"cifer-securefed-integrity/v1|{session}|{server_round}|{slot}".encode()
+    raw = hashlib.shake_256(seed).digest(8 * num_chunks * reserved)
+    words = np.frombuffer(raw, dtype="<u8") >> np.uint64(11)
+    return 1.0 + (words.astype(np.float64) / float(1 << 53)).reshape(num_chunks, reserved)
+
+
+def integrity_fill(
+    session: str,
+    server_round: int,
+    slot: int,
+    cohort: int,
+    num_chunks: int,
+    params: crypto.CkksParams,
+) -> FloatArray:
+    """The reserved-slot values one client encrypts (``crypto.encrypt(..., fill=...)``)."""
+    return integrity_scale(params, cohort) * integrity_tags(session, server_round, slot, num_chunks)
+
+
+def ckks_error_bound(params: crypto.CkksParams, count: int) -> float:
+    """Bound on the absolute CKKS error of one slot of a sum of ``count`` fresh encryptions.
+
+    Measured on this machine: the largest error of a fresh (public-key) encryption over
+    8 192 slots is about ``3 500 / 2**scale_bits`` at N=4096 and ``8 900 / 2**scale_bits``
+    at N=8192. We allow ``2**14 * N / 4096 / 2**scale_bits`` per encryption (about 2x the
+    worst seen, roughly 16 standard deviations) and add the errors of a sum linearly.
+    """
+    per = 2.0**14 * params.poly_modulus_degree / 4096.0 * params.precision
+    return max(1, count) * per
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """The last global model a key holder accepted (for the norm check of the next one).
+
+    Attributes
+    ----------
+    round : int
+        Round of the contributions it sums (0 for the initial model).
+    arrays : dict
+        Its plaintext arrays.
+    error_bound : float
+        Bound on the CKKS error of each value.
+
+    """
+
+    round: int
+    arrays: Arrays
+    error_bound: float
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What a key holder gets from :func:`open_global`.
+
+    Attributes
+    ----------
+    arrays : dict
+        The plaintext model (weighted mean; for FedOpt the materialized ``x``).
+    opt_state : tuple or None
+        FedOpt ``(x, m, v)``.
+    round : int or None
+        SecureFed: round of the contributions of the accepted aggregate; None otherwise.
+    error_bound : float
+        Bound on the CKKS error of each value of ``arrays``.
+    groups_tested : bool
+        Whether candidate groups were verified (SecureFed recovery, docs/design.md §4.4).
+    failed_groups : tuple of int
+        Indices of the candidate groups that failed their check.
+    notes : tuple of str
+        Why a group failed, or why the norm check was skipped.
+
+    """
+
+    arrays: Arrays
+    opt_state: tuple[Arrays, Arrays | None, Arrays | None] | None = None
+    round: int | None = None
+    error_bound: float = 0.0
+    groups_tested: bool = False
+    failed_groups: tuple[int, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def group_part(part: str, index: int) -> str:
+    """Name of candidate group ``index``'s ``part`` (``model_g0``, ``check_g0``...)."""
+    return f"{part}{PART_GROUP_SUFFIX}{index}"
+
+
+def group_indices(parts: Mapping[str, Any]) -> list[int]:
+    """Indices of the candidate groups present (both model and check parts)."""
+    pattern = re.compile(rf"{PART_MODEL}{PART_GROUP_SUFFIX}(\d{{1,4}})")
+    out = []
+    for name in parts:
+        m = pattern.fullmatch(name)
+        if m and group_part(PART_CHECK, int(m.group(1))) in parts:
+            out.append(int(m.group(1)))
+    return sorted(out)
+
+
+def _check_state_matches(x: Arrays, m: Arrays | None, v: Arrays | None, aggregate: Arrays) -> None:
+    """The FedOpt state and the pending aggregate must describe the same arrays."""
+    want = {k: a.shape for k, a in x.items()}
+    for what, arrays in (("m", m), ("v", v), ("pending aggregate", aggregate)):
+        if arrays is not None and {k: a.shape for k, a in arrays.items()} != want:
+            raise ConfigError(
+                f"the FedOpt {what} has arrays {sorted(arrays)} that do not match the state's "
+                f"x {sorted(want)} (names and shapes); the server sent an inconsistent model."
+            )
+
+
+def _meta_int(enc: crypto.EncryptedArrays, name: str) -> int:
+    value = enc.meta.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise AggregationCheckError(
+            f"the aggregate's public metadata {name!r} is {value!r:.40}; expected a round "
+            "number >= 0."
+        )
+    return value
+
+
+def _meta_float(enc: crypto.EncryptedArrays, name: str) -> float:
+    value = enc.meta.get(name)
+    if value is None:
+        return 0.0
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+        raise AggregationCheckError(
+            f"the aggregate's public metadata {name!r} is {value!r:.40}; expected a number >= 0."
+        )
+    return float(value)
+
+
+@dataclass(frozen=True)
+class _Checked:
+    chunks: list[FloatArray]
+    weight: float
+    count: int
+    weights: FloatArray
+
+
+def _verify_integrity(
+    model: crypto.EncryptedArrays,
+    check: crypto.EncryptedArrays,
+    key: crypto.Key,
+    max_round: int | None,
+) -> _Checked:
+    """Check part + per-chunk integrity values of one aggregate (docs/design.md §4.4)."""
+    rnd = _meta_int(model, META_ROUND)
+    if max_round is not None and rnd > max_round:
+        raise AggregationCheckError(
+            f"the aggregate claims round {rnd}, later than the current round {max_round}."
+        )
+    session = model.meta.get(META_SESSION)
+    if not isinstance(session, str) or not session:
+        raise AggregationCheckError("the aggregate names no session; it cannot be verified.")
+    if model.layout.reserved != INTEGRITY_SLOTS:
+        raise AggregationCheckError(
+            f"the model reserves {model.layout.reserved} integrity slots per ciphertext, "
+            f"expected {INTEGRITY_SLOTS}; it cannot be verified."
+        )
+    part, weights = _check_vectors(crypto.decrypt(check, key))
+    verify_check({"participation": part, "weights": weights}, model, rnd)
+    present = np.flatnonzero(part > 0.5)
+    chunks = crypto.decrypt_chunks(model, key)
+    found = reserved_values(model.layout, chunks)
+    expected = np.zeros_like(found)
+    for slot in present:
+        expected += integrity_tags(session, rnd, int(slot), len(chunks), model.layout.reserved)
+    expected *= integrity_scale(model.params, part.size)
+    tol = ckks_error_bound(model.params, model.count) + 1e-12 * float(np.abs(expected).max())
+    deviation = np.abs(found - expected).max(axis=1)
+    bad = np.flatnonzero(~(deviation <= tol))
+    if bad.size:
+        raise AggregationCheckError(
+            f"{bad.size} of {len(chunks)} model ciphertexts (chunks {bad[:8].tolist()}) carry "
+            f"wrong integrity values (largest deviation {float(deviation[bad].max()):.3g}, "
+            f"tolerance {tol:.3g}): a ciphertext under another key, or one taken from another "
+            "round, client or position."
+        )
+    return _Checked(chunks, model.weight, model.count, weights[present])
+
+
+def update_norm_allowance(
+    layout: crypto.Layout,
+    *,
+    clip_norm: float,
+    noise_std: float,
+    weights: npt.ArrayLike,
+    error_bound: float,
+    norms: float,
+) -> float:
+    """Largest L2 norm an honest aggregate's update (mean minus base) may have.
+
+    ``clip_norm`` (a weighted mean of updates clipped to ``C`` has norm <= ``C``) plus:
+
+    * DP noise: each client adds ``N(0, noise_std**2)`` to each of the ``d`` float values;
+      the weighted mean carries ``noise_std * sqrt(sum (w_i/W)**2)`` per value, whose norm
+      stays below that times ``sqrt(d) + NOISE_TAIL`` except with probability ~2e-22;
+    * CKKS: ``error_bound`` (of mean and base together) per value, times ``sqrt(d)``;
+    * rounding to the arrays' dtypes: ``eps`` of the widest-eps float dtype times ``norms``
+      (the norms of mean and base), and 1.5 per integer value (clipped integers truncate).
+
+    """
+    w = np.asarray(weights, np.float64)
+    share = float(np.sqrt(np.sum((w / w.sum()) ** 2))) if w.size and w.sum() > 0 else 1.0
+    floats = sum(
+        s for s, dt in zip(layout.sizes, layout.dtypes, strict=True) if np.dtype(dt).kind == "f"
+    )
+    ints = layout.total - floats
+    eps = max(
+        (float(np.finfo(np.dtype(dt)).eps) for dt in layout.dtypes if np.dtype(dt).kind == "f"),
+        default=0.0,
+    )
+    return (
+        clip_norm
+        + noise_std * share * (math.sqrt(floats) + NOISE_TAIL)
+        + error_bound * math.sqrt(layout.total)
+        + eps * norms
+        + 1.5 * math.sqrt(ints)
+    )
+
+
+def _verify_norm(
+    model: crypto.EncryptedArrays,
+    mean: Arrays,
+    checked_weights: FloatArray,
+    error_bound: float,
+    previous: BaseModel | None,
+) -> str | None:
+    """The norm bound implied by client clipping; returns a note when it cannot be checked."""
+    clip = _meta_float(model, META_CLIP_NORM)
+    if clip <= 0:
+        return None
+    base_round = _meta_int(model, META_BASE_ROUND)
+    if previous is None or previous.round != base_round:
+        held = "none" if previous is None else f"round {previous.round}"
+        return (
+            f"norm check skipped: the aggregate trained from the global of round {base_round}, "
+            f"this key holder holds {held}."
+        )
+    base = previous.arrays
+    if set(base) != set(mean):
+        raise AggregationCheckError(
+            f"the aggregate holds arrays {sorted(mean)[:5]}, the global it claims to update "
+            f"holds {sorted(base)[:5]}."
+        )
+    diff = math.sqrt(
+        sum(
+            float(np.sum((np.asarray(mean[k], np.float64) - np.asarray(base[k], np.float64)) ** 2))
+            for k in mean
+        )
+    )
+    norms = math.sqrt(sum(float(np.sum(np.asarray(a, np.float64) ** 2)) for a in mean.values()))
+    norms += math.sqrt(sum(float(np.sum(np.asarray(a, np.float64) ** 2)) for a in base.values()))
+    allowed = update_norm_allowance(
+        model.layout,
+        clip_norm=clip,
+        noise_std=_meta_float(model, META_NOISE_STD),
+        weights=checked_weights,
+        error_bound=error_bound + previous.error_bound,
+        norms=norms,
+    )
+    if not diff <= allowed:
+        raise AggregationCheckError(
+            f"the aggregate moves the model by L2 norm {diff:.6g}, more than the {allowed:.6g} "
+            f"that clipping to {clip:g} allows (plus noise and CKKS allowances): a client "
+            "skipped clipping."
+        )
+    return None
+
+
+def _open_one(
+    model: crypto.EncryptedArrays,
+    check: crypto.EncryptedArrays,
+    key: crypto.Key,
+    previous: BaseModel | None,
+    max_round: int | None,
+) -> tuple[_Checked, Arrays, str | None]:
+    checked = _verify_integrity(model, check, key, max_round)
+    mean = decode(model.layout, [c / checked.weight for c in checked.chunks])
+    bound = ckks_error_bound(model.params, checked.count) / checked.weight
+    note = _verify_norm(model, mean, checked.weights, bound, previous)
+    return checked, mean, note
+
+
+def _open_securefed(
+    parts: Mapping[str, crypto.EncryptedArrays],
+    key: crypto.Key,
+    previous: BaseModel | None,
+    max_round: int | None,
+) -> Opened:
+    notes: list[str] = []
+    model, check = parts.get(PART_MODEL), parts.get(PART_CHECK)
+    groups = group_indices(parts)
+    if model is not None and check is not None:
+        try:
+            checked, mean, note = _open_one(model, check, key, previous, max_round)
+        except AggregationCheckError as exc:
+            if not groups:
+                raise
+            notes.append(f"the full aggregate failed ({exc}); falling back to its groups")
+        else:
+            return Opened(
+                mean,
+                round=_meta_int(model, META_ROUND),
+                error_bound=ckks_error_bound(model.params, checked.count) / checked.weight,
+                notes=tuple(n for n in [note] if n),
+            )
+    if not groups:
+        raise AggregationCheckError(
+            f"the global model has parts {sorted(parts)[:8]}: neither a model with its check "
+            "part nor candidate groups."
+        )
+    good: list[tuple[crypto.EncryptedArrays, _Checked]] = []
+    failed: list[int] = []
+    rounds = set()
+    for g in groups:
+        g_model, g_check = parts[group_part(PART_MODEL, g)], parts[group_part(PART_CHECK, g)]
+        try:
+            checked, _, note = _open_one(g_model, g_check, key, previous, max_round)
+        except AggregationCheckError as exc:
+            failed.append(g)
+            notes.append(f"group {g}: {exc}")
+            continue
+        if note:
+            notes.append(f"group {g}: {note}")
+        good.append((g_model, checked))
+        rounds.add(_meta_int(g_model, META_ROUND))
+    if not good:
+        raise AggregationCheckError(f"every candidate group failed ({'; '.join(notes)[:600]}).")
+    if len(rounds) != 1 or any(m.layout != good[0][0].layout for m, _ in good):
+        raise AggregationCheckError(
+            f"the candidate groups mix rounds {sorted(rounds)} or layouts; expected one round."
+        )
+    weight = sum(c.weight for _, c in good)
+    count = sum(c.count for _, c in good)
+    total = [np.sum([c.chunks[j] for _, c in good], axis=0) for j in range(len(good[0][1].chunks))]
+    first = good[0][0]
+    return Opened(
+        decode(first.layout, [t / weight for t in total]),
+        round=rounds.pop(),
+        error_bound=ckks_error_bound(first.params, count) / weight,
+        groups_tested=True,
+        failed_groups=tuple(failed),
+        notes=tuple(notes),
+    )
 
 
 # --------------------------------------------------------------------------- key holder
+def open_global(
+    parts: Mapping[str, crypto.EncryptedArrays],
+    key: crypto.Key,
+    *,
+    previous: BaseModel | None = None,
+    max_round: int | None = None,
+) -> Opened:
+    """Decrypt, verify and materialize an encrypted global model (key holders only).
+
+    * ``model`` alone: the weighted mean ``sum / weight`` (FedAvg, FedProx; SecureFed's
+      initial model).
+    * ``state`` (+ ``model`` pending): FedOpt; the pending aggregate is folded into the
+      state with :func:`fedopt_step` (the deferred key-holder step, docs/design.md §4.3).
+    * SecureFed (``check`` part or candidate groups ``model_gN``/``check_gN``): the check
+      part, every ciphertext's integrity values and, when ``previous`` is the global the
+      contributions trained from, the norm bound of the clipping are verified; candidate
+      groups are verified one by one and the mean over the groups that pass is returned
+      (docs/design.md §4.4).
+
+    Parameters
+    ----------
+    parts : mapping
+        The encrypted parts.
+    key : Key
+        A private key.
+    previous : BaseModel, optional
+        The last global this key holder accepted (for the norm check).
+    max_round : int, optional
+        Latest round an aggregate may claim.
+
+    Raises
+    ------
+    AggregationCheckError
+        When a SecureFed aggregate (and every candidate group) fails its checks.
+
+    """
+    model = parts.get(PART_MODEL)
+    if PART_CHECK in parts or group_indices(parts):
+        return _open_securefed(parts, key, previous, max_round)
+    if PART_STATE not in parts:
+        if model is None:
+            raise ConfigError(f"encrypted model has parts {sorted(parts)}; expected 'model'.")
+        if model.layout.reserved:
+            rnd = _meta_int(model, META_ROUND)
+            if rnd != 0:
+                raise AggregationCheckError(
+                    f"a SecureFed aggregate of round {rnd} arrived without its check part."
+                )
+            arrays = crypto.decrypt(model, key, divisor=model.weight)
+            bound = ckks_error_bound(model.params, model.count) / model.weight
+            return Opened(arrays, round=0, error_bound=bound)
+        return Opened(crypto.decrypt(model, key, divisor=model.weight))
+    state_enc = parts[PART_STATE]
+    x, m, v = unpack_state(crypto.decrypt(state_enc, key, divisor=state_enc.weight))
+    if model is not None:
+        spec = OptimizerSpec.from_dict(state_enc.meta.get("fedopt"))
+        agg = crypto.decrypt(model, key, divisor=model.weight)
+        _check_state_matches(x, m, v, agg)
+        x64 = {k: a.astype(np.float64) for k, a in x.items()}
+        x_new, m, v = fedopt_step(spec, x64, m, v, agg, _meta_int(model, META_ROUND))
+        x = {k: x_new[k].astype(x[k].dtype) for k in x}
+    return Opened(x, (x, m, v))
+
+
 def materialize(
     parts: Mapping[str, crypto.EncryptedArrays],
     key: crypto.Key,
@@ -269,30 +789,19 @@ def materialize(
 ) -> tuple[Arrays, tuple[Arrays, Arrays | None, Arrays | None] | None]:
     """Decrypt an encrypted global model into plaintext arrays (key holders only).
 
-    * ``model`` alone: the weighted mean ``sum / weight`` (FedAvg, FedProx, SecureFed).
-    * ``state`` (+ ``model`` pending): FedOpt; the pending aggregate is folded into the
-      state with :func:`fedopt_step` (the deferred key-holder step, DESIGN.md §4.3).
-    * ``check``: verified against ``model`` with :func:`verify_check` for ``check_round``.
+    :func:`open_global` without a previous model (so SecureFed's norm check is skipped, its
+    integrity checks are not); ``check_round`` is the latest round an aggregate may claim.
 
     Returns
     -------
     tuple
         The model arrays and, for FedOpt, the materialized ``(x, m, v)``.
 
+    Raises
+    ------
+    AggregationCheckError
+        When a SecureFed aggregate fails its checks.
+
     """
-    model = parts.get(PART_MODEL)
-    if PART_CHECK in parts and model is not None and check_round is not None:
-        verify_check(crypto.decrypt(parts[PART_CHECK], key), model, check_round)
-    if PART_STATE not in parts:
-        if model is None:
-            raise ConfigError(f"encrypted model has parts {sorted(parts)}; expected 'model'.")
-        return crypto.decrypt(model, key, divisor=model.weight), None
-    state_enc = parts[PART_STATE]
-    x, m, v = unpack_state(crypto.decrypt(state_enc, key, divisor=state_enc.weight))
-    if model is not None:
-        spec = OptimizerSpec.from_dict(state_enc.meta["fedopt"])
-        agg = crypto.decrypt(model, key, divisor=model.weight)
-        x64 = {k: a.astype(np.float64) for k, a in x.items()}
-        x_new, m, v = fedopt_step(spec, x64, m, v, agg, int(model.meta["round"]))
-        x = {k: x_new[k].astype(x[k].dtype) for k in x}
-    return x, (x, m, v)
+    opened = open_global(parts, key, max_round=check_round)
+    return opened.arrays, opened.opt_state

@@ -10,6 +10,34 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 from cifer_flwr import crypto
+from cifer_flwr.federation import processes
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM'd / SIGHUP'd test session tears down like Ctrl-C (no orphaned federations).
+
+    The signal raises ``KeyboardInterrupt`` in the main thread, so fixture finalizers
+    (``fed.stop()``) run; :func:`pytest_unconfigure` then stops any tied process left. Tied
+    processes also get the parent-death signal if pytest is SIGKILLed.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        raise processes.Terminated(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop every Flower process this session spawned and that still runs."""
+    processes.stop_tied(grace=4.0)
 
 
 @pytest.fixture(scope="session")

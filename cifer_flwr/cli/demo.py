@@ -10,7 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from cifer_flwr.cli._common import console, fail, status
+from cifer_flwr.cli._common import console, err_console, fail, status
 from cifer_flwr.exceptions import CiferError
 
 
@@ -64,9 +64,11 @@ def demo(
     the private key and evaluates it. Example: cifer demo
     """
     from cifer_flwr.demo import run_demo
+    from cifer_flwr.federation.processes import Terminated, terminate_as_interrupt
 
     try:
-        with status() as say:
+        # SIGTERM / SIGHUP tear down like Ctrl-C: the runs, the federation, their descendants
+        with terminate_as_interrupt(), status() as say:
             report = run_demo(
                 directory,
                 nodes=nodes,
@@ -77,6 +79,9 @@ def demo(
             )
     except CiferError as exc:
         raise fail(exc) from exc
+    except Terminated as exc:
+        err_console.print(f"stopped ({exc}); every process the demo started was stopped")
+        raise typer.Exit(code=128 + exc.signum) from None
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return

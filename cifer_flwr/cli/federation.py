@@ -47,7 +47,7 @@ def up_cmd(
     try:
         private = public = None
         if keys:
-            kdir = keys_dir / keys
+            kdir = crypto.key_directory(keys_dir, keys)
             private, public = kdir / crypto.PRIVATE_KEY_FILE, kdir / crypto.PUBLIC_KEY_FILE
             if not private.is_file():
                 key = crypto.generate_key("default")
@@ -55,8 +55,15 @@ def up_cmd(
                 console.print(f"generated key pair {kdir} (fingerprint {key.short_fingerprint})")
         with status() as say:
             say(f"starting a SuperLink and {nodes} SuperNodes")
+            # detached: the federation outlives this command until `cifer federation down`
             fed = up(
-                directory, nodes=nodes, tls=tls, auth=auth, private_key=private, public_key=public
+                directory,
+                nodes=nodes,
+                tls=tls,
+                auth=auth,
+                private_key=private,
+                public_key=public,
+                detached=True,
             )
     except CiferError as exc:
         raise fail(exc) from exc

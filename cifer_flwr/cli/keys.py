@@ -18,7 +18,9 @@ keys_app = typer.Typer(
 
 
 def keygen(
-    name: Annotated[str, typer.Option(help="Key pair name; files go to DIR/NAME/.")],
+    name: Annotated[
+        str, typer.Option(help="Key pair name (letters, digits, ._-); files go to DIR/NAME/.")
+    ],
     preset: Annotated[str, typer.Option(help="CKKS parameter preset.")] = "default",
     directory: Annotated[Path, typer.Option("--dir", help="Parent directory of key pairs.")] = Path(
         "keys"
@@ -36,8 +38,9 @@ def keygen(
     Example: cifer keygen --name hospital-fl
     """
     try:
+        target = crypto.key_directory(directory, name)
         key = crypto.generate_key(preset, relin_keys=relin, galois_keys=galois)
-        priv, pub = crypto.write_key_pair(key, directory / name, force=force)
+        priv, pub = crypto.write_key_pair(key, target, force=force)
     except (CiferError, FileExistsError) as exc:
         raise fail(exc) from exc
     console.print(f"fingerprint  {key.fingerprint}")

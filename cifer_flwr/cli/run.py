@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cifer_flwr.cli._common import console, fail
+from cifer_flwr.cli._common import console, err_console, fail
 from cifer_flwr.exceptions import CiferError
 
 
@@ -23,12 +23,18 @@ def run(
     cifer run topology=p2p topology.graph=ring num_rounds=5 |
     cifer run -m strategy=fedavg,fedyogi encryption=ckks,none num_rounds=2
     """
+    from cifer_flwr.federation.processes import Terminated, terminate_as_interrupt
     from cifer_flwr.launch import hydra_entry
 
     try:
-        hydra_entry(list(ctx.args), multirun)
+        # SIGTERM / SIGHUP tear down like Ctrl-C: the run, the federation, their descendants
+        with terminate_as_interrupt():
+            hydra_entry(list(ctx.args), multirun)
     except CiferError as exc:
         raise fail(exc) from exc
+    except Terminated as exc:
+        err_console.print(f"stopped ({exc}); every process the run started was stopped")
+        raise typer.Exit(code=128 + exc.signum) from None
 
 
 def report(

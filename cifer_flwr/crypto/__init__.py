@@ -22,6 +22,7 @@ from cifer_flwr.crypto.ckks import (
     bundle_from_bytes,
     bundle_to_bytes,
     decrypt,
+    decrypt_chunks,
     encrypt,
     from_bytes,
     to_bytes,
@@ -33,6 +34,7 @@ from cifer_flwr.crypto.keys import (
     PUBLIC_KEY_FILE,
     Key,
     generate_key,
+    key_directory,
     load_key,
     load_private_key,
     load_public_key,
@@ -47,6 +49,7 @@ from cifer_flwr.crypto.records import (
     record_headers,
     to_array_record,
 )
+from cifer_flwr.crypto.validation import load_vector, max_ciphertext_bytes
 
 __all__ = [
     "PRESETS",
@@ -64,6 +67,7 @@ __all__ = [
     "bundle_to_record",
     "decode",
     "decrypt",
+    "decrypt_chunks",
     "encode",
     "encrypt",
     "flatten",
@@ -73,9 +77,12 @@ __all__ = [
     "generate_key",
     "get_preset",
     "is_encrypted_record",
+    "key_directory",
     "load_key",
     "load_private_key",
     "load_public_key",
+    "load_vector",
+    "max_ciphertext_bytes",
     "record_headers",
     "to_array_record",
     "to_bytes",

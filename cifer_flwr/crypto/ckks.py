@@ -12,11 +12,14 @@ import tenseal as ts
 
 from cifer_flwr.constants import KIND_ENCRYPTED_ARRAYS, KIND_ENCRYPTED_BUNDLE
 from cifer_flwr.crypto import container
-from cifer_flwr.crypto.encoding import Layout, decode, encode
+from cifer_flwr.crypto.encoding import Layout, decode, encode, set_reserved
+from cifer_flwr.crypto.headers import check_part_name, parse_arrays_header
 from cifer_flwr.crypto.keys import Key
 from cifer_flwr.crypto.params import CkksParams
+from cifer_flwr.crypto.validation import load_vector, max_ciphertext_bytes
 from cifer_flwr.exceptions import (
     CiphertextFormatError,
+    ConfigError,
     KeyMismatchError,
     LayoutMismatchError,
     UnsupportedOperationError,
@@ -30,10 +33,17 @@ __all__ = [
     "bundle_from_bytes",
     "bundle_to_bytes",
     "decrypt",
+    "decrypt_chunks",
     "encrypt",
     "from_bytes",
+    "from_header_and_chunks",
+    "load_vector",
+    "max_ciphertext_bytes",
     "to_bytes",
 ]
+
+#: Most parts a bundle may hold.
+_MAX_PARTS = 64
 
 
 @dataclass(frozen=True)
@@ -101,11 +111,18 @@ def encrypt(
     *,
     weight: float = 1.0,
     meta: Mapping[str, Any] | None = None,
+    reserved: int = 0,
+    fill: npt.ArrayLike | None = None,
 ) -> EncryptedArrays:
     """Encrypt named arrays, multiplied by ``weight``, into one chunked ciphertext stream.
 
     A private key encrypts symmetrically (faster, less noise); a public key encrypts with
     the public key. Inverse: :func:`decrypt` (with ``divisor=weight``).
+
+    ``reserved`` slots at the end of every ciphertext carry no data but the values of
+    ``fill`` (shape ``(num_chunks, reserved)``, placed as given, *not* multiplied by
+    ``weight``; zeros when omitted): SecureFed's per-chunk integrity values
+    (docs/design.md §4.4). :func:`decrypt_chunks` reads them back.
 
     Raises
     ------
@@ -118,8 +135,9 @@ def encrypt(
     if not np.isfinite(weight) or weight <= 0:
         raise ValueRangeError(f"weight must be a finite positive number, got {weight}.")
     params = key.params
-    layout, chunks = encode(arrays, params.slots)
-    peak = max((float(np.abs(c).max()) for c in chunks), default=0.0) * weight
+    layout, chunks = encode(arrays, params.slots, reserved=reserved)
+    chunks = set_reserved(layout, [c * weight for c in chunks], fill)
+    peak = max((float(np.abs(c).max()) for c in chunks), default=0.0)
     if peak > params.max_abs:
         raise ValueRangeError(
             f"a value of magnitude {peak:.6g} (after weighting by {weight:g}) exceeds the safe "
@@ -127,7 +145,7 @@ def encrypt(
             "(e.g. a smaller weight) or choose a preset with a larger range ('precise')."
         )
     ctx = key.encryption_context()
-    vectors = tuple(ts.ckks_vector(ctx, (c * weight).tolist()) for c in chunks)
+    vectors = tuple(ts.ckks_vector(ctx, c.tolist()) for c in chunks)
     return EncryptedArrays(
         layout, vectors, key.fingerprint, params, float(weight), 1, dict(meta or {})
     )
@@ -144,14 +162,31 @@ def decrypt(enc: EncryptedArrays, key: Key, *, divisor: float = 1.0) -> dict[str
         When ``enc`` was encrypted under another key.
 
     """
+    return decode(enc.layout, [c / divisor for c in decrypt_chunks(enc, key)])
+
+
+def decrypt_chunks(enc: EncryptedArrays, key: Key) -> list[npt.NDArray[np.float64]]:
+    """Decrypt every ciphertext to its raw float64 slot vector (reserved slots included).
+
+    No division and no decoding: :func:`~cifer_flwr.crypto.encoding.decode` and
+    :func:`~cifer_flwr.crypto.encoding.reserved_values` take it from there.
+
+    Raises
+    ------
+    KeyTypeError
+        When ``key`` is public.
+    KeyMismatchError
+        When ``enc`` was encrypted under another key.
+
+    """
     key.require_private("decrypt")
     _check_key(enc.fingerprint, key, "encrypted arrays")
     ctx = key.context()
     plain = []
     for vec in enc.vectors:
         vec.link_context(ctx)
-        plain.append(np.asarray(vec.decrypt(), dtype=np.float64) / divisor)
-    return decode(enc.layout, plain)
+        plain.append(np.asarray(vec.decrypt(), dtype=np.float64))
+    return plain
 
 
 def _check_compatible(first: EncryptedArrays, other: EncryptedArrays) -> None:
@@ -192,13 +227,16 @@ def aggregate(
 
     """
     if not items:
-        raise ValueError("aggregate() needs at least one encrypted object.")
+        raise ConfigError("aggregate() needs at least one encrypted object, got none.")
     first = items[0]
     for other in items[1:]:
         _check_compatible(first, other)
     if weights is not None:
         if len(weights) != len(items):
-            raise ValueError(f"{len(weights)} weights for {len(items)} items.")
+            raise ConfigError(
+                f"aggregate() got {len(weights)} weights for {len(items)} items; give one "
+                "weight per item."
+            )
         if first.params.depth < 1:
             raise UnsupportedOperationError(
                 f"preset {first.params.name!r} has no multiplicative level, so the server "
@@ -236,11 +274,20 @@ def to_bytes(enc: EncryptedArrays) -> bytes:
 
 
 def from_header_and_chunks(
-    header: Mapping[str, Any], chunks: Sequence[bytes], key: Key
+    header: Mapping[str, Any],
+    chunks: Sequence[bytes],
+    key: Key,
+    *,
+    what: str = "encrypted arrays",
+    container: bool = False,
 ) -> EncryptedArrays:
     """Rebuild encrypted arrays from their public header and ciphertext bytes.
 
-    ``key`` may be public; it must have the fingerprint named in the header.
+    ``key`` may be public; it must have the fingerprint named in the header. Every header
+    field is validated (:func:`~cifer_flwr.crypto.headers.parse_arrays_header`) and every
+    ciphertext goes through :func:`~cifer_flwr.crypto.validation.load_vector`
+    (docs/design.md §5). ``what`` names the object in error messages; ``container`` allows
+    the container fields ``kind`` and ``blobs_sha256`` in the header.
 
     Raises
     ------
@@ -249,53 +296,38 @@ def from_header_and_chunks(
     LayoutMismatchError
         When the layout needs a different number of ciphertexts than given.
     CiphertextFormatError
-        When a ciphertext does not parse or has the wrong size.
+        When a header field or a ciphertext is malformed (wrong size, scale, level...).
 
     """
-    try:
-        fingerprint = str(header["fingerprint"])
-        layout = Layout.from_dict(header["layout"])
-        params = CkksParams.from_dict(header["params"])
-        weight = float(header.get("weight", 1.0))
-        count = int(header.get("count", 1))
-        meta = dict(header.get("meta", {}))
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, CiphertextFormatError):
-            raise
-        raise CiphertextFormatError(f"malformed encrypted-arrays header: {exc!r}") from exc
-    _check_key(fingerprint, key, "encrypted arrays")
-    if params != key.params:
+    head = parse_arrays_header(header, what=what, container=container)
+    _check_key(head.fingerprint, key, what)
+    if head.params != key.params:
         raise LayoutMismatchError(
-            f"header parameters {params.to_dict()} differ from the key's {key.params.to_dict()}."
+            f"{what}: header parameters {head.params.to_dict()} differ from the key's "
+            f"{key.params.to_dict()}; the sender uses another preset."
         )
-    expected = layout.num_chunks(params.slots)
-    if len(chunks) != expected:
+    if len(chunks) != head.num_chunks:
         raise LayoutMismatchError(
-            f"the layout ({layout.total} values) needs {expected} ciphertexts of "
-            f"{params.slots} slots, but {len(chunks)} were received."
+            f"{what}: the layout ({head.layout.total} values) needs {head.num_chunks} "
+            f"ciphertexts of {head.params.slots} slots, but {len(chunks)} were received."
         )
-    ctx = key.context()
     vectors = []
     for i, blob in enumerate(chunks):
-        try:
-            vec = ts.ckks_vector_from(ctx, bytes(blob))
-        except (ValueError, RuntimeError, TypeError) as exc:
-            raise CiphertextFormatError(
-                f"ciphertext {i} of {len(chunks)} ({len(blob)} bytes) does not parse: {exc}. "
-                "It is truncated or corrupted."
-            ) from exc
-        if vec.size() != params.slots:
+        vec = load_vector(blob, key, what=f"{what}, ciphertext {i} of {len(chunks)}")
+        if vec.size() != head.params.slots:
             raise LayoutMismatchError(
-                f"ciphertext {i} holds {vec.size()} values, expected {params.slots}."
+                f"{what}: ciphertext {i} holds {vec.size()} values, expected {head.params.slots}."
             )
         vectors.append(vec)
+    layout, fingerprint, params = head.layout, head.fingerprint, head.params
+    weight, count, meta = head.weight, head.count, head.meta
     return EncryptedArrays(layout, tuple(vectors), fingerprint, params, weight, count, meta)
 
 
 def from_bytes(data: bytes, key: Key) -> EncryptedArrays:
     """Parse :func:`to_bytes` output with ``key`` (public suffices)."""
     header, chunks = container.unpack(data, kind=KIND_ENCRYPTED_ARRAYS)
-    return from_header_and_chunks(header, chunks, key)
+    return from_header_and_chunks(header, chunks, key, container=True)
 
 
 def with_meta(enc: EncryptedArrays, **meta: Any) -> EncryptedArrays:
@@ -319,25 +351,51 @@ def bundle_from_bytes(data: bytes, key: Key) -> dict[str, EncryptedArrays]:
     """Parse :func:`bundle_to_bytes` output with ``key`` (public suffices).
 
     A plain :func:`to_bytes` container is accepted too and returned as part ``model``.
+
+    Raises
+    ------
+    CiphertextFormatError, LayoutMismatchError, KeyMismatchError
+        For a malformed container or bundle header (part names must be unique identifiers,
+        chunk counts must add up to the blobs present), or a malformed part.
+
     """
     header, blobs = container.unpack(data)
-    if header.get("kind") == KIND_ENCRYPTED_ARRAYS:
-        return {"model": from_header_and_chunks(header, blobs, key)}
-    if header.get("kind") != KIND_ENCRYPTED_BUNDLE:
+    kind = header.get("kind")
+    if kind == KIND_ENCRYPTED_ARRAYS:
+        return {"model": from_header_and_chunks(header, blobs, key, container=True)}
+    if kind != KIND_ENCRYPTED_BUNDLE:
         raise CiphertextFormatError(
-            f"expected encrypted arrays, found a {header.get('kind')!r} container."
+            f"expected encrypted arrays or a bundle, found a {str(kind)[:60]!r} container."
+        )
+    unknown = sorted(str(k) for k in header if k not in ("parts", "kind", "blobs_sha256"))
+    parts = header.get("parts")
+    if unknown or not isinstance(parts, list) or not 1 <= len(parts) <= _MAX_PARTS:
+        raise CiphertextFormatError(
+            f"malformed bundle header: unknown fields {unknown[:5]}, parts "
+            f"{type(parts).__name__} of {len(parts) if isinstance(parts, list) else 0}; "
+            f"expected a list of 1..{_MAX_PARTS} parts."
         )
     out: dict[str, EncryptedArrays] = {}
     pos = 0
-    try:
-        for part in header["parts"]:
-            n = int(part["chunks"])
-            out[str(part["name"])] = from_header_and_chunks(
-                part["header"], blobs[pos : pos + n], key
+    for index, part in enumerate(parts):
+        if not isinstance(part, dict) or set(part) != {"name", "header", "chunks"}:
+            raise CiphertextFormatError(
+                f"malformed bundle header: part {index} is not an object with exactly "
+                "name, header, chunks."
             )
-            pos += n
-    except (KeyError, TypeError) as exc:
-        raise CiphertextFormatError(f"malformed bundle header: {exc!r}") from exc
+        name = check_part_name(part["name"], what="bundle")
+        n = part["chunks"]
+        if name in out:
+            raise CiphertextFormatError(f"malformed bundle header: part {name!r} appears twice.")
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= len(blobs) - pos:
+            raise LayoutMismatchError(
+                f"bundle part {name!r} declares {n!r:.40} ciphertexts; "
+                f"{len(blobs) - pos} remain in the container."
+            )
+        out[name] = from_header_and_chunks(
+            part["header"], blobs[pos : pos + n], key, what=f"bundle part {name!r}"
+        )
+        pos += n
     if pos != len(blobs):
         raise LayoutMismatchError(f"bundle lists {pos} ciphertexts but holds {len(blobs)}.")
     return out

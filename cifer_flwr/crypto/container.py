@@ -24,9 +24,11 @@ from typing import Any
 from cifer_flwr.constants import CONTAINER_MAGIC
 from cifer_flwr.exceptions import CiphertextFormatError
 
-__all__ = ["pack", "read_file", "unpack", "write_file_atomic"]
+__all__ = ["MAX_BLOBS", "MAX_HEADER_BYTES", "pack", "read_file", "unpack", "write_file_atomic"]
 
-_MAX_HEADER = 64 * 1024 * 1024
+#: Largest JSON header and most blobs a container may declare (docs/design.md §5).
+MAX_HEADER_BYTES = 16 * 1024 * 1024
+MAX_BLOBS = 1 << 21
 
 
 def _digest(blobs: Sequence[bytes]) -> str:
@@ -89,15 +91,23 @@ def unpack(data: bytes, *, kind: str | None = None) -> tuple[dict[str, Any], lis
         return out
 
     (head_len,) = struct.unpack(">I", take(4, "header length"))
-    if head_len > _MAX_HEADER:
-        raise CiphertextFormatError(f"corrupted cifer container: header length {head_len}.")
+    if head_len > MAX_HEADER_BYTES:
+        raise CiphertextFormatError(
+            f"corrupted cifer container: header length {head_len}, at most "
+            f"{MAX_HEADER_BYTES} expected."
+        )
     try:
         header = json.loads(bytes(take(head_len, "header")).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CiphertextFormatError(f"corrupted cifer container header: {exc}") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CiphertextFormatError(f"corrupted cifer container header: {exc!s:.200}") from exc
     if not isinstance(header, dict):
         raise CiphertextFormatError("corrupted cifer container: the header is not an object.")
     (count,) = struct.unpack(">I", take(4, "blob count"))
+    if count > MAX_BLOBS or count * 8 > len(view) - pos:
+        raise CiphertextFormatError(
+            f"corrupted cifer container: {count} blobs declared, but only {len(view) - pos} "
+            f"bytes remain (and at most {MAX_BLOBS} blobs are allowed)."
+        )
     blobs: list[bytes] = []
     for i in range(count):
         (size,) = struct.unpack(">Q", take(8, f"length of blob {i}"))
@@ -106,14 +116,14 @@ def unpack(data: bytes, *, kind: str | None = None) -> tuple[dict[str, Any], lis
         raise CiphertextFormatError(
             f"corrupted cifer container: {len(view) - pos} unexpected trailing bytes."
         )
-    if header.get("blobs_sha256") != _digest(blobs):
+    if not isinstance(header.get("blobs_sha256"), str) or header["blobs_sha256"] != _digest(blobs):
         raise CiphertextFormatError(
             "corrupted cifer container: the payload does not match the SHA-256 in its "
             "header (bytes were altered in transit or on disk). Copy the file again."
         )
     if kind is not None and header.get("kind") != kind:
         raise CiphertextFormatError(
-            f"wrong kind of cifer file: found {header.get('kind')!r}, expected {kind!r}."
+            f"wrong kind of cifer file: found {str(header.get('kind'))[:60]!r}, expected {kind!r}."
         )
     return header, blobs
 

@@ -3,13 +3,19 @@
 All arrays of a model go into **one** stream of values, so no slot is wasted on per-layer
 padding; only the last chunk is padded with zeros. :class:`Layout` records names, shapes,
 dtypes and offsets so that :func:`decode` restores exactly what :func:`encode` received.
+
+A layout may *reserve* the last ``reserved`` slots of every chunk (``Layout.reserved``,
+default 0): the data stream then fills only the first ``slots - reserved`` slots of each
+chunk and the reserved tail carries values placed by :func:`encode` (``fill``) and read back by
+:func:`reserved_values`. SecureFed puts its per-chunk integrity values there
+(docs/design.md §4.4); plain FedAvg reserves nothing and is unchanged.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,7 +23,22 @@ import numpy.typing as npt
 
 from cifer_flwr.exceptions import LayoutMismatchError, NonFiniteError, UnsupportedOperationError
 
-__all__ = ["Layout", "chunk", "decode", "encode", "flatten", "unchunk", "unflatten"]
+__all__ = [
+    "MAX_RESERVED",
+    "Layout",
+    "chunk",
+    "count_chunks",
+    "decode",
+    "encode",
+    "flatten",
+    "reserved_values",
+    "set_reserved",
+    "unchunk",
+    "unflatten",
+]
+
+#: Most slots a layout may reserve per chunk (SecureFed uses a handful).
+MAX_RESERVED = 64
 
 _FLOAT_KINDS = {"f"}
 _INT_KINDS = {"i", "u"}
@@ -27,13 +48,26 @@ FloatArray = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class Layout:
-    """Names, shapes and dtypes of the arrays packed into one slot stream."""
+    """Names, shapes and dtypes of the arrays packed into one slot stream.
+
+    ``reserved`` slots at the end of every chunk hold no data (see the module docstring).
+    """
 
     names: tuple[str, ...]
     shapes: tuple[tuple[int, ...], ...]
     dtypes: tuple[str, ...]
+    reserved: int = 0
 
     def __post_init__(self) -> None:
+        if (
+            not isinstance(self.reserved, int)
+            or isinstance(self.reserved, bool)
+            or not 0 <= self.reserved <= MAX_RESERVED
+        ):
+            raise LayoutMismatchError(
+                f"layout reserves {self.reserved!r:.40} slots per chunk; expected an integer "
+                f"in 0..{MAX_RESERVED}."
+            )
         if not len(self.names) == len(self.shapes) == len(self.dtypes):
             raise LayoutMismatchError(
                 f"layout lists {len(self.names)} names, {len(self.shapes)} shapes and "
@@ -55,28 +89,55 @@ class Layout:
         """Number of values of all arrays together."""
         return sum(self.sizes)
 
+    def data_slots(self, slots: int) -> int:
+        """Number of data values one chunk of ``slots`` slots holds (``slots - reserved``).
+
+        Raises
+        ------
+        LayoutMismatchError
+            When the reservation leaves no data slot.
+
+        """
+        if slots - self.reserved < 1:
+            raise LayoutMismatchError(
+                f"the layout reserves {self.reserved} of {slots} slots per chunk, leaving no "
+                "slot for data; use ciphertexts with more slots or reserve fewer."
+            )
+        return slots - self.reserved
+
     def num_chunks(self, slots: int) -> int:
-        """Number of ciphertexts needed at ``slots`` values each (at least one)."""
-        return max(1, math.ceil(self.total / slots))
+        """Number of ciphertexts needed at ``slots`` slots each (at least one)."""
+        return max(1, math.ceil(self.total / self.data_slots(slots)))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (inverse of :meth:`from_dict`)."""
-        return {
+        """JSON-ready form (inverse of :meth:`from_dict`).
+
+        ``reserved`` is written only when non-zero, so layouts without a reservation keep
+        their historical form.
+        """
+        out: dict[str, Any] = {
             "names": list(self.names),
             "shapes": [list(s) for s in self.shapes],
             "dtypes": list(self.dtypes),
         }
+        if self.reserved:
+            out["reserved"] = self.reserved
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Layout:
         """Rebuild a layout from :meth:`to_dict` output."""
         try:
+            reserved = data.get("reserved", 0)
+            if not isinstance(reserved, int) or isinstance(reserved, bool):
+                raise TypeError(f"reserved must be an integer, got {reserved!r:.40}")
             return cls(
                 tuple(str(n) for n in data["names"]),
                 tuple(tuple(int(d) for d in s) for s in data["shapes"]),
                 tuple(str(np.dtype(d)) for d in data["dtypes"]),
+                reserved,
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise LayoutMismatchError(f"malformed layout metadata: {exc}") from exc
 
 
@@ -114,6 +175,12 @@ def flatten(arrays: Mapping[str, npt.ArrayLike]) -> tuple[Layout, FloatArray]:
     return Layout(tuple(names), tuple(shapes), tuple(dtypes)), vector
 
 
+def count_chunks(arrays: Mapping[str, npt.ArrayLike], slots: int, reserved: int = 0) -> int:
+    """Number of chunks :func:`encode` makes of ``arrays`` (without copying any data)."""
+    total = sum(int(np.size(a)) for a in arrays.values())
+    return max(1, math.ceil(total / Layout((), (), (), reserved).data_slots(slots)))
+
+
 def unflatten(layout: Layout, vector: npt.ArrayLike) -> dict[str, npt.NDArray[Any]]:
     """Split a flat vector back into named arrays with their original shapes and dtypes."""
     vec = np.asarray(vector, dtype=np.float64)
@@ -133,20 +200,57 @@ def unflatten(layout: Layout, vector: npt.ArrayLike) -> dict[str, npt.NDArray[An
     return out
 
 
-def chunk(vector: npt.ArrayLike, slots: int) -> list[FloatArray]:
-    """Cut a vector into ``slots``-long zero-padded pieces (inverse of :func:`unchunk`)."""
+def _fill_matrix(fill: npt.ArrayLike | None, n: int, reserved: int) -> FloatArray:
+    if fill is None:
+        return np.zeros((n, reserved), dtype=np.float64)
+    values = np.asarray(fill, dtype=np.float64)
+    if values.shape != (n, reserved):
+        raise LayoutMismatchError(
+            f"reserved-slot values of shape {values.shape}; expected ({n}, {reserved}) "
+            f"(one row of {reserved} values per chunk)."
+        )
+    if not np.isfinite(values).all():
+        raise NonFiniteError("reserved-slot values hold NaN or infinity.")
+    return values
+
+
+def chunk(
+    vector: npt.ArrayLike, slots: int, reserved: int = 0, fill: npt.ArrayLike | None = None
+) -> list[FloatArray]:
+    """Cut a vector into ``slots``-long zero-padded pieces (inverse of :func:`unchunk`).
+
+    Each piece holds ``slots - reserved`` data values followed by ``reserved`` values taken
+    from the matching row of ``fill`` (zeros when ``fill`` is None).
+    """
     vec = np.asarray(vector, dtype=np.float64)
-    n = max(1, math.ceil(vec.size / slots))
-    padded = np.zeros(n * slots, dtype=np.float64)
+    width = Layout((), (), (), reserved).data_slots(slots)
+    n = max(1, math.ceil(vec.size / width))
+    padded = np.zeros(n * width, dtype=np.float64)
     padded[: vec.size] = vec
-    return list(padded.reshape(n, slots))
+    out = np.zeros((n, slots), dtype=np.float64)
+    out[:, :width] = padded.reshape(n, width)
+    if reserved:
+        out[:, width:] = _fill_matrix(fill, n, reserved)
+    elif fill is not None:
+        _fill_matrix(fill, n, reserved)
+    return list(out)
 
 
-def unchunk(chunks: Sequence[npt.ArrayLike], total: int) -> FloatArray:
-    """Join chunks and drop the padding, keeping the first ``total`` values."""
+def unchunk(chunks: Sequence[npt.ArrayLike], total: int, reserved: int = 0) -> FloatArray:
+    """Join chunks, skip their ``reserved`` tail slots and drop the padding.
+
+    Keeps the first ``total`` data values.
+    """
     if not chunks:
         raise LayoutMismatchError("no chunks to join")
-    joined = np.concatenate([np.asarray(c, dtype=np.float64).ravel() for c in chunks])
+    rows = [np.asarray(c, dtype=np.float64).ravel() for c in chunks]
+    if reserved:
+        if any(r.size <= reserved for r in rows):
+            raise LayoutMismatchError(
+                f"a chunk holds no more than the {reserved} reserved slots; no data is left."
+            )
+        rows = [r[: r.size - reserved] for r in rows]
+    joined = np.concatenate(rows)
     if joined.size < total:
         raise LayoutMismatchError(
             f"the chunks hold {joined.size} values but the layout needs {total}."
@@ -154,12 +258,66 @@ def unchunk(chunks: Sequence[npt.ArrayLike], total: int) -> FloatArray:
     return joined[:total]
 
 
-def encode(arrays: Mapping[str, npt.ArrayLike], slots: int) -> tuple[Layout, list[FloatArray]]:
-    """Flatten and chunk named arrays (inverse of :func:`decode`)."""
+def reserved_values(layout: Layout, chunks: Sequence[npt.ArrayLike]) -> FloatArray:
+    """The reserved tail of every chunk, shape ``(len(chunks), layout.reserved)``.
+
+    The counterpart of :func:`encode`'s ``fill``.
+    """
+    rows = [np.asarray(c, dtype=np.float64).ravel() for c in chunks]
+    r = layout.reserved
+    if any(row.size <= r for row in rows):
+        raise LayoutMismatchError(
+            f"a chunk holds no more than the {r} reserved slots of the layout."
+        )
+    if not rows:
+        return np.zeros((0, r), dtype=np.float64)
+    return np.stack([row[row.size - r :] for row in rows]).reshape(len(rows), r)
+
+
+def set_reserved(
+    layout: Layout, chunks: Sequence[npt.ArrayLike], fill: npt.ArrayLike | None
+) -> list[FloatArray]:
+    """Copies of ``chunks`` whose reserved tails hold ``fill`` (zeros when None)."""
+    r = layout.reserved
+    out = [np.array(c, dtype=np.float64).ravel() for c in chunks]
+    values = _fill_matrix(fill, len(out), r)
+    if r:
+        for row, tail in zip(out, values, strict=True):
+            if row.size <= r:
+                raise LayoutMismatchError(
+                    f"a chunk of {row.size} slots cannot hold {r} reserved slots and data."
+                )
+            row[row.size - r :] = tail
+    return out
+
+
+def encode(
+    arrays: Mapping[str, npt.ArrayLike],
+    slots: int,
+    *,
+    reserved: int = 0,
+    fill: npt.ArrayLike | None = None,
+) -> tuple[Layout, list[FloatArray]]:
+    """Flatten and chunk named arrays (inverse of :func:`decode`).
+
+    Parameters
+    ----------
+    arrays : mapping of str to array
+        The named arrays.
+    slots : int
+        Values per chunk (``params.slots``).
+    reserved : int (default: 0)
+        Slots at the end of every chunk kept free of data.
+    fill : array of shape (num_chunks, reserved), optional
+        Values placed in the reserved slots (zeros when omitted); :func:`count_chunks`
+        gives ``num_chunks`` beforehand, :func:`reserved_values` reads them back.
+
+    """
     layout, vector = flatten(arrays)
-    return layout, chunk(vector, slots)
+    layout = replace(layout, reserved=reserved)
+    return layout, chunk(vector, slots, reserved, fill)
 
 
 def decode(layout: Layout, chunks: Sequence[npt.ArrayLike]) -> dict[str, npt.NDArray[Any]]:
-    """Join chunks and restore the named arrays described by ``layout``."""
-    return unflatten(layout, unchunk(chunks, layout.total))
+    """Join chunks (skipping reserved slots) and restore the arrays described by ``layout``."""
+    return unflatten(layout, unchunk(chunks, layout.total, layout.reserved))

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import itertools
 import logging
 import os
+import re
+import shlex
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +24,16 @@ import tenseal as ts
 
 from cifer_flwr.constants import KIND_KEY
 from cifer_flwr.crypto import container
-from cifer_flwr.crypto._protobuf import encode_varint, fields
+from cifer_flwr.crypto._protobuf import encode_varint, fields, payload
+from cifer_flwr.crypto._seal import check_seal_blob
 from cifer_flwr.crypto.params import CkksParams, get_preset
-from cifer_flwr.exceptions import CiphertextFormatError, KeyFileError, KeyTypeError
+from cifer_flwr.exceptions import (
+    CiferError,
+    CiphertextFormatError,
+    ConfigError,
+    KeyFileError,
+    KeyTypeError,
+)
 
 __all__ = [
     "PRIVATE_KEY_FILE",
@@ -30,6 +41,7 @@ __all__ = [
     "Key",
     "fingerprint_of",
     "generate_key",
+    "key_directory",
     "load_key",
     "load_private_key",
     "load_public_key",
@@ -41,6 +53,12 @@ log = logging.getLogger(__name__)
 PRIVATE_KEY_FILE = "private.key"
 PUBLIC_KEY_FILE = "public.key"
 _FORMAT_VERSION = 1
+_KEY_HEADER_FIELDS = frozenset(
+    {"format_version", "private", "params", "fingerprint", "created", "kind", "blobs_sha256"}
+)
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+#: Largest key file accepted (deep training keys with rotations weigh hundreds of MB).
+MAX_KEY_FILE_BYTES = 4 * 1024**3
 
 
 def fingerprint_of(public_material: bytes) -> str:
@@ -179,24 +197,203 @@ def generate_key(
     return Key(params, fingerprint_of(public_bytes), True, public_bytes, private_bytes)
 
 
-def _parse(data: bytes, source: str) -> Key:
+def key_directory(keys_dir: str | os.PathLike[str], name: str) -> Path:
+    """Map a key pair name to its directory ``keys_dir/name``: the one place that does.
+
+    Raises
+    ------
+    ConfigError
+        When ``name`` is not a plain name (letters, digits, ``._-``, starting with a letter
+        or digit, at most 64 characters), so a name can never point outside ``keys_dir``.
+
+    """
+    if not isinstance(name, str) or not _KEY_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(
+            f"key name {name!r:.80} is not a plain name; use letters, digits, '.', '_' and "
+            "'-' only, starting with a letter or digit, at most 64 characters (for example "
+            "hospital-fl). Key names never contain '/' or '..'."
+        )
+    return Path(keys_dir) / name
+
+
+def _context_bound(params: CkksParams) -> dict[str, int]:
+    """Largest uncompressed size of each SEAL object a key context may hold."""
+    n, primes = params.poly_modulus_degree, len(params.coeff_mod_bit_sizes)
+    ct = 200 + 2 * n * primes * 8
+    relin = (primes - 1) * ct + 1024
+    galois_keys = 2 * max(1, n.bit_length()) + 2
+    return {
+        "encryption parameters": 64 * 1024,
+        "public key": ct,
+        "secret key": 200 + n * primes * 8,
+        "relinearization keys": relin,
+        "Galois keys": galois_keys * relin,
+    }
+
+
+def _check_context_bytes(raw: bytes, params: CkksParams, what: str) -> dict[int, bytes]:
+    """Check a serialized TenSEAL context before TenSEAL parses it; return its top fields.
+
+    Only the fields of ``TenSEALContextProto`` are allowed, each at most once, and every
+    embedded SEAL object must have a valid SEAL header and a bounded inflated size
+    (docs/design.md §5).
+    """
+    bounds = _context_bound(params)
+    top_spec = {1: (2, "encryption parameters"), 2: (2, None), 3: (2, None), 4: (0, None)}
+    public_spec = {
+        1: (2, "public key"),
+        2: (0, None),
+        3: (1, None),
+        4: (2, "relinearization keys"),
+        5: (2, "Galois keys"),
+    }
+    private_spec = {1: (2, "secret key"), 2: (0, None), 3: (0, None)}
+
+    def walk(data: bytes, spec: dict[int, tuple[int, str | None]], where: str) -> dict[int, bytes]:
+        seen: dict[int, bytes] = {}
+        for number, wire, field_bytes in fields(data):
+            if number not in spec or spec[number][0] != wire or number in seen:
+                raise KeyFileError(
+                    f"{what}: unexpected field {number} (wire type {wire}) in the {where}; "
+                    "the key file was altered or not written by cifer."
+                )
+            seen[number] = field_bytes
+            seal_what = spec[number][1]
+            if seal_what is not None:
+                try:
+                    check_seal_blob(payload(field_bytes), bounds[seal_what], what=seal_what)
+                except CiphertextFormatError as exc:
+                    raise KeyFileError(f"{what}: {exc}") from exc
+        return seen
+
+    try:
+        top = walk(raw, top_spec, "TenSEAL context")
+        if 2 in top:
+            walk(payload(top[2]), public_spec, "public part")
+        if 3 in top:
+            walk(payload(top[3]), private_spec, "private part")
+    except CiphertextFormatError as exc:
+        raise KeyFileError(f"{what}: malformed TenSEAL context ({exc}).") from exc
+    return top
+
+
+def _prime_bits(ctx: ts.Context) -> tuple[int, tuple[int, ...]]:
+    """Ring degree and prime bit sizes (data primes, then the special prime) of ``ctx``."""
+    data = ctx.seal_context().data
+    totals = []
+    level = data.key_context_data()
+    degree = int(level.parms().poly_modulus_degree())
+    while level is not None:
+        totals.append(int(level.total_coeff_modulus_bit_count()))
+        level = level.next_context_data()
+    totals.reverse()  # last data level first, key level last
+    bits = [totals[0]] + [b - a for a, b in itertools.pairwise(totals)]
+    return degree, tuple(bits)
+
+
+def _load_context(raw: bytes, params: CkksParams, *, private: bool, what: str) -> ts.Context:
+    _check_context_bytes(raw, params, what)
+    try:
+        ctx = ts.context_from(raw)
+        degree, bits = _prime_bits(ctx)
+        has_secret = bool(ctx.has_secret_key())
+    except CiferError:
+        raise
+    except Exception as exc:  # TenSEAL/SEAL errors of any type
+        raise KeyFileError(
+            f"{what}: the TenSEAL context does not load ({type(exc).__name__}: {exc!s:.200}); "
+            "the key file is corrupted or was made by another TenSEAL version."
+        ) from exc
+    if degree != params.poly_modulus_degree or bits != params.coeff_mod_bit_sizes:
+        raise KeyFileError(
+            f"{what}: the key material has ring degree {degree} and primes {list(bits)}, but "
+            f"the header says preset {params.name!r} (N={params.poly_modulus_degree}, "
+            f"{list(params.coeff_mod_bit_sizes)}); the file was altered."
+        )
+    if has_secret != private:
+        state = "contains" if has_secret else "lacks"
+        raise KeyFileError(
+            f"{what}: a {'private' if private else 'public'} key that {state} "
+            "a secret key; the file was altered."
+        )
+    ctx.global_scale = 2.0**params.scale_bits
+    if not private:
+        try:  # a public key's one job: it must encrypt (the encryption type is a field too)
+            ts.ckks_vector(ctx, [0.0])
+        except Exception as exc:
+            raise KeyFileError(
+                f"{what}: the public key cannot encrypt ({type(exc).__name__}: {exc!s:.120}); "
+                "the key file was altered."
+            ) from exc
+    return ctx
+
+
+def _check_permissions(path: Path) -> None:
+    mode = path.stat().st_mode
+    if os.name == "posix" and mode & 0o077:
+        raise KeyFileError(
+            f"private key file {str(path)!r} is readable or writable by group or others "
+            f"(mode {stat.S_IMODE(mode):04o}); a secret key must be private to its owner. "
+            f"Fix it with: chmod 600 {shlex.quote(str(path))}"
+        )
+
+
+def _parse(data: bytes, source: str, path: Path | None = None) -> Key:
     try:
         header, blobs = container.unpack(data, kind=KIND_KEY)
     except CiphertextFormatError as exc:
         raise KeyFileError(f"{source} is not a valid cifer key file: {exc}") from exc
-    params = CkksParams.from_dict(header["params"])
-    is_private = bool(header.get("private"))
+    unknown = sorted(str(k) for k in header if k not in _KEY_HEADER_FIELDS)
+    version = header.get("format_version")
+    is_private = header.get("private")
+    if unknown or version != _FORMAT_VERSION or not isinstance(is_private, bool):
+        raise KeyFileError(
+            f"{source}: malformed key header (format_version {version!r:.20}, private "
+            f"{is_private!r:.20}, unknown fields {unknown[:5]}); expected format_version "
+            f"{_FORMAT_VERSION} and a boolean 'private'."
+        )
+    if path is not None and is_private:
+        _check_permissions(path)
+    if not isinstance(header.get("params"), dict):
+        raise KeyFileError(f"{source}: the key header has no CKKS parameters object.")
+    try:
+        params = CkksParams.from_dict(header["params"])
+    except CiferError as exc:
+        raise KeyFileError(f"{source}: invalid CKKS parameters in the key header: {exc}") from exc
     if len(blobs) != (2 if is_private else 1):
-        raise KeyFileError(f"{source}: malformed key file ({len(blobs)} key blobs).")
+        raise KeyFileError(
+            f"{source}: malformed key file ({len(blobs)} key blobs, expected "
+            f"{2 if is_private else 1} for a {'private' if is_private else 'public'} key)."
+        )
     fingerprint = fingerprint_of(blobs[0])
     if fingerprint != header.get("fingerprint"):
         raise KeyFileError(
             f"{source}: the key material hashes to {fingerprint} but the header says "
-            f"{header.get('fingerprint')}; the file was altered."
+            f"{str(header.get('fingerprint'))[:40]}; the file was altered."
         )
-    if not is_private and ts.context_from(blobs[0]).has_secret_key():
-        raise KeyFileError(f"{source}: a 'public' key file that contains a secret key.")
-    return Key(params, fingerprint, is_private, blobs[0], blobs[1] if is_private else None)
+    public_top = _check_context_bytes(blobs[0], params, f"{source} (public part)")
+    if is_private:
+        private_top = _check_context_bytes(blobs[1], params, f"{source} (private part)")
+        same = public_top.get(1) == private_top.get(1) and _public_key_field(
+            public_top
+        ) == _public_key_field(private_top)
+        if not same:
+            raise KeyFileError(
+                f"{source}: the secret part and the public part (fingerprint {fingerprint}) "
+                "belong to different key pairs; the file was altered."
+            )
+    main = blobs[1] if is_private else blobs[0]
+    ctx = _load_context(main, params, private=is_private, what=source)
+    key = Key(params, fingerprint, is_private, blobs[0], blobs[1] if is_private else None)
+    key._contexts["main"] = ctx
+    return key
+
+
+def _public_key_field(top: dict[int, bytes]) -> bytes | None:
+    if 2 not in top:
+        return None
+    inner = {number: raw for number, _, raw in fields(payload(top[2]))}
+    return inner.get(1)
 
 
 def load_key(path: str | os.PathLike[str]) -> Key:
@@ -205,7 +402,8 @@ def load_key(path: str | os.PathLike[str]) -> Key:
     Raises
     ------
     KeyFileError
-        When the file does not exist or is not a valid cifer key file.
+        When the file does not exist, is too large, is not a valid cifer key file, or is a
+        private key readable by group or others (the message gives the ``chmod 600`` fix).
 
     """
     p = Path(path)
@@ -214,7 +412,17 @@ def load_key(path: str | os.PathLike[str]) -> Key:
             f"key file {str(p)!r} does not exist; create a pair with "
             "`cifer keygen --name NAME` or pass the right path."
         )
-    return _parse(p.read_bytes(), str(p))
+    size = p.stat().st_size
+    if size > MAX_KEY_FILE_BYTES:
+        raise KeyFileError(
+            f"key file {str(p)!r} has {size} bytes, more than the {MAX_KEY_FILE_BYTES} a cifer "
+            "key file may have; it is not a key file."
+        )
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"key file {str(p)!r} cannot be read: {exc}") from exc
+    return _parse(data, str(p), p)
 
 
 def load_private_key(path: str | os.PathLike[str]) -> Key:

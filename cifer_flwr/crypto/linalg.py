@@ -34,8 +34,10 @@ import tenseal as ts
 from cifer_flwr.crypto._protobuf import encode_varint, fields, length_delimited, payload
 from cifer_flwr.crypto.keys import Key, fingerprint_of
 from cifer_flwr.crypto.params import CkksParams
+from cifer_flwr.crypto.validation import load_vector
 from cifer_flwr.exceptions import (
     CiphertextFormatError,
+    ConfigError,
     KeyMismatchError,
     NonFiniteError,
     UnsupportedOperationError,
@@ -75,7 +77,7 @@ def _with_size(serialized: bytes, size: int) -> bytes:
 def rotation_steps(max_period: int) -> list[int]:
     """Rotation steps a window sum over ``max_period`` slots needs: ``1, 2, ..., p / 2``."""
     if max_period < 1 or max_period & (max_period - 1):
-        raise ValueError(f"max_period must be a power of two, got {max_period}.")
+        raise ConfigError(f"max_period must be a power of two, got {max_period}.")
     return [1 << i for i in range(int(math.log2(max_period)))]
 
 
@@ -113,7 +115,9 @@ def generate_training_key(params: CkksParams, *, max_period: int) -> Key:
 
     """
     if max_period > params.slots:
-        raise ValueError(f"max_period {max_period} exceeds the {params.slots} slots.")
+        raise ConfigError(
+            f"max_period {max_period} exceeds the {params.slots} slots of {params.name!r}."
+        )
     ctx = ts.context(
         ts.SCHEME_TYPE.CKKS,
         params.poly_modulus_degree,
@@ -162,7 +166,7 @@ def periodic(values: npt.ArrayLike, period: int, slots: int) -> Plain:
     """
     arr = np.asarray(values, dtype=np.float64).ravel()
     if arr.size > period or slots % period:
-        raise ValueError(f"{arr.size} values do not fit a period of {period} in {slots} slots.")
+        raise ConfigError(f"{arr.size} values do not fit a period of {period} in {slots} slots.")
     padded = np.zeros(period)
     padded[: arr.size] = arr
     return np.tile(padded, slots // period)
@@ -218,7 +222,7 @@ class Ciphertext:
 
     def _check_plain(self, other: Plain) -> None:
         if other.shape != (self.slots,):
-            raise ValueError(f"plaintext of shape {other.shape}, expected ({self.slots},).")
+            raise ConfigError(f"plaintext of shape {other.shape}, expected ({self.slots},).")
 
     __radd__ = __add__
 
@@ -279,25 +283,32 @@ class Ciphertext:
         return bytes(self._vec.serialize())
 
     @classmethod
-    def from_bytes(cls, data: bytes, key: Key, level: int) -> Ciphertext:
-        """Load a ciphertext made under ``key`` (public suffices).
+    def from_bytes(
+        cls, data: bytes, key: Key, level: int, *, what: str = "ciphertext"
+    ) -> Ciphertext:
+        """Load a ciphertext made under ``key`` (public suffices) at ``level``.
+
+        The bytes go through :func:`~cifer_flwr.crypto.validation.load_vector`: a
+        ciphertext of another level, scale, size or ring is refused (docs/design.md §5).
 
         Raises
         ------
         CiphertextFormatError
-            When the bytes do not parse or the ciphertext does not span the ring.
+            When the bytes do not parse, the ciphertext is not at ``level`` or does not
+            span the ring.
 
         """
-        try:
-            vec = ts.ckks_vector_from(key.context(), bytes(data))
-        except (ValueError, RuntimeError, TypeError) as exc:
+        if isinstance(level, bool) or not isinstance(level, int):
+            raise CiphertextFormatError(f"ciphertext level {level!r:.40}, expected an integer.")
+        if not 0 <= level <= key.params.depth:
             raise CiphertextFormatError(
-                f"a ciphertext ({len(data)} bytes) does not parse: {exc}. The file is "
-                "truncated or corrupted, or was made with other parameters."
-            ) from exc
+                f"ciphertext level {level}, expected 0..{key.params.depth} for parameters "
+                f"{key.params.name!r}."
+            )
+        vec = load_vector(data, key, level=level, what=what)
         if vec.size() != key.params.slots:
             raise CiphertextFormatError(
-                f"a ciphertext holds {vec.size()} values, expected {key.params.slots}."
+                f"{what}: holds {vec.size()} values, expected {key.params.slots}."
             )
         return cls(vec, key, level)
 
@@ -349,7 +360,7 @@ def _check_values(values: Plain, key: Key) -> None:
 def sum_all(items: Sequence[Ciphertext]) -> Ciphertext:
     """Sum ciphertexts (no level); ``items`` must not be empty."""
     if not items:
-        raise ValueError("sum_all() needs at least one ciphertext.")
+        raise ConfigError("sum_all() needs at least one ciphertext, got none.")
     acc = items[0]
     for item in items[1:]:
         acc = acc + item

@@ -148,17 +148,29 @@ class CkksParams:
     def from_dict(cls, data: dict[str, Any]) -> CkksParams:
         """Build parameters from :meth:`to_dict` output, validating them."""
         try:
+            bits = data["coeff_mod_bit_sizes"]
+            if not isinstance(bits, (list, tuple)) or len(bits) > 64:
+                raise TypeError("coeff_mod_bit_sizes must be a list of at most 64 integers")
+            for name in ("name", "description"):
+                if not isinstance(data.get(name, ""), str) or len(data.get(name, "")) > 1024:
+                    raise TypeError(f"{name} must be a string of at most 1024 characters")
             return cls(
-                name=str(data["name"]),
-                poly_modulus_degree=int(data["poly_modulus_degree"]),
-                coeff_mod_bit_sizes=tuple(int(b) for b in data["coeff_mod_bit_sizes"]),
-                scale_bits=int(data["scale_bits"]),
-                description=str(data.get("description", "")),
+                name=data["name"],
+                poly_modulus_degree=_strict_int(data["poly_modulus_degree"]),
+                coeff_mod_bit_sizes=tuple(_strict_int(b) for b in bits),
+                scale_bits=_strict_int(data["scale_bits"]),
+                description=data.get("description", ""),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ConfigError):
                 raise
-            raise ConfigError(f"malformed CKKS parameters {data!r}: {exc}") from exc
+            raise ConfigError(f"malformed CKKS parameters {data!r:.200}: {exc}") from exc
+
+
+def _strict_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r:.40}")
+    return value
 
 
 PRESETS: dict[str, CkksParams] = {

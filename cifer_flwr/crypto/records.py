@@ -16,8 +16,9 @@ from flwr.app import Array, ArrayRecord
 
 from cifer_flwr.constants import RECORD_PREFIX, STYPE_CIPHERTEXT, STYPE_HEADER
 from cifer_flwr.crypto.ckks import EncryptedArrays, from_header_and_chunks
+from cifer_flwr.crypto.headers import check_part_name
 from cifer_flwr.crypto.keys import Key
-from cifer_flwr.exceptions import CiphertextFormatError
+from cifer_flwr.exceptions import CiphertextFormatError, ConfigError, LayoutMismatchError
 
 __all__ = [
     "bundle_from_record",
@@ -27,6 +28,10 @@ __all__ = [
     "record_headers",
     "to_array_record",
 ]
+
+#: Most parts an encrypted record may hold, and the largest JSON header of one part.
+MAX_PARTS = 64
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 
 
 def _header_key(part: str) -> str:
@@ -44,8 +49,10 @@ def bundle_to_record(parts: Mapping[str, EncryptedArrays]) -> ArrayRecord:
     """
     arrays: dict[str, Array] = {}
     for part, enc in parts.items():
-        if not part.isidentifier():
-            raise ValueError(f"bundle part names must be identifiers, got {part!r}")
+        try:
+            check_part_name(part, what="bundle_to_record")
+        except CiphertextFormatError as exc:
+            raise ConfigError(str(exc)) from exc
         head = json.dumps(enc.header(), sort_keys=True).encode("utf-8")
         arrays[_header_key(part)] = Array(
             dtype="json", shape=(len(head),), stype=STYPE_HEADER, data=head
@@ -69,8 +76,42 @@ def is_encrypted_record(record: ArrayRecord) -> bool:
     )
 
 
+def _decode_json(data: bytes, what: str) -> Any:
+    if len(data) > MAX_HEADER_BYTES:
+        raise CiphertextFormatError(
+            f"{what}: {len(data)} bytes, at most {MAX_HEADER_BYTES} expected."
+        )
+    try:
+        return json.loads(bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CiphertextFormatError(f"{what} is not valid JSON: {exc!s:.200}") from exc
+
+
+def _split_name(name: str) -> tuple[str, int | None]:
+    """``cifer.PART.header`` -> (PART, None); ``cifer.PART.ct.000007`` -> (PART, 7)."""
+    if not isinstance(name, str) or not name.startswith(RECORD_PREFIX):
+        raise CiphertextFormatError(
+            f"unexpected entry {name!r:.80} in an encrypted record (expected keys "
+            f"{RECORD_PREFIX}PART.header and {RECORD_PREFIX}PART.ct.NNNNNN)."
+        )
+    rest = name[len(RECORD_PREFIX) :]
+    if rest.endswith(".header"):
+        part = check_part_name(rest[: -len(".header")], what="encrypted record")
+        return part, None
+    part, sep, index = rest.partition(".ct.")
+    if not sep or len(index) != 6 or not index.isdigit() or not index.isascii():
+        raise CiphertextFormatError(
+            f"unexpected entry {name!r:.80} in an encrypted record (expected "
+            f"{RECORD_PREFIX}PART.ct.NNNNNN)."
+        )
+    return check_part_name(part, what="encrypted record"), int(index)
+
+
 def record_headers(record: ArrayRecord) -> dict[str, dict[str, Any]]:
     """Return the public JSON header of every part of an encrypted record (no key needed).
+
+    Only the structure is checked here (key names, stypes, JSON objects, bounded sizes);
+    :func:`bundle_from_record` validates every header field.
 
     Raises
     ------
@@ -86,13 +127,16 @@ def record_headers(record: ArrayRecord) -> dict[str, dict[str, Any]]:
         )
     headers: dict[str, dict[str, Any]] = {}
     for name, arr in record.items():
-        if arr.stype != STYPE_HEADER:
+        part, index = _split_name(name)
+        if index is not None:
             continue
-        part = name[len(RECORD_PREFIX) : -len(".header")]
-        try:
-            header = json.loads(arr.data.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CiphertextFormatError(f"malformed header of part {part!r}: {exc}") from exc
+        if arr.stype != STYPE_HEADER:
+            raise CiphertextFormatError(
+                f"entry {name!r} has stype {str(arr.stype)[:60]!r}, expected {STYPE_HEADER!r}."
+            )
+        if len(headers) >= MAX_PARTS:
+            raise CiphertextFormatError(f"an encrypted record with more than {MAX_PARTS} parts.")
+        header = _decode_json(arr.data, f"header of part {part!r}")
         if not isinstance(header, dict):
             raise CiphertextFormatError(f"malformed header of part {part!r}: not an object")
         headers[part] = header
@@ -102,6 +146,10 @@ def record_headers(record: ArrayRecord) -> dict[str, dict[str, Any]]:
 def bundle_from_record(record: ArrayRecord, key: Key) -> dict[str, EncryptedArrays]:
     """Rebuild every encrypted part of an ``ArrayRecord``; ``key`` may be public.
 
+    Every entry must be a part header or a ciphertext ``PART.ct.NNNNNN`` of a part that
+    has a header, numbered 0, 1, ... without gaps; every header field and ciphertext is
+    validated (docs/design.md §5).
+
     Raises
     ------
     CiphertextFormatError, LayoutMismatchError, KeyMismatchError
@@ -109,22 +157,30 @@ def bundle_from_record(record: ArrayRecord, key: Key) -> dict[str, EncryptedArra
 
     """
     headers = record_headers(record)
-    chunks: dict[str, list[tuple[str, bytes]]] = {part: [] for part in headers}
+    chunks: dict[str, dict[int, bytes]] = {part: {} for part in headers}
     for name, arr in record.items():
-        if arr.stype == STYPE_HEADER:
+        part, index = _split_name(name)
+        if index is None:
             continue
-        part, sep, _ = name[len(RECORD_PREFIX) :].partition(".ct.")
-        if not name.startswith(RECORD_PREFIX) or not sep or arr.stype != STYPE_CIPHERTEXT:
+        if arr.stype != STYPE_CIPHERTEXT:
             raise CiphertextFormatError(
-                f"unexpected entry {name!r} (stype {arr.stype!r}) in an encrypted record."
+                f"entry {name!r} has stype {str(arr.stype)[:60]!r}, expected {STYPE_CIPHERTEXT!r}."
             )
         if part not in chunks:
             raise CiphertextFormatError(f"ciphertext {name!r} belongs to no header.")
-        chunks[part].append((name, arr.data))
-    return {
-        part: from_header_and_chunks(headers[part], [c for _, c in sorted(chunks[part])], key)
-        for part in headers
-    }
+        chunks[part][index] = arr.data
+    out: dict[str, EncryptedArrays] = {}
+    for part, header in headers.items():
+        got = chunks[part]
+        if sorted(got) != list(range(len(got))):
+            missing = sorted(set(range(max(got, default=-1) + 1)) - set(got))
+            raise LayoutMismatchError(
+                f"part {part!r}: ciphertexts numbered {sorted(got)[:5]}...; expected 0.."
+                f"{len(got) - 1} without gaps (missing {missing[:5]})."
+            )
+        blobs = [got[i] for i in range(len(got))]
+        out[part] = from_header_and_chunks(header, blobs, key, what=f"part {part!r}")
+    return out
 
 
 def from_array_record(record: ArrayRecord, key: Key, part: str = "model") -> EncryptedArrays:

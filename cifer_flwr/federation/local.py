@@ -127,6 +127,9 @@ class Federation:
         ``num-partitions`` given to the SuperNodes.
     processes : list of ProcessInfo
         Every process started, SuperLink first.
+    detached : bool
+        Whether the processes outlive the process that started them (``cifer federation
+        up``); otherwise they are tied to it and stopped when it dies (parent-death signal).
 
     """
 
@@ -140,6 +143,7 @@ class Federation:
     public_key: str | None = None
     num_partitions: int = 0
     processes: list[ProcessInfo] = field(default_factory=list)
+    detached: bool = False
 
     # ------------------------------------------------------------------ state file
     @property
@@ -329,7 +333,9 @@ class Federation:
         log = self.directory / "logs" / f"{role}.log"
         home = self.directory / "home" / role
         home.mkdir(parents=True, exist_ok=True)
-        pid = processes.spawn(args, log_path=log, env=flower_env(home), cwd=home)
+        pid = processes.spawn(
+            args, log_path=log, env=flower_env(home), cwd=home, tied=not self.detached
+        )
         info = ProcessInfo(role, pid, args, str(log), port)
         self.processes.append(info)
         self.save()
@@ -401,7 +407,8 @@ def _is_ours(p: ProcessInfo) -> bool:
     if not processes.is_alive(p.pid):
         return False
     current = processes.cmdline(p.pid)
-    return not current or any(Path(a).name == Path(p.args[0]).name for a in current[:2])
+    # a tied process runs under its supervisor: python -I _tie.py GRACE PROGRAM ...
+    return not current or any(Path(a).name == Path(p.args[0]).name for a in current[:5])
 
 
 def _write_connection(fed: Federation) -> None:
@@ -431,6 +438,7 @@ def up(
     node_private_keys: dict[int, str | os.PathLike[str]] | None = None,
     connection: str = DEFAULT_CONNECTION,
     timeout: float = 60.0,
+    detached: bool = False,
 ) -> Federation:
     """Start a SuperLink and ``nodes`` SuperNodes on 127.0.0.1 and wait until all are online.
 
@@ -454,6 +462,11 @@ def up(
         Name of the ``flwr`` connection written to ``DIRECTORY/flwr-home/config.toml``.
     timeout : float
         Seconds to wait for the SuperLink and the nodes.
+    detached : bool
+        Let the processes outlive the caller (``cifer federation up``; stop them with
+        :meth:`Federation.stop` / ``cifer federation down``). By default they are tied to
+        the calling process: the kernel sends them SIGTERM when it dies, SIGKILL included,
+        and Flower's helpers follow their parents (no orphans). Call from the main thread.
 
     Returns
     -------
@@ -493,6 +506,7 @@ def up(
         private_key=str(Path(private_key).resolve()) if private_key else None,
         public_key=str(Path(public_key).resolve()) if public_key else None,
         num_partitions=nodes,
+        detached=detached,
     )
     args = [
         _exe("flower-superlink"),
@@ -522,7 +536,7 @@ def up(
         home = d / "home" / "superlink"
         home.mkdir(parents=True, exist_ok=True)
         log = d / "logs" / "superlink.log"
-        pid = processes.spawn(args, log_path=log, env=flower_env(home), cwd=home)
+        pid = processes.spawn(args, log_path=log, env=flower_env(home), cwd=home, tied=not detached)
         fed.processes.append(ProcessInfo("superlink", pid, args, str(log), port))
         fed.save()
         deadline = time.monotonic() + timeout

@@ -140,9 +140,11 @@ def run_app(
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = Path(results_path) if results_path else runs_dir / f"run-{stamp}.json"
     results = results.resolve()
-    results.unlink(missing_ok=True)
-    log = Path(log_path) if log_path else results.with_suffix(".log")
     config = dict(run_config or {})
+    resume = str(config.get("resume", False)).strip().lower() in ("true", "1", "yes", "on")
+    if not resume:  # a resumed run reads the killed run's rows from this file
+        results.unlink(missing_ok=True)
+    log = Path(log_path) if log_path else results.with_suffix(".log")
     config["results-path"] = str(results)
     t0 = time.monotonic()
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
@@ -197,9 +199,17 @@ def run_app(
         time.sleep(0.5)
         status = _status(fed, run_id)
     payload = json.loads(results.read_text()) if results.is_file() else None
+    if payload is not None and str(payload.get("run-id", run_id)) != str(run_id):
+        payload = None  # an earlier run's file: this run wrote nothing
     errors: list[str] = []
     if payload is None:
         errors.append(f"the ServerApp wrote no results to {results}; see {log}.")
+    elif payload.get("status") == "running":
+        done = len(payload.get("rounds") or [])
+        errors.append(
+            f"the ServerApp stopped after {done} completed rounds (killed?); resume it with "
+            f"run config resume=true; see {log}."
+        )
     elif payload.get("status") != "ok":
         errors.append(f"the ServerApp failed: {payload.get('error')}")
     else:

@@ -6,7 +6,9 @@ in {0, 1}. Files never go through pickle (``np.load(..., allow_pickle=False)``).
 
 from __future__ import annotations
 
+import array
 import csv
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cifer_flwr.exceptions import DatasetError
+from cifer_flwr.securetrain.limits import CSV_FIELD_LIMIT, MAX_CSV_BYTES, read_npy, read_npz
 
 __all__ = [
     "DATASET_EXTENSIONS",
@@ -175,7 +178,9 @@ def load_dataset(
     Raises
     ------
     DatasetError
-        For an unknown extension, missing arrays, text, NaN, one class or more than two.
+        For an unknown extension, missing arrays, text, NaN, one class or more than two, or
+        a file over the limits of :mod:`cifer_flwr.securetrain.limits` (checked before the
+        data is read or decompressed; a CSV error names its line).
 
     """
     p = Path(path)
@@ -190,37 +195,96 @@ def load_dataset(
     source = str(p)
     try:
         if ext == ".npz":
-            with np.load(p, allow_pickle=False) as npz:
-                names = list(npz.files)
-                fkey = features_key or next((k for k in _FEATURE_KEYS if k in names), None)
-                lkey = labels_key or next((k for k in _LABEL_KEYS if k in names), None)
-                if fkey not in names or lkey not in names:
-                    raise DatasetError(
-                        f"{source}: holds arrays {names}; expected X/y or features/labels, or "
-                        "name them with --features-key / --labels-key."
-                    )
-                x = _features(npz[fkey], source)
-                y, classes = _labels(npz[lkey], x.shape[0], source)
-                return Dataset(x, y, classes)
+            return _load_npz(p, features_key, labels_key)
         if ext == ".npy":
-            return _split(np.load(p, allow_pickle=False), label_column, None, source)
-        with p.open(newline="") as fh:
-            rows = list(csv.reader(fh))
-    except ValueError as exc:
-        if isinstance(exc, DatasetError):
-            raise
-        raise DatasetError(f"{source}: cannot read the file ({exc}).") from exc
+            return _split(read_npy(p, error=DatasetError), label_column, None, source)
+        header, table = _read_csv(p)
     except OSError as exc:
         raise DatasetError(f"{source}: cannot read the file ({exc}).") from exc
-    if len(rows) < 2:
-        raise DatasetError(f"{source}: a CSV needs a header row and at least one data row.")
-    header = [h.strip() for h in rows[0]]
-    body = [r for r in rows[1:] if r]
-    if any(len(r) != len(header) for r in body):
-        raise DatasetError(f"{source}: rows do not all have {len(header)} columns.")
-    table = np.array([[c.strip() for c in r] for r in body], dtype=object)
-    table[table == ""] = "nan"
     return _split(table, label_column, header, source)
+
+
+def _load_npz(path: Path, features_key: str | None, labels_key: str | None) -> Dataset:
+    source = str(path)
+    chosen: list[str] = []
+
+    def pick(names: list[str]) -> list[str]:
+        fkey = features_key or next((k for k in _FEATURE_KEYS if k in names), None)
+        lkey = labels_key or next((k for k in _LABEL_KEYS if k in names), None)
+        if fkey is None or lkey is None or fkey not in names or lkey not in names:
+            raise DatasetError(
+                f"{source}: holds arrays {names}; expected X/y or features/labels, or "
+                "name them with --features-key / --labels-key."
+            )
+        chosen.extend([fkey, lkey])
+        return list(dict.fromkeys(chosen))
+
+    _, arrays = read_npz(path, pick, error=DatasetError)
+    x = _features(arrays[chosen[0]], source)
+    y, classes = _labels(arrays[chosen[1]], x.shape[0], source)
+    return Dataset(x, y, classes)
+
+
+def _read_csv(path: Path) -> tuple[list[str], npt.NDArray[np.float64]]:
+    """Parse a CSV of numbers into ``(header, table)`` within the limits of :mod:`.limits`.
+
+    The file may hold at most :data:`~.limits.MAX_CSV_BYTES` bytes and a field at most
+    :data:`~.limits.CSV_FIELD_LIMIT` characters; values are converted row by row into one
+    flat float buffer (8 bytes a value), so memory stays proportional to the file.
+    """
+    source = str(path)
+    size = path.stat().st_size
+    if size > MAX_CSV_BYTES:
+        raise DatasetError(
+            f"{source}: the CSV is {size} bytes, over the limit of {MAX_CSV_BYTES} bytes "
+            f"({MAX_CSV_BYTES >> 20} MiB); refused before reading. Convert it to .npy / .npz "
+            "or use fewer rows."
+        )
+    previous = csv.field_size_limit(CSV_FIELD_LIMIT)
+    flat = array.array("d")
+    header: list[str] = []
+    line = 0
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            for row in reader:
+                line = reader.line_num
+                if not row:
+                    continue
+                if not header:
+                    header = [h.strip() for h in row]
+                    continue
+                if len(row) != len(header):
+                    raise DatasetError(
+                        f"{source}, line {line}: {len(row)} columns, the header has "
+                        f"{len(header)}; rows do not all have {len(header)} columns."
+                    )
+                for col, cell in enumerate(row):
+                    text = cell.strip()
+                    try:
+                        flat.append(float(text) if text else math.nan)
+                    except ValueError:
+                        raise DatasetError(
+                            f"{source}, line {line}, column {header[col]!r}: {text[:40]!r} is "
+                            "text, not a number; encode categorical columns and labels as "
+                            "numbers before training."
+                        ) from None
+    except csv.Error as exc:
+        raise DatasetError(
+            f"{source}, line {line + 1}: {exc} (a field may hold at most {CSV_FIELD_LIMIT} "
+            "characters); the file is not a table of numbers."
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"{source}, after line {line}: the file is not UTF-8 text ({exc.reason}); save "
+            "the CSV as UTF-8."
+        ) from exc
+    finally:
+        csv.field_size_limit(previous)
+    if not header or not flat:
+        raise DatasetError(f"{source}: a CSV needs a header row and at least one data row.")
+    table = np.frombuffer(flat, dtype=np.float64).reshape(-1, len(header))
+    return header, table.copy()
 
 
 def save_dataset(dataset: Dataset, path: str | os.PathLike[str]) -> Path:

@@ -43,6 +43,7 @@ from cifer_flwr.crypto.linalg import (
 )
 from cifer_flwr.crypto.params import CkksParams
 from cifer_flwr.exceptions import (
+    CiferError,
     CiphertextFormatError,
     FeatureMismatchError,
     KeyMismatchError,
@@ -77,6 +78,12 @@ __all__ = [
 
 FORMAT_VERSION = 1
 SCHEME = "CKKS"
+#: Header bounds of encrypted files (anything larger is refused as corrupted): features of
+#: a model or dataset, ciphertexts per column, trained iterations, and the public scale.
+MAX_FEATURES = 1 << 20
+MAX_CIPHERTEXTS = 1 << 20
+MAX_ITERATIONS = 1 << 20
+MAX_SCALE = 1e6
 
 #: ``progress(done, total)`` callback.
 Progress = Callable[[int, int], None]
@@ -271,33 +278,83 @@ def decrypt_model(enc: EncryptedModel, key: Key) -> LogisticModel:
         When ``key`` is public.
     KeyMismatchError
         When the model was encrypted under another key.
+    CiphertextFormatError
+        When the decrypted coefficients are not finite.
 
     """
     key.require_private("decrypt the model")
     if key.fingerprint != enc.key.fingerprint:
         raise KeyMismatchError(enc.key.fingerprint, key.fingerprint, "encrypted model")
-    beta = np.array([float(np.mean(ct.decrypt(key))) for ct in enc.coefficients])
-    return LogisticModel.from_vector(beta * enc.scale)
+    beta = np.array([float(np.mean(ct.decrypt(key))) for ct in enc.coefficients]) * enc.scale
+    if not np.all(np.isfinite(beta)):
+        raise CiphertextFormatError(
+            "the decrypted model holds NaN or infinite coefficients: its ciphertexts or public "
+            "scale were altered, or training ran past the parameters' range."
+        )
+    return LogisticModel.from_vector(beta)
 
 
 # ---------------------------------------------------------------------------------- files
 
 
+def _bad(what: str, field_name: str, found: Any, expected: str) -> CiphertextFormatError:
+    shown = repr(found)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return CiphertextFormatError(
+        f"{what}: header field {field_name!r} is {shown}, expected {expected}; the file is "
+        "corrupted or was not written by cifer securetrain."
+    )
+
+
+def _field(header: dict[str, Any], name: str, what: str) -> Any:
+    if name not in header:
+        raise CiphertextFormatError(
+            f"{what}: the header has no {name!r} field; the file is corrupted or was not "
+            "written by cifer securetrain."
+        )
+    return header[name]
+
+
+def _int_field(header: dict[str, Any], name: str, what: str, low: int, high: int) -> int:
+    value = _field(header, name, what)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _bad(what, name, value, f"an integer in [{low}, {high}]")
+    return value
+
+
+def _meta(header: dict[str, Any], what: str) -> dict[str, Any]:
+    meta = header.get("meta", {})
+    if not isinstance(meta, dict):
+        raise _bad(what, "meta", meta, "an object")
+    done = meta.get("trained_iterations", 0)
+    if isinstance(done, bool) or not isinstance(done, int) or not 0 <= done <= MAX_ITERATIONS:
+        raise _bad(what, "meta.trained_iterations", done, f"an integer in [0, {MAX_ITERATIONS}]")
+    return dict(meta)
+
+
 def _check_header(header: dict[str, Any], key: Key, what: str) -> None:
     version = header.get("format_version")
-    if version != FORMAT_VERSION:
+    if isinstance(version, bool) or version != FORMAT_VERSION:
         raise CiphertextFormatError(
             f"{what} has format version {version!r}; this cifer reads version {FORMAT_VERSION}."
         )
     if header.get("scheme") != SCHEME:
         raise CiphertextFormatError(f"{what} uses scheme {header.get('scheme')!r}, not CKKS.")
-    fingerprint = str(header.get("fingerprint"))
+    fingerprint = _field(header, "fingerprint", what)
+    if not isinstance(fingerprint, str) or len(fingerprint) > 64:
+        raise _bad(what, "fingerprint", fingerprint, "a hexadecimal key fingerprint")
     if fingerprint != key.fingerprint:
         raise KeyMismatchError(fingerprint, key.fingerprint, what)
+    raw = _field(header, "params", what)
+    if not isinstance(raw, dict):
+        raise _bad(what, "params", raw, "an object of CKKS parameters")
     try:
-        params = CkksParams.from_dict(header["params"])
-    except KeyError as exc:
-        raise CiphertextFormatError(f"{what}: header without CKKS parameters.") from exc
+        params = CkksParams.from_dict(raw)
+    except CiferError as exc:
+        raise CiphertextFormatError(
+            f"{what}: invalid CKKS parameters in the header ({exc})."
+        ) from exc
     if params != key.params:
         raise CiphertextFormatError(
             f"{what}: header parameters {params.name} differ from the key's {key.params.name}."
@@ -307,6 +364,9 @@ def _check_header(header: dict[str, Any], key: Key, what: str) -> None:
 def load_encrypted_dataset(path: str | os.PathLike[str], key: Key) -> EncryptedDataset:
     """Read an encrypted dataset file with the data owner's public (or private) key.
 
+    Every header field is checked (types, ranges, and that the shape, period, chunk count
+    and ciphertext count agree) before a ciphertext is parsed.
+
     Raises
     ------
     CiphertextFormatError
@@ -315,17 +375,28 @@ def load_encrypted_dataset(path: str | os.PathLike[str], key: Key) -> EncryptedD
         When it was encrypted under another key.
 
     """
+    what = f"encrypted dataset {path}"
     header, blobs = _read(path, KIND_ENCRYPTED_DATASET, "encrypted dataset")
-    _check_header(header, key, f"encrypted dataset {path}")
-    try:
-        d, chunks = int(header["num_features"]), int(header["chunks"])
-        n, period = int(header["num_samples"]), int(header["period"])
-        meta = dict(header.get("meta", {}))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CiphertextFormatError(f"{path}: malformed encrypted-dataset header ({exc}).") from exc
+    _check_header(header, key, what)
+    slots = key.params.slots
+    if header.get("encoding") != "signed-design-columns":
+        raise _bad(what, "encoding", header.get("encoding"), "'signed-design-columns'")
+    d = _int_field(header, "num_features", what, 1, MAX_FEATURES)
+    n = _int_field(header, "num_samples", what, 1, slots * MAX_CIPHERTEXTS)
+    period = _int_field(header, "period", what, 1, slots)
+    if period != period_for(n, slots):
+        raise _bad(what, "period", period, f"{period_for(n, slots)} for {n} samples")
+    chunks = _int_field(header, "chunks", what, 1, MAX_CIPHERTEXTS)
+    if chunks != _chunks(n, period):
+        raise _bad(what, "chunks", chunks, f"{_chunks(n, period)} for {n} samples")
+    shape = header.get("shape")
+    if shape != [n, d]:
+        raise _bad(what, "shape", shape, f"[{n}, {d}] (num_samples, num_features)")
+    meta = _meta(header, what)
     if len(blobs) != (d + 1) * chunks:
         raise CiphertextFormatError(
-            f"{path}: {len(blobs)} ciphertexts, expected {(d + 1) * chunks}."
+            f"{path}: {len(blobs)} ciphertexts, expected {(d + 1) * chunks} "
+            f"({d + 1} columns x {chunks} chunks)."
         )
     cts = [Ciphertext.from_bytes(b, key, 0) for b in blobs]
     cols = tuple(tuple(cts[j * chunks : (j + 1) * chunks]) for j in range(d + 1))
@@ -335,6 +406,9 @@ def load_encrypted_dataset(path: str | os.PathLike[str], key: Key) -> EncryptedD
 def load_encrypted_model(path: str | os.PathLike[str], key: Key) -> EncryptedModel:
     """Read an encrypted model file (public key to train, private key to decrypt).
 
+    Every header field is checked (types, ranges, one level per coefficient within the
+    key's depth, a finite positive scale) before a ciphertext is parsed.
+
     Raises
     ------
     CiphertextFormatError
@@ -343,19 +417,38 @@ def load_encrypted_model(path: str | os.PathLike[str], key: Key) -> EncryptedMod
         When it was encrypted under another key.
 
     """
+    what = f"encrypted model {path}"
     header, blobs = _read(path, KIND_ENCRYPTED_MODEL, "encrypted model")
-    _check_header(header, key, f"encrypted model {path}")
-    try:
-        d = int(header["num_features"])
-        scale = float(header["scale"])
-        levels = [int(x) for x in header["levels"]]
-        meta = dict(header.get("meta", {}))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CiphertextFormatError(f"{path}: malformed encrypted-model header ({exc}).") from exc
-    if len(blobs) != d + 1 or len(levels) != d + 1:
+    _check_header(header, key, what)
+    if header.get("model") != "logistic-regression":
+        raise _bad(what, "model", header.get("model"), "'logistic-regression'")
+    if header.get("order") != "bias,weights":
+        raise _bad(what, "order", header.get("order"), "'bias,weights'")
+    d = _int_field(header, "num_features", what, 1, MAX_FEATURES)
+    shape = header.get("shape")
+    if shape != [d + 1]:
+        raise _bad(what, "shape", shape, f"[{d + 1}] (bias and {d} weights)")
+    scale = _field(header, "scale", what)
+    if (
+        isinstance(scale, bool)
+        or not isinstance(scale, int | float)
+        or not (math.isfinite(scale) and 0 < scale <= MAX_SCALE)
+    ):
+        raise _bad(what, "scale", scale, f"a finite number in (0, {MAX_SCALE:g}]")
+    levels = _field(header, "levels", what)
+    depth = key.params.depth
+    if (
+        not isinstance(levels, list)
+        or len(levels) != d + 1
+        or any(isinstance(lv, bool) or not isinstance(lv, int) for lv in levels)
+        or any(not 0 <= lv <= depth for lv in levels)
+    ):
+        raise _bad(what, "levels", levels, f"{d + 1} integers in [0, {depth}] (the key's depth)")
+    meta = _meta(header, what)
+    if len(blobs) != d + 1:
         raise CiphertextFormatError(f"{path}: {len(blobs)} ciphertexts for {d} features + bias.")
     cts = tuple(Ciphertext.from_bytes(b, key, lv) for b, lv in zip(blobs, levels, strict=True))
-    return EncryptedModel(cts, scale, key, meta)
+    return EncryptedModel(cts, float(scale), key, meta)
 
 
 def _read(path: str | os.PathLike[str], kind: str, what: str) -> tuple[dict[str, Any], list[bytes]]:

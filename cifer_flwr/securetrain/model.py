@@ -5,12 +5,29 @@
   holding one ``(d, 1)`` kernel and one ``(1,)`` bias).
 * ``.pt``: a PyTorch ``nn.Linear(d, 1)`` state dict (``weight`` (1, d), ``bias`` (1,)),
   loadable with ``torch.load(path, weights_only=True)``.
-* ``.npz``: the same ``weight`` and ``bias`` arrays (``np.load(..., allow_pickle=False)``).
+* ``.npz``: the same ``weight`` and ``bias`` arrays (read without pickle, see below).
+
+Model files may come from another party (docs/design.md §2), so reading is defensive and
+every failure is a :class:`~cifer_flwr.exceptions.ModelFormatError` naming the entry:
+
+* every weight must be a float array of rank 1 or 2 holding at most
+  :data:`~cifer_flwr.securetrain.limits.MAX_MODEL_BYTES` (checked from the shape **before**
+  reading, so a tiny compressed file that expands to gigabytes is refused unread);
+* ``.h5``: only hard links are followed; soft links, external links, HDF5 external storage
+  (``dset.external``), virtual datasets and filters other than gzip/shuffle/fletcher32/lzf are
+  refused, so a model file can never pull bytes from another local file;
+* ``.pt``: only the zip format (PyTorch >= 1.6), its members' sizes checked in the zip directory
+  before ``torch.load(weights_only=True)``; every entry must be a dense float tensor (not an
+  int, string, list or nested dict, which ``weights_only`` still allows);
+* ``.npz``: the zip directory and each ``.npy`` header are checked before inflating
+  (:func:`~cifer_flwr.securetrain.limits.read_npz`).
 """
 
 from __future__ import annotations
 
+import math
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +37,12 @@ import numpy.typing as npt
 
 from cifer_flwr.exceptions import FeatureMismatchError, ModelFormatError
 from cifer_flwr.securetrain.data import Dataset
+from cifer_flwr.securetrain.limits import (
+    MAX_MODEL_BYTES,
+    ZIP_ERRORS,
+    check_zip_members,
+    read_npz,
+)
 
 __all__ = [
     "MODEL_EXTENSIONS",
@@ -33,6 +56,9 @@ __all__ = [
 ]
 
 MODEL_EXTENSIONS = (".h5", ".pt", ".npz")
+#: HDF5 filters a weight dataset may use (built into HDF5 / h5py; anything else would load a
+#: filter plugin).
+_H5_FILTERS = frozenset({"gzip", "shuffle", "fletcher32", "lzf"})
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,80 +170,195 @@ def _extension(path: Path) -> str:
     return ext
 
 
-def _from_arrays(weight: npt.ArrayLike, bias: npt.ArrayLike, source: str) -> LogisticModel:
-    w = np.asarray(weight, dtype=np.float64)
-    b = np.asarray(bias, dtype=np.float64).ravel()
+def _float_array(value: Any, source: str, entry: str) -> npt.NDArray[np.float64]:
+    """Return a finite float64 copy of a weight entry, or raise naming it."""
+    arr = np.asarray(value)
+    if arr.dtype.kind != "f" or arr.dtype.fields is not None:
+        raise ModelFormatError(
+            f"{source}: entry {entry!r} holds {arr.dtype} values of shape {arr.shape}; a "
+            "weight must be an array of floats."
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ModelFormatError(f"{source}: entry {entry!r} holds NaN or infinite weights.")
+    return np.asarray(arr, dtype=np.float64)
+
+
+def _from_arrays(
+    weight: npt.ArrayLike,
+    bias: npt.ArrayLike,
+    source: str,
+    names: tuple[str, str] = ("weight", "bias"),
+) -> LogisticModel:
+    w = _float_array(weight, source, names[0])
+    b = _float_array(bias, source, names[1])
+    shape_w, shape_b = w.shape, b.shape
     if w.ndim == 2 and 1 in w.shape:
         w = w.ravel()
-    if w.ndim != 1 or b.shape != (1,):
+    if w.ndim != 1 or w.size == 0 or b.shape not in ((1,), ()):
         raise ModelFormatError(
             f"{source}: expected one output unit (weight (1, d) or (d, 1), bias (1,)), got "
-            f"weight {np.shape(weight)} and bias {np.shape(bias)}. securetrain handles binary "
+            f"{names[0]} {shape_w} and {names[1]} {shape_b}. securetrain handles binary "
             "logistic regression (a single Dense(1, sigmoid) / Linear(d, 1) layer)."
         )
-    if not (np.all(np.isfinite(w)) and np.isfinite(b[0])):
-        raise ModelFormatError(f"{source}: the model holds NaN or infinite weights.")
-    return LogisticModel(w, float(b[0]))
+    return LogisticModel(w, float(b.ravel()[0]))
+
+
+def _check_h5_dataset(dset: Any, source: str, name: str) -> None:
+    """Refuse anything but a small float dataset stored inside the file itself."""
+    if dset.external is not None:
+        raise ModelFormatError(
+            f"{source}: dataset {name!r} uses HDF5 external storage "
+            f"({dset.external[0][0]!r}...); cifer reads weights stored inside the file only."
+        )
+    if dset.is_virtual:
+        raise ModelFormatError(
+            f"{source}: dataset {name!r} is an HDF5 virtual dataset (it maps other files); "
+            "cifer reads weights stored inside the file only."
+        )
+    filters = set(dset._filters) - _H5_FILTERS
+    if filters:
+        raise ModelFormatError(
+            f"{source}: dataset {name!r} uses HDF5 filter(s) {sorted(filters)}; only "
+            f"{', '.join(sorted(_H5_FILTERS))} are accepted (no filter plugins are loaded)."
+        )
+    dtype = dset.dtype
+    if dtype.kind != "f" or dtype.fields is not None or dtype.subdtype is not None:
+        raise ModelFormatError(
+            f"{source}: dataset {name!r} holds {dtype} values; a weight must be an array of floats."
+        )
+    if len(dset.shape) not in (1, 2):
+        raise ModelFormatError(
+            f"{source}: dataset {name!r} has shape {dset.shape}; a kernel is (d, 1) and a "
+            "bias (1,)."
+        )
+    size = math.prod(dset.shape) * 8
+    if size > MAX_MODEL_BYTES:
+        raise ModelFormatError(
+            f"{source}: dataset {name!r} has shape {dset.shape} ({size} bytes as float64), "
+            f"over the limit of {MAX_MODEL_BYTES} bytes; refused before reading."
+        )
 
 
 def _read_h5(path: Path) -> LogisticModel:
     import h5py
+    from h5py import h5l
 
-    found: dict[str, list[Any]] = {"kernel": [], "bias": []}
-
-    def visit(name: str, obj: Any) -> None:
-        if isinstance(obj, h5py.Dataset):
-            leaf = name.rsplit("/", 1)[-1].split(":")[0]
-            if leaf in found:
-                found[leaf].append(np.asarray(obj[()]))
-
+    source = str(path)
+    found: dict[str, list[str]] = {"kernel": [], "bias": []}
+    links: list[tuple[str, str]] = []
     try:
         with h5py.File(path, "r") as fh:
-            fh.visititems(visit)
-    except OSError as exc:
-        raise ModelFormatError(f"{path}: not a readable HDF5 file ({exc}).") from exc
-    if len(found["kernel"]) != 1 or len(found["bias"]) != 1:
-        raise ModelFormatError(
-            f"{path}: found {len(found['kernel'])} kernels and {len(found['bias'])} biases; "
-            "expected a single Dense(1, sigmoid) layer."
-        )
-    return _from_arrays(found["kernel"][0], found["bias"][0], str(path))
+
+            def visit(raw: bytes, info: Any) -> None:
+                # Link types come from HDF5's own link info (nothing is dereferenced), and
+                # the callback never raises: h5py's lock turns that into SystemError.
+                name = raw.decode("utf-8", "replace")
+                if info.type != h5l.TYPE_HARD:
+                    kinds = {h5l.TYPE_SOFT: "SoftLink", h5l.TYPE_EXTERNAL: "ExternalLink"}
+                    links.append((name, kinds.get(info.type, f"user-defined link {info.type}")))
+                    return
+                leaf = name.rsplit("/", 1)[-1].split(":")[0]
+                if leaf in found:
+                    found[leaf].append(name)
+
+            fh.id.links.visit(visit, info=True)
+            for leaf, names in found.items():  # groups named kernel/bias do not count
+                found[leaf] = [n for n in names if isinstance(fh.get(n), h5py.Dataset)]
+            if links:
+                name, kind = links[0]
+                raise ModelFormatError(
+                    f"{source}: {name!r} is an HDF5 {kind}; cifer follows no soft or "
+                    "external links (they can point into other files)."
+                )
+            if len(found["kernel"]) != 1 or len(found["bias"]) != 1:
+                raise ModelFormatError(
+                    f"{source}: found {len(found['kernel'])} kernels and "
+                    f"{len(found['bias'])} biases; expected a single Dense(1, sigmoid) layer."
+                )
+            arrays = []
+            for name in (found["kernel"][0], found["bias"][0]):
+                dset = fh[name]
+                _check_h5_dataset(dset, source, name)
+                arrays.append(np.asarray(dset[()]))
+    except ModelFormatError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise ModelFormatError(f"{source}: not a readable HDF5 model ({exc}).") from exc
+    return _from_arrays(arrays[0], arrays[1], source, (found["kernel"][0], found["bias"][0]))
+
+
+def _check_pt_archive(path: Path) -> None:
+    """Bound a ``.pt`` (a zip since PyTorch 1.6) before torch reads it."""
+    source = str(path)
+    try:
+        if not zipfile.is_zipfile(path):
+            raise ModelFormatError(
+                f"{source}: not a PyTorch zip archive (legacy .pt files are not accepted); "
+                "save the state dict with torch.save from PyTorch 1.6 or later."
+            )
+        with zipfile.ZipFile(path) as zf:
+            check_zip_members(zf, source, error=ModelFormatError, limit=MAX_MODEL_BYTES)
+    except ModelFormatError:
+        raise
+    except ZIP_ERRORS as exc:
+        raise ModelFormatError(f"{source}: a corrupted PyTorch archive ({exc}).") from exc
 
 
 def _read_pt(path: Path) -> LogisticModel:
     import torch
 
+    source = str(path)
+    _check_pt_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        raise ModelFormatError(f"{path}: not a loadable PyTorch state dict ({exc}).") from exc
+        # torch's weights_only refusal advises weights_only=False: never for a file from
+        # another party. Keep only its diagnosis.
+        detail = next(
+            (ln.strip() for ln in str(exc).splitlines() if "WeightsUnpickler error" in ln),
+            str(exc),
+        )
+        raise ModelFormatError(
+            f"{source}: not a loadable PyTorch state dict of plain tensors ({detail}); cifer "
+            "loads .pt files with weights_only=True and never unpickles other objects."
+        ) from exc
     if not isinstance(state, dict):
-        raise ModelFormatError(f"{path}: expected a state dict, found {type(state).__name__}.")
-    weights = {k.rsplit(".", 1)[-1]: v for k, v in state.items()}
+        raise ModelFormatError(f"{source}: expected a state dict, found {type(state).__name__}.")
+    for name, value in state.items():
+        if not isinstance(name, str):
+            raise ModelFormatError(
+                f"{source}: state dict key {name!r} is a {type(name).__name__}, not a name."
+            )
+        if not isinstance(value, torch.Tensor):
+            raise ModelFormatError(
+                f"{source}: entry {name!r} is a {type(value).__name__}, not a tensor; expected "
+                "the state dict of one nn.Linear(d, 1)."
+            )
+        if value.layout != torch.strided or value.is_quantized or not value.is_floating_point():
+            raise ModelFormatError(
+                f"{source}: entry {name!r} is a {value.dtype} tensor ({value.layout}); a weight "
+                "must be a dense float tensor."
+            )
+    weights = {k.rsplit(".", 1)[-1]: k for k in state}
     if set(weights) != {"weight", "bias"} or len(state) != 2:
         raise ModelFormatError(
-            f"{path}: expected the state dict of one nn.Linear(d, 1) (keys weight, bias), "
+            f"{source}: expected the state dict of one nn.Linear(d, 1) (keys weight, bias), "
             f"found keys {sorted(state)}."
         )
+    w, b = weights["weight"], weights["bias"]
     return _from_arrays(
-        weights["weight"].detach().double().numpy(),
-        weights["bias"].detach().double().numpy(),
-        str(path),
+        state[w].detach().double().numpy(), state[b].detach().double().numpy(), source, (w, b)
     )
 
 
 def _read_npz(path: Path) -> LogisticModel:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            if "weight" not in npz.files or "bias" not in npz.files:
-                raise ModelFormatError(
-                    f"{path}: expected arrays 'weight' and 'bias', found {list(npz.files)}."
-                )
-            return _from_arrays(npz["weight"], npz["bias"], str(path))
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, ModelFormatError):
-            raise
-        raise ModelFormatError(f"{path}: not a readable .npz model ({exc}).") from exc
+    def pick(names: list[str]) -> list[str]:
+        if "weight" not in names or "bias" not in names:
+            raise ModelFormatError(f"{path}: expected arrays 'weight' and 'bias', found {names}.")
+        return ["weight", "bias"]
+
+    _, arrays = read_npz(path, pick, error=ModelFormatError, limit=MAX_MODEL_BYTES)
+    return _from_arrays(arrays["weight"], arrays["bias"], str(path))
 
 
 def read_model(path: str | os.PathLike[str]) -> LogisticModel:

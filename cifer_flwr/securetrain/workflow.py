@@ -12,7 +12,13 @@ from typing import Any
 
 import numpy.typing as npt
 
-from cifer_flwr.crypto.keys import Key, load_key, load_public_key, write_key_pair
+from cifer_flwr.crypto.keys import (
+    Key,
+    key_directory,
+    load_key,
+    load_public_key,
+    write_key_pair,
+)
 from cifer_flwr.crypto.linalg import generate_training_key, has_training_keys
 from cifer_flwr.exceptions import CiferError, KeyFileError, KeyTypeError, OutputPathError
 from cifer_flwr.securetrain.algorithm import (
@@ -144,6 +150,8 @@ def prepare_encryption_key(
 
     Raises
     ------
+    ConfigError
+        When ``key_name`` is not a plain name (:func:`cifer_flwr.crypto.keys.key_directory`).
     KeyFileError
         When a pair exists at the target (never overwritten) or a reused key cannot train.
     UnsupportedOperationError
@@ -155,7 +163,7 @@ def prepare_encryption_key(
         key = load_key(public_key)
         _require_training(key, str(public_key), iterations)
         return KeySetup(key)
-    directory = Path(keys_dir) / key_name if key_name else Path(keys_dir)
+    directory = Path(keys_dir) if key_name is None else key_directory(keys_dir, key_name)
     for name in ("private.key", "public.key"):
         if (directory / name).exists():
             raise KeyFileError(

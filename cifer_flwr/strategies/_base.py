@@ -1,47 +1,111 @@
 """Server-side machinery shared by the encrypted strategies (one class per public file).
 
 The mixins sit before Flower's class in the MRO, so every Flower code path that would touch
-plaintext (``Array.numpy()``) is replaced; sampling, metrics and the round loop are Flower's.
+plaintext (``Array.numpy()``) is replaced; sampling, metrics and messages are Flower's.
+
+Robustness (docs/design.md §2): one client reply never stops a round. Every reply goes
+through, in this order,
+
+1. Flower's error filter; a second reply of a node, or one from a node that was not sampled;
+2. its metrics (:func:`~cifer_flwr.strategies._replies.check_metrics`) and the ``cifer``
+   ConfigRecord the client mod adds;
+3. its size: a reply larger than the parts the server expects from that node can take
+   (chunks x :func:`cifer_flwr.crypto.max_ciphertext_bytes` + a header allowance per part)
+   is refused *before* parsing;
+4. the replay memory: a reply repeating any ciphertext chunk already received or sent (in
+   this round or an earlier one, the global model included) is refused;
+5. parsing (the crypto layer validates every ciphertext), the exact set of parts, layout,
+   count and weight.
+
+A reply failing any step is excluded with its reason in ``self.excluded[round]`` (the
+results file reads it) and a log line; any other exception is caught per reply, logged at
+error level and excluded as ``internal error: ...``. Rounds with fewer than ``min_replies``
+valid replies release nothing. After every round an atomic checkpoint lets ``start`` resume.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import logging
+import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from logging import INFO
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlwrFedAvg
 from flwr.serverapp.strategy import Result
+from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
+from flwr.supercore import log as flwr_log
 
 from cifer_flwr import crypto, protocol
 from cifer_flwr.constants import (
+    CFG_CHECK,
+    CFG_COHORT,
     CFG_RETURN_STATE,
     CFG_WEIGHT_DIVISOR,
     CFG_WEIGHTED_BY,
+    METRIC_AGGREGATE_S,
+    METRIC_EXCLUDED,
+    METRIC_RELEASED,
+    METRIC_VALID_REPLIES,
+    PART_CHECK,
     PART_MODEL,
     PART_STATE,
+    RECORD_PREFIX,
     REPLY_RECORD,
     REPLY_STATE_DIGEST,
+    STYPE_HEADER,
 )
 from cifer_flwr.crypto.container import write_file_atomic
 from cifer_flwr.exceptions import (
     CiferError,
     CiphertextFormatError,
     ConfigError,
+    KeyMismatchError,
     LayoutMismatchError,
     UnsupportedOperationError,
 )
+from cifer_flwr.strategies._checkpoint import (
+    Checkpoint,
+    read_checkpoint,
+    remove_temp_files,
+    result_from_json,
+    result_to_json,
+    write_checkpoint,
+)
+from cifer_flwr.strategies._replies import (
+    HEADER_ALLOWANCE,
+    DigestMemory,
+    ReplyError,
+    check_metrics,
+    check_reply_info,
+    chunk_digests,
+    describe_schema,
+    metric_schema,
+)
 
-__all__ = ["EncryptedFedAvgBase", "EncryptedFedOptBase", "load_server_key"]
+__all__ = ["STATE_HOLDERS", "EncryptedFedAvgBase", "EncryptedFedOptBase", "load_server_key"]
 
 log = logging.getLogger("cifer_flwr.strategies")
 Parts = dict[str, crypto.EncryptedArrays]
+Accepted = list[tuple[Message, Parts]]
+_T = TypeVar("_T")
+
+#: FedOpt: how many sampled clients are asked to return the refreshed encrypted state (the
+#: first ones in sampling order), so that a round survives the loss of any one of them.
+STATE_HOLDERS = 2
+#: Bytes allowed per ciphertext ``Array`` for its key name in the record.
+_KEY_ALLOWANCE = 64
+#: Longest exclusion reason kept (in the log and the results file).
+_MAX_REASON = 500
 
 
 def load_server_key(public_key: str | os.PathLike[str] | crypto.Key) -> crypto.Key:
@@ -59,6 +123,10 @@ def load_server_key(public_key: str | os.PathLike[str] | crypto.Key) -> crypto.K
     return crypto.load_public_key(public_key, holder="a strategy (server side)")
 
 
+def _node(msg: Message) -> int:
+    return int(msg.metadata.src_node_id)
+
+
 class EncryptedFedAvgBase:
     """Encrypted FedAvg round logic: weights sent in config, additive aggregation only."""
 
@@ -67,23 +135,53 @@ class EncryptedFedAvgBase:
     arrayrecord_key: str
     configrecord_key: str
     train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord]
+    evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord]
     _check_and_log_replies: Callable[..., tuple[list[Message], list[Message]]]
+    configure_evaluate: Callable[[int, ArrayRecord, ConfigRecord, Grid], Iterable[Message]]
+    summary: Callable[[], None]
 
     def _init_encryption(
         self,
         public_key: str | os.PathLike[str] | crypto.Key,
         save_path: str | os.PathLike[str] | None,
         examples_per_client: float,
+        *,
+        min_replies: int = 2,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        resume: bool = False,
     ) -> None:
         self.key = load_server_key(public_key)
         self.save_path = Path(save_path) if save_path is not None else None
         if not examples_per_client > 0:
             raise ConfigError(f"examples_per_client must be > 0, got {examples_per_client}.")
+        if isinstance(min_replies, bool) or not isinstance(min_replies, int) or min_replies < 2:
+            raise ConfigError(
+                f"min_replies must be an integer >= 2, got {min_replies!r}: an aggregate of "
+                "one update is that update, which every key holder could decrypt."
+            )
+        if resume and checkpoint_path is None:
+            raise ConfigError(
+                "resume=True needs checkpoint_path (the file written after every round); "
+                "pass checkpoint_path=... or drop resume."
+            )
         self.examples_per_client = float(examples_per_client)
+        self.min_replies = min_replies
+        self._min_replies = min_replies
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
+        self.resume = bool(resume)
         self.layout: crypto.Layout | None = None
         self.excluded: dict[int, list[tuple[int, str]]] = {}
         self.round_stats: dict[int, dict[str, float]] = {}
-        self._min_replies = 1
+        self._reset_round_memory()
+
+    def _reset_round_memory(self) -> None:
+        self._seen = DigestMemory()
+        self._round_origin: dict[bytes, str] = {}
+        self._sent_config: dict[int, dict[str, Any]] = {}
+        self._sent_index: dict[int, int] = {}
+        self._global_parts: Parts | None = None
+        self._global_blob: bytes | None = None
+        self._layout_json = 0
 
     # ------------------------------------------------------------------ helpers
     def _summary_encryption(self) -> None:
@@ -95,7 +193,17 @@ class EncryptedFedAvgBase:
             p.security_bits,
             self.key.short_fingerprint,
         )
-        log.info("\t│\t└── server holds ciphertexts and the public key only")
+        log.info("\t│\t├── server holds ciphertexts and the public key only")
+        log.info(
+            "\t│\t├── min_replies %d: rounds with fewer valid replies release nothing",
+            self._min_replies,
+        )
+        log.info("\t│\t├── replayed / duplicated / echoed ciphertexts are refused (SHA-256)")
+        log.info(
+            "\t│\t└── checkpoint: %s%s",
+            self.checkpoint_path or "off",
+            " (resume)" if self.resume else "",
+        )
 
     def _encrypt_initial(self, arrays: Mapping[str, Any]) -> Parts:
         return {PART_MODEL: crypto.encrypt(arrays, self.key)}
@@ -115,11 +223,49 @@ class EncryptedFedAvgBase:
         """Per-message config entries (subclasses add theirs)."""
         return {}
 
+    def _set_global(self, parts: Parts) -> None:
+        self._global_parts = parts
+        self._global_blob = None
+
+    def _global_bytes(self) -> bytes:
+        if self._global_blob is None:
+            if self._global_parts is None:
+                raise ConfigError("no global model yet; call start() first.")
+            self._global_blob = crypto.bundle_to_bytes(self._global_parts)
+        return self._global_blob
+
     def _save(self, parts: Parts, server_round: int) -> None:
         if self.save_path is None:
             return
-        write_file_atomic(self.save_path, crypto.bundle_to_bytes(parts))
+        write_file_atomic(self.save_path, self._global_bytes())
         log.info("saved encrypted global model of round %d to %s", server_round, self.save_path)
+
+    def _require_layout(self) -> crypto.Layout:
+        if self.layout is None:
+            raise ConfigError("the strategy has no model layout yet; call start() first.")
+        return self.layout
+
+    def _set_layout(self, layout: crypto.Layout) -> None:
+        self.layout = layout
+        self._layout_json = len(json.dumps(layout.to_dict()))
+
+    def _exclude(self, server_round: int, node: int, reason: str) -> None:
+        if len(reason) > _MAX_REASON:  # reasons may quote what a client sent
+            reason = reason[: _MAX_REASON - 3] + "..."
+        log.warning("round %d: excluded node %d: %s", server_round, node, reason)
+        self.excluded.setdefault(server_round, []).append((node, reason))
+
+    def _internal_error(self, server_round: int, node: int, exc: Exception) -> None:
+        log.error(
+            "round %d: internal error while checking node %d's reply (a bug; the reply is "
+            "excluded and the round goes on)",
+            server_round,
+            node,
+            exc_info=exc,
+        )
+        self.excluded.setdefault(server_round, []).append(
+            (node, f"internal error: {type(exc).__name__}: {exc}")
+        )
 
     # ------------------------------------------------------------------ Flower API
     def start(
@@ -132,16 +278,23 @@ class EncryptedFedAvgBase:
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
     ) -> Result:
-        """Run the federated loop on ciphertexts.
+        """Run the federated loop on ciphertexts, checkpointing after every round.
 
         ``initial_arrays`` may be plaintext (encrypted here with the public key before
-        round 1) or an encrypted record. The returned ``Result.arrays`` is encrypted.
+        round 1) or an encrypted record. The returned ``Result.arrays`` is encrypted. With
+        ``resume=True`` and a checkpoint at ``checkpoint_path``, the run continues from the
+        round after the checkpoint's (``initial_arrays`` is then ignored) and the returned
+        ``Result`` covers the restored rounds and the new ones. The loop is Flower's
+        ``Strategy.start`` with a first round other than 1.
 
         Raises
         ------
         UnsupportedOperationError
             When ``evaluate_fn`` is given: server-side evaluation would need the plaintext
             model. Use federated evaluation (clients decrypt) instead.
+        KeyMismatchError, ConfigError, CiphertextFormatError
+            When resuming from a checkpoint of another key, another strategy or optimizer,
+            or a corrupted one.
 
         """
         if evaluate_fn is not None:
@@ -150,17 +303,59 @@ class EncryptedFedAvgBase:
                 "never holds under encryption; drop evaluate_fn and rely on federated "
                 "evaluation (fraction_evaluate > 0), where the clients decrypt."
             )
-        parts = self._to_parts(initial_arrays)
-        self.layout = self._model_layout(parts)
-        record = crypto.bundle_to_record(parts)
-        return super().start(  # type: ignore[misc, no-any-return]
-            grid=grid,
-            initial_arrays=record,
-            num_rounds=num_rounds,
-            timeout=timeout,
-            train_config=train_config,
-            evaluate_config=evaluate_config,
-        )
+        self.excluded, self.round_stats = {}, {}
+        self._reset_round_memory()
+        restored = self._prepare_checkpoint()
+        if restored is not None:
+            parts, result, done = restored
+        else:
+            parts, result, done = self._to_parts(initial_arrays), Result(), 0
+            self._set_layout(self._model_layout(parts))
+        self._set_global(parts)
+        arrays = crypto.bundle_to_record(parts)
+
+        flwr_log(INFO, "Starting %s strategy:", type(self).__name__)
+        log_strategy_start_info(num_rounds, arrays, train_config, evaluate_config)
+        self.summary()
+        flwr_log(INFO, "")
+        if done:
+            flwr_log(INFO, "Resuming after round %d of %d from the checkpoint", done, num_rounds)
+        train_config = ConfigRecord() if train_config is None else train_config
+        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+        t_start = time.time()
+        for current_round in range(done + 1, num_rounds + 1):
+            flwr_log(INFO, "")
+            flwr_log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
+            train_replies = grid.send_and_receive(
+                messages=self.configure_train(current_round, arrays, train_config, grid),
+                timeout=timeout,
+            )
+            agg_arrays, agg_train_metrics = self.aggregate_train(current_round, train_replies)
+            if agg_arrays is not None:
+                result.arrays = agg_arrays
+                arrays = agg_arrays
+            if agg_train_metrics is not None:
+                flwr_log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_train_metrics)
+                result.train_metrics_clientapp[current_round] = agg_train_metrics
+            evaluate_replies = grid.send_and_receive(
+                messages=self.configure_evaluate(current_round, arrays, evaluate_config, grid),
+                timeout=timeout,
+            )
+            agg_evaluate_metrics = self.aggregate_evaluate(current_round, evaluate_replies)
+            if agg_evaluate_metrics is not None:
+                flwr_log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_evaluate_metrics)
+                result.evaluate_metrics_clientapp[current_round] = agg_evaluate_metrics
+            self._write_checkpoint(current_round, num_rounds, result)
+
+        flwr_log(INFO, "")
+        flwr_log(INFO, "Strategy execution finished in %.2fs", time.time() - t_start)
+        flwr_log(INFO, "")
+        flwr_log(INFO, "Final results:")
+        flwr_log(INFO, "")
+        for line in io.StringIO(str(result)):
+            flwr_log(INFO, "\t%s", line.strip("\n"))
+        flwr_log(INFO, "")
+        return result
 
     def _base_configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -170,12 +365,31 @@ class EncryptedFedAvgBase:
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample nodes as Flower does and add the encryption settings to each config."""
+        """Sample nodes as Flower does and add the encryption settings to each config.
+
+        The chunks of the global model sent are remembered, so that a client echoing them
+        back is refused.
+        """
         config[CFG_WEIGHTED_BY] = self.weighted_by_key
         messages = list(self._base_configure_train(server_round, arrays, config, grid))
+        self._sent_config, self._sent_index = {}, {}
+        self._seen.freeze(before=server_round)
+        digests = chunk_digests(arrays)
+        self._seen.add(server_round, digests)
+        self._round_origin = dict.fromkeys(
+            digests, f"the global model the server sent in round {server_round} (an echo)"
+        )
         cohort = len(messages)
         if cohort == 0:
             return []
+        if cohort < self._min_replies:
+            log.warning(
+                "round %d: only %d clients sampled, fewer than min_replies=%d; this round "
+                "cannot release an aggregate.",
+                server_round,
+                cohort,
+                self._min_replies,
+            )
         divisor = protocol.weight_divisor(cohort, self.examples_per_client)
         out = []
         for index, msg in enumerate(messages):
@@ -183,6 +397,8 @@ class EncryptedFedAvgBase:
             cfg = ConfigRecord(dict(msg.content.config_records[self.configrecord_key]))
             cfg[CFG_WEIGHT_DIVISOR] = divisor
             cfg.update(self._extra_config(index, node, cohort, server_round))
+            self._sent_config[int(node)] = dict(cfg)
+            self._sent_index[int(node)] = index
             content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg})
             out.append(
                 Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
@@ -193,65 +409,273 @@ class EncryptedFedAvgBase:
         }
         return out
 
+    # ------------------------------------------------------------------ reply checks
+    def _expected_parts(self, server_round: int, node_id: int) -> dict[str, int]:
+        """Parts the reply of ``node_id`` must hold, with the most chunks each may have.
+
+        Derived from the config sent to that node: ``model`` always, ``state`` when it was
+        asked to return the FedOpt state, ``check`` when SecureFed's check was on.
+        """
+        layout = self._require_layout()
+        slots = self.key.params.slots
+        parts = {PART_MODEL: layout.num_chunks(slots)}
+        cfg = self._sent_config.get(node_id, {})
+        if cfg.get(CFG_RETURN_STATE) is True:
+            parts[PART_STATE] = max(1, math.ceil(3 * layout.total / slots))
+        if cfg.get(CFG_CHECK) is True:
+            cohort = max(1, int(cfg.get(CFG_COHORT, 1)))
+            parts[PART_CHECK] = math.ceil(2 * cohort / slots) + 1
+        return parts
+
+    def _reply_limits(self, server_round: int, node_id: int) -> tuple[int, int]:
+        """``(bytes, arrays)`` a reply of ``node_id`` may hold at most."""
+        parts = self._expected_parts(server_round, node_id)
+        per_chunk = crypto.max_ciphertext_bytes(self.key.params) + _KEY_ALLOWANCE
+        per_header = HEADER_ALLOWANCE + 4 * self._layout_json
+        size = sum(n * per_chunk + per_header for n in parts.values())
+        return size, sum(n + 1 for n in parts.values())
+
+    def _screen_reply(self, msg: Message, server_round: int) -> None:
+        """Refuse, before parsing, a reply that is too large or repeats a known ciphertext."""
+        node = _node(msg)
+        records = msg.content.array_records
+        if list(records) != [self.arrayrecord_key]:
+            raise ReplyError(
+                f"reply carries ArrayRecords {sorted(records)[:5]}; expected exactly one "
+                f"named {self.arrayrecord_key!r}."
+            )
+        record = records[self.arrayrecord_key]
+        # the part names are in the Array keys (``cifer.<part>.header``): no parsing needed
+        named = {
+            key[len(RECORD_PREFIX) : -len(".header")]
+            for key, arr in record.items()
+            if arr.stype == STYPE_HEADER and key.startswith(RECORD_PREFIX)
+        }
+        if named:
+            self._check_part_set(named, self._expected_parts(server_round, node))
+        max_bytes, max_arrays = self._reply_limits(server_round, node)
+        size = record.count_bytes()
+        if size > max_bytes or len(record) > max_arrays:
+            raise ReplyError(
+                f"reply of {size} bytes in {len(record)} arrays exceeds the {max_bytes} bytes "
+                f"in {max_arrays} arrays that the parts expected from this node "
+                f"({self._expected_parts(server_round, node)} chunks) can take; refused "
+                "before parsing."
+            )
+        digests = chunk_digests(record)
+        if len(set(digests)) != len(digests):
+            raise ReplyError("reply repeats one of its own ciphertexts (a duplicated chunk).")
+        for digest in digests:
+            origin = self._round_origin.get(digest)
+            if origin is not None:
+                raise ReplyError(f"reply repeats a ciphertext of {origin}; refused.")
+        hit = self._seen.first_seen(digests)
+        if hit is not None:
+            raise ReplyError(
+                f"reply repeats a ciphertext the server already received or sent in round "
+                f"{hit[1]} (a replay); refused."
+            )
+        self._seen.add(server_round, digests)
+        self._round_origin.update(
+            dict.fromkeys(digests, f"node {node}'s reply in round {server_round} (a duplicate)")
+        )
+
+    def _check_part_set(self, parts: Iterable[str], expected: Mapping[str, int]) -> None:
+        parts = set(parts)
+        extra = sorted(set(parts) - set(expected))
+        missing = sorted(set(expected) - set(parts))
+        if PART_STATE in extra:
+            raise ReplyError(
+                "reply holds a FedOpt state part although this client was not asked for it "
+                f"({CFG_RETURN_STATE} was false); only the asked clients may return the state."
+            )
+        if extra or missing:
+            raise CiphertextFormatError(
+                f"reply has parts {sorted(parts)}; expected {sorted(expected)} (missing "
+                f"{missing}, unexpected {extra})."
+            )
+
     def _parse_reply(self, msg: Message, server_round: int) -> Parts:
         content = msg.content
         if self.arrayrecord_key not in content.array_records:
             raise CiphertextFormatError(f"reply has no ArrayRecord '{self.arrayrecord_key}'.")
         parts = crypto.bundle_from_record(content.array_records[self.arrayrecord_key], self.key)
-        model = parts.get(PART_MODEL)
-        if model is None:
-            raise CiphertextFormatError(f"reply has parts {sorted(parts)}, no 'model'.")
-        if self.layout is not None and model.layout != self.layout:
+        self._check_part_set(parts, self._expected_parts(server_round, _node(msg)))
+        for name, enc in parts.items():
+            if enc.count != 1:
+                raise CiphertextFormatError(
+                    f"part {name!r} claims to sum {enc.count} encryptions; a client reply "
+                    "holds exactly one."
+                )
+            if name != PART_MODEL and enc.weight != 1.0:
+                raise CiphertextFormatError(
+                    f"part {name!r} has weight {enc.weight:g}; expected 1 (only the model "
+                    "part is weighted)."
+                )
+        model = parts[PART_MODEL]
+        if model.layout != self.layout:
+            layout = self._require_layout()
             raise LayoutMismatchError(
                 f"reply layout {list(model.layout.names)} / {list(model.layout.shapes)} does "
-                f"not match the global model's {list(self.layout.names)} / "
-                f"{list(self.layout.shapes)}."
+                f"not match the global model's {list(layout.names)} / {list(layout.shapes)}."
             )
-        n = None
-        for record in content.metric_records.values():
-            if self.weighted_by_key in record:
-                n = float(record[self.weighted_by_key])  # type: ignore[arg-type]
-        if n is None or n <= 0:
-            raise CiferError(f"reply lacks a positive metric '{self.weighted_by_key}'.")
+        n = check_metrics(content, self.weighted_by_key)
         expected = n / self.round_stats[server_round]["weight-divisor"]
-        if abs(model.weight - expected) > 1e-9 * max(1.0, expected):
-            raise CiferError(
+        if not math.isclose(model.weight, expected, rel_tol=1e-9, abs_tol=1e-12):
+            raise ReplyError(
                 f"reply is weighted {model.weight:.6g} but reports {n:g} examples "
                 f"(expected weight {expected:.6g})."
             )
         return parts
 
-    def _accept_replies(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> list[tuple[Message, Parts]]:
+    def _check_reply(self, msg: Message, server_round: int) -> Parts:
+        """Every check of one train reply, cheapest first; returns its parsed parts."""
+        check_metrics(msg.content, self.weighted_by_key)
+        info = msg.content.config_records.get(REPLY_RECORD)
+        if info is not None:
+            check_reply_info(info)
+        self._screen_reply(msg, server_round)
+        return self._parse_reply(msg, server_round)
+
+    def _consistent_metrics(
+        self,
+        server_round: int,
+        items: list[_T],
+        message: Callable[[_T], Message],
+        what: str,
+    ) -> list[_T]:
+        """Keep the replies whose metric names/list lengths are those most replies have.
+
+        Flower aggregates metrics only over replies of one schema (and raises otherwise).
+        """
+        if not items:
+            return items
+        schemas = [metric_schema(message(item).content) for item in items]
+        counts = Counter(schemas)
+        best = max(counts, key=lambda s: (counts[s], -schemas.index(s)))
+        kept = []
+        for item, schema in zip(items, schemas, strict=True):
+            if schema == best:
+                kept.append(item)
+                continue
+            self._exclude(
+                server_round,
+                _node(message(item)),
+                f"{what}its metrics {describe_schema(schema)} differ in names or list "
+                f"lengths from those most replies carry {describe_schema(best)}.",
+            )
+        return kept
+
+    def _accept_replies(self, server_round: int, replies: Iterable[Message]) -> Accepted:
         valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
         excluded = self.excluded.setdefault(server_round, [])
         for msg in errors:
-            excluded.append((msg.metadata.src_node_id, f"error reply: {msg.error.reason}"))
-        accepted = []
+            excluded.append((_node(msg), f"error reply: {msg.error.reason}"[:_MAX_REASON]))
+        accepted: Accepted = []
+        replied: set[int] = set()
         for msg in valid:
+            node = _node(msg)
             try:
-                accepted.append((msg, self._parse_reply(msg, server_round)))
+                if node not in self._sent_config:
+                    raise ReplyError(f"node {node} was not sampled in round {server_round}.")
+                if node in replied:
+                    raise ReplyError("a second reply from this node in the same round.")
+                replied.add(node)
+                accepted.append((msg, self._check_reply(msg, server_round)))
             except CiferError as exc:
-                node = msg.metadata.src_node_id
-                log.warning("round %d: excluded node %d: %s", server_round, node, exc)
-                excluded.append((node, str(exc)))
+                self._exclude(server_round, node, str(exc))
+            except Exception as exc:  # last line of defence: a bug never stops the round
+                self._internal_error(server_round, node, exc)
+        return self._consistent_metrics(server_round, accepted, lambda item: item[0], "")
+
+    def _select_replies(self, server_round: int, accepted: Accepted) -> Accepted:
+        """Hook between per-reply checks and aggregation (FedOpt: the digest majority)."""
         return accepted
 
     def _next_global(
         self,
         server_round: int,
-        accepted: list[tuple[Message, Parts]],
+        accepted: Accepted,
         aggregate: crypto.EncryptedArrays,
     ) -> Parts | None:
         return {PART_MODEL: aggregate}
 
+    def _sum_models(self, server_round: int, accepted: Accepted) -> tuple[Accepted, Any]:
+        """Add the model parts; should the sum fail, isolate the replies that cannot be added."""
+        try:
+            return accepted, crypto.aggregate([parts[PART_MODEL] for _, parts in accepted])
+        except Exception as exc:
+            log.error(
+                "round %d: adding the updates failed (%s: %s); adding them one by one to "
+                "isolate the offending replies",
+                server_round,
+                type(exc).__name__,
+                exc,
+            )
+        kept: Accepted = []
+        total: crypto.EncryptedArrays | None = None
+        for msg, parts in accepted:
+            model = parts[PART_MODEL]
+            try:
+                trial = crypto.aggregate([model, model] if total is None else [total, model])
+            except Exception as exc:
+                self._internal_error(server_round, _node(msg), exc)
+                continue
+            total = model if total is None else trial
+            kept.append((msg, parts))
+        return kept, total
+
+    def _cifer_metrics(self, server_round: int, released: bool, valid: int) -> MetricRecord:
+        return MetricRecord(
+            {
+                METRIC_RELEASED: int(released),
+                METRIC_VALID_REPLIES: valid,
+                METRIC_EXCLUDED: len(self.excluded.get(server_round, [])),
+            }
+        )
+
+    def _aggregate_train_metrics(self, server_round: int, accepted: Accepted) -> MetricRecord:
+        try:
+            return self.train_metrics_aggr_fn(
+                [msg.content for msg, _ in accepted], self.weighted_by_key
+            )
+        except Exception as exc:
+            log.error(
+                "round %d: train_metrics_aggr_fn failed (%s: %s); the round's client metrics "
+                "are left out",
+                server_round,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            return MetricRecord()
+
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Add the valid encrypted updates; exclude malformed or wrong-key ones with a reason."""
+        """Add the valid encrypted updates; exclude every other reply with a reason.
+
+        Releases nothing (and says so in the metrics ``cifer-released``) when fewer than
+        ``min_replies`` valid replies remain.
+        """
         replies = list(replies)
         stats = self.round_stats.setdefault(server_round, {})
+        try:
+            return self._aggregate_train(server_round, replies, stats)
+        except Exception as exc:  # last line of defence: a bug never stops the run
+            log.error(
+                "round %d: aggregation failed (%s: %s); nothing is released this round.",
+                server_round,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            stats["released"] = 0.0
+            return None, self._cifer_metrics(server_round, False, 0)
+
+    def _aggregate_train(
+        self, server_round: int, replies: list[Message], stats: dict[str, float]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         stats["bytes-received"] = float(
             sum(
                 r.content.array_records[k].count_bytes()
@@ -260,8 +684,14 @@ class EncryptedFedAvgBase:
                 for k in r.content.array_records
             )
         )
-        accepted = self._accept_replies(server_round, replies)
-        if len(accepted) < self._min_replies:
+        accepted = self._select_replies(server_round, self._accept_replies(server_round, replies))
+        total = None
+        if len(accepted) >= self._min_replies:
+            t0 = time.perf_counter()
+            accepted, total = self._sum_models(server_round, accepted)
+            stats["aggregate-s"] = time.perf_counter() - t0
+        stats["valid-replies"] = float(len(accepted))
+        if total is None or len(accepted) < self._min_replies:
             log.warning(
                 "round %d: %d valid encrypted updates, fewer than the %d required; "
                 "nothing is aggregated or released this round.",
@@ -269,26 +699,202 @@ class EncryptedFedAvgBase:
                 len(accepted),
                 self._min_replies,
             )
-            return None, None
+            stats["released"] = 0.0
+            return None, self._cifer_metrics(server_round, False, len(accepted))
         t0 = time.perf_counter()
-        total = crypto.aggregate([parts[PART_MODEL] for _, parts in accepted])
         total = crypto.with_meta(total, round=server_round)
         new_parts = self._next_global(server_round, accepted, total)
-        stats["aggregate-s"] = time.perf_counter() - t0
+        stats["aggregate-s"] += time.perf_counter() - t0
         self.examples_per_client = total.weight * stats["weight-divisor"] / len(accepted)
-        metrics = self.train_metrics_aggr_fn(
-            [msg.content for msg, _ in accepted], self.weighted_by_key
-        )
-        metrics["cifer-aggregate-s"] = stats["aggregate-s"]
-        metrics["cifer-excluded"] = len(self.excluded.get(server_round, []))
+        metrics = self._aggregate_train_metrics(server_round, accepted)
+        metrics[METRIC_AGGREGATE_S] = stats["aggregate-s"]
+        released = new_parts is not None
+        metrics.update(self._cifer_metrics(server_round, released, len(accepted)))
+        stats["released"] = float(released)
         if new_parts is None:
             return None, metrics
+        self._set_global(new_parts)
         self._save(new_parts, server_round)
         return crypto.bundle_to_record(new_parts), metrics
 
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Aggregate the evaluate metrics of the replies that pass the metric checks.
+
+        Hostile values (lists, NaN, Inf, huge, missing example counts, other metric
+        names) are excluded (reason prefixed ``evaluate reply:``) before
+        ``evaluate_metrics_aggr_fn`` sees them.
+        """
+        try:
+            valid, _ = self._check_and_log_replies(list(replies), is_train=False, validate=False)
+            good = []
+            for msg in valid:
+                try:
+                    check_metrics(msg.content, self.weighted_by_key)
+                    good.append(msg)
+                except CiferError as exc:
+                    self._exclude(server_round, _node(msg), f"evaluate reply: {exc}")
+                except Exception as exc:
+                    self._internal_error(server_round, _node(msg), exc)
+            good = self._consistent_metrics(server_round, good, lambda m: m, "evaluate reply: ")
+            if not good:
+                return None
+            return self.evaluate_metrics_aggr_fn([m.content for m in good], self.weighted_by_key)
+        except Exception as exc:  # last line of defence: a bug never stops the run
+            log.error(
+                "round %d: evaluate aggregation failed (%s: %s); no evaluate metrics this round.",
+                server_round,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            return None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _strategy_id(self) -> str:
+        return f"{type(self).__module__}.{type(self).__qualname__}"
+
+    def _optimizer_json(self) -> dict[str, Any] | None:
+        return None
+
+    def _checkpoint_extra(self) -> dict[str, Any]:
+        """JSON state a subclass needs to resume (stored under ``extra``)."""
+        return {}
+
+    def _restore_extra(self, extra: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`_checkpoint_extra`."""
+
+    def _prepare_checkpoint(self) -> tuple[Parts, Result, int] | None:
+        """Remove leftover temp files; on resume, load the checkpoint if there is one."""
+        path = self.checkpoint_path
+        if path is None:
+            return None
+        for tmp in remove_temp_files(path):
+            log.info("removed %s, left behind by an interrupted checkpoint write", tmp)
+        if not self.resume:
+            if path.exists():
+                log.info("resume=False: the checkpoint %s will be overwritten", path)
+            return None
+        if not path.exists():
+            log.info("resume=True but no checkpoint at %s yet: starting from round 1", path)
+            return None
+        restored = self._restore(path)
+        log.info(
+            "resumed from checkpoint %s after round %d; initial_arrays is ignored",
+            path,
+            restored[2],
+        )
+        return restored
+
+    def _checkpoint_state(self, server_round: int, num_rounds: int, result: Result) -> Checkpoint:
+        index, digests = self._seen.to_blob()
+        state = {
+            "strategy": self._strategy_id(),
+            "fingerprint": self.key.fingerprint,
+            "preset": self.key.params.name,
+            "optimizer": self._optimizer_json(),
+            "round": server_round,
+            "num_rounds": num_rounds,
+            "min_replies": self._min_replies,
+            "examples_per_client": self.examples_per_client,
+            "layout": self._require_layout().to_dict(),
+            "excluded": {
+                str(r): [[node, why] for node, why in v] for r, v in self.excluded.items()
+            },
+            "round_stats": {str(r): dict(v) for r, v in self.round_stats.items()},
+            "seen": index,
+            "result": result_to_json(result),
+            "extra": self._checkpoint_extra(),
+        }
+        return Checkpoint(state, self._global_bytes(), digests)
+
+    def _write_checkpoint(self, server_round: int, num_rounds: int, result: Result) -> None:
+        if self.checkpoint_path is None:
+            return
+        try:
+            ckpt = self._checkpoint_state(server_round, num_rounds, result)
+            write_checkpoint(self.checkpoint_path, ckpt)
+        except (OSError, CiferError, TypeError, ValueError) as exc:
+            log.error(
+                "round %d: writing the checkpoint %s failed (%s: %s); the run goes on, but "
+                "cannot resume from this round",
+                server_round,
+                self.checkpoint_path,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        log.info("round %d: checkpoint written to %s", server_round, self.checkpoint_path)
+
+    def _restore(self, path: Path) -> tuple[Parts, Result, int]:
+        ckpt = read_checkpoint(path)
+        state = ckpt.state
+        try:
+            fingerprint = str(state["fingerprint"])
+            strategy = str(state["strategy"])
+            optimizer = state["optimizer"]
+            done = int(state["round"])
+            layout = crypto.Layout.from_dict(state["layout"])
+            examples = float(state["examples_per_client"])
+            excluded = {
+                int(r): [(int(node), str(why)) for node, why in v]
+                for r, v in state["excluded"].items()
+            }
+            round_stats = {
+                int(r): {str(k): float(x) for k, x in v.items()}
+                for r, v in state["round_stats"].items()
+            }
+            seen = DigestMemory.from_blob(
+                [(int(r), int(c)) for r, c in state["seen"]], ckpt.digests
+            )
+            result, released = result_from_json(state["result"])
+            extra = dict(state.get("extra") or {})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CiphertextFormatError(
+                f"checkpoint {path} is corrupted ({type(exc).__name__}: {exc}); delete it or "
+                "start without resume."
+            ) from exc
+        if fingerprint != self.key.fingerprint:
+            raise KeyMismatchError(fingerprint, self.key.fingerprint, f"checkpoint {path}")
+        if strategy != self._strategy_id():
+            raise ConfigError(
+                f"checkpoint {path} was written by strategy {strategy}, but this run uses "
+                f"{self._strategy_id()}; resume with the same strategy, or start without "
+                "resume (the checkpoint is then overwritten)."
+            )
+        if optimizer != self._optimizer_json():
+            raise ConfigError(
+                f"checkpoint {path} was written with optimizer {optimizer}, but this run "
+                f"uses {self._optimizer_json()}; resume with the same settings, or start "
+                "without resume."
+            )
+        if done < 1:
+            raise CiphertextFormatError(f"checkpoint {path} holds round {done}; expected >= 1.")
+        parts = crypto.bundle_from_bytes(ckpt.model, self.key)
+        if self._model_layout(parts) != layout:
+            raise LayoutMismatchError(
+                f"checkpoint {path}: the encrypted model's layout does not match the layout "
+                "recorded with it; the file is corrupted."
+            )
+        self._set_layout(layout)
+        self.examples_per_client = examples
+        self.excluded, self.round_stats, self._seen = excluded, round_stats, seen
+        self._restore_extra(extra)
+        if released:
+            result.arrays = crypto.bundle_to_record(parts)
+        return parts, result, done
+
 
 class EncryptedFedOptBase(EncryptedFedAvgBase):
-    """FedYogi / FedAdam / FedAdagrad with the deferred key-holder step (DESIGN.md §4.3)."""
+    """FedYogi / FedAdam / FedAdagrad with the deferred key-holder step (docs/design.md §4.3).
+
+    The first :data:`STATE_HOLDERS` sampled clients are asked to return the refreshed
+    encrypted state, every client returns a digest of it. The server keeps the replies
+    whose digest is held by a strict majority of the valid replies (the others trained from
+    another state and are excluded) and takes the state of the first asked client among
+    them, so a round survives the loss of either asked client.
+    """
 
     eta: float
     beta_1: float
@@ -301,12 +907,16 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         """The public optimizer spec key holders apply."""
         return protocol.OptimizerSpec(self._opt_kind, self.eta, self.beta_1, self.beta_2, self.tau)
 
+    def _optimizer_json(self) -> dict[str, Any] | None:
+        return self.optimizer.to_dict()
+
     def _summary_encryption(self) -> None:
         super()._summary_encryption()
         log.info(
-            "\t│\t└── deferred key-holder %s step: state (x, m, v) stays encrypted; one "
-            "client returns the refreshed state, all return digests",
+            "\t│\t└── deferred key-holder %s step: state (x, m, v) stays encrypted; %d "
+            "clients return the refreshed state, all return digests, the majority digest wins",
             self._opt_kind,
+            STATE_HOLDERS,
         )
 
     def _encrypt_initial(self, arrays: Mapping[str, Any]) -> Parts:
@@ -343,40 +953,103 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
     def _extra_config(
         self, index: int, node_id: int, cohort: int, server_round: int
     ) -> dict[str, Any]:
-        return {CFG_RETURN_STATE: index == 0}
+        return {CFG_RETURN_STATE: index < STATE_HOLDERS}
+
+    def _state_layout_ok(self, layout: crypto.Layout) -> bool:
+        model = self._require_layout()
+        names = list(layout.names)
+        shapes = list(layout.shapes)
+        x_names = [f"x/{n}" for n in model.names]
+        if names == x_names:
+            return shapes == list(model.shapes) and layout.dtypes == model.dtypes
+        full = x_names + [f"m/{n}" for n in model.names] + [f"sqrtv/{n}" for n in model.names]
+        return (
+            names == full
+            and shapes == list(model.shapes) * 3
+            and layout.dtypes[: len(x_names)] == model.dtypes
+        )
+
+    def _parse_reply(self, msg: Message, server_round: int) -> Parts:
+        parts = super()._parse_reply(msg, server_round)
+        state = parts.get(PART_STATE)
+        if state is not None and not self._state_layout_ok(state.layout):
+            raise LayoutMismatchError(
+                f"the returned FedOpt state has entries {list(state.layout.names)[:6]}...; "
+                "expected x/, m/ and sqrtv/ entries of the global model's arrays."
+            )
+        return parts
+
+    @staticmethod
+    def _digest_of(msg: Message) -> str | None:
+        info = msg.content.config_records.get(REPLY_RECORD)
+        value = None if info is None else info.get(REPLY_STATE_DIGEST)
+        return value if isinstance(value, str) else None
+
+    def _select_replies(self, server_round: int, accepted: Accepted) -> Accepted:
+        """Keep the replies trained from the state a strict majority of valid replies holds."""
+        if not accepted:
+            return accepted
+        digests = [self._digest_of(msg) for msg, _ in accepted]
+        counts = Counter(d for d in digests if d is not None)
+        majority = next((d for d, c in counts.items() if 2 * c > len(accepted)), None)
+        if majority is None:
+            log.error(
+                "round %d: no strict majority of the %d valid replies agrees on the FedOpt "
+                "state (digests %s); every reply is excluded and nothing is released.",
+                server_round,
+                len(accepted),
+                {
+                    _node(m): (d or "missing")[:12]
+                    for (m, _), d in zip(accepted, digests, strict=True)
+                },
+            )
+            for msg, _ in accepted:
+                self._exclude(
+                    server_round,
+                    _node(msg),
+                    "no strict majority of the valid replies agrees on the FedOpt state digest.",
+                )
+            return []
+        kept: Accepted = []
+        for (msg, parts), digest in zip(accepted, digests, strict=True):
+            if digest == majority:
+                kept.append((msg, parts))
+                continue
+            log.error(
+                "round %d: node %d trained from another FedOpt state (digest %s, majority "
+                "%s); its update is excluded.",
+                server_round,
+                _node(msg),
+                (digest or "missing")[:12],
+                majority[:12],
+            )
+            self._exclude(
+                server_round,
+                _node(msg),
+                f"trained from another FedOpt state: digest {(digest or 'missing')[:12]}, "
+                f"the majority's {majority[:12]}.",
+            )
+        return kept
 
     def _next_global(
         self,
         server_round: int,
-        accepted: list[tuple[Message, Parts]],
+        accepted: Accepted,
         aggregate: crypto.EncryptedArrays,
     ) -> Parts | None:
-        digests = {}
-        state = None
-        for msg, parts in accepted:
-            info = msg.content.config_records.get(REPLY_RECORD)
-            digests[msg.metadata.src_node_id] = (
-                None if info is None else info.get(REPLY_STATE_DIGEST)
-            )
-            if PART_STATE in parts:
-                state = parts[PART_STATE]
-        if None in digests.values() or len(set(digests.values())) != 1:
+        holders = sorted(
+            (self._sent_index.get(_node(msg), len(self._sent_index)), _node(msg), parts)
+            for msg, parts in accepted
+            if PART_STATE in parts
+        )
+        if not holders:
             log.error(
-                "round %d: key holders disagree on the FedOpt state (digests %s); the refreshed "
-                "state is refused and this round's update is dropped.",
-                server_round,
-                {n: str(d or "missing")[:12] for n, d in digests.items()},
-            )
-            return None
-        if state is None:
-            log.error(
-                "round %d: the client asked to return the refreshed FedOpt state did not (or was "
-                "excluded); this round's update is dropped.",
+                "round %d: none of the clients asked for the refreshed FedOpt state returned "
+                "a valid one; nothing is released this round.",
                 server_round,
             )
             return None
-        if self._model_layout({PART_STATE: state}) != self.layout:
-            log.error("round %d: the refreshed FedOpt state has the wrong layout.", server_round)
-            return None
-        state = crypto.with_meta(state, fedopt=self.optimizer.to_dict())
+        _, node, parts = holders[0]
+        log.info("round %d: refreshed FedOpt state taken from node %d", server_round, node)
+        state = replace(parts[PART_STATE], meta={"fedopt": self.optimizer.to_dict()})
         return {PART_STATE: state, PART_MODEL: aggregate}

@@ -19,14 +19,15 @@ class FedAdagrad(EncryptedFedOptBase, FlwrFedAdagrad):
 
     Square roots and divisions cannot run on ciphertexts, so the server keeps
     ``(x, m, v)`` encrypted and sums the clients' encrypted models; the sampled key holders
-    apply Flower's exact FedAdagrad step after decrypting (DESIGN.md §4.3). One client returns
-    the refreshed encrypted state, every client a digest of it, and the server accepts the
-    state only when all digests agree. Decrypted models equal Flower's plaintext
-    FedAdagrad round by round.
+    apply Flower's exact FedAdagrad step after decrypting (docs/design.md §4.3). Two clients
+    return the refreshed encrypted state, every client a digest of it; the server keeps the
+    replies whose digest a strict majority holds and takes the state from an asked client
+    among them, so a round survives the loss of either asked client. Decrypted models equal
+    Flower's plaintext FedAdagrad round by round.
 
     Parameters
     ----------
-    public_key, save_path, examples_per_client
+    public_key, save_path, examples_per_client, min_replies, checkpoint_path, resume
         As in :class:`cifer_flwr.strategies.FedAvg`.
     eta, eta_l, tau
         As in Flower's FedAdagrad.
@@ -45,6 +46,9 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         public_key: str | os.PathLike[str] | crypto.Key,
         save_path: str | os.PathLike[str] | None = None,
         examples_per_client: float = 1000.0,
+        min_replies: int = 2,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        resume: bool = False,
         fraction_train: float = 1.0,
         fraction_evaluate: float = 1.0,
         min_train_nodes: int = 2,
@@ -75,7 +79,14 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
             eta_l=eta_l,
             tau=tau,
         )
-        self._init_encryption(public_key, save_path, examples_per_client)
+        self._init_encryption(
+            public_key,
+            save_path,
+            examples_per_client,
+            min_replies=min_replies,
+            checkpoint_path=checkpoint_path,
+            resume=resume,
+        )
 
     def summary(self) -> None:
         """Log the strategy's configuration, encryption included."""

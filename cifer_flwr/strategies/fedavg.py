@@ -19,7 +19,9 @@ class FedAvg(EncryptedFedAvgBase, FlwrFedAvg):
 
     Same arguments as :class:`flwr.serverapp.strategy.FedAvg`, plus the encryption ones.
     Clients (with :func:`cifer_flwr.mods.ckks_mod`) encrypt ``(n_i / B) * w_i``; the server
-    only adds ciphertexts; the key holders divide by the total weight.
+    only adds ciphertexts; the key holders divide by the total weight. Malformed, oversized,
+    replayed or duplicated replies and hostile metrics are excluded with a reason
+    (``excluded[round]``) and the round goes on with the others.
 
     Parameters
     ----------
@@ -31,6 +33,16 @@ class FedAvg(EncryptedFedAvgBase, FlwrFedAvg):
     examples_per_client : float (default: 1000)
         First guess of the mean example count, used for the public weight divisor of round 1;
         later rounds use the counts the clients report.
+    min_replies : int (default: 2)
+        Fewest valid replies a round aggregates; with fewer, the round releases nothing
+        (an aggregate of one update is that update). Must be >= 2.
+    checkpoint_path : str or path, optional
+        Write a checkpoint there after every round (atomically): the encrypted global model,
+        the round counter, exclusions, statistics, the replay memory and the metrics so far.
+    resume : bool (default: False)
+        Continue from the checkpoint at ``checkpoint_path`` when there is one (from the round
+        after it; ``initial_arrays`` is then ignored). A checkpoint of another key, strategy
+        or optimizer is refused.
     fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, \
 min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key, \
 train_metrics_aggr_fn, evaluate_metrics_aggr_fn
@@ -44,6 +56,9 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         public_key: str | os.PathLike[str] | crypto.Key,
         save_path: str | os.PathLike[str] | None = None,
         examples_per_client: float = 1000.0,
+        min_replies: int = 2,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        resume: bool = False,
         fraction_train: float = 1.0,
         fraction_evaluate: float = 1.0,
         min_train_nodes: int = 2,
@@ -68,7 +83,14 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
             train_metrics_aggr_fn=train_metrics_aggr_fn,
             evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
         )
-        self._init_encryption(public_key, save_path, examples_per_client)
+        self._init_encryption(
+            public_key,
+            save_path,
+            examples_per_client,
+            min_replies=min_replies,
+            checkpoint_path=checkpoint_path,
+            resume=resume,
+        )
 
     def summary(self) -> None:
         """Log the strategy's configuration, encryption included."""

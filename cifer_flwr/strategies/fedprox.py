@@ -23,7 +23,7 @@ class FedProx(EncryptedFedAvgBase, FlwrFedProx):
 
     Parameters
     ----------
-    public_key, save_path, examples_per_client
+    public_key, save_path, examples_per_client, min_replies, checkpoint_path, resume
         As in :class:`cifer_flwr.strategies.FedAvg`.
     proximal_mu : float (default: 0.0)
         Weight of the proximal term, sent to clients as ``proximal-mu``.
@@ -40,6 +40,9 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         public_key: str | os.PathLike[str] | crypto.Key,
         save_path: str | os.PathLike[str] | None = None,
         examples_per_client: float = 1000.0,
+        min_replies: int = 2,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        resume: bool = False,
         fraction_train: float = 1.0,
         fraction_evaluate: float = 1.0,
         min_train_nodes: int = 2,
@@ -66,7 +69,14 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
             evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
             proximal_mu=proximal_mu,
         )
-        self._init_encryption(public_key, save_path, examples_per_client)
+        self._init_encryption(
+            public_key,
+            save_path,
+            examples_per_client,
+            min_replies=min_replies,
+            checkpoint_path=checkpoint_path,
+            resume=resume,
+        )
 
     def summary(self) -> None:
         """Log the strategy's configuration, encryption included."""

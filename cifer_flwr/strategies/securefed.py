@@ -1,62 +1,159 @@
-"""SecureFed: encrypted FedAvg hardened for adversarial settings (DESIGN.md §4.4)."""
+"""SecureFed: encrypted FedAvg hardened for adversarial settings (docs/design.md §4.4)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlwrFedAvg
+from flwr.serverapp.strategy import Result
 
-from cifer_flwr import crypto
+from cifer_flwr import crypto, protocol
 from cifer_flwr.constants import (
     CFG_CHECK,
     CFG_CLIP_NORM,
     CFG_COHORT,
     CFG_NOISE_STD,
+    CFG_SESSION,
     CFG_SLOT,
+    CHECK_FAILED,
+    META_BASE_ROUND,
+    META_CLIP_NORM,
+    META_GROUP,
+    META_NOISE_STD,
+    META_ROUND,
+    META_SESSION,
     PART_CHECK,
     PART_MODEL,
+    REPLY_FAILED_GROUPS,
+    REPLY_RECORD,
 )
-from cifer_flwr.exceptions import CiphertextFormatError, ConfigError
+from cifer_flwr.exceptions import CiphertextFormatError, ConfigError, LayoutMismatchError
 from cifer_flwr.strategies.fedavg import FedAvg
 
 __all__ = ["SecureFed"]
 
 log = logging.getLogger("cifer_flwr.strategies")
+Parts = dict[str, crypto.EncryptedArrays]
+
+
+@dataclass(eq=False)
+class _Release:
+    """One global model the server released, with what it needs to recover from it."""
+
+    round: int  # round of the contributions it sums (0: the initial model)
+    base_round: int  # round of the global those contributions trained from
+    parts: Parts  # full aggregate (model, check) and, with >= 2 groups, model_gN/check_gN
+    groups: list[frozenset[int]] = field(default_factory=list)  # node ids per group
+    contributors: frozenset[int] = frozenset()
+    rejected: bool = False  # a majority of key holders refused the full aggregate
+    failed: set[int] = field(default_factory=set)  # groups a majority of key holders refused
+    base: _Release | None = None  # the release the contributions trained from (fallback)
+    _cache: tuple[tuple[bool, frozenset[int]], ArrayRecord] | None = None
+
+    def outgoing(self) -> Parts:
+        """What key holders receive: the full aggregate, or after a refusal its groups."""
+        if not self.rejected:
+            return {k: v for k, v in self.parts.items() if k in (PART_MODEL, PART_CHECK)}
+        out: Parts = {}
+        for g in range(len(self.groups)):
+            if g not in self.failed:
+                for part in (PART_MODEL, PART_CHECK):
+                    out[protocol.group_part(part, g)] = self.parts[protocol.group_part(part, g)]
+        return out
+
+    def record(self) -> ArrayRecord:
+        state = (self.rejected, frozenset(self.failed))
+        if self._cache is None or self._cache[0] != state:
+            self._cache = (state, crypto.bundle_to_record(self.outgoing()))
+        return self._cache[1]
 
 
 class SecureFed(FedAvg):
-    """Encrypted FedAvg with a minimum cohort, clipping, optional DP noise and a check.
+    """Encrypted FedAvg with a minimum cohort, clipping, DP noise, checks and recovery.
 
-    * **Minimum cohort**: an aggregate of fewer than ``min_cohort`` valid updates is never
+    * **Minimum cohort**: no aggregate of fewer than ``min_cohort`` updates is ever
       released (a sum of one update is that update).
     * **Client-side L2 clipping** of each update to ``clip_norm`` (the server cannot inspect
       ciphertexts, so clipping is what bounds one client's influence).
     * **Distributed DP noise**: each of the K sampled clients adds Gaussian noise with std
       ``noise_multiplier * clip_norm / sqrt(K)``, so the sum carries std
       ``noise_multiplier * clip_norm``.
-    * **Aggregation check**: each client encrypts a participation tag for its own slot and
-      round, plus its weight; key holders decrypt the summed check with the model and reject
-      aggregates with a dropped, duplicated or replayed update.
+    * **Aggregation check** (key holders verify, :func:`cifer_flwr.protocol.open_global`):
+
+      - a *check part*: each client encrypts a round tag in its cohort slot and its weight,
+        so a dropped, duplicated or replayed update shows in the sum;
+      - a check *inside every ciphertext*: the last ``protocol.INTEGRITY_SLOTS`` (4) slots
+        of every model ciphertext carry ``max_abs / (4K) * tag(session, round, slot, chunk)``
+        with public SHAKE-256 tags in [1, 2). The key holder recomputes the sum of the tags
+        of the slots the check part shows and requires every ciphertext to match within
+        the CKKS error bound. A ciphertext under another key decrypts to noise, a ciphertext
+        from another round, client or position carries other tags: both fail (chance of a
+        pass per ciphertext with 1 000 clients: about 5e-14 with preset ``default``, 5e-8
+        with ``compact``);
+      - the *norm bound* of clipping: a key holder holding the global the contributions
+        trained from requires ``||mean - base|| <= clip_norm`` plus the DP-noise, CKKS and
+        rounding allowances (:func:`cifer_flwr.protocol.update_norm_allowance`).
+
+      A key holder never trains or evaluates on an aggregate that fails: ``ckks_mod``
+      answers with an error reply whose reason opens with ``"aggregation check failed"``.
+
+    * **Clean-cohort recovery** (docs/design.md §4.4). When the round-``r`` replies are
+      aggregated, the server also fixes a partition of them into ``g = K // min_cohort``
+      groups (round-robin, current suspects first, so every group has >= ``min_cohort``
+      updates) and keeps the group sums (only when ``g >= 2``). Then:
+
+      1. Normal rounds send only the full aggregate.
+      2. When more key holders refuse it than accept it (evaluate replies of round ``r`` or
+         train replies of round ``r + 1``), the server sends, in the next train round, the
+         group sums instead. Each key holder verifies each group, trains from the weighted
+         mean of the groups that pass, and reports the failing indices
+         (``failed-groups``). A group a majority reports is dropped from later sends.
+      3. If every group fails (or there were fewer than two), the release is dropped and
+         the server sends the previous global again.
+      4. Suspects: the first failing group becomes the suspect set ``T``; every later
+         failing group ``F`` narrows it, ``T := T ∩ F`` (restarting from ``F`` if that is
+         empty); the next partition spreads ``T`` over the groups, so every failure
+         leaves at most ``ceil(|T| / 2)`` suspects. When one node is left it is excluded
+         from sampling.
+
+      Only unions of one round's groups are ever released, so every value a key holder
+      can compute is a sum of >= ``min_cohort`` updates. With one misbehaving client and
+      >= ``2 * min_cohort`` valid replies per round: no poisoned update is ever used;
+      with federated evaluation on, no round is lost; without it each attack costs the
+      next train round; the client is excluded after at most
+      ``1 + ceil(log2(2 * min_cohort - 1))`` attacks (4 for ``min_cohort=3``).
 
     Parameters
     ----------
     min_cohort : int (default: 3)
         Fewest valid updates an aggregate may contain.
     clip_norm : float, optional
-        L2 bound of each client's update; ``None`` disables clipping.
+        L2 bound of each client's update; ``None`` disables clipping (and the norm check).
     noise_multiplier : float (default: 0.0)
         DP noise multiplier ``sigma``; needs ``clip_norm``.
     aggregation_check : bool (default: True)
-        Add the aggregation check.
-    public_key, save_path, examples_per_client, fraction_train, fraction_evaluate, \
-min_train_nodes, min_evaluate_nodes, min_available_nodes, weighted_by_key, \
+        Add the aggregation check (and with it recovery).
+    public_key, save_path, examples_per_client, checkpoint_path, resume, fraction_train, \
+fraction_evaluate, min_train_nodes, min_evaluate_nodes, min_available_nodes, weighted_by_key, \
 arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         As in :class:`cifer_flwr.strategies.FedAvg`.
+
+    Attributes
+    ----------
+    banned : set of int
+        Node ids excluded from sampling after recovery identified them.
+    suspects : set of int or None
+        The current suspect set ``T``.
+    integrity_events : list of dict
+        Every refusal, failed group and exclusion, in order (for the results file).
 
     """
 
@@ -70,6 +167,8 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
         aggregation_check: bool = True,
         save_path: str | os.PathLike[str] | None = None,
         examples_per_client: float = 1000.0,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        resume: bool = False,
         fraction_train: float = 1.0,
         fraction_evaluate: float = 1.0,
         min_train_nodes: int = 3,
@@ -97,6 +196,9 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
             public_key=public_key,
             save_path=save_path,
             examples_per_client=examples_per_client,
+            min_replies=min_cohort,
+            checkpoint_path=checkpoint_path,
+            resume=resume,
             fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate,
             min_train_nodes=max(min_train_nodes, min_cohort),
@@ -114,6 +216,75 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
         self.aggregation_check = aggregation_check
         self._min_replies = min_cohort
 
+    def _reset_round_memory(self) -> None:
+        super()._reset_round_memory()
+        self.session = secrets.token_hex(8)
+        self.banned: set[int] = set()
+        self.suspects: set[int] | None = None
+        self.integrity_events: list[dict[str, Any]] = []
+        self._release: _Release | None = None
+        self._sent: dict[int, _Release] = {}
+        self._eval_sent: dict[int, _Release] = {}
+        self._slots: dict[int, dict[int, int]] = {}
+        self._cohort: dict[int, int] = {}
+        self._restored_release: Any = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_extra(self) -> dict[str, Any]:
+        release = self._release
+        return {
+            "session": self.session,
+            "banned": sorted(self.banned),
+            "suspects": None if self.suspects is None else sorted(self.suspects),
+            "events": list(self.integrity_events),
+            "release": None
+            if release is None
+            else {
+                "rejected": release.rejected,
+                "failed": sorted(release.failed),
+                "groups": [sorted(g) for g in release.groups],
+                "contributors": sorted(release.contributors),
+            },
+        }
+
+    def _restore_extra(self, extra: Mapping[str, Any]) -> None:
+        self.session = str(extra.get("session") or self.session)
+        self.banned = {int(n) for n in extra.get("banned") or []}
+        suspects = extra.get("suspects")
+        self.suspects = None if suspects is None else {int(n) for n in suspects}
+        self.integrity_events = list(extra.get("events") or [])
+        self._restored_release = extra.get("release")
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Run the federated loop (see :meth:`cifer_flwr.strategies.FedAvg.start`).
+
+        ``Result.arrays`` is the release key holders should use: the last aggregate with
+        its candidate groups (``protocol.open_global`` falls back to the groups that pass
+        when the full aggregate fails), or the previous one if the last was dropped.
+        """
+        result = super().start(
+            grid,
+            initial_arrays,
+            num_rounds=num_rounds,
+            timeout=timeout,
+            train_config=train_config,
+            evaluate_config=evaluate_config,
+            evaluate_fn=evaluate_fn,
+        )
+        if self._release is not None and self._release.round > 0:
+            result.arrays = crypto.bundle_to_record(self._release.parts)
+        return result
+
+    # ------------------------------------------------------------------ summary
     def summary(self) -> None:
         """Log the strategy's configuration, each SecureFed feature included."""
         log.info("\t├──> SecureFed:")
@@ -122,7 +293,9 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
         )
         log.info(
             "\t│\t├── client-side L2 clipping: %s",
-            f"clip_norm={self.clip_norm:g}" if self.clip_norm else "off",
+            f"clip_norm={self.clip_norm:g} (key holders check the norm bound)"
+            if self.clip_norm
+            else "off",
         )
         log.info(
             "\t│\t├── distributed DP noise: %s",
@@ -131,31 +304,204 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
             else "off",
         )
         log.info(
-            "\t│\t└── aggregation check (dropped/duplicated/replayed updates): %s",
+            "\t│\t├── aggregation check (check part + %d integrity slots per ciphertext): %s",
+            protocol.INTEGRITY_SLOTS,
             "on" if self.aggregation_check else "off",
+        )
+        log.info(
+            "\t│\t└── clean-cohort recovery: groups of >= %d updates (needs >= %d replies)",
+            self.min_cohort,
+            2 * self.min_cohort,
         )
         self._summary_encryption()
         FlwrFedAvg.summary(self)
+
+    # ------------------------------------------------------------------ releases
+    @property
+    def _reserved(self) -> int:
+        return protocol.INTEGRITY_SLOTS if self.aggregation_check else 0
+
+    def _meta(self, server_round: int, base_round: int) -> dict[str, Any]:
+        cohort = self._cohort.get(server_round, 0)
+        noise = (
+            self.noise_multiplier * self.clip_norm / math.sqrt(cohort)
+            if self.noise_multiplier and self.clip_norm and cohort
+            else 0.0
+        )
+        return {
+            META_ROUND: server_round,
+            META_BASE_ROUND: base_round,
+            META_SESSION: self.session,
+            META_CLIP_NORM: float(self.clip_norm or 0.0),
+            META_NOISE_STD: float(noise),
+        }
+
+    def _encrypt_initial(self, arrays: Mapping[str, Any]) -> Parts:
+        meta = {META_ROUND: 0, META_BASE_ROUND: 0, META_SESSION: self.session}
+        model = crypto.encrypt(arrays, self.key, reserved=self._reserved, meta=meta)
+        return {PART_MODEL: model}
+
+    def _to_parts(self, arrays: ArrayRecord) -> Parts:
+        parts = super()._to_parts(arrays)
+        model = parts[PART_MODEL]
+        if model.layout.reserved != self._reserved:
+            raise ConfigError(
+                f"the encrypted initial model reserves {model.layout.reserved} slots per "
+                f"ciphertext, SecureFed needs {self._reserved}; pass the plaintext initial "
+                "arrays (the strategy encrypts them) or a model saved by SecureFed."
+            )
+        self._release = self._release_from_parts(parts)
+        return parts
+
+    def _release_from_parts(self, parts: Parts) -> _Release:
+        """A release rebuilt from encrypted parts (initial model, or a saved SecureFed model)."""
+        meta = parts[PART_MODEL].meta
+        rnd = meta.get(META_ROUND, 0)
+        base = meta.get(META_BASE_ROUND, 0)
+        groups = protocol.group_indices(parts)
+        return _Release(
+            round=rnd if isinstance(rnd, int) else 0,
+            base_round=base if isinstance(base, int) else 0,
+            parts=dict(parts),
+            groups=[frozenset() for _ in groups],
+        )
+
+    def _current(self, arrays: ArrayRecord) -> _Release:
+        if self._release is None:  # resumed from a checkpoint: rebuild from the global model
+            release = self._release_from_parts(crypto.bundle_from_record(arrays, self.key))
+            saved = self._restored_release
+            if isinstance(saved, dict) and len(saved.get("groups") or []) == len(release.groups):
+                release.groups = [frozenset(int(n) for n in g) for g in saved["groups"]]
+                release.contributors = frozenset(int(n) for n in saved.get("contributors") or [])
+                release.rejected = bool(saved.get("rejected"))
+                release.failed = {int(g) for g in saved.get("failed") or []}
+            self._release = release
+        return self._release
+
+    def _event(self, server_round: int, kind: str, **info: Any) -> None:
+        self.integrity_events.append({"round": server_round, "event": kind, **info})
+
+    # ------------------------------------------------------------------ Flower API
+    def _base_configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = super()._base_configure_train(server_round, arrays, config, grid)
+        return [m for m in messages if m.metadata.dst_node_id not in self.banned]
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample (never an excluded node) and send the current release.
+
+        The current release is the last full aggregate, or its candidate groups after the
+        key holders refused it (see the class docstring).
+        """
+        release = self._current(arrays)
+        self._sent[server_round] = release
+        if release.rejected:
+            log.warning(
+                "round %d: sending the %d candidate groups of round %d's aggregate instead of "
+                "the refused aggregate",
+                server_round,
+                len(release.groups) - len(release.failed),
+                release.round,
+            )
+        return super().configure_train(server_round, release.record(), config, grid)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the current release for federated evaluation (never to an excluded node)."""
+        release = self._current(arrays)
+        self._eval_sent[server_round] = release
+        messages = super().configure_evaluate(server_round, release.record(), config, grid)
+        return [m for m in messages if m.metadata.dst_node_id not in self.banned]
 
     def _extra_config(
         self, index: int, node_id: int, cohort: int, server_round: int
     ) -> dict[str, Any]:
         cfg: dict[str, Any] = {}
+        self._slots.setdefault(server_round, {})[node_id] = index
+        self._cohort[server_round] = cohort
         if self.clip_norm:
             cfg[CFG_CLIP_NORM] = float(self.clip_norm)
         if self.noise_multiplier and self.clip_norm:
             cfg[CFG_NOISE_STD] = self.noise_multiplier * self.clip_norm / math.sqrt(cohort)
         if self.aggregation_check:
-            cfg.update({CFG_CHECK: True, CFG_SLOT: index, CFG_COHORT: cohort})
+            cfg.update(
+                {CFG_CHECK: True, CFG_SLOT: index, CFG_COHORT: cohort, CFG_SESSION: self.session}
+            )
         return cfg
 
     def _parse_reply(self, msg: Message, server_round: int) -> dict[str, crypto.EncryptedArrays]:
         parts = super()._parse_reply(msg, server_round)
-        if self.aggregation_check and PART_CHECK not in parts:
+        if not self.aggregation_check:
+            return parts
+        if set(parts) != {PART_MODEL, PART_CHECK}:
             raise CiphertextFormatError(
-                "reply has no aggregation-check part; is the client running ckks_mod?"
+                f"reply has parts {sorted(parts)}, expected exactly ['check', 'model']; is the "
+                "client running ckks_mod?"
+            )
+        check = parts[PART_CHECK]
+        cohort = self._cohort.get(server_round, 0)
+        expected = crypto.Layout(
+            ("participation", "weights"), ((cohort,), (cohort,)), ("float64",) * 2
+        )
+        if check.layout != expected:
+            raise LayoutMismatchError(
+                f"reply's check part has layout {check.layout.names} / {check.layout.shapes}, "
+                f"expected participation and weights of the cohort size {cohort}."
             )
         return parts
+
+    def _refusals(self, replies: list[Message]) -> tuple[int, int]:
+        refused = sum(
+            1 for r in replies if r.has_error() and CHECK_FAILED in str(r.error.reason or "")
+        )
+        return refused, sum(1 for r in replies if not r.has_error())
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Collect verdicts and refusals, then aggregate the valid encrypted updates.
+
+        When more key holders refused the global they received than accepted it, their
+        round is lost: nothing is aggregated and the refused release is replaced (its
+        groups, or the previous global) in the next round.
+        """
+        replies = list(replies)
+        sent = self._sent.get(server_round)
+        if sent is not None and sent.rejected:
+            self._collect_verdicts(server_round, sent, replies)
+        refused, accepted = self._refusals(replies)
+        if sent is not None and refused and refused > accepted:
+            self._reject(server_round, sent, "train", refused, accepted)
+            return None, None
+        return super().aggregate_train(server_round, replies)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Aggregate evaluation metrics; a refusal by the majority triggers recovery."""
+        replies = list(replies)
+        sent = self._eval_sent.get(server_round)
+        refused, accepted = self._refusals(replies)
+        if sent is not None and refused and refused > accepted:
+            self._reject(server_round, sent, "evaluate", refused, accepted)
+        return super().aggregate_evaluate(server_round, replies)
+
+    def _select_replies(
+        self, server_round: int, accepted: list[tuple[Message, Parts]]
+    ) -> list[tuple[Message, Parts]]:
+        """Drop replies of nodes excluded in this very round (by the verdicts just counted)."""
+        kept = []
+        for msg, parts in super()._select_replies(server_round, accepted):
+            node = int(msg.metadata.src_node_id)
+            if node in self.banned:
+                self._exclude(server_round, node, "node excluded by SecureFed's recovery")
+            else:
+                kept.append((msg, parts))
+        return kept
 
     def _next_global(
         self,
@@ -163,7 +509,143 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
         accepted: list[tuple[Message, dict[str, crypto.EncryptedArrays]]],
         aggregate: crypto.EncryptedArrays,
     ) -> dict[str, crypto.EncryptedArrays]:
-        parts = {PART_MODEL: aggregate}
-        if self.aggregation_check:
-            parts[PART_CHECK] = crypto.aggregate([p[PART_CHECK] for _, p in accepted])
+        sent = self._sent.get(server_round)
+        base_round = sent.round if sent is not None else 0
+        meta = self._meta(server_round, base_round)
+        if not self.aggregation_check:
+            return {PART_MODEL: replace(aggregate, meta=meta)}
+        parts: Parts = {
+            PART_MODEL: replace(aggregate, meta=meta),
+            PART_CHECK: crypto.aggregate([p[PART_CHECK] for _, p in accepted]),
+        }
+        by_node = {msg.metadata.src_node_id: p for msg, p in accepted}
+        slots = self._slots.get(server_round, {})
+        groups = self._partition(sorted(by_node, key=lambda n: slots.get(n, n)))
+        for g, members in enumerate(groups):
+            if len(members) < self.min_cohort:  # pragma: no cover - _partition guarantees it
+                raise AssertionError("a candidate group below the minimum cohort")
+            model = crypto.aggregate([by_node[n][PART_MODEL] for n in members])
+            check = crypto.aggregate([by_node[n][PART_CHECK] for n in members])
+            parts[protocol.group_part(PART_MODEL, g)] = replace(model, meta={**meta, META_GROUP: g})
+            parts[protocol.group_part(PART_CHECK, g)] = check
+        if sent is not None:
+            sent.base = None  # keep one level of fallback only
+        self._release = _Release(
+            round=server_round,
+            base_round=base_round,
+            parts=parts,
+            groups=[frozenset(m) for m in groups],
+            contributors=frozenset(by_node),
+            base=sent,
+        )
         return parts
+
+    # ------------------------------------------------------------------ recovery
+    def _partition(self, nodes: list[int]) -> list[list[int]]:
+        """Split ``nodes`` into ``len // min_cohort`` groups, suspects spread round-robin."""
+        g = len(nodes) // self.min_cohort
+        if g < 2:
+            return []
+        suspects = self.suspects or set()
+        order = [n for n in nodes if n in suspects] + [n for n in nodes if n not in suspects]
+        return [order[i::g] for i in range(g)]
+
+    def _narrow(self, server_round: int, failing: frozenset[int]) -> None:
+        if not failing:
+            return
+        narrowed = failing if self.suspects is None else (self.suspects & failing)
+        self.suspects = set(narrowed or failing)
+        if len(self.suspects) == 1:
+            (node,) = self.suspects
+            self.banned.add(node)
+            self.suspects = None
+            self._event(server_round, "excluded", node=node)
+            log.warning(
+                "round %d: node %d was in every failing group; it is excluded from sampling",
+                server_round,
+                node,
+            )
+        else:
+            self._event(server_round, "suspects", nodes=sorted(self.suspects))
+
+    def _collect_verdicts(self, server_round: int, sent: _Release, replies: list[Message]) -> None:
+        """Majority vote of the key holders on each candidate group they received."""
+        voters = 0
+        votes: dict[int, int] = {}
+        for msg in replies:
+            if msg.has_error():
+                continue
+            info = msg.content.config_records.get(REPLY_RECORD)
+            value = None if info is None else info.get(REPLY_FAILED_GROUPS)
+            if not isinstance(value, str):
+                continue
+            try:
+                listed = {int(v) for v in value.split(",") if v.strip()}
+            except ValueError:
+                continue
+            voters += 1
+            for g in listed & set(range(len(sent.groups))):
+                votes[g] = votes.get(g, 0) + 1
+        failing = {g for g, n in votes.items() if 2 * n > voters} - sent.failed
+        if not failing:
+            return
+        sent.failed |= failing
+        for g in sorted(failing):
+            self._event(
+                server_round,
+                "group-failed",
+                release_round=sent.round,
+                group=g,
+                nodes=sorted(sent.groups[g]),
+            )
+            log.warning(
+                "round %d: key holders refused group %d of round %d's aggregate (nodes %s)",
+                server_round,
+                g,
+                sent.round,
+                sorted(sent.groups[g]),
+            )
+        if len(failing) == 1:  # one failing group: it holds the misbehaving client
+            group = sent.groups[failing.pop()]
+            if not group & self.banned:  # else: explained by a client excluded already
+                self._narrow(server_round, group)
+
+    def _reject(
+        self, server_round: int, release: _Release, phase: str, refused: int, accepted: int
+    ) -> None:
+        self._event(
+            server_round,
+            "refused",
+            phase=phase,
+            release_round=release.round,
+            refused=refused,
+            accepted=accepted,
+        )
+        log.warning(
+            "round %d (%s): %d key holders refused the aggregate of round %d (%d accepted)",
+            server_round,
+            phase,
+            refused,
+            release.round,
+            accepted,
+        )
+        if release is not self._release and release.rejected:
+            return  # already handled
+        if not release.rejected and len(release.groups) - len(release.failed) >= 2:
+            release.rejected = True
+            return
+        # no candidate left (or fewer than two groups): drop the release, resend its base
+        if len(release.groups) < 2:
+            self._narrow(server_round, release.contributors)
+        if release.base is not None and release is self._release:
+            log.warning(
+                "round %d: the aggregate of round %d is dropped; the global of round %d is "
+                "sent again",
+                server_round,
+                release.round,
+                release.base.round,
+            )
+            self._release = release.base
+            self._set_global(release.base.parts)
+            self._save(release.base.parts, server_round)
+            self._event(server_round, "dropped", release_round=release.round)

@@ -96,7 +96,7 @@ def test_corrupted_ciphertext_without_container_is_detected(key, public_key):
     enc = crypto.encrypt({"w": np.ones(5000)}, key)
     header, chunks = enc.header(), enc.serialized_chunks()
     chunks[1] = chunks[1][: len(chunks[1]) // 2]
-    with pytest.raises(CiphertextFormatError, match="does not parse"):
+    with pytest.raises(CiphertextFormatError, match="truncated"):
         crypto.ckks.from_header_and_chunks(header, chunks, public_key)
 
 

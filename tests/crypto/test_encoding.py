@@ -5,7 +5,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from cifer_flwr.crypto import Layout, decode, encode
-from cifer_flwr.crypto.encoding import chunk, unchunk
+from cifer_flwr.crypto.encoding import (
+    chunk,
+    count_chunks,
+    reserved_values,
+    set_reserved,
+    unchunk,
+)
 from cifer_flwr.exceptions import LayoutMismatchError, NonFiniteError, UnsupportedOperationError
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False, width=32)
@@ -67,3 +73,54 @@ def test_layout_round_trip_and_mismatch():
 def test_chunk_unchunk_inverse():
     v = np.arange(10.0)
     np.testing.assert_array_equal(unchunk(chunk(v, 3), 10), v)
+
+
+# ----------------------------------------------------------------------------- reserved slots
+@settings(max_examples=60, deadline=None)
+@given(arrays, st.sampled_from([8, 13, 2048]), st.integers(0, 6), st.data())
+def test_reserved_slots_round_trip(named, slots, reserved, data):
+    n = count_chunks(named, slots, reserved)
+    fill = data.draw(hnp.arrays(np.float64, (n, reserved), elements=st.floats(-10, 10, width=32)))
+    layout, chunks = encode(named, slots, reserved=reserved, fill=fill)
+    assert layout.reserved == reserved and len(chunks) == n == layout.num_chunks(slots)
+    assert all(c.shape == (slots,) for c in chunks)
+    np.testing.assert_array_equal(reserved_values(layout, chunks), fill)
+    out = decode(layout, chunks)
+    assert list(out) == list(named)
+    for name, arr in named.items():
+        assert out[name].dtype == arr.dtype and out[name].shape == arr.shape
+        np.testing.assert_array_equal(out[name], arr)
+    assert Layout.from_dict(layout.to_dict()) == layout
+
+
+def test_reserved_slots_sit_at_the_end_of_every_chunk():
+    layout, chunks = encode(
+        {"a": np.arange(1, 6, dtype=np.float64)}, 4, reserved=1, fill=[[9], [8]]
+    )
+    np.testing.assert_array_equal(np.stack(chunks), [[1, 2, 3, 9], [4, 5, 0, 8]])
+    # set_reserved replaces only the tail, and leaves its input alone
+    again = set_reserved(layout, chunks, [[7], [6]])
+    np.testing.assert_array_equal(np.stack(again), [[1, 2, 3, 7], [4, 5, 0, 6]])
+    np.testing.assert_array_equal(chunks[0], [1, 2, 3, 9])
+
+
+def test_no_reservation_keeps_the_historical_layout_form():
+    layout, _ = encode({"w": np.zeros(3)}, 4)
+    assert "reserved" not in layout.to_dict() and layout.reserved == 0
+    reserved, _ = encode({"w": np.zeros(3)}, 4, reserved=2)
+    assert reserved.to_dict()["reserved"] == 2 and reserved != layout
+
+
+@pytest.mark.parametrize("bad", [-1, 65, 1.5, True, "2"])
+def test_invalid_reservations_are_refused(bad):
+    with pytest.raises(LayoutMismatchError, match="reserve"):
+        Layout.from_dict({"names": [], "shapes": [], "dtypes": [], "reserved": bad})
+
+
+def test_reservation_must_leave_data_slots_and_fill_must_fit():
+    with pytest.raises(LayoutMismatchError, match="no slot for data"):
+        encode({"w": np.zeros(3)}, 4, reserved=4)
+    with pytest.raises(LayoutMismatchError, match=r"expected \(2, 2\)"):
+        encode({"w": np.zeros(3)}, 4, reserved=2, fill=np.zeros((1, 2)))
+    with pytest.raises(NonFiniteError):
+        encode({"w": np.zeros(1)}, 4, reserved=1, fill=[[np.nan]])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from flwr.serverapp import strategy as flwr_strategy
@@ -76,3 +78,53 @@ def test_encryption_flag():
     assert encryption_enabled({}) and encryption_enabled({"encryption": True})
     assert not encryption_enabled({"encryption": False})
     assert not encryption_enabled({"encryption": "false"})
+
+
+def test_results_file_is_rewritten_after_every_round(tmp_path):
+    """A killed run keeps its completed rounds: the file holds r-1 rows when round r starts."""
+    import json
+
+    from flwr.app import Context, RecordDict
+
+    from cifer_flwr.apps import run_strategy
+    from tests.strategies.harness import InProcessGrid, make_client_app, plain_initial
+
+    results = tmp_path / "run.json"
+    seen_rows: list[tuple[str, int]] = []
+
+    def peek(call, replies):
+        data = json.loads(results.read_text())
+        seen_rows.append((data["status"], len(data["rounds"])))
+        return replies
+
+    grid = InProcessGrid(make_client_app({}, encrypted=False), {1: {}, 2: {}}, tamper=peek)
+    cfg = {"num-server-rounds": 3, "results-path": str(results), "encryption": False}
+    context = Context(run_id=7, node_id=0, node_config={}, state=RecordDict(), run_config=cfg)
+    strategy = make_strategy({"encryption": False, "min-nodes": 2})
+    run_strategy(strategy, grid, context, plain_initial())
+    # pushes: train 1, evaluate 1, train 2, ... -> rows on disk before each of them
+    assert seen_rows == [("running", n) for n in (0, 0, 1, 1, 2, 2)]
+    final = json.loads(results.read_text())
+    assert final["status"] == "ok" and final["run-id"] == 7
+    assert [r["round"] for r in final["rounds"]] == [1, 2, 3]
+    assert final["resumed-after-round"] == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temp file left
+
+
+def test_resume_options_and_checkpoint_path(key_files, tmp_path):
+    from cifer_flwr.apps import checkpoint_path, resume_requested
+
+    _, pub = key_files
+    assert checkpoint_path({"results-path": "/r/run.json"}) == Path("/r/run.ckpt")
+    assert checkpoint_path({"save-path": "/r/model.enc"}) == Path("/r/model.ckpt")
+    explicit = {"results-path": "/r/run.json", "checkpoint-path": "/c/x.ckpt"}
+    assert checkpoint_path(explicit) == Path("/c/x.ckpt")
+    assert checkpoint_path({}) is None
+    with pytest.raises(ConfigError, match="absolute"):
+        checkpoint_path({"checkpoint-path": "x.ckpt"})
+    assert resume_requested({"resume": "true"}) and not resume_requested({})
+    # the plaintext baseline keeps no checkpoint: refused before anything starts
+    with pytest.raises(ConfigError, match="plaintext baseline"):
+        make_strategy({"encryption": False, "resume": True})
+    with pytest.raises(ConfigError, match="checkpoint"):
+        make_strategy({"public-key": str(pub), "resume": True})

@@ -109,3 +109,36 @@ def test_find_secret_key(key_files, tmp_path):
     (tmp_path / "copy.bin").write_bytes(b"xx" + priv.read_bytes()[1000:] + b"yy")
     hits, scanned = find_secret_key([tmp_path], priv)
     assert hits == [tmp_path / "copy.bin"] and scanned == 3
+
+
+def test_tied_process_tree_dies_with_its_owner(tmp_path):
+    """SIGKILL of the owner: the supervisor gets the parent-death signal, takes the tree down."""
+    import json
+    import os
+    import signal
+    import time
+
+    grandchild = "import subprocess, sys, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
+    owner = (
+        "import json, sys, time; from pathlib import Path\n"
+        "from cifer_flwr.federation.processes import spawn\n"
+        f"pid = spawn([sys.executable, '-c', {grandchild!r}], log_path=Path({str(tmp_path)!r})"
+        " / 'c.log', env={'PATH': '/usr/bin:/bin'}, tied=True)\n"
+        "print(json.dumps(pid), flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", owner], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    tied = json.loads(proc.stdout.readline())
+    family: list[int] = []
+    for _ in range(100):
+        family = descendants([tied])
+        if len(family) >= 2:  # the command and its own child
+            break
+        time.sleep(0.1)
+    assert len(family) >= 2, family
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(is_alive(p) for p in [tied, *family]):
+        time.sleep(0.1)
+    assert [p for p in [tied, *family] if is_alive(p)] == []

@@ -38,6 +38,7 @@ class InProcessGrid(Grid):
         self.tamper = tamper
         self._outbox: list[Message] = []
         self.sent: list[Message] = []
+        self.pushed: list[list[Message]] = []  # the messages of each push (call), in order
         self.replies: list[Message] = []
         self.calls = 0
 
@@ -57,6 +58,8 @@ class InProcessGrid(Grid):
     def push_messages(self, messages):
         """Deliver each message to its node now; replies wait for pull_messages."""
         self.calls += 1
+        messages = list(messages)
+        self.pushed.append(messages)
         ids, replies = [], []
         for msg in messages:
             self.sent.append(msg)

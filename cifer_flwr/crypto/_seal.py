@@ -1,0 +1,155 @@
+"""SEAL serialization headers and zstd frames, checked before SEAL reads them.
+
+SEAL inflates compressed objects completely before parsing them; a few kilobytes can
+declare gigabytes. :func:`check_seal_blob` bounds what an object may inflate to by walking
+the zstd frame (docs/design.md §5).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import tenseal.sealapi as sealapi
+
+from cifer_flwr.exceptions import CiphertextFormatError
+
+__all__ = ["SEAL_HEADER_SIZE", "check_seal_blob"]
+
+SEAL_MAGIC = 0xA15E
+SEAL_HEADER_SIZE = 16
+_SEAL_HEADER = struct.Struct("<HBBBBHQ")
+_COMPR_NONE, _COMPR_ZLIB, _COMPR_ZSTD = 0, 1, 2
+_ZSTD_MAGIC = 0xFD2FB528
+_ZSTD_BLOCK_MAX = 128 * 1024
+
+
+def _seal_version() -> tuple[int, int]:
+    header = sealapi.Serialization.SEALHeader()
+    return int(header.version_major), int(header.version_minor)
+
+
+_SEAL_VERSION = _seal_version()
+
+
+def _fail(what: str, message: str) -> CiphertextFormatError:
+    return CiphertextFormatError(f"{what}: {message}")
+
+
+def _zstd_inflated_bound(frame: bytes, max_raw: int, what: str) -> int:
+    """Walk one zstd frame; return its declared content size after bounding every block."""
+    if len(frame) < 6 or int.from_bytes(frame[:4], "little") != _ZSTD_MAGIC:
+        raise _fail(what, "the compressed SEAL data is not a zstd frame.")
+    fhd = frame[4]
+    fcs_flag, single, reserved, checksum, dict_flag = (
+        fhd >> 6,
+        (fhd >> 5) & 1,
+        (fhd >> 3) & 1,
+        (fhd >> 2) & 1,
+        fhd & 3,
+    )
+    if reserved or dict_flag:
+        raise _fail(what, "the zstd frame uses a dictionary or reserved bits.")
+    pos = 5
+    window = 0
+    if not single:
+        wd = frame[pos]
+        pos += 1
+        base = 1 << (10 + (wd >> 3))
+        window = base + (base // 8) * (wd & 7)
+    fcs_len = (1 if single else 0, 2, 4, 8)[fcs_flag]
+    if fcs_len == 0:
+        raise _fail(what, "the zstd frame does not declare its content size.")
+    if pos + fcs_len > len(frame):
+        raise _fail(what, "truncated zstd frame header.")
+    content = int.from_bytes(frame[pos : pos + fcs_len], "little") + (256 if fcs_len == 2 else 0)
+    pos += fcs_len
+    if content > max_raw:
+        raise _fail(
+            what,
+            f"the compressed ciphertext declares {content} bytes once inflated, more than "
+            f"the {max_raw} a size-2 ciphertext can take (refused before decompression).",
+        )
+    if single:
+        window = content
+    if window > 2 * max_raw + _ZSTD_BLOCK_MAX:
+        raise _fail(what, f"zstd window of {window} bytes, at most {2 * max_raw} expected.")
+    block_max = min(window, _ZSTD_BLOCK_MAX) if window else _ZSTD_BLOCK_MAX
+    bound = 0
+    while True:
+        if pos + 3 > len(frame):
+            raise _fail(what, "truncated zstd block header.")
+        head = int.from_bytes(frame[pos : pos + 3], "little")
+        pos += 3
+        last, kind, size = head & 1, (head >> 1) & 3, head >> 3
+        if kind == 3:
+            raise _fail(what, "reserved zstd block type.")
+        if size > _ZSTD_BLOCK_MAX:
+            raise _fail(what, f"zstd block of {size} bytes (the maximum is {_ZSTD_BLOCK_MAX}).")
+        pos += 1 if kind == 1 else size
+        bound += size if kind in (0, 1) else block_max
+        if pos > len(frame):
+            raise _fail(what, "truncated zstd block.")
+        if bound > 2 * max_raw + _ZSTD_BLOCK_MAX:
+            raise _fail(
+                what,
+                f"the zstd blocks may inflate to {bound} bytes, far more than the {max_raw} "
+                "of a size-2 ciphertext (decompression bomb refused).",
+            )
+        if last:
+            break
+    pos += 4 if checksum else 0
+    if pos != len(frame):
+        raise _fail(what, f"{len(frame) - pos} unexpected bytes after the zstd frame.")
+    return content
+
+
+def check_seal_blob(blob: bytes, max_raw: int, *, what: str = "SEAL object") -> None:
+    """Check a SEAL serialization header and bound what loading it would inflate to.
+
+    Parameters
+    ----------
+    blob : bytes
+        One serialized SEAL object (``Ciphertext::save`` output).
+    max_raw : int
+        Largest uncompressed size the object may legitimately have.
+    what : str
+        Name of the object in error messages.
+
+    Raises
+    ------
+    CiphertextFormatError
+        On a wrong magic, header size, version or compression mode, a declared size that
+        differs from the bytes present, or compressed data that may inflate beyond
+        ``max_raw``.
+
+    """
+    if len(blob) < SEAL_HEADER_SIZE:
+        raise _fail(what, f"{len(blob)} bytes, shorter than a SEAL header.")
+    magic, header_size, major, minor, compr, reserved, size = _SEAL_HEADER.unpack_from(blob)
+    if magic != SEAL_MAGIC or header_size != SEAL_HEADER_SIZE:
+        raise _fail(
+            what,
+            f"SEAL magic 0x{magic:04X} / header size {header_size}, expected "
+            f"0x{SEAL_MAGIC:04X} / {SEAL_HEADER_SIZE}.",
+        )
+    if (major, minor) != _SEAL_VERSION:
+        raise _fail(
+            what,
+            f"SEAL serialization version {major}.{minor}, expected "
+            f"{_SEAL_VERSION[0]}.{_SEAL_VERSION[1]} (the version this TenSEAL writes).",
+        )
+    if reserved:
+        raise _fail(what, "non-zero reserved field in the SEAL header.")
+    if size != len(blob):
+        raise _fail(what, f"the SEAL header declares {size} bytes, {len(blob)} are present.")
+    if compr == _COMPR_NONE:
+        if size - SEAL_HEADER_SIZE > max_raw:
+            raise _fail(what, f"{size} bytes, more than the {max_raw} expected.")
+    elif compr == _COMPR_ZSTD:
+        _zstd_inflated_bound(blob[SEAL_HEADER_SIZE:], max_raw, what)
+    else:
+        raise _fail(
+            what,
+            f"SEAL compression mode {compr}, expected 0 (none) or 2 (zstd) "
+            "(zlib streams cannot be bounded before inflation).",
+        )

@@ -1,0 +1,258 @@
+"""The one door through which foreign ciphertext bytes reach TenSEAL/SEAL.
+
+Every ciphertext another party sends is checked in three steps (docs/design.md §5):
+
+1. before TenSEAL sees the bytes, its ``CKKSVectorProto`` is parsed here (known fields and
+   wire types only, exactly one SEAL ciphertext, declared size within the slots, scale equal
+   to the preset's);
+2. the SEAL serialization header of the embedded ciphertext is checked (magic, header size,
+   version, compression mode, declared size equal to the bytes present), and for compressed
+   data the zstd frame is walked so that the inflated size is bounded by the largest size-2
+   ciphertext of the preset *before* SEAL inflates anything (no decompression bomb);
+3. after TenSEAL parsed it, the SEAL ciphertext must have 2 polynomials, the preset's ring
+   degree, the expected level (parms id), the expected scale, NTT form, not be transparent,
+   and have every coefficient reduced modulo its prime (``sealapi.is_valid_for``).
+
+Any failure raises :class:`~cifer_flwr.exceptions.CiphertextFormatError`; no TenSEAL
+exception escapes.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import tenseal as ts
+import tenseal.sealapi as sealapi
+
+from cifer_flwr.crypto._protobuf import varint
+from cifer_flwr.crypto._seal import SEAL_HEADER_SIZE, check_seal_blob
+from cifer_flwr.crypto.keys import Key
+from cifer_flwr.crypto.params import CkksParams
+from cifer_flwr.exceptions import CiferError, CiphertextFormatError
+
+__all__ = [
+    "check_seal_blob",
+    "load_vector",
+    "max_ciphertext_bytes",
+    "max_raw_ciphertext_bytes",
+    "parse_vector_proto",
+]
+
+# Ciphertext members before the coefficients: parms_id (32), is_ntt_form (1), size,
+# poly_modulus_degree, coeff_modulus_size, scale, correction_factor (8 each), then the
+# coefficients as a DynArray with its own SEAL header and a u64 count.
+_CT_MEMBERS = 32 + 1 + 5 * 8 + SEAL_HEADER_SIZE + 8
+
+
+def _fail(what: str, message: str) -> CiphertextFormatError:
+    return CiphertextFormatError(f"{what}: {message}")
+
+
+def max_raw_ciphertext_bytes(params: CkksParams, *, level: int = 0) -> int:
+    """Uncompressed size of a size-2 ciphertext of ``params`` at ``level`` (SEAL members).
+
+    Level 0 is the first data level (all data primes); each rescaling drops one prime.
+    """
+    primes = len(params.coeff_mod_bit_sizes) - 1 - level
+    return _CT_MEMBERS + 8 * 2 * params.poly_modulus_degree * max(primes, 1)
+
+
+def max_ciphertext_bytes(params: CkksParams) -> int:
+    """Upper bound of the serialized bytes of one ciphertext (a TenSEAL vector) of ``params``.
+
+    Covers an uncompressed or zstd-compressed size-2 ciphertext at the first data level
+    plus the TenSEAL protobuf around it; use it to refuse an oversized reply before
+    parsing it (a layout of ``k`` chunks needs at most ``k * max_ciphertext_bytes(params)``).
+    """
+    raw = max_raw_ciphertext_bytes(params)
+    # zstd never expands by more than ~1/256 plus a few block headers; protobuf adds < 40.
+    return SEAL_HEADER_SIZE + raw + raw // 128 + 1024
+
+
+def parse_vector_proto(blob: bytes, params: CkksParams, *, what: str = "ciphertext") -> bytes:
+    """Parse a serialized TenSEAL ``CKKSVectorProto`` and return its one SEAL ciphertext.
+
+    The message must be exactly ``sizes`` (field 1, packed, one value in ``1..slots``),
+    ``ciphertexts`` (field 2, exactly one) and ``scale`` (field 3, a double equal to
+    ``2**params.scale_bits``), each present once, nothing else.
+
+    Raises
+    ------
+    CiphertextFormatError
+        For any other structure.
+
+    """
+    data = bytes(blob)
+    limit = max_ciphertext_bytes(params)
+    if len(data) > limit:
+        raise _fail(
+            what,
+            f"{len(data)} bytes, more than the {limit} a ciphertext of preset "
+            f"{params.name!r} can take.",
+        )
+    pos = 0
+    size: int | None = None
+    seal: bytes | None = None
+    scale: float | None = None
+    try:
+        while pos < len(data):
+            tag, pos = varint(data, pos)
+            number, wire = tag >> 3, tag & 7
+            if number == 1 and wire == 2:
+                if size is not None:
+                    raise _fail(what, "the vector declares its size twice.")
+                length, pos = varint(data, pos)
+                end = pos + length
+                if end > len(data):
+                    raise _fail(what, "truncated size field.")
+                size, pos = varint(data, pos)
+                if pos != end:
+                    raise _fail(what, "the vector declares more than one chunk size.")
+            elif number == 2 and wire == 2:
+                if seal is not None:
+                    raise _fail(what, "the vector holds more than one SEAL ciphertext, expected 1.")
+                length, pos = varint(data, pos)
+                if pos + length > len(data):
+                    raise _fail(what, "truncated SEAL ciphertext field.")
+                seal = data[pos : pos + length]
+                pos += length
+            elif number == 3 and wire == 1:
+                if scale is not None:
+                    raise _fail(what, "the vector declares its scale twice.")
+                if pos + 8 > len(data):
+                    raise _fail(what, "truncated scale field.")
+                (scale,) = struct.unpack_from("<d", data, pos)
+                pos += 8
+            else:
+                raise _fail(
+                    what,
+                    f"unexpected protobuf field {number} (wire type {wire}) in a TenSEAL "
+                    "vector; expected only fields 1 (sizes), 2 (ciphertexts), 3 (scale).",
+                )
+    except CiphertextFormatError as exc:
+        if str(exc).startswith(what):
+            raise
+        raise _fail(what, str(exc)) from exc
+    if seal is None:
+        raise _fail(
+            what,
+            "the TenSEAL vector holds no SEAL ciphertext (expected exactly 1); it declares "
+            f"size {size} but carries no encrypted data.",
+        )
+    if size is None or not 1 <= size <= params.slots:
+        raise _fail(what, f"declared size {size}, expected 1..{params.slots}.")
+    expected_scale = 2.0**params.scale_bits
+    if scale != expected_scale:
+        raise _fail(
+            what,
+            f"scale {scale!r}, expected 2**{params.scale_bits} = {expected_scale:g} "
+            f"(preset {params.name!r}).",
+        )
+    return seal
+
+
+def _parms_id_at(key: Key, level: int) -> Any:
+    data = key.context().seal_context().data.first_context_data()
+    for _ in range(level):
+        data = data.next_context_data()
+        if data is None:
+            return None
+    return data.parms_id()
+
+
+def load_vector(
+    blob: bytes | bytearray | memoryview,
+    key: Key,
+    *,
+    level: int = 0,
+    what: str = "ciphertext",
+) -> Any:
+    """Validate and deserialize one foreign TenSEAL ``CKKSVector`` of ``key``'s preset.
+
+    The only function that hands another party's ciphertext bytes to TenSEAL.
+
+    Parameters
+    ----------
+    blob : bytes
+        ``CKKSVector.serialize()`` output (no context attached).
+    key : Key
+        The key it belongs to (public suffices).
+    level : int
+        Expected level: number of rescalings since encryption (0 for fresh ciphertexts and
+        their sums).
+    what : str
+        Name of the ciphertext in error messages (``"ciphertext 3 of 489 of part 'model'"``).
+
+    Returns
+    -------
+    tenseal.CKKSVector
+        The vector, linked to ``key.context()``.
+
+    Raises
+    ------
+    CiphertextFormatError
+        When any check fails (see the module docstring); the message says what was found
+        and what was expected.
+
+    """
+    params = key.params
+    data = bytes(blob)
+    seal = parse_vector_proto(data, params, what=what)
+    check_seal_blob(seal, max_raw_ciphertext_bytes(params, level=level), what=what)
+    ctx = key.context()
+    try:
+        vec = ts.ckks_vector_from(ctx, data)
+        cts = vec.ciphertext()
+    except CiferError:
+        raise
+    except Exception as exc:  # TenSEAL/SEAL raise ValueError, RuntimeError, TypeError...
+        raise _fail(
+            what,
+            f"{len(data)} bytes do not parse as a ciphertext of preset {params.name!r} "
+            f"({type(exc).__name__}: {exc}); truncated, corrupted or made with other parameters.",
+        ) from exc
+    if len(cts) != 1:
+        raise _fail(what, f"{len(cts)} SEAL ciphertexts, expected 1.")
+    ct = cts[0]
+    _check_seal_ciphertext(ct, key, level, what)
+    return vec
+
+
+def _check_seal_ciphertext(ct: Any, key: Key, level: int, what: str) -> None:
+    params = key.params
+    if ct.size() != 2:
+        raise _fail(
+            what,
+            f"the SEAL ciphertext has {ct.size()} polynomials, expected 2 (a size-3 "
+            "ciphertext is an unrelinearized product).",
+        )
+    if ct.poly_modulus_degree() != params.poly_modulus_degree:
+        raise _fail(
+            what,
+            f"ring degree {ct.poly_modulus_degree()}, expected {params.poly_modulus_degree}.",
+        )
+    primes = len(params.coeff_mod_bit_sizes) - 1 - level
+    expected_id = _parms_id_at(key, level)
+    if ct.coeff_modulus_size() != primes or list(ct.parms_id()) != list(expected_id or []):
+        found = len(params.coeff_mod_bit_sizes) - 1 - ct.coeff_modulus_size()
+        raise _fail(
+            what,
+            f"ciphertext at level {found} ({ct.coeff_modulus_size()} primes), expected "
+            f"level {level} ({primes} primes) of preset {params.name!r}.",
+        )
+    expected_scale = 2.0**params.scale_bits
+    if ct.scale != expected_scale:
+        raise _fail(
+            what, f"SEAL scale {ct.scale!r}, expected 2**{params.scale_bits} = {expected_scale:g}."
+        )
+    if not ct.is_ntt_form():
+        raise _fail(what, "the SEAL ciphertext is not in NTT form (CKKS ciphertexts are).")
+    if ct.is_transparent():
+        raise _fail(what, "the SEAL ciphertext is transparent (it encrypts nothing).")
+    if not sealapi.is_valid_for(ct, key.context().seal_context().data):
+        raise _fail(
+            what,
+            "the SEAL ciphertext is not valid for the key's parameters (a coefficient is "
+            "not reduced modulo its prime).",
+        )
