@@ -33,8 +33,7 @@ if __name__ == "__main__":
         params = crypto.CkksParams(f"{coeffs}", 4096, coeffs, scale)
         key = crypto.generate_key(params)
         encs = [
-            crypto.encrypt(u, key, weight=float(w))
-            for u, w in zip(updates, weights, strict=True)
+            crypto.encrypt(u, key, weight=float(w)) for u, w in zip(updates, weights, strict=True)
         ]
         size = len(crypto.to_bytes(encs[0])) / (args.values * 4)
         got = crypto.decrypt(crypto.aggregate(encs), key)["weights"]

@@ -1,4 +1,4 @@
-"""Architecture rules of DESIGN.md §2-3, checked on the source tree."""
+"""Architecture rules of docs/design.md §2-3, checked on the source tree."""
 
 import ast
 from pathlib import Path

@@ -14,9 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
     "cmd",
     [
         [sys.executable, "-m", "ruff", "check", "cifer_flwr", "tests", "benchmarks"],
+        [sys.executable, "-m", "ruff", "format", "--check", "cifer_flwr", "tests", "benchmarks"],
         [sys.executable, "-m", "mypy"],
     ],
-    ids=["ruff", "mypy"],
+    ids=["ruff", "ruff-format", "mypy"],
 )
 def test_linters_are_clean(cmd):
     if shutil.which(cmd[2]) is None and not (Path(sys.executable).parent / cmd[2]).exists():

@@ -1,4 +1,4 @@
-"""``cifer securetrain ...``: offline encrypted-asset workflows (DESIGN.md section 4.6)."""
+"""``cifer securetrain ...``: offline encrypted-asset workflows (docs/design.md §4.6)."""
 
 from __future__ import annotations
 

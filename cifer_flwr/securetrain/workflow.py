@@ -241,7 +241,7 @@ def decrypt_federated_model(path: str | os.PathLike[str], key: Key) -> dict[str,
     """Decrypt a strategy's encrypted global model into named arrays (key holders only).
 
     For FedYogi / FedAdam / FedAdagrad the last round's pending server step is applied
-    first (DESIGN.md §4.3), so the result is the model Flower's plaintext strategy returns.
+    first (docs/design.md §4.3), so the result is the model Flower's plaintext strategy returns.
     """
     from cifer_flwr import crypto, protocol
 

@@ -3,7 +3,7 @@
 The mixins sit before Flower's class in the MRO, so every Flower code path that would touch
 plaintext (``Array.numpy()``) is replaced; sampling, metrics and messages are Flower's.
 
-Robustness (docs/design.md §2): one client reply never stops a round. Every reply goes
+Robustness (docs/design.md §6): one client reply never stops a round. Every reply goes
 through, in this order,
 
 1. Flower's error filter; a second reply of a node, or one from a node that was not sampled;

@@ -1,6 +1,6 @@
 """The strategy checkpoint file: one atomic cifer container per completed round.
 
-Layout (docs/design.md §4): a cifer container of kind ``cifer.strategy-checkpoint`` whose
+Layout (docs/design.md §6): a cifer container of kind ``cifer.strategy-checkpoint`` whose
 JSON header holds the round state (round number, layout, exclusions, statistics, the
 metrics history of Flower's ``Result``, the replay-memory index, the optimizer spec) and two
 blobs: the encrypted global model (:func:`cifer_flwr.crypto.bundle_to_bytes`) and the

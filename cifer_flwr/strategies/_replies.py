@@ -1,4 +1,4 @@
-"""Checks the strategies apply to every client reply before using it (docs/design.md §2).
+"""Checks the strategies apply to every client reply before using it (docs/design.md §5-6).
 
 Pure helpers, no Flower round logic: metric validation, reply size limits and the bounded
 memory of ciphertext digests that refuses replays and duplicates.

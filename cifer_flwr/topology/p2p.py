@@ -1,4 +1,4 @@
-"""Peer-to-peer (gossip) topology: the ServerApp only relays ciphertexts (DESIGN.md §4.5).
+"""Peer-to-peer (gossip) topology: the ServerApp only relays ciphertexts (docs/design.md §4.5).
 
 There is no global model and no aggregation on the server. Each round every peer receives
 its neighbours' latest models (ciphertexts when encryption is on), decrypts and mixes them
