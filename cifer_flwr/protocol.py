@@ -9,8 +9,8 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Final, Literal
 
 import numpy as np
@@ -49,9 +49,12 @@ __all__ = [
     "integrity_scale",
     "integrity_tags",
     "materialize",
+    "model_layout",
     "open_global",
     "pack_state",
     "state_digest",
+    "state_layout",
+    "state_names",
     "unpack_state",
     "update_norm_allowance",
     "verify_check",
@@ -207,17 +210,46 @@ def fedopt_step(
     return x_new, m_new, v_new
 
 
+_STATE_GROUPS = ("x", "m", "sqrtv")
+
+
+def state_names(model_names: Sequence[str], *, moments: bool) -> tuple[str, ...]:
+    """Entry names :func:`pack_state` gives a model's arrays: ``x`` only, or ``x, m, sqrt v``."""
+    groups = _STATE_GROUPS if moments else _STATE_GROUPS[:1]
+    return tuple(f"{g}/{n}" for g in groups for n in model_names)
+
+
+def state_layout(model: crypto.Layout) -> crypto.Layout:
+    """Layout of a state holding only ``x`` = the model (inverse of :func:`model_layout`).
+
+    An encrypted plain model becomes a FedOpt state by this renaming alone: its ciphertexts
+    are already in :func:`pack_state`'s order, nothing is decrypted.
+    """
+    return replace(model, names=state_names(model.names, moments=False))
+
+
+def model_layout(state: crypto.Layout) -> crypto.Layout:
+    """The model (``x``) entries of a state layout, under the model's own names."""
+    keep = [i for i, n in enumerate(state.names) if n.partition("/")[0] == _STATE_GROUPS[0]]
+    return crypto.Layout(
+        tuple(state.names[i].partition("/")[2] for i in keep),
+        tuple(state.shapes[i] for i in keep),
+        tuple(state.dtypes[i] for i in keep),
+    )
+
+
 def pack_state(x: Arrays, m: Arrays | None, v: Arrays | None) -> Arrays:
     """Flatten ``(x, m, v)`` into one mapping (inverse of :func:`unpack_state`).
 
     ``v`` is stored as ``sqrt(v)``: CKKS's absolute error is ~1e-8, far too coarse for the
     tiny second moments, but harmless on their square roots, which is what the step uses.
     """
-    out: Arrays = {f"x/{k}": a for k, a in x.items()}
+    x_group, m_group, v_group = _STATE_GROUPS
+    out: Arrays = {f"{x_group}/{k}": a for k, a in x.items()}
     if m is not None:
-        out.update({f"m/{k}": a for k, a in m.items()})
+        out.update({f"{m_group}/{k}": a for k, a in m.items()})
     if v is not None:
-        out.update({f"sqrtv/{k}": np.sqrt(np.maximum(a, 0.0)) for k, a in v.items()})
+        out.update({f"{v_group}/{k}": np.sqrt(np.maximum(a, 0.0)) for k, a in v.items()})
     return out
 
 
@@ -225,7 +257,7 @@ def unpack_state(
     arrays: Mapping[str, npt.NDArray[Any]],
 ) -> tuple[Arrays, Arrays | None, Arrays | None]:
     """Split :func:`pack_state` output back into ``(x, m, v)``."""
-    parts: dict[str, Arrays] = {"x": {}, "m": {}, "sqrtv": {}}
+    parts: dict[str, Arrays] = {g: {} for g in _STATE_GROUPS}
     for name, arr in arrays.items():
         group, _, key = name.partition("/")
         if group not in parts:

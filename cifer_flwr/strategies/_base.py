@@ -927,22 +927,17 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         parts = super()._to_parts(arrays)
         if PART_STATE in parts:
             return parts
-        # An encrypted plain model becomes the state ``x`` by renaming its layout: the
-        # ciphertexts are already in pack_state's order (x only), nothing is decrypted.
+        # An encrypted plain model becomes the state ``x`` by renaming its layout alone.
         model = parts[PART_MODEL]
-        lay = model.layout
-        renamed = crypto.Layout(tuple(f"x/{n}" for n in lay.names), lay.shapes, lay.dtypes)
-        state = replace(model, layout=renamed, meta={"fedopt": self.optimizer.to_dict()})
+        state = replace(
+            model,
+            layout=protocol.state_layout(model.layout),
+            meta={"fedopt": self.optimizer.to_dict()},
+        )
         return {PART_STATE: state}
 
     def _model_layout(self, parts: Mapping[str, crypto.EncryptedArrays]) -> crypto.Layout:
-        state = parts[PART_STATE].layout
-        keep = [i for i, n in enumerate(state.names) if n.startswith("x/")]
-        return crypto.Layout(
-            tuple(state.names[i][2:] for i in keep),
-            tuple(state.shapes[i] for i in keep),
-            tuple(state.dtypes[i] for i in keep),
-        )
+        return protocol.model_layout(parts[PART_STATE].layout)
 
     def _base_configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -957,16 +952,12 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
 
     def _state_layout_ok(self, layout: crypto.Layout) -> bool:
         model = self._require_layout()
-        names = list(layout.names)
-        shapes = list(layout.shapes)
-        x_names = [f"x/{n}" for n in model.names]
-        if names == x_names:
-            return shapes == list(model.shapes) and layout.dtypes == model.dtypes
-        full = x_names + [f"m/{n}" for n in model.names] + [f"sqrtv/{n}" for n in model.names]
+        if layout.names == protocol.state_names(model.names, moments=False):
+            return layout.shapes == model.shapes and layout.dtypes == model.dtypes
         return (
-            names == full
-            and shapes == list(model.shapes) * 3
-            and layout.dtypes[: len(x_names)] == model.dtypes
+            layout.names == protocol.state_names(model.names, moments=True)
+            and layout.shapes == model.shapes * 3
+            and layout.dtypes[: len(model.names)] == model.dtypes
         )
 
     def _parse_reply(self, msg: Message, server_round: int) -> Parts:
