@@ -3,9 +3,10 @@
 The examples under ``examples/`` use these so that their ``server_app.py`` and
 ``client_app.py`` stay short and identical in shape:
 
-* :func:`make_strategy` turns run config (``strategy``, ``encryption``, ``public-key``, ...)
-  into one of our encrypted strategies, or Flower's own class of the same name when
-  ``encryption = false`` (the plaintext baseline of the comparison).
+* :func:`make_strategy` translates run config (``strategy``, ``encryption``, ``public-key``,
+  ...) into the inputs of the one strategy builder,
+  :func:`cifer_flwr.strategy_builder.build_strategy`: one of our encrypted strategies, or
+  Flower's own class of the same name when ``encryption = false`` (the plaintext baseline).
 * :class:`MeteredGrid` wraps the ServerApp's ``Grid`` and measures, per round, the payload
   bytes sent and received, the wall time of the train and evaluate phases and the error
   replies.
@@ -16,8 +17,8 @@ The examples under ``examples/`` use these so that their ``server_app.py`` and
 * Resume: run config ``resume = true`` continues a killed run from the encrypted strategy's
   checkpoint (``checkpoint-path``, by default next to the results file, see
   :func:`checkpoint_path`); the results then hold the restored rounds and the new ones.
-* :func:`encryption_mod` is :func:`cifer_flwr.mods.ckks_mod` switched by run config
-  ``encryption``.
+* :data:`encryption_mod` is :func:`cifer_flwr.mods.ckks_mod` switched by run config
+  ``encryption`` (:func:`switched_ckks_mod`, also the generic app's client mod).
 
 Only key *paths* ever appear in run config; the ServerApp loads a public key only.
 """
@@ -25,7 +26,6 @@ Only key *paths* ever appear in run config; the ServerApp loads a public key onl
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import os
@@ -36,16 +36,24 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.serverapp import Grid
-from flwr.serverapp import strategy as flwr_strategy
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore.run import Run
 
-from cifer_flwr import strategies
+from cifer_flwr.config import strategy_defaults
 from cifer_flwr.crypto.container import write_file_atomic
 from cifer_flwr.exceptions import ConfigError
 from cifer_flwr.mods import ckks_mod
+from cifer_flwr.strategy_builder import (
+    ENCRYPTED_STRATEGIES,
+    PLAINTEXT_STRATEGIES,
+    RUN_CONFIG_KEYS,
+    STRATEGIES,
+    build_strategy,
+    checkpoint_options,
+    strategy_name,
+)
 
 __all__ = [
     "CHECKPOINT_SUFFIX",
@@ -67,6 +75,7 @@ __all__ = [
     "round_rows",
     "run_strategy",
     "save_plaintext_model",
+    "switched_ckks_mod",
     "write_json_atomic",
 ]
 
@@ -79,27 +88,8 @@ RC_RESUME = "resume"
 RC_CHECKPOINT = "checkpoint-path"
 #: Suffix of the checkpoint derived from the results (or save) path.
 CHECKPOINT_SUFFIX = ".ckpt"
-#: Strategy names accepted in run config ``strategy``.
-STRATEGIES = ("fedavg", "fedprox", "fedyogi", "fedadam", "fedadagrad", "securefed")
-
-#: Strategy name -> our encrypted class / Flower's plaintext class of the same name.
-ENCRYPTED_STRATEGIES = {
-    "fedavg": strategies.FedAvg,
-    "fedprox": strategies.FedProx,
-    "fedyogi": strategies.FedYogi,
-    "fedadam": strategies.FedAdam,
-    "fedadagrad": strategies.FedAdagrad,
-    "securefed": strategies.SecureFed,
-}
-PLAINTEXT_STRATEGIES = {
-    "fedavg": flwr_strategy.FedAvg,
-    "fedprox": flwr_strategy.FedProx,
-    "fedyogi": flwr_strategy.FedYogi,
-    "fedadam": flwr_strategy.FedAdam,
-    "fedadagrad": flwr_strategy.FedAdagrad,
-    # SecureFed's plaintext counterpart: FedAvg without the hardening
-    "securefed": flwr_strategy.FedAvg,
-}
+#: Message-type suffix of peer-to-peer messages (``train.p2p``), passed through unencrypted.
+P2P_SUFFIX = ".p2p"
 
 
 def encryption_enabled(run_config: Mapping[str, Any]) -> bool:
@@ -157,55 +147,22 @@ def checkpoint_path(run_config: Mapping[str, Any]) -> Path | None:
     return None
 
 
-def checkpoint_options(
-    strategy_class: type, path: Path | None, resume: bool, *, encrypted: bool
-) -> dict[str, Any]:
-    """Constructor keywords ``checkpoint_path`` / ``resume`` for ``strategy_class``.
-
-    Shared by both strategy factories (this module's and
-    :func:`cifer_flwr.topology.centralized.make_strategy`).
-
-    Raises
-    ------
-    ConfigError
-        When ``resume`` is asked for a plaintext strategy (Flower's strategies keep no
-        checkpoint: the plaintext baseline is rerun from round 1), or without a path.
-
-    """
-    if not encrypted:
-        if resume:
-            raise ConfigError(
-                "resume=true needs an encrypted strategy: the plaintext baseline "
-                "(encryption=none / encryption=false) keeps no checkpoint; rerun it from "
-                "round 1 without resume."
-            )
-        return {}
-    if resume and path is None:
-        raise ConfigError(
-            "resume=true but no checkpoint path: set run config 'results-path' (the "
-            "checkpoint lives next to it) or 'checkpoint-path' to an absolute path."
-        )
-    params = inspect.signature(strategy_class).parameters
-    if "checkpoint_path" not in params:  # a strategy without checkpoints (none today)
-        if resume:
-            raise ConfigError(
-                f"{strategy_class.__name__} cannot resume (no checkpoint_path argument); "
-                "rerun without resume."
-            )
-        return {}
-    return {"checkpoint_path": path, "resume": resume}
-
-
 def make_strategy(run_config: Mapping[str, Any]) -> Strategy:
-    """Build the strategy that run config asks for.
+    """Build the strategy that run config asks for, with :func:`build_strategy`.
 
-    Keys read (all optional except ``public-key`` when encrypting): ``strategy``
-    (one of :data:`STRATEGIES`, default ``fedavg``), ``encryption`` (default true),
-    ``public-key`` (absolute path to ``public.key``), ``save-path`` (absolute path of the
-    encrypted global model, rewritten every round), ``fraction-train``,
-    ``fraction-evaluate``, ``min-nodes``, ``server-lr`` (FedOpt ``eta``), ``proximal-mu``
-    (FedProx), ``min-cohort`` and ``clip-norm`` (SecureFed), ``resume`` and the checkpoint
-    path (:func:`checkpoint_path`).
+    This only translates run config into the builder's typed inputs; the builder validates
+    them, exactly as for the generic app (``cifer run``). Keys read (all optional except
+    ``public-key`` when encrypting): ``strategy`` (one of :data:`STRATEGIES`, default
+    ``fedavg``), ``encryption`` (default true), ``public-key`` (absolute path to
+    ``public.key``), ``save-path`` (absolute path of the encrypted global model, rewritten
+    every round), ``fraction-train``, ``fraction-evaluate``, ``min-nodes`` (all three of
+    Flower's node minimums), ``resume`` and the checkpoint path (:func:`checkpoint_path`),
+    and the hyperparameters of :data:`~cifer_flwr.strategy_builder.RUN_CONFIG_KEYS`:
+    ``proximal-mu``, ``server-lr`` (FedOpt ``eta``), ``eta-l``, ``beta-1``, ``beta-2``,
+    ``tau``, ``min-cohort``, ``clip-norm`` (``0.0``: no clipping, run config has no
+    ``None``), ``noise-multiplier`` and ``aggregation-check``. A hyperparameter missing from
+    run config takes its default from ``conf/strategy/NAME.yaml``
+    (:func:`~cifer_flwr.config.strategy_defaults`), the same default ``cifer run`` uses.
 
     Returns
     -------
@@ -216,46 +173,39 @@ def make_strategy(run_config: Mapping[str, Any]) -> Strategy:
     Raises
     ------
     ConfigError
-        For an unknown strategy, a missing or relative ``public-key`` path, or
-        ``resume`` with a plaintext strategy.
+        For an unknown strategy, invalid hyperparameters, SecureFed without encryption, a
+        missing or relative ``public-key`` path, or ``resume`` with a plaintext strategy.
 
     """
-    name = str(run_config.get("strategy", "fedavg")).lower()
-    if name not in ENCRYPTED_STRATEGIES:
-        raise ConfigError(
-            f"run config strategy={name!r} is unknown; choose one of {', '.join(STRATEGIES)}."
-        )
+    name = strategy_name(run_config.get("strategy", "fedavg"))
+    params = strategy_defaults(name.value)
+    for field, key in RUN_CONFIG_KEYS.items():
+        if key not in run_config:
+            continue
+        value = run_config[key]
+        if field == "aggregation_check":
+            setattr(params, field, _flag(value))
+        elif field == "min_cohort":
+            setattr(params, field, int(value))
+        elif field == "clip_norm":
+            clip = float(value)
+            params.clip_norm = None if clip == 0.0 else clip
+        else:
+            setattr(params, field, float(value))
     min_nodes = int(run_config.get("min-nodes", 2))
-    common: dict[str, Any] = {
-        "fraction_train": float(run_config.get("fraction-train", 1.0)),
-        "fraction_evaluate": float(run_config.get("fraction-evaluate", 1.0)),
-        "min_train_nodes": min_nodes,
-        "min_evaluate_nodes": min_nodes,
-        "min_available_nodes": min_nodes,
-    }
-    if name in ("fedyogi", "fedadam", "fedadagrad"):
-        common["eta"] = float(run_config.get("server-lr", 0.01))
-    if name == "fedprox":
-        common["proximal_mu"] = float(run_config.get("proximal-mu", 0.1))
-    resume = resume_requested(run_config)
-    if not encryption_enabled(run_config):
-        checkpoint_options(PLAINTEXT_STRATEGIES[name], None, resume, encrypted=False)
-        return PLAINTEXT_STRATEGIES[name](**common)  # type: ignore[no-any-return]
-    public_key = _path_option(run_config, "public-key")
-    if public_key is None:
-        raise ConfigError(
-            "encryption is on but run config 'public-key' is empty; pass the absolute path of "
-            "the federation's public.key, e.g. --run-config "
-            "'public-key=\"/abs/keys/NAME/public.key\"' (or set encryption=false)."
-        )
-    if name == "securefed":
-        common["min_cohort"] = int(run_config.get("min-cohort", 3))
-        clip = float(run_config.get("clip-norm", 0.0))
-        common["clip_norm"] = clip if clip > 0 else None
-    cls = ENCRYPTED_STRATEGIES[name]
-    common.update(checkpoint_options(cls, checkpoint_path(run_config), resume, encrypted=True))
-    return cls(  # type: ignore[no-any-return]
-        public_key=public_key, save_path=_path_option(run_config, "save-path"), **common
+    encrypted = encryption_enabled(run_config)
+    return build_strategy(
+        params,
+        encrypted=encrypted,
+        public_key=_path_option(run_config, "public-key") if encrypted else None,
+        save_path=_path_option(run_config, "save-path") if encrypted else None,
+        checkpoint_path=checkpoint_path(run_config) if encrypted else None,
+        resume=resume_requested(run_config),
+        fraction_train=float(run_config.get("fraction-train", 1.0)),
+        fraction_evaluate=float(run_config.get("fraction-evaluate", 1.0)),
+        min_train_nodes=min_nodes,
+        min_evaluate_nodes=min_nodes,
+        min_available_nodes=min_nodes,
     )
 
 
@@ -669,11 +619,24 @@ def run_strategy(
     return result
 
 
-def encryption_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """:func:`~cifer_flwr.mods.ckks_mod` when run config ``encryption`` is on, else a no-op.
+def switched_ckks_mod(enabled: Callable[[Context], bool]) -> Mod:
+    """:func:`~cifer_flwr.mods.ckks_mod` where ``enabled(context)`` holds, else a no-op.
 
-    One ClientApp thus serves both the encrypted run and its plaintext baseline.
+    The one client mod of every entry point: the examples switch it with run config
+    ``encryption`` (:data:`encryption_mod`), the generic app with its Hydra config.
+    Peer-to-peer messages (type ``*.p2p``) always pass through: peers encrypt and decrypt
+    their models themselves.
     """
-    if not encryption_enabled(context.run_config):
-        return call_next(msg, context)
-    return ckks_mod(msg, context, call_next)
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        p2p = msg.metadata.message_type.endswith(P2P_SUFFIX)
+        if p2p or not enabled(context):
+            return call_next(msg, context)
+        return ckks_mod(msg, context, call_next)
+
+    return mod
+
+
+#: :func:`~cifer_flwr.mods.ckks_mod` when run config ``encryption`` is on, else a no-op:
+#: one ClientApp thus serves both the encrypted run and its plaintext baseline.
+encryption_mod: Mod = switched_ckks_mod(lambda context: encryption_enabled(context.run_config))

@@ -23,6 +23,7 @@ __all__ = [
     "ExperimentConfig",
     "compose",
     "overrides_to_string",
+    "strategy_defaults",
     "validate",
 ]
 
@@ -79,8 +80,8 @@ class StrategyConfig:
     proximal_mu: float = 0.0
     eta: float = 0.1
     eta_l: float = 0.1
-    beta_1: float = 0.0
-    beta_2: float = 0.0
+    beta_1: float = 0.9
+    beta_2: float = 0.99
     tau: float = 1e-3
     min_cohort: int = 3
     clip_norm: float | None = None
@@ -159,10 +160,14 @@ def _check(exp: ExperimentConfig) -> None:
     problems = []
     if exp.num_rounds < 1:
         problems.append(f"num_rounds must be >= 1, got {exp.num_rounds}")
-    for name in ("fraction_train", "fraction_evaluate"):
-        value = getattr(exp, name)
-        if not 0.0 < value <= 1.0:
-            problems.append(f"{name} must be in (0, 1], got {value}")
+    # strategy hyperparameters and fractions: the one check the strategy builder applies
+    from cifer_flwr.strategy_builder import hyperparameter_problems, plaintext_problem
+
+    problems += hyperparameter_problems(
+        exp.strategy, fraction_train=exp.fraction_train, fraction_evaluate=exp.fraction_evaluate
+    )
+    if not exp.encryption.enabled and plaintext_problem(exp.strategy.name):
+        problems.append(plaintext_problem(exp.strategy.name))
     nodes = exp.federation.nodes
     if nodes < 2:
         problems.append(f"federation.nodes must be >= 2, got {nodes}")
@@ -238,6 +243,28 @@ def compose(overrides: list[str] | str = ()) -> ExperimentConfig:  # type: ignor
     except HydraException as exc:
         raise ConfigError(str(exc).split("\nConfig search path:")[0].strip()) from None
     return validate(cfg)
+
+
+def strategy_defaults(name: str) -> StrategyConfig:
+    """The hyperparameters of strategy ``name`` as ``conf/strategy/NAME.yaml`` sets them.
+
+    The Hydra group files are the one place strategy defaults are written down; the
+    examples' run config falls back to them for keys it does not set.
+
+    Raises
+    ------
+    ConfigError
+        When there is no such strategy file.
+
+    """
+    path = CONF_DIR / "strategy" / f"{name}.yaml"
+    if not path.is_file():
+        options = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(f"strategy={name!r} is unknown; choose one of {', '.join(options)}.")
+    merged = OmegaConf.merge(OmegaConf.structured(StrategyConfig), OmegaConf.load(path))
+    defaults = OmegaConf.to_object(merged)
+    assert isinstance(defaults, StrategyConfig)
+    return defaults
 
 
 def overrides_to_string(exp: ExperimentConfig) -> str:

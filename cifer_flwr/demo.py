@@ -31,6 +31,7 @@ from cifer_flwr.exceptions import CiferError, ConfigError
 from cifer_flwr.federation.audit import find_secret_key
 from cifer_flwr.federation.local import Federation, up
 from cifer_flwr.federation.runs import RunOutcome, run_app
+from cifer_flwr.strategy_builder import baseline_name, strategy_name
 
 __all__ = [
     "DemoReport",
@@ -191,7 +192,8 @@ def run_demo(
     rounds : int
         Federated rounds of each run.
     strategy : str
-        One of :data:`cifer_flwr.apps.STRATEGIES`.
+        One of :data:`cifer_flwr.strategy_builder.STRATEGIES`; the plaintext run uses
+        :func:`~cifer_flwr.strategy_builder.baseline_name` (FedAvg for SecureFed).
     auth : bool
         SuperNode authentication (TLS is always on).
     timeout : float
@@ -210,6 +212,7 @@ def run_demo(
         When a run fails; every process started is stopped first.
 
     """
+    strategy = strategy_name(strategy).value  # an unknown name fails before anything starts
     say = progress or (lambda _msg: None)
     t_start = time.monotonic()
     d = Path(directory).resolve()
@@ -254,11 +257,17 @@ def run_demo(
         )
         report.encrypted = _check(enc, "encrypted")
         report.encrypted_run_s = enc.seconds
-        say(f"plaintext run: the same {rounds} rounds with Flower's own strategy")
+        baseline = baseline_name(strategy)
+        say(f"plaintext run: the same {rounds} rounds with Flower's own {baseline}")
         pla = run_app(
             fed,
             example,
-            {**base, "encryption": False, "save-path": str(plain_file)},
+            {
+                **base,
+                "strategy": baseline,
+                "encryption": False,
+                "save-path": str(plain_file),
+            },
             timeout=timeout,
             results_path=d / "results-plaintext.json",
         )

@@ -3,23 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context
 from flwr.serverapp import Grid
 
-from cifer_flwr import crypto
-from cifer_flwr.apps import write_json_atomic
 from cifer_flwr.config import ExperimentConfig, compose, overrides_to_string
-from cifer_flwr.constants import NODE_CONFIG_PRIVATE_KEY
 from cifer_flwr.data import Partition, load_dataset, load_partition
 from cifer_flwr.exceptions import ConfigError
+from cifer_flwr.mods import private_key_for
 from cifer_flwr.tasks import TASKS, Task, TrainSettings, get_task
 from cifer_flwr.topology.centralized import run_centralized
 from cifer_flwr.topology.p2p import PeerRuntime, run_p2p
@@ -30,7 +26,6 @@ __all__ = [
     "dataset_shape",
     "initial_arrays",
     "run_on_grid",
-    "write_results",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,19 +142,12 @@ def run_on_grid(
     return snapshot(rounds, int(info.get("resumed-after-round", 0)))
 
 
-def write_results(path: str | os.PathLike[str], results: dict[str, Any]) -> Path:
-    """Write results as JSON atomically (the ServerApp's only output besides checkpoints).
-
-    Temp files of an earlier killed writer are removed; none is left behind.
-    """
-    return write_json_atomic(Path(path), results)
-
-
 class ClientRuntime:
     """Per-node state of the generic ClientApp: config, data, task and key (loaded once)."""
 
-    def __init__(self, exp: ExperimentConfig, node_config: dict[str, Any]) -> None:
+    def __init__(self, exp: ExperimentConfig, context: Context) -> None:
         self.exp = exp
+        node_config = context.node_config
         try:
             pid = int(node_config["partition-id"])
             num = int(node_config.get("num-partitions", exp.federation.nodes))
@@ -177,10 +165,8 @@ class ClientRuntime:
             seed=exp.seed,
         )
         self.task = _task(exp)
-        path = node_config.get(NODE_CONFIG_PRIVATE_KEY) or os.environ.get("CIFER_PRIVATE_KEY")
-        self.key = crypto.load_private_key(str(path)) if exp.encryption.enabled and path else None
-        if exp.encryption.enabled and self.key is None:
-            raise ConfigError("encryption is on but this SuperNode has no private-key node config.")
+        # the one key loader (cached per path), shared with ckks_mod
+        self.key = private_key_for(context) if exp.encryption.enabled else None
 
     def settings(self, server_round: int, proximal_mu: float = 0.0) -> TrainSettings:
         """Local training settings for one round (deterministic per node and round)."""
@@ -213,5 +199,5 @@ def client_runtime(context: Context) -> ClientRuntime:
     key = (context.run_id, context.node_id, overrides)
     if key not in _RUNTIMES:
         exp = compose(overrides)
-        _RUNTIMES[key] = ClientRuntime(exp, dict(context.node_config))
+        _RUNTIMES[key] = ClientRuntime(exp, context)
     return _RUNTIMES[key]

@@ -33,12 +33,15 @@ from cifer_flwr.crypto.encoding import decode, reserved_values
 from cifer_flwr.exceptions import CiferError, ConfigError
 
 __all__ = [
+    "AVGM_BETA_2",
+    "AVGM_TAU",
     "INTEGRITY_SLOTS",
     "AggregationCheckError",
     "BaseModel",
     "Opened",
     "OptimizerSpec",
     "add_noise",
+    "avgm_step",
     "check_arrays",
     "ckks_error_bound",
     "clip_update",
@@ -96,12 +99,24 @@ def weight_divisor(num_sampled: int, examples_per_client: float) -> float:
 
 
 # --------------------------------------------------------------------------- FedOpt
-OptKind = Literal["yogi", "adam", "adagrad"]
+OptKind = Literal["yogi", "adam", "adagrad", "avgm"]
+
+#: FedAvgM (``kind="avgm"``) has no second moment and no adaptivity: its ``beta_2`` and
+#: ``tau`` are unused and fixed to these values, so that one FedAvgM setting has exactly one
+#: JSON form (checkpoints and ciphertext metadata compare these dicts).
+AVGM_BETA_2 = 0.0
+AVGM_TAU = 1.0
 
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """Hyper-parameters of a FedOpt server step (public; travels in ciphertext metadata)."""
+    """Hyper-parameters of a server step (public; travels in ciphertext metadata).
+
+    ``kind`` is ``yogi``, ``adam`` or ``adagrad`` (Flower's FedOpt family) or ``avgm``
+    (Flower's FedAvgM): there ``eta`` is ``server_learning_rate``, ``beta_1`` is
+    ``server_momentum``, ``beta_2`` is :data:`AVGM_BETA_2` and ``tau`` is :data:`AVGM_TAU`
+    (both unused).
+    """
 
     kind: OptKind
     eta: float
@@ -131,8 +146,10 @@ class OptimizerSpec:
                 "beta_1, beta_2 and tau."
             )
         kind = data["kind"]
-        if kind not in ("yogi", "adam", "adagrad"):
-            raise ConfigError(f"unknown FedOpt kind {kind!r:.40}; expected yogi, adam or adagrad.")
+        if kind not in ("yogi", "adam", "adagrad", "avgm"):
+            raise ConfigError(
+                f"unknown FedOpt kind {kind!r:.40}; expected yogi, adam, adagrad or avgm."
+            )
         values = {}
         for name in ("eta", "beta_1", "beta_2", "tau"):
             value = data[name]
@@ -148,6 +165,12 @@ class OptimizerSpec:
             raise ConfigError(
                 f"FedOpt beta_1={values['beta_1']!r}, beta_2={values['beta_2']!r}; both must "
                 "lie in [0, 1)."
+            )
+        if kind == "avgm" and (values["beta_2"] != AVGM_BETA_2 or values["tau"] != AVGM_TAU):
+            raise ConfigError(
+                f"FedAvgM settings with beta_2={values['beta_2']!r}, tau={values['tau']!r}; "
+                f"FedAvgM does not use them and expects beta_2={AVGM_BETA_2} and "
+                f"tau={AVGM_TAU} exactly."
             )
         return cls(
             kind,
@@ -165,8 +188,11 @@ def fedopt_step(
     v: Arrays | None,
     aggregate: Arrays,
     server_round: int,
-) -> tuple[Arrays, Arrays, Arrays]:
-    """Apply Flower's FedYogi / FedAdam / FedAdagrad server update, exactly as Flower does.
+) -> tuple[Arrays, Arrays, Arrays | None]:
+    """Apply Flower's FedYogi / FedAdam / FedAdagrad / FedAvgM server update exactly.
+
+    FedAvgM (``spec.kind == "avgm"``) is dispatched to :func:`avgm_step`; its ``v`` is
+    ignored and returned as ``None``.
 
     Parameters
     ----------
@@ -185,6 +211,9 @@ def fedopt_step(
         New ``(x, m, v)``.
 
     """
+    if spec.kind == "avgm":
+        x_new, m_new = avgm_step(spec, x, m, aggregate)
+        return x_new, m_new, None
     delta = {k: aggregate[k] - x[k] for k in x}
     m_prev = m or {k: np.zeros_like(d) for k, d in delta.items()}
     v_prev = v or {k: np.zeros_like(d) for k, d in delta.items()}
@@ -208,6 +237,39 @@ def fedopt_step(
         eta = spec.eta
     x_new = {k: x[k] + eta * m_new[k] / (np.sqrt(v_new[k]) + spec.tau) for k in x}
     return x_new, m_new, v_new
+
+
+def avgm_step(
+    spec: OptimizerSpec, x: Arrays, m: Arrays | None, aggregate: Arrays
+) -> tuple[Arrays, Arrays]:
+    """Apply Flower's FedAvgM server update (``flwr.serverapp.strategy.FedAvgM``) exactly.
+
+    With pseudo-gradient ``g = x - aggregate`` (updates are the opposite of gradients),
+    momentum ``m_new = server_momentum * m + g`` (``m`` starts at zero, so round 1 gives
+    ``m_new = g`` as Flower's first-round initialisation does; no dampening, no Nesterov)
+    and ``x_new = x - server_learning_rate * m_new``. With ``server_momentum = 0`` this is
+    Flower's momentum-free branch ``x - lr * g``; with ``lr = 1`` too, the aggregate itself.
+
+    Parameters
+    ----------
+    spec : OptimizerSpec
+        ``kind == "avgm"``; ``eta`` is the server learning rate, ``beta_1`` the momentum.
+    x, m : dict
+        Current model and momentum buffer (``None`` starts at zero).
+    aggregate : dict
+        Weighted mean of the clients' models.
+
+    Returns
+    -------
+    tuple of dict
+        New ``(x, m)``.
+
+    """
+    grad = {k: x[k] - aggregate[k] for k in x}
+    m_prev = m or {k: np.zeros_like(g) for k, g in grad.items()}
+    m_new = {k: spec.beta_1 * m_prev[k] + grad[k] for k in grad}
+    x_new = {k: x[k] - spec.eta * m_new[k] for k in x}
+    return x_new, m_new
 
 
 _STATE_GROUPS = ("x", "m", "sqrtv")

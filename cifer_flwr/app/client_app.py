@@ -6,22 +6,14 @@ from typing import cast
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.clientapp.typing import ClientAppCallable
 
+from cifer_flwr.apps import switched_ckks_mod
 from cifer_flwr.experiment import client_runtime
-from cifer_flwr.mods import ckks_mod
 from cifer_flwr.topology.p2p import p2p_evaluate, p2p_train
 
-
-def encryption_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
-    """Apply ``ckks_mod`` when the run's config enables encryption.
-
-    p2p messages pass through: peers encrypt and decrypt their models themselves.
-    """
-    rt = client_runtime(context)
-    if msg.metadata.message_type.endswith(".p2p") or not rt.exp.encryption.enabled:
-        return call_next(msg, context)
-    return ckks_mod(msg, context, call_next)
+#: The examples' client mod (``ckks_mod``, p2p messages passed through), switched by the
+#: Hydra config's ``encryption`` instead of run config ``encryption``.
+encryption_mod = switched_ckks_mod(lambda context: client_runtime(context).exp.encryption.enabled)
 
 
 app = ClientApp(mods=[encryption_mod])

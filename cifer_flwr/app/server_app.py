@@ -8,7 +8,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from cifer_flwr.apps import checkpoint_path, previous_rows, resume_requested
+from cifer_flwr.apps import checkpoint_path, previous_rows, resume_requested, write_json_atomic
 from cifer_flwr.config import compose
 from cifer_flwr.experiment import (
     RC_OVERRIDES,
@@ -16,7 +16,6 @@ from cifer_flwr.experiment import (
     RC_RESULTS,
     RC_SAVE,
     run_on_grid,
-    write_results,
 )
 
 app = ServerApp()
@@ -41,7 +40,8 @@ def main(grid: Grid, context: Context) -> None:
     def write(results: dict[str, Any]) -> None:
         last.update(results)
         if results_path:
-            write_results(results_path, {"run-id": run_id, **results})
+            # the one results writer (atomic, stale temp files removed), as the examples'
+            write_json_atomic(Path(results_path), {"run-id": run_id, **results})
 
     try:
         exp = compose(str(cfg.get(RC_OVERRIDES, "")))

@@ -92,7 +92,14 @@ from cifer_flwr.strategies._replies import (
     metric_schema,
 )
 
-__all__ = ["STATE_HOLDERS", "EncryptedFedAvgBase", "EncryptedFedOptBase", "load_server_key"]
+__all__ = [
+    "STATE_HOLDERS",
+    "Accepted",
+    "EncryptedFedAvgBase",
+    "EncryptedFedOptBase",
+    "Parts",
+    "load_server_key",
+]
 
 log = logging.getLogger("cifer_flwr.strategies")
 Parts = dict[str, crypto.EncryptedArrays]
@@ -128,7 +135,59 @@ def _node(msg: Message) -> int:
 
 
 class EncryptedFedAvgBase:
-    """Encrypted FedAvg round logic: weights sent in config, additive aggregation only."""
+    """Base class of an encrypted strategy: FedAvg round logic on ciphertexts.
+
+    This is the extension point for your own encrypted strategy (docs/design.md §4). The
+    server only adds ciphertexts; anything non-linear runs on the key holders (the
+    clients) through the deferred step of :class:`EncryptedFedOptBase`. A strategy is one
+    class that lists this mixin (or :class:`EncryptedFedOptBase`) *before* the Flower
+    strategy it encrypts, so that every Flower code path touching plaintext is replaced::
+
+        class MyStrategy(EncryptedFedAvgBase, flwr.serverapp.strategy.FedAvg):
+            def __init__(self, *, public_key, **flower_kwargs):
+                flwr.serverapp.strategy.FedAvg.__init__(self, **flower_kwargs)
+                self._init_encryption(public_key, None, 1000.0)
+
+            def summary(self) -> None:
+                self._summary_encryption()
+                flwr.serverapp.strategy.FedAvg.summary(self)
+
+    ``cifer_flwr/strategies/fedavgm.py`` is a complete worked example (encrypted FedAvgM).
+    Sampling, messages and metric aggregation stay Flower's; ``start``,
+    ``configure_train`` and ``aggregate_train`` are this class's (replay, size and layout
+    checks, ``min_replies``, checkpoints). A subclass may override these hooks (all typed;
+    ``Parts`` is ``dict[str, EncryptedArrays]`` keyed by part name such as ``"model"`` or
+    ``"state"``, ``Accepted`` is ``list[tuple[Message, Parts]]``):
+
+    ``_encrypt_initial(arrays) -> Parts``
+        Encrypt the plaintext initial model (default: ``{"model": encrypt(arrays)}``).
+    ``_to_parts(arrays: ArrayRecord) -> Parts``
+        Turn ``initial_arrays`` (plaintext or an encrypted record) into parts.
+    ``_model_layout(parts) -> Layout``
+        The model's layout inside the global parts (the layout replies must match).
+    ``_extra_config(index, node_id, cohort, server_round) -> dict``
+        Extra ConfigRecord entries for the ``index``-th sampled node (the client mod and
+        your ClientApp read them); default ``{}``.
+    ``_expected_parts(server_round, node_id) -> dict[str, int]``
+        The exact part names that node's reply must hold, each with the most chunks it may
+        have (replies are size-checked against it before parsing).
+    ``_parse_reply(msg, server_round) -> Parts``
+        Parse and validate one reply; call ``super()._parse_reply`` first and raise a
+        :class:`~cifer_flwr.exceptions.CiferError` to exclude the reply with its message.
+    ``_select_replies(server_round, accepted) -> Accepted``
+        Drop replies after the per-reply checks (e.g. a majority vote); excluded ones
+        should be recorded with ``self._exclude(server_round, node, reason)``.
+    ``_next_global(server_round, accepted, aggregate) -> Parts | None``
+        The next global parts from the encrypted weighted sum ``aggregate`` (default
+        ``{"model": aggregate}``); ``None`` releases nothing this round.
+    ``_checkpoint_extra() -> dict`` / ``_restore_extra(extra) -> None``
+        JSON state your subclass needs to resume from a checkpoint, and its inverse.
+    ``_optimizer_json() -> dict | None``
+        Settings a checkpoint must match to be resumed (default ``None``).
+
+    Everything a hook raises other than a ``CiferError`` is caught per reply (or per
+    round) and logged as an internal error: a bug in a hook never stops the run.
+    """
 
     # provided by Flower's FedAvg
     weighted_by_key: str
@@ -150,6 +209,31 @@ class EncryptedFedAvgBase:
         checkpoint_path: str | os.PathLike[str] | None = None,
         resume: bool = False,
     ) -> None:
+        """Set up the encryption; call it from ``__init__`` after Flower's ``__init__``.
+
+        Parameters
+        ----------
+        public_key : str, path or Key
+            The CKKS public key (a file holding a secret key is refused).
+        save_path : str or path, optional
+            Where the encrypted global model is written after every released round.
+        examples_per_client : float
+            First-round guess of the examples per client (scales the weights sent).
+        min_replies : int
+            Fewest valid replies a round needs to release an aggregate (>= 2).
+        checkpoint_path : str or path, optional
+            Checkpoint written after every round.
+        resume : bool
+            Continue from ``checkpoint_path`` if it exists.
+
+        Raises
+        ------
+        ConfigError
+            For an out-of-range setting.
+        KeyTypeError
+            When ``public_key`` holds a secret key.
+
+        """
         self.key = load_server_key(public_key)
         self.save_path = Path(save_path) if save_path is not None else None
         if not examples_per_client > 0:
@@ -206,12 +290,15 @@ class EncryptedFedAvgBase:
         )
 
     def _encrypt_initial(self, arrays: Mapping[str, Any]) -> Parts:
+        """Encrypt the plaintext initial model into the first global parts."""
         return {PART_MODEL: crypto.encrypt(arrays, self.key)}
 
     def _model_layout(self, parts: Mapping[str, crypto.EncryptedArrays]) -> crypto.Layout:
+        """Layout of the model inside the global parts (replies must match it)."""
         return parts[PART_MODEL].layout
 
     def _to_parts(self, arrays: ArrayRecord) -> Parts:
+        """Global parts from ``initial_arrays`` (encrypted record or plaintext)."""
         if crypto.is_encrypted_record(arrays):
             return crypto.bundle_from_record(arrays, self.key)
         plain = {name: arr.numpy() for name, arr in arrays.items()}
@@ -496,6 +583,14 @@ class EncryptedFedAvgBase:
             )
 
     def _parse_reply(self, msg: Message, server_round: int) -> Parts:
+        """Parse one reply into its parts, checking part set, counts, layout and weight.
+
+        Raises
+        ------
+        CiferError
+            Any subclass of it excludes the reply with its message as the reason.
+
+        """
         content = msg.content
         if self.arrayrecord_key not in content.array_records:
             raise CiphertextFormatError(f"reply has no ArrayRecord '{self.arrayrecord_key}'.")
@@ -598,6 +693,11 @@ class EncryptedFedAvgBase:
         accepted: Accepted,
         aggregate: crypto.EncryptedArrays,
     ) -> Parts | None:
+        """Next global parts from the encrypted weighted sum of the accepted models.
+
+        ``aggregate`` carries the round in its metadata; return ``None`` to release
+        nothing this round (the previous global model stays).
+        """
         return {PART_MODEL: aggregate}
 
     def _sum_models(self, server_round: int, accepted: Accepted) -> tuple[Accepted, Any]:
@@ -756,6 +856,7 @@ class EncryptedFedAvgBase:
         return f"{type(self).__module__}.{type(self).__qualname__}"
 
     def _optimizer_json(self) -> dict[str, Any] | None:
+        """Settings a checkpoint must match to be resumed (``None``: nothing to match)."""
         return None
 
     def _checkpoint_extra(self) -> dict[str, Any]:
@@ -887,7 +988,18 @@ class EncryptedFedAvgBase:
 
 
 class EncryptedFedOptBase(EncryptedFedAvgBase):
-    """FedYogi / FedAdam / FedAdagrad with the deferred key-holder step (docs/design.md §4.3).
+    """Base class of a server optimizer under the deferred key-holder step (docs/design.md §4.3).
+
+    FedYogi, FedAdam, FedAdagrad and FedAvgM derive from it. The server keeps the packed
+    state (``x``, ``m`` and ``sqrt v``, :func:`cifer_flwr.protocol.pack_state`) encrypted
+    with the pending aggregate; the key holders decrypt both, apply
+    :func:`cifer_flwr.protocol.fedopt_step` and train from the new ``x``. A subclass sets
+    ``_opt_kind`` (a :data:`cifer_flwr.protocol.OptKind`) and either the attributes
+    ``eta``, ``beta_1``, ``beta_2``, ``tau`` (as Flower's FedOpt does) or overrides the
+    :attr:`optimizer` property (as :class:`cifer_flwr.strategies.FedAvgM` does). A new
+    update rule is a new ``OptKind`` with its branch in ``fedopt_step``. Hooks beyond those
+    of :class:`EncryptedFedAvgBase`: ``_state_groups() -> tuple[int, ...]`` (how many of
+    ``x``, ``m``, ``sqrt v`` a returned state may hold).
 
     The first :data:`STATE_HOLDERS` sampled clients are asked to return the refreshed
     encrypted state, every client returns a digest of it. The server keeps the replies
@@ -907,13 +1019,17 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         """The public optimizer spec key holders apply."""
         return protocol.OptimizerSpec(self._opt_kind, self.eta, self.beta_1, self.beta_2, self.tau)
 
+    def _state_groups(self) -> tuple[int, ...]:
+        """How many state groups (``x``; ``x, m``; ``x, m, sqrt v``) a returned state may have."""
+        return (1, 3)
+
     def _optimizer_json(self) -> dict[str, Any] | None:
         return self.optimizer.to_dict()
 
     def _summary_encryption(self) -> None:
         super()._summary_encryption()
         log.info(
-            "\t│\t└── deferred key-holder %s step: state (x, m, v) stays encrypted; %d "
+            "\t│\t└── deferred key-holder %s step: the state stays encrypted; %d "
             "clients return the refreshed state, all return digests, the majority digest wins",
             self._opt_kind,
             STATE_HOLDERS,
@@ -952,12 +1068,14 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
 
     def _state_layout_ok(self, layout: crypto.Layout) -> bool:
         model = self._require_layout()
-        if layout.names == protocol.state_names(model.names, moments=False):
-            return layout.shapes == model.shapes and layout.dtypes == model.dtypes
+        n = len(model.names)
+        full = protocol.state_names(model.names, moments=True)
+        groups = len(layout.names) // n if n else 0
         return (
-            layout.names == protocol.state_names(model.names, moments=True)
-            and layout.shapes == model.shapes * 3
-            and layout.dtypes[: len(model.names)] == model.dtypes
+            groups in self._state_groups()
+            and layout.names == full[: groups * n]
+            and layout.shapes == model.shapes * groups
+            and layout.dtypes[:n] == model.dtypes
         )
 
     def _parse_reply(self, msg: Message, server_round: int) -> Parts:
@@ -966,7 +1084,8 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         if state is not None and not self._state_layout_ok(state.layout):
             raise LayoutMismatchError(
                 f"the returned FedOpt state has entries {list(state.layout.names)[:6]}...; "
-                "expected x/, m/ and sqrtv/ entries of the global model's arrays."
+                f"expected the {self._state_groups()} first of the x/, m/, sqrtv/ groups of "
+                "the global model's arrays."
             )
         return parts
 

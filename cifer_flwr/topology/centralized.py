@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
 
-from cifer_flwr.apps import (
-    ENCRYPTED_STRATEGIES,
-    PLAINTEXT_STRATEGIES,
-    MeteredGrid,
-    RoundRecorder,
-    checkpoint_options,
-)
+from cifer_flwr.apps import MeteredGrid, RoundRecorder
 from cifer_flwr.config import ExperimentConfig
-from cifer_flwr.exceptions import ConfigError
+from cifer_flwr.strategy_builder import build_strategy
 
 __all__ = ["make_strategy", "run_centralized"]
 
@@ -30,52 +24,34 @@ def make_strategy(
     save_path: str | None = None,
     checkpoint_path: str | None = None,
     resume: bool = False,
-) -> Any:
-    """Build the strategy the config names: ours when encrypted, Flower's otherwise.
+) -> Strategy:
+    """Build the strategy ``exp`` names with :func:`build_strategy` (ours or Flower's).
 
-    ``checkpoint_path`` (where an encrypted strategy checkpoints after every round) and
-    ``resume`` (continue from that checkpoint) are passed to the encrypted strategy;
-    ``resume`` with a plaintext strategy is a :class:`ConfigError`.
+    Translates the Hydra config into the builder's inputs: the hyperparameters
+    ``exp.strategy``, encryption ``exp.encryption.enabled``, the fractions, and node
+    minimums ``max(2, ceil(fraction * nodes))`` for train and evaluate and ``nodes``
+    available. ``checkpoint_path`` and ``resume`` go to the encrypted strategy.
+
+    Raises
+    ------
+    ConfigError
+        As :func:`~cifer_flwr.strategy_builder.build_strategy`.
+
     """
-    s = exp.strategy
-    name = s.name.value
     nodes = exp.federation.nodes
-    kwargs: dict[str, Any] = {
-        "fraction_train": exp.fraction_train,
-        "fraction_evaluate": exp.fraction_evaluate,
-        "min_train_nodes": max(2, math.ceil(exp.fraction_train * nodes)),
-        "min_evaluate_nodes": max(2, math.ceil(exp.fraction_evaluate * nodes)),
-        "min_available_nodes": nodes,
-    }
-    if name == "fedprox":
-        kwargs["proximal_mu"] = s.proximal_mu
-    elif name in ("fedyogi", "fedadam"):
-        kwargs.update(eta=s.eta, eta_l=s.eta_l, beta_1=s.beta_1, beta_2=s.beta_2, tau=s.tau)
-    elif name == "fedadagrad":
-        kwargs.update(eta=s.eta, eta_l=s.eta_l, tau=s.tau)
-    elif name == "securefed":
-        kwargs.update(
-            min_cohort=s.min_cohort,
-            clip_norm=s.clip_norm,
-            noise_multiplier=s.noise_multiplier,
-            aggregation_check=s.aggregation_check,
-        )
-    if not exp.encryption.enabled:
-        if name == "securefed":
-            raise ConfigError(
-                "strategy=securefed is an encrypted strategy; use encryption=ckks or pick "
-                "fedavg for the plaintext baseline."
-            )
-        checkpoint_options(PLAINTEXT_STRATEGIES[name], None, resume, encrypted=False)
-        return PLAINTEXT_STRATEGIES[name](**kwargs)
-    if public_key is None:
-        raise ConfigError(
-            "encryption is on but no public key path was given (run config 'public-key')."
-        )
-    cls = ENCRYPTED_STRATEGIES[name]
-    ckpt = Path(checkpoint_path) if checkpoint_path else None
-    kwargs.update(checkpoint_options(cls, ckpt, resume, encrypted=True))
-    return cls(public_key=public_key, save_path=save_path, **kwargs)
+    return build_strategy(
+        exp.strategy,
+        encrypted=exp.encryption.enabled,
+        public_key=public_key,
+        save_path=save_path,
+        checkpoint_path=checkpoint_path,
+        resume=resume,
+        fraction_train=exp.fraction_train,
+        fraction_evaluate=exp.fraction_evaluate,
+        min_train_nodes=max(2, math.ceil(exp.fraction_train * nodes)),
+        min_evaluate_nodes=max(2, math.ceil(exp.fraction_evaluate * nodes)),
+        min_available_nodes=nodes,
+    )
 
 
 def run_centralized(

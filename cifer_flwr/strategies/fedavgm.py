@@ -1,0 +1,126 @@
+"""Encrypted FedAvgM with the deferred key-holder step (worked example of an extension).
+
+This file is the reference for writing your own encrypted strategy: subclass Flower's class
+and one of the public base classes (:class:`~cifer_flwr.strategies.EncryptedFedAvgBase`,
+:class:`~cifer_flwr.strategies.EncryptedFedOptBase`), restate Flower's arguments
+keyword-only, add the encryption ones, and describe the update as a public
+:class:`~cifer_flwr.protocol.OptimizerSpec` the key holders apply (docs/design.md §4.3.1).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from flwr.app import MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvgM as FlwrFedAvgM
+
+from cifer_flwr import crypto, protocol
+from cifer_flwr.strategies._base import EncryptedFedOptBase
+
+__all__ = ["FedAvgM"]
+
+
+class FedAvgM(EncryptedFedOptBase, FlwrFedAvgM):
+    """FedAvgM with the model and the server momentum kept encrypted on the server.
+
+    Flower's FedAvgM keeps the previous model and a momentum buffer and, after averaging,
+    steps ``m = server_momentum * m + (x - mean)``, ``x = x - server_learning_rate * m``.
+    The server cannot decrypt ``x`` or ``m``, so, as for FedYogi (docs/design.md §4.3.1), it
+    keeps ``(x, m)`` encrypted together with the pending encrypted aggregate, and the
+    sampled key holders apply Flower's exact step (:func:`cifer_flwr.protocol.avgm_step`)
+    after decrypting, train from the new ``x`` and (two of them) return the refreshed
+    encrypted ``(x, m)``. Decrypted models equal Flower's plaintext FedAvgM round by round.
+
+    The server step travels as ``OptimizerSpec(kind="avgm", eta=server_learning_rate,
+    beta_1=server_momentum, beta_2=0.0, tau=1.0)`` (``beta_2`` and ``tau`` unused).
+
+    Parameters
+    ----------
+    public_key, save_path, examples_per_client, min_replies, checkpoint_path, resume
+        As in :class:`cifer_flwr.strategies.FedAvg`.
+    server_learning_rate : float
+        As in Flower's FedAvgM; must be finite and > 0.
+    server_momentum : float
+        As in Flower's FedAvgM; must lie in [0, 1).
+    fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, \
+min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key, \
+train_metrics_aggr_fn, evaluate_metrics_aggr_fn
+        As in Flower's FedAvgM.
+
+    Raises
+    ------
+    ConfigError
+        For a server learning rate or momentum out of range.
+
+    """
+
+    _opt_kind = "avgm"
+
+    def __init__(
+        self,
+        *,
+        public_key: str | os.PathLike[str] | crypto.Key,
+        save_path: str | os.PathLike[str] | None = None,
+        examples_per_client: float = 1000.0,
+        min_replies: int = 2,
+        checkpoint_path: str | os.PathLike[str] | None = None,
+        resume: bool = False,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_nodes: int = 2,
+        min_evaluate_nodes: int = 2,
+        min_available_nodes: int = 2,
+        weighted_by_key: str = "num-examples",
+        arrayrecord_key: str = "arrays",
+        configrecord_key: str = "config",
+        train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
+        evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
+        server_learning_rate: float = 1.0,
+        server_momentum: float = 0.0,
+    ) -> None:
+        FlwrFedAvgM.__init__(
+            self,
+            fraction_train=fraction_train,
+            fraction_evaluate=fraction_evaluate,
+            min_train_nodes=min_train_nodes,
+            min_evaluate_nodes=min_evaluate_nodes,
+            min_available_nodes=min_available_nodes,
+            weighted_by_key=weighted_by_key,
+            arrayrecord_key=arrayrecord_key,
+            configrecord_key=configrecord_key,
+            train_metrics_aggr_fn=train_metrics_aggr_fn,
+            evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
+            server_learning_rate=server_learning_rate,
+            server_momentum=server_momentum,
+        )
+        # the key holders validate the same way; refuse bad settings here, at construction
+        protocol.OptimizerSpec.from_dict(self.optimizer.to_dict())
+        self._init_encryption(
+            public_key,
+            save_path,
+            examples_per_client,
+            min_replies=min_replies,
+            checkpoint_path=checkpoint_path,
+            resume=resume,
+        )
+
+    @property
+    def optimizer(self) -> protocol.OptimizerSpec:
+        """The public FedAvgM step key holders apply (``kind="avgm"``)."""
+        return protocol.OptimizerSpec(
+            "avgm",
+            float(self.server_learning_rate),
+            float(self.server_momentum),
+            protocol.AVGM_BETA_2,
+            protocol.AVGM_TAU,
+        )
+
+    def _state_groups(self) -> tuple[int, ...]:
+        """The state holds ``x`` (initially) or ``x, m``; FedAvgM has no ``v``."""
+        return (1, 2)
+
+    def summary(self) -> None:
+        """Log the strategy's configuration, encryption included."""
+        self._summary_encryption()
+        FlwrFedAvgM.summary(self)

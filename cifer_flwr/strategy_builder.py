@@ -1,0 +1,305 @@
+"""The one strategy builder: name, encryption and typed hyperparameters -> a strategy.
+
+Every entry point builds its strategy here (docs/design.md §3): the examples' ServerApps
+(:func:`cifer_flwr.apps.make_strategy` translates Flower run config), the generic app behind
+``cifer run`` and ``cifer demo`` (:func:`cifer_flwr.topology.centralized.make_strategy`
+translates the Hydra :class:`~cifer_flwr.config.ExperimentConfig`). The builder is a pure
+function of typed inputs, so the validation lives in one place and a configuration means
+the same strategy whichever entry point reads it; a behaviour difference between entry
+points is a bug.
+
+It sits in the experiment harness, not in the library: it knows both our encrypted
+strategies and Flower's plaintext baselines of the same name, and the harness's
+checkpoint / resume conventions. It imports neither :mod:`cifer_flwr.apps` nor the
+topology code, so both can use it without an import cycle.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Any, Final
+
+from flwr.serverapp import strategy as flwr_strategy
+from flwr.serverapp.strategy import Strategy
+
+from cifer_flwr import strategies
+from cifer_flwr.config import StrategyConfig, StrategyName
+from cifer_flwr.exceptions import ConfigError
+
+__all__ = [
+    "ENCRYPTED_STRATEGIES",
+    "PLAINTEXT_STRATEGIES",
+    "RUN_CONFIG_KEYS",
+    "STRATEGIES",
+    "baseline_name",
+    "build_strategy",
+    "checkpoint_options",
+    "hyperparameter_problems",
+    "plaintext_problem",
+    "strategy_name",
+]
+
+#: Strategy names accepted by every entry point.
+STRATEGIES: Final = tuple(n.value for n in StrategyName)
+
+#: Strategy name -> our encrypted class / Flower's plaintext class of the same name.
+ENCRYPTED_STRATEGIES: Final[dict[str, type[Strategy]]] = {
+    "fedavg": strategies.FedAvg,
+    "fedprox": strategies.FedProx,
+    "fedyogi": strategies.FedYogi,
+    "fedadam": strategies.FedAdam,
+    "fedadagrad": strategies.FedAdagrad,
+    "securefed": strategies.SecureFed,
+}
+#: SecureFed has no plaintext counterpart: it is refused without encryption.
+PLAINTEXT_STRATEGIES: Final[dict[str, type[Strategy]]] = {
+    "fedavg": flwr_strategy.FedAvg,
+    "fedprox": flwr_strategy.FedProx,
+    "fedyogi": flwr_strategy.FedYogi,
+    "fedadam": flwr_strategy.FedAdam,
+    "fedadagrad": flwr_strategy.FedAdagrad,
+}
+
+#: Hyperparameter (``StrategyConfig`` field, Hydra ``strategy.<field>``) -> run config key
+#: of the examples' apps. Run config has no ``None``: ``clip-norm = 0.0`` means no clipping.
+RUN_CONFIG_KEYS: Final = {
+    "proximal_mu": "proximal-mu",
+    "eta": "server-lr",
+    "eta_l": "eta-l",
+    "beta_1": "beta-1",
+    "beta_2": "beta-2",
+    "tau": "tau",
+    "min_cohort": "min-cohort",
+    "clip_norm": "clip-norm",
+    "noise_multiplier": "noise-multiplier",
+    "aggregation_check": "aggregation-check",
+}
+
+#: Hyperparameters each strategy takes (beyond sampling and node counts).
+_PARAMS: Final[dict[str, tuple[str, ...]]] = {
+    "fedavg": (),
+    "fedprox": ("proximal_mu",),
+    "fedyogi": ("eta", "eta_l", "beta_1", "beta_2", "tau"),
+    "fedadam": ("eta", "eta_l", "beta_1", "beta_2", "tau"),
+    "fedadagrad": ("eta", "eta_l", "tau"),
+    "securefed": ("min_cohort", "clip_norm", "noise_multiplier", "aggregation_check"),
+}
+
+
+def strategy_name(value: object) -> StrategyName:
+    """The :class:`~cifer_flwr.config.StrategyName` for ``value`` (case-insensitive).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name, listing the valid ones.
+
+    """
+    name = str(value.value if isinstance(value, StrategyName) else value).strip().lower()
+    if name not in STRATEGIES:
+        raise ConfigError(f"strategy={name!r} is unknown; choose one of {', '.join(STRATEGIES)}.")
+    return StrategyName(name)
+
+
+def baseline_name(name: str) -> str:
+    """The strategy of the plaintext baseline that a run of ``name`` is compared with.
+
+    The same name, except SecureFed: its baseline is FedAvg without the hardening (asked
+    for explicitly; SecureFed itself without encryption is a :class:`ConfigError`).
+    """
+    value = strategy_name(name).value
+    return value if value in PLAINTEXT_STRATEGIES else StrategyName.fedavg.value
+
+
+def plaintext_problem(name: str) -> str:
+    """Why ``name`` cannot run without encryption (empty when it can).
+
+    :func:`cifer_flwr.config.validate` reports it for a composed config before anything
+    starts; :func:`build_strategy` refuses the same combination.
+    """
+    value = strategy_name(name).value
+    if value in PLAINTEXT_STRATEGIES:
+        return ""
+    return (
+        f"strategy={value} is an encrypted strategy and has no plaintext baseline; turn "
+        "encryption on (encryption=ckks / run config encryption=true) or pick "
+        f"{baseline_name(value)} for the plaintext baseline"
+    )
+
+
+def _name(field: str) -> str:
+    key = RUN_CONFIG_KEYS.get(field)
+    return f"strategy.{field}" + (f" (run config '{key}')" if key else "")
+
+
+def hyperparameter_problems(
+    strategy: StrategyConfig,
+    *,
+    fraction_train: float = 1.0,
+    fraction_evaluate: float = 1.0,
+    min_nodes: tuple[int, ...] = (),
+) -> list[str]:
+    """What is wrong with these hyperparameters (empty when they are valid).
+
+    Only the hyperparameters the named strategy takes are checked: ``eta > 0``,
+    ``eta_l > 0``, ``0 <= beta_1, beta_2 < 1``, ``tau > 0``, ``proximal_mu >= 0``,
+    ``min_cohort >= 1``, ``clip_norm > 0`` or ``None``, ``noise_multiplier >= 0`` (and
+    ``> 0`` only with ``clip_norm``); fractions must lie in ``(0, 1]`` and node counts be
+    ``>= 1``. :func:`cifer_flwr.config.validate` reports the same problems for a composed
+    Hydra config.
+    """
+    s = strategy
+    problems: list[str] = []
+    for label, value in (
+        ("fraction_train", fraction_train),
+        ("fraction_evaluate", fraction_evaluate),
+    ):
+        if not 0.0 < value <= 1.0:
+            problems.append(f"{label} must be in (0, 1], got {value}")
+    for count in min_nodes:
+        if count < 1:
+            problems.append(f"node counts must be >= 1, got {count}")
+    used = _PARAMS[strategy_name(s.name).value]
+    positive = ("eta", "eta_l", "tau")
+    for field in used:
+        value = getattr(s, field)
+        if field in positive and not value > 0:
+            problems.append(f"{_name(field)} must be > 0, got {value}")
+        elif field in ("beta_1", "beta_2") and not 0.0 <= value < 1.0:
+            problems.append(f"{_name(field)} must be in [0, 1), got {value}")
+        elif field in ("proximal_mu", "noise_multiplier") and not value >= 0:
+            problems.append(f"{_name(field)} must be >= 0, got {value}")
+        elif field == "min_cohort" and value < 1:
+            problems.append(f"{_name(field)} must be >= 1, got {value}")
+        elif field == "clip_norm" and value is not None and not value > 0:
+            problems.append(
+                f"{_name(field)} must be > 0 or None (no clipping; 0.0 in run config), got {value}"
+            )
+    if "noise_multiplier" in used and s.noise_multiplier > 0 and s.clip_norm is None:
+        problems.append(
+            f"{_name('noise_multiplier')}={s.noise_multiplier} needs "
+            f"{_name('clip_norm')} (the noise is scaled to the clipping bound)"
+        )
+    return problems
+
+
+def checkpoint_options(
+    strategy_class: type, path: Path | None, resume: bool, *, encrypted: bool
+) -> dict[str, Any]:
+    """Constructor keywords ``checkpoint_path`` / ``resume`` for ``strategy_class``.
+
+    Raises
+    ------
+    ConfigError
+        When ``resume`` is asked for a plaintext strategy (Flower's strategies keep no
+        checkpoint: the plaintext baseline is rerun from round 1), or without a path.
+
+    """
+    if not encrypted:
+        if resume:
+            raise ConfigError(
+                "resume=true needs an encrypted strategy: the plaintext baseline "
+                "(encryption=none / encryption=false) keeps no checkpoint; rerun it from "
+                "round 1 without resume."
+            )
+        return {}
+    if resume and path is None:
+        raise ConfigError(
+            "resume=true but no checkpoint path: set run config 'results-path' (the "
+            "checkpoint lives next to it) or 'checkpoint-path' to an absolute path."
+        )
+    params = inspect.signature(strategy_class).parameters
+    if "checkpoint_path" not in params:  # a strategy without checkpoints (none today)
+        if resume:
+            raise ConfigError(
+                f"{strategy_class.__name__} cannot resume (no checkpoint_path argument); "
+                "rerun without resume."
+            )
+        return {}
+    return {"checkpoint_path": path, "resume": resume}
+
+
+def build_strategy(
+    strategy: StrategyConfig,
+    *,
+    encrypted: bool,
+    public_key: str | os.PathLike[str] | None = None,
+    save_path: str | os.PathLike[str] | None = None,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    fraction_train: float = 1.0,
+    fraction_evaluate: float = 1.0,
+    min_train_nodes: int = 2,
+    min_evaluate_nodes: int = 2,
+    min_available_nodes: int = 2,
+) -> Strategy:
+    """Build the strategy ``strategy`` names, encrypted or as Flower's plaintext baseline.
+
+    Parameters
+    ----------
+    strategy : StrategyConfig
+        Name and hyperparameters (those the strategy does not take are ignored).
+    encrypted : bool
+        Our encrypted strategy (``True``) or Flower's class of the same name.
+    public_key : path, optional
+        The federation's ``public.key``; required when ``encrypted``.
+    save_path, checkpoint_path : path, optional
+        Where an encrypted strategy writes its encrypted global model / its checkpoint.
+    resume : bool (default: False)
+        Continue from ``checkpoint_path`` (encrypted strategies only).
+    fraction_train, fraction_evaluate : float (default: 1.0)
+        Fractions of the available nodes sampled per round, in ``(0, 1]``.
+    min_train_nodes, min_evaluate_nodes, min_available_nodes : int (default: 2)
+        Flower's node minimums.
+
+    Returns
+    -------
+    Strategy
+        A :mod:`cifer_flwr.strategies` instance, or a :mod:`flwr.serverapp.strategy` one.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name, invalid hyperparameters (:func:`hyperparameter_problems`),
+        SecureFed without encryption, encryption without ``public_key``, or ``resume``
+        without encryption or checkpoint path.
+
+    """
+    name = strategy_name(strategy.name).value
+    counts = (min_train_nodes, min_evaluate_nodes, min_available_nodes)
+    problems = hyperparameter_problems(
+        strategy,
+        fraction_train=fraction_train,
+        fraction_evaluate=fraction_evaluate,
+        min_nodes=counts,
+    )
+    if problems:
+        raise ConfigError(f"invalid {name} configuration: " + "; ".join(problems) + ".")
+    kwargs: dict[str, Any] = {
+        "fraction_train": fraction_train,
+        "fraction_evaluate": fraction_evaluate,
+        "min_train_nodes": min_train_nodes,
+        "min_evaluate_nodes": min_evaluate_nodes,
+        "min_available_nodes": min_available_nodes,
+    }
+    kwargs.update({field: getattr(strategy, field) for field in _PARAMS[name]})
+    if not encrypted:
+        problem = plaintext_problem(name)
+        if problem:
+            raise ConfigError(problem + ".")
+        checkpoint_options(PLAINTEXT_STRATEGIES[name], None, resume, encrypted=False)
+        return PLAINTEXT_STRATEGIES[name](**kwargs)
+    if public_key is None or not str(public_key):
+        raise ConfigError(
+            "encryption is on but no public key was given; pass the absolute path of the "
+            "federation's public.key (run config 'public-key', e.g. --run-config "
+            "'public-key=\"/abs/keys/NAME/public.key\"'), or turn encryption off."
+        )
+    cls: Any = ENCRYPTED_STRATEGIES[name]  # every encrypted class takes these keywords
+    ckpt = Path(checkpoint_path) if checkpoint_path else None
+    kwargs.update(checkpoint_options(cls, ckpt, resume, encrypted=True))
+    save = Path(save_path) if save_path else None
+    built: Strategy = cls(public_key=public_key, save_path=save, **kwargs)
+    return built
