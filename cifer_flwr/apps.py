@@ -25,7 +25,6 @@ Only key *paths* ever appear in run config; the ServerApp loads a public key onl
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore.run import Run
 
 from cifer_flwr.config import strategy_defaults
-from cifer_flwr.crypto.container import write_file_atomic
+from cifer_flwr.crypto.container import remove_temp_files, write_file_atomic
 from cifer_flwr.exceptions import ConfigError
 from cifer_flwr.mods import ckks_mod
 from cifer_flwr.strategy_builder import (
@@ -411,9 +410,7 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> Path:
     Temp files a killed writer left next to ``path`` (``.NAME.*``, see
     :func:`~cifer_flwr.crypto.container.write_file_atomic`) are removed first.
     """
-    for stale in path.parent.glob(f".{path.name}.*"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
+    remove_temp_files(path)
     return write_file_atomic(path, json.dumps(data, indent=2).encode("utf-8"))
 
 

@@ -12,6 +12,8 @@ No pickle is involved anywhere.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -128,15 +130,24 @@ def unpack(data: bytes, *, kind: str | None = None) -> tuple[dict[str, Any], lis
     return header, blobs
 
 
-def write_file_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file + rename) with permissions ``mode``.
+def write_file_atomic(
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    mode: int = 0o644,
+    temp_prefix: str | None = None,
+) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync of the directory).
 
     The file is created with ``mode`` from the start, so a secret never exists with
-    looser permissions, and a crash never leaves a half-written file at ``path``.
+    looser permissions, and a crash never leaves a half-written file at ``path``. The
+    temporary file is named ``temp_prefix`` + random (default ``.NAME.``), so a caller can
+    find and remove what a killed writer left behind.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    prefix = f".{target.name}." if temp_prefix is None else temp_prefix
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=target.parent)
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
@@ -147,7 +158,30 @@ def write_file_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power loss
+    finally:
+        os.close(dir_fd)
     return target
+
+
+def remove_temp_files(
+    path: str | os.PathLike[str], *, temp_prefix: str | None = None
+) -> list[Path]:
+    """Remove the temporary files a killed :func:`write_file_atomic` left next to ``path``.
+
+    ``temp_prefix`` must be the one the writer used (default ``.NAME.``).
+    """
+    target = Path(path)
+    prefix = f".{target.name}." if temp_prefix is None else temp_prefix
+    removed = []
+    if target.parent.is_dir():
+        for tmp in target.parent.glob(f"{glob.escape(prefix)}*"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 def read_file(

@@ -12,10 +12,8 @@ worst a temporary file that the next start removes.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,42 +68,18 @@ def _temp_prefix(path: Path) -> str:
 
 def remove_temp_files(path: str | os.PathLike[str]) -> list[Path]:
     """Remove temporary files a crash during :func:`write_checkpoint` left next to ``path``."""
-    target = Path(path)
-    removed = []
-    if target.parent.is_dir():
-        for tmp in target.parent.glob(f"{_temp_prefix(target)}*"):
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-                removed.append(tmp)
-    return removed
+    return container.remove_temp_files(path, temp_prefix=_temp_prefix(Path(path)))
 
 
 def write_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Path:
     """Write ``checkpoint`` to ``path`` atomically (temp file, fsync, rename, fsync dir)."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     data = container.pack(
         KIND_STRATEGY_CHECKPOINT,
         {"state": checkpoint.state, "format": CHECKPOINT_FORMAT},
         [checkpoint.model, checkpoint.digests],
     )
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), dir=target.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return target
+    return container.write_file_atomic(target, data, mode=0o600, temp_prefix=_temp_prefix(target))
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:

@@ -152,3 +152,16 @@ def node_configs(private_key_path, nodes=(1, 2, 3), overrides: dict[int, str] | 
 
 def plain_initial() -> ArrayRecord:
     return ArrayRecord({k: ArrayRecord([v])["0"] for k, v in INITIAL.items()})
+
+
+def run_encrypted(key_files, name, rounds, nodes, common, tamper=None, **kwargs):
+    """Run encrypted strategy ``name`` in-process; return (strategy, seen, result)."""
+    from cifer_flwr import strategies
+
+    priv, pub = key_files
+    seen: dict = {}
+    grid = InProcessGrid(make_client_app(seen, encrypted=True), node_configs(priv, nodes=nodes))
+    grid.tamper = tamper
+    strategy = getattr(strategies, name)(public_key=pub, **common, **kwargs)
+    result = strategy.start(grid=grid, initial_arrays=plain_initial(), num_rounds=rounds)
+    return strategy, seen, result

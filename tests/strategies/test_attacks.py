@@ -41,6 +41,7 @@ from tests.strategies.harness import (
     make_client_app,
     node_configs,
     plain_initial,
+    run_encrypted,
 )
 
 NODES = (1, 2, 3, 4)
@@ -498,13 +499,7 @@ def test_attack(name, key_files):
 
 # --------------------------------------------------------------------------- beyond the table
 def _plain_run(key_files, tamper=None, name="FedAvg", rounds=2, **kwargs):
-    priv, pub = key_files
-    seen: dict = {}
-    grid = InProcessGrid(make_client_app(seen, encrypted=True), node_configs(priv, nodes=NODES))
-    grid.tamper = tamper
-    strategy = getattr(strategies, name)(public_key=pub, **COMMON, **kwargs)
-    result = strategy.start(grid=grid, initial_arrays=plain_initial(), num_rounds=rounds)
-    return strategy, seen, result
+    return run_encrypted(key_files, name, rounds, NODES, COMMON, tamper, **kwargs)
 
 
 def _break(nodes):

@@ -24,7 +24,13 @@ from cifer_flwr import crypto, protocol, strategies
 from cifer_flwr.constants import CHECKPOINT_TMP_MARK, CONTAINER_MAGIC
 from cifer_flwr.exceptions import CiphertextFormatError, ConfigError, KeyMismatchError
 from cifer_flwr.strategies._checkpoint import read_checkpoint, remove_temp_files
-from tests.strategies.harness import InProcessGrid, make_client_app, node_configs, plain_initial
+from tests.strategies.harness import (
+    InProcessGrid,
+    make_client_app,
+    node_configs,
+    plain_initial,
+    run_encrypted,
+)
 
 N, K = 4, 2
 NODES = (1, 2, 3)
@@ -33,13 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(key_files, name, rounds, tamper=None, **kwargs):
-    priv, pub = key_files
-    seen: dict = {}
-    grid = InProcessGrid(make_client_app(seen, encrypted=True), node_configs(priv, nodes=NODES))
-    grid.tamper = tamper
-    strategy = getattr(strategies, name)(public_key=pub, **COMMON, **kwargs)
-    result = strategy.start(grid=grid, initial_arrays=plain_initial(), num_rounds=rounds)
-    return strategy, seen, result
+    return run_encrypted(key_files, name, rounds, NODES, COMMON, tamper, **kwargs)
 
 
 def decrypted(result, key_files):
