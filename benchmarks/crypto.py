@@ -7,7 +7,7 @@ Usage: python benchmarks/crypto.py [--params 1000000] [--clients 10] [--preset d
 import argparse
 import json
 
-from cifer_flwr.bench import bench_crypto
+from cifer_flwr.tooling.bench import bench_crypto
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__)

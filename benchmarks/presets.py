@@ -10,7 +10,7 @@ import argparse
 import numpy as np
 
 from cifer_flwr import crypto
-from cifer_flwr.bench import client_updates
+from cifer_flwr.tooling.bench import client_updates
 
 CANDIDATES = [
     ((40, 60), 34),

@@ -10,7 +10,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 
 from cifer_flwr import crypto
-from cifer_flwr.federation import processes
+from cifer_flwr.tooling.federation import processes
 
 
 def pytest_configure(config: pytest.Config) -> None:

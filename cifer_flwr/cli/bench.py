@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cifer_flwr.bench import bench_crypto
 from cifer_flwr.cli._common import console, fail, status
 from cifer_flwr.exceptions import CiferError
+from cifer_flwr.tooling.bench import bench_crypto
 
 app = typer.Typer(
     pretty_exceptions_show_locals=False, help="Measure encryption cost.", no_args_is_help=True

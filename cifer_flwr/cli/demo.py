@@ -63,8 +63,8 @@ def demo(
     quickstart encrypted and then plaintext, stops everything, decrypts the final model with
     the private key and evaluates it. Example: cifer demo
     """
-    from cifer_flwr.demo import run_demo
-    from cifer_flwr.federation.processes import Terminated, terminate_as_interrupt
+    from cifer_flwr.tooling.demo import run_demo
+    from cifer_flwr.tooling.federation.processes import Terminated, terminate_as_interrupt
 
     try:
         # SIGTERM / SIGHUP tear down like Ctrl-C: the runs, the federation, their descendants

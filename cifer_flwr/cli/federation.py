@@ -42,7 +42,7 @@ def up_cmd(
     Example: cifer federation up --nodes 3 --tls --auth --keys demo
     """
     from cifer_flwr import crypto
-    from cifer_flwr.federation import up
+    from cifer_flwr.tooling.federation import up
 
     try:
         private = public = None
@@ -84,7 +84,7 @@ def up_cmd(
 @app.command("down")
 def down_cmd(directory: DirOption = Path(".cifer/federation")) -> None:
     """Stop exactly the processes `up` started (PIDs from the state file), and their children."""
-    from cifer_flwr.federation import Federation
+    from cifer_flwr.tooling.federation import Federation
 
     try:
         fed = Federation.load(directory)
@@ -103,7 +103,7 @@ def status_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show the federation's address, processes (running or not) and health."""
-    from cifer_flwr.federation import Federation
+    from cifer_flwr.tooling.federation import Federation
 
     try:
         info = Federation.load(directory).status()

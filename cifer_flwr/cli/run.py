@@ -23,8 +23,8 @@ def run(
     cifer run topology=p2p topology.graph=ring num_rounds=5 |
     cifer run -m strategy=fedavg,fedyogi encryption=ckks,none num_rounds=2
     """
-    from cifer_flwr.federation.processes import Terminated, terminate_as_interrupt
-    from cifer_flwr.launch import hydra_entry
+    from cifer_flwr.experiments.launch import hydra_entry
+    from cifer_flwr.tooling.federation.processes import Terminated, terminate_as_interrupt
 
     try:
         # SIGTERM / SIGHUP tear down like Ctrl-C: the run, the federation, their descendants
@@ -44,7 +44,7 @@ def report(
 
     Example: cifer report multirun/2026-11-21/10-00-00
     """
-    from cifer_flwr.report import report as write_report
+    from cifer_flwr.experiments.report import report as write_report
 
     try:
         md, png = write_report(directory)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from cifer_flwr.launch import expand_sweep
+from cifer_flwr.experiments.launch import expand_sweep
 
 
 @pytest.mark.parametrize(

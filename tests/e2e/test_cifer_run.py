@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cifer_flwr import crypto, protocol
-from cifer_flwr.federation.processes import is_alive
+from cifer_flwr.tooling.federation.processes import is_alive
 
 pytestmark = pytest.mark.e2e
 CIFER = [sys.executable, "-m", "cifer_flwr.cli"]

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from cifer_flwr import crypto
-from cifer_flwr.demo import decrypt_final_model, evaluate_with_example, find_example
-from cifer_flwr.federation import Federation, up
-from cifer_flwr.federation.audit import find_secret_key
-from cifer_flwr.federation.processes import descendants, is_alive
-from cifer_flwr.federation.runs import run_app
+from cifer_flwr.tooling.demo import decrypt_final_model, evaluate_with_example, find_example
+from cifer_flwr.tooling.federation import Federation, up
+from cifer_flwr.tooling.federation.audit import find_secret_key
+from cifer_flwr.tooling.federation.processes import descendants, is_alive
+from cifer_flwr.tooling.federation.runs import run_app
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.e2e

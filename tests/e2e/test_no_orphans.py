@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from cifer_flwr.federation.processes import cmdline, descendants, is_alive
+from cifer_flwr.tooling.federation.processes import cmdline, descendants, is_alive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -81,7 +81,7 @@ def test_signalled_cifer_run_leaves_no_process(tmp_path, sig):
 
 SESSION_TEST = """
 import time
-from cifer_flwr.federation import up
+from cifer_flwr.tooling.federation import up
 
 
 def test_holds_a_federation(tmp_path):

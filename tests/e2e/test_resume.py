@@ -30,12 +30,12 @@ import numpy as np
 import pytest
 
 from cifer_flwr import crypto, strategies
-from cifer_flwr.config import compose, overrides_to_string
-from cifer_flwr.demo import decrypt_final_model
-from cifer_flwr.federation import Federation, up
-from cifer_flwr.federation.processes import cmdline, descendants, is_alive
-from cifer_flwr.federation.runs import RunOutcome, run_app
-from cifer_flwr.launch import APP_DIR
+from cifer_flwr.experiments.config import compose, overrides_to_string
+from cifer_flwr.experiments.launch import APP_DIR
+from cifer_flwr.tooling.demo import decrypt_final_model
+from cifer_flwr.tooling.federation import Federation, up
+from cifer_flwr.tooling.federation.processes import cmdline, descendants, is_alive
+from cifer_flwr.tooling.federation.runs import RunOutcome, run_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

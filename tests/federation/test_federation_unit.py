@@ -12,12 +12,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 
-from cifer_flwr.federation import Federation, FederationError, ProcessInfo
-from cifer_flwr.federation.audit import find_secret_key
-from cifer_flwr.federation.certs import make_node_auth_key, make_tls_files
-from cifer_flwr.federation.local import _write_connection, parse_json_output
-from cifer_flwr.federation.processes import descendants, is_alive, spawn, stop_pids
-from cifer_flwr.federation.runs import to_toml
+from cifer_flwr.tooling.federation import Federation, FederationError, ProcessInfo
+from cifer_flwr.tooling.federation.audit import find_secret_key
+from cifer_flwr.tooling.federation.certs import make_node_auth_key, make_tls_files
+from cifer_flwr.tooling.federation.local import _write_connection, parse_json_output
+from cifer_flwr.tooling.federation.processes import descendants, is_alive, spawn, stop_pids
+from cifer_flwr.tooling.federation.runs import to_toml
 
 
 def test_tls_files_chain_and_san(tmp_path):
@@ -121,7 +121,7 @@ def test_tied_process_tree_dies_with_its_owner(tmp_path):
     grandchild = "import subprocess, sys, time; subprocess.Popen(['sleep', '60']); time.sleep(60)"
     owner = (
         "import json, sys, time; from pathlib import Path\n"
-        "from cifer_flwr.federation.processes import spawn\n"
+        "from cifer_flwr.tooling.federation.processes import spawn\n"
         f"pid = spawn([sys.executable, '-c', {grandchild!r}], log_path=Path({str(tmp_path)!r})"
         " / 'c.log', env={'PATH': '/usr/bin:/bin'}, tied=True)\n"
         "print(json.dumps(pid), flush=True); time.sleep(60)\n"

@@ -15,17 +15,17 @@ from typing import Any
 import pytest
 from flwr.app import Context, RecordDict
 
-from cifer_flwr import apps
-from cifer_flwr.app import client_app
-from cifer_flwr.config import StrategyConfig, compose, strategy_defaults
 from cifer_flwr.exceptions import ConfigError, KeyFileError
-from cifer_flwr.strategy_builder import (
+from cifer_flwr.experiments import apps
+from cifer_flwr.experiments.app import client_app
+from cifer_flwr.experiments.config import StrategyConfig, compose, strategy_defaults
+from cifer_flwr.experiments.strategy_builder import (
     RUN_CONFIG_KEYS,
     STRATEGIES,
     baseline_name,
     build_strategy,
 )
-from cifer_flwr.topology import centralized
+from cifer_flwr.experiments.topology import centralized
 
 #: Attributes a built strategy exposes (those it has are compared).
 ATTRS = (
@@ -263,7 +263,7 @@ def test_one_client_mod_for_examples_and_generic_app(monkeypatch):
 def test_generic_client_uses_the_shared_key_loader(key_files, monkeypatch):
     from cifer_flwr import mods
     from cifer_flwr.constants import ENV_PRIVATE_KEY, NODE_CONFIG_PRIVATE_KEY
-    from cifer_flwr.experiment import ClientRuntime
+    from cifer_flwr.experiments.experiment import ClientRuntime
 
     monkeypatch.delenv(ENV_PRIVATE_KEY, raising=False)
     priv, _ = key_files

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from cifer_flwr.app.client_app import app as client_app
-from cifer_flwr.config import compose, overrides_to_string
-from cifer_flwr.experiment import run_on_grid
+from cifer_flwr.experiments.app.client_app import app as client_app
+from cifer_flwr.experiments.config import compose, overrides_to_string
+from cifer_flwr.experiments.experiment import run_on_grid
 from tests.strategies.harness import InProcessGrid
 
 

@@ -10,7 +10,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from cifer_flwr.apps import encryption_mod
+from cifer_flwr.experiments.apps import encryption_mod
 from pytorchexample import task
 
 torch.set_num_threads(1)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifer_flwr.data import Partition, cached_dataset, node_partition
+from cifer_flwr.experiments.data import Partition, cached_dataset, node_partition
 
 # (num classes, image side) of the datasets this example knows
 SHAPES = {"digits": (10, 8), "mnist": (10, 28)}

@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import log_loss
 
-from cifer_flwr.data import Partition, cached_dataset, node_partition
+from cifer_flwr.experiments.data import Partition, cached_dataset, node_partition
 
 # (num features, num classes) of the datasets this example knows
 SHAPES = {"breast-cancer": (30, 2), "digits": (64, 10), "mnist": (784, 10)}

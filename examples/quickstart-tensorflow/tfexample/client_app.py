@@ -9,7 +9,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from cifer_flwr.apps import encryption_mod
+from cifer_flwr.experiments.apps import encryption_mod
 from tfexample import task
 
 app = ClientApp(mods=[encryption_mod])

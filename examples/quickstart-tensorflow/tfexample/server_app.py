@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from cifer_flwr.apps import make_strategy, run_strategy
+from cifer_flwr.experiments.apps import make_strategy, run_strategy
 from tfexample import task
 
 app = ServerApp()

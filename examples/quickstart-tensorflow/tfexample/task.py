@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 
-from cifer_flwr.data import Partition, cached_dataset, node_partition
+from cifer_flwr.experiments.data import Partition, cached_dataset, node_partition
 
 # (num features, num classes) of the datasets this example knows
 SHAPES = {"digits": (64, 10), "breast-cancer": (30, 2), "mnist": (784, 10)}

@@ -7,9 +7,9 @@ from typing import cast
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from cifer_flwr.apps import switched_ckks_mod
-from cifer_flwr.experiment import client_runtime
-from cifer_flwr.topology.p2p import p2p_evaluate, p2p_train
+from cifer_flwr.experiments.apps import switched_ckks_mod
+from cifer_flwr.experiments.experiment import client_runtime
+from cifer_flwr.experiments.topology.p2p import p2p_evaluate, p2p_train
 
 #: The examples' client mod (``ckks_mod``, p2p messages passed through), switched by the
 #: Hydra config's ``encryption`` instead of run config ``encryption``.

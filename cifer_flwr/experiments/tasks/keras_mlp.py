@@ -6,8 +6,8 @@ import os
 
 import numpy as np
 
-from cifer_flwr.data import Partition
-from cifer_flwr.tasks.base import Arrays, TrainSettings
+from cifer_flwr.experiments.data import Partition
+from cifer_flwr.experiments.tasks.base import Arrays, TrainSettings
 
 __all__ = ["KerasMLP"]
 

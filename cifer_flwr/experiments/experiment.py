@@ -12,13 +12,13 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context
 from flwr.serverapp import Grid
 
-from cifer_flwr.config import ExperimentConfig, compose, overrides_to_string
-from cifer_flwr.data import Partition, load_dataset, load_partition
 from cifer_flwr.exceptions import ConfigError
+from cifer_flwr.experiments.config import ExperimentConfig, compose, overrides_to_string
+from cifer_flwr.experiments.data import Partition, load_dataset, load_partition
+from cifer_flwr.experiments.tasks import TASKS, Task, TrainSettings, get_task
+from cifer_flwr.experiments.topology.centralized import run_centralized
+from cifer_flwr.experiments.topology.p2p import PeerRuntime, run_p2p
 from cifer_flwr.mods import private_key_for
-from cifer_flwr.tasks import TASKS, Task, TrainSettings, get_task
-from cifer_flwr.topology.centralized import run_centralized
-from cifer_flwr.topology.p2p import PeerRuntime, run_p2p
 
 __all__ = [
     "ClientRuntime",
@@ -31,7 +31,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Run-config keys of the generic app (``flwr run ... --run-config "..."``); ``resume`` and
-#: ``checkpoint-path`` are :data:`cifer_flwr.apps.RC_RESUME` / ``RC_CHECKPOINT``.
+#: ``checkpoint-path`` are :data:`cifer_flwr.experiments.apps.RC_RESUME` / ``RC_CHECKPOINT``.
 RC_OVERRIDES = "hydra-overrides"
 RC_RESULTS = "results-path"
 RC_PUBLIC_KEY = "public-key"

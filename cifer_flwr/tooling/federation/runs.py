@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cifer_flwr.federation.local import Federation, FederationError, _exe
+from cifer_flwr.tooling.federation.local import Federation, FederationError, _exe
 
 __all__ = ["RunOutcome", "run_app", "to_toml"]
 

@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 
 from cifer_flwr import crypto, protocol
-from cifer_flwr.data import load_dataset
 from cifer_flwr.exceptions import CiferError, ConfigError
-from cifer_flwr.federation.audit import find_secret_key
-from cifer_flwr.federation.local import Federation, up
-from cifer_flwr.federation.runs import RunOutcome, run_app
-from cifer_flwr.strategy_builder import baseline_name, strategy_name
+from cifer_flwr.experiments.data import load_dataset
+from cifer_flwr.experiments.strategy_builder import baseline_name, strategy_name
+from cifer_flwr.tooling.federation.audit import find_secret_key
+from cifer_flwr.tooling.federation.local import Federation, up
+from cifer_flwr.tooling.federation.runs import RunOutcome, run_app
 
 __all__ = [
     "DemoReport",
@@ -57,7 +57,7 @@ def find_example(name: str = EXAMPLE) -> Path:
     candidates = []
     if os.environ.get(ENV_EXAMPLES):
         candidates.append(Path(os.environ[ENV_EXAMPLES]) / name)
-    candidates.append(Path(__file__).resolve().parent.parent / "examples" / name)
+    candidates.append(Path(__file__).resolve().parents[2] / "examples" / name)
     candidates.append(Path.cwd() / "examples" / name)
     for c in candidates:
         if (c / "pyproject.toml").is_file():
@@ -192,8 +192,8 @@ def run_demo(
     rounds : int
         Federated rounds of each run.
     strategy : str
-        One of :data:`cifer_flwr.strategy_builder.STRATEGIES`; the plaintext run uses
-        :func:`~cifer_flwr.strategy_builder.baseline_name` (FedAvg for SecureFed).
+        One of :data:`cifer_flwr.experiments.strategy_builder.STRATEGIES`; the plaintext run uses
+        :func:`~cifer_flwr.experiments.strategy_builder.baseline_name` (FedAvg for SecureFed).
     auth : bool
         SuperNode authentication (TLS is always on).
     timeout : float

@@ -21,9 +21,15 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from cifer_flwr import crypto
-from cifer_flwr.config import CONF_DIR, ExperimentConfig, compose, overrides_to_string, validate
 from cifer_flwr.exceptions import CiferError, ConfigError
-from cifer_flwr.report import plot_runs
+from cifer_flwr.experiments.config import (
+    CONF_DIR,
+    ExperimentConfig,
+    compose,
+    overrides_to_string,
+    validate,
+)
+from cifer_flwr.experiments.report import plot_runs
 
 __all__ = [
     "APP_DIR",
@@ -91,7 +97,7 @@ def _check_resumable(exp: ExperimentConfig, out_dir: Path) -> None:
         No checkpoint or key pair in ``out_dir``, or its config differs from ``exp``.
 
     """
-    from cifer_flwr.apps import CHECKPOINT_SUFFIX
+    from cifer_flwr.experiments.apps import CHECKPOINT_SUFFIX
 
     ckpt = (out_dir / RESULTS_FILE).with_suffix(CHECKPOINT_SUFFIX)
     fix = (
@@ -129,8 +135,8 @@ def run_experiment(
     exp: ExperimentConfig, out_dir: Path, progress: Progress | None = None
 ) -> dict[str, Any]:
     """Run one experiment on a fresh local deployment and write its outputs into ``out_dir``."""
-    from cifer_flwr.federation import up
-    from cifer_flwr.federation.runs import run_app
+    from cifer_flwr.tooling.federation import up
+    from cifer_flwr.tooling.federation.runs import run_app
 
     say = progress or (lambda msg: log.info("%s", msg))
     if exp.resume:

@@ -21,9 +21,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid
 
 from cifer_flwr import crypto
-from cifer_flwr.data import Partition
-from cifer_flwr.tasks import Task, TrainSettings
-from cifer_flwr.topology.graph import build_graph, mix, mixing_weights
+from cifer_flwr.experiments.data import Partition
+from cifer_flwr.experiments.tasks import Task, TrainSettings
+from cifer_flwr.experiments.topology.graph import build_graph, mix, mixing_weights
 
 __all__ = ["P2P_EVALUATE", "P2P_TRAIN", "PeerRuntime", "p2p_evaluate", "p2p_train", "run_p2p"]
 

@@ -6,8 +6,8 @@ import warnings
 
 import numpy as np
 
-from cifer_flwr.data import Partition
-from cifer_flwr.tasks.base import Arrays, TrainSettings, accuracy_and_loss
+from cifer_flwr.experiments.data import Partition
+from cifer_flwr.experiments.tasks.base import Arrays, TrainSettings, accuracy_and_loss
 
 __all__ = ["SklearnLogReg"]
 

@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cifer_flwr.crypto import get_preset
 from cifer_flwr.exceptions import ConfigError, UnknownPresetError
-from cifer_flwr.tasks import TASKS
+from cifer_flwr.experiments.tasks import TASKS
 
 __all__ = [
     "CONF_DIR",
@@ -161,7 +161,7 @@ def _check(exp: ExperimentConfig) -> None:
     if exp.num_rounds < 1:
         problems.append(f"num_rounds must be >= 1, got {exp.num_rounds}")
     # strategy hyperparameters and fractions: the one check the strategy builder applies
-    from cifer_flwr.strategy_builder import hyperparameter_problems, plaintext_problem
+    from cifer_flwr.experiments.strategy_builder import hyperparameter_problems, plaintext_problem
 
     problems += hyperparameter_problems(
         exp.strategy, fraction_train=exp.fraction_train, fraction_evaluate=exp.fraction_evaluate

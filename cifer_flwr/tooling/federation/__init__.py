@@ -5,7 +5,7 @@
   results file, never exit codes).
 """
 
-from cifer_flwr.federation.local import (
+from cifer_flwr.tooling.federation.local import (
     DEFAULT_CONNECTION,
     DEFAULT_DIR,
     Federation,

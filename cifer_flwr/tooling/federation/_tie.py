@@ -1,6 +1,6 @@
 """Run one command and take its whole process tree down with it (a small supervisor).
 
-Usage (what :func:`cifer_flwr.federation.processes.spawn` does for ``tied`` processes)::
+Usage (what :func:`cifer_flwr.tooling.federation.processes.spawn` does for ``tied`` processes)::
 
     python -I _tie.py GRACE COMMAND [ARGS...]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cifer_flwr.exceptions import ConfigError
-from cifer_flwr.tasks.base import Arrays, Task, TrainSettings
+from cifer_flwr.experiments.tasks.base import Arrays, Task, TrainSettings
 
 __all__ = ["TASKS", "Arrays", "Task", "TrainSettings", "get_task"]
 
@@ -20,15 +20,15 @@ TASKS: dict[str, tuple[str, str]] = {
 def get_task(model: str, dataset: str) -> Task:
     """Return the task for a model family (``torch``, ``tensorflow``, ``sklearn``) and dataset."""
     if model == "torch":
-        from cifer_flwr.tasks.torch_mlp import TorchMLP
+        from cifer_flwr.experiments.tasks.torch_mlp import TorchMLP
 
         return TorchMLP(dataset)
     if model == "tensorflow":
-        from cifer_flwr.tasks.keras_mlp import KerasMLP
+        from cifer_flwr.experiments.tasks.keras_mlp import KerasMLP
 
         return KerasMLP(dataset)
     if model == "sklearn":
-        from cifer_flwr.tasks.sklearn_logreg import SklearnLogReg
+        from cifer_flwr.experiments.tasks.sklearn_logreg import SklearnLogReg
 
         return SklearnLogReg(dataset)
     raise ConfigError(f"unknown model family {model!r}; choose torch, tensorflow or sklearn.")

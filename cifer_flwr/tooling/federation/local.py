@@ -33,8 +33,8 @@ from typing import Any
 
 from cifer_flwr.constants import ENV_PRIVATE_KEY, NODE_CONFIG_PRIVATE_KEY
 from cifer_flwr.exceptions import CiferError
-from cifer_flwr.federation import processes
-from cifer_flwr.federation.certs import make_node_auth_key, make_tls_files
+from cifer_flwr.tooling.federation import processes
+from cifer_flwr.tooling.federation.certs import make_node_auth_key, make_tls_files
 
 __all__ = [
     "DEFAULT_CONNECTION",

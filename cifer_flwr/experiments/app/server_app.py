@@ -8,9 +8,14 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from cifer_flwr.apps import checkpoint_path, previous_rows, resume_requested, write_json_atomic
-from cifer_flwr.config import compose
-from cifer_flwr.experiment import (
+from cifer_flwr.experiments.apps import (
+    checkpoint_path,
+    previous_rows,
+    resume_requested,
+    write_json_atomic,
+)
+from cifer_flwr.experiments.config import compose
+from cifer_flwr.experiments.experiment import (
     RC_OVERRIDES,
     RC_PUBLIC_KEY,
     RC_RESULTS,

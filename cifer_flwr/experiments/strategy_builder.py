@@ -1,16 +1,17 @@
 """The one strategy builder: name, encryption and typed hyperparameters -> a strategy.
 
 Every entry point builds its strategy here (docs/design.md §3): the examples' ServerApps
-(:func:`cifer_flwr.apps.make_strategy` translates Flower run config), the generic app behind
-``cifer run`` and ``cifer demo`` (:func:`cifer_flwr.topology.centralized.make_strategy`
-translates the Hydra :class:`~cifer_flwr.config.ExperimentConfig`). The builder is a pure
+(:func:`cifer_flwr.experiments.apps.make_strategy` translates Flower run config), the generic
+app behind ``cifer run`` and ``cifer demo``
+(:func:`cifer_flwr.experiments.topology.centralized.make_strategy` translates the Hydra
+:class:`~cifer_flwr.experiments.config.ExperimentConfig`). The builder is a pure
 function of typed inputs, so the validation lives in one place and a configuration means
 the same strategy whichever entry point reads it; a behaviour difference between entry
 points is a bug.
 
 It sits in the experiment harness, not in the library: it knows both our encrypted
 strategies and Flower's plaintext baselines of the same name, and the harness's
-checkpoint / resume conventions. It imports neither :mod:`cifer_flwr.apps` nor the
+checkpoint / resume conventions. It imports neither :mod:`cifer_flwr.experiments.apps` nor the
 topology code, so both can use it without an import cycle.
 """
 
@@ -25,8 +26,8 @@ from flwr.serverapp import strategy as flwr_strategy
 from flwr.serverapp.strategy import Strategy
 
 from cifer_flwr import strategies
-from cifer_flwr.config import StrategyConfig, StrategyName
 from cifer_flwr.exceptions import ConfigError
+from cifer_flwr.experiments.config import StrategyConfig, StrategyName
 
 __all__ = [
     "ENCRYPTED_STRATEGIES",
@@ -89,7 +90,7 @@ _PARAMS: Final[dict[str, tuple[str, ...]]] = {
 
 
 def strategy_name(value: object) -> StrategyName:
-    """The :class:`~cifer_flwr.config.StrategyName` for ``value`` (case-insensitive).
+    """The :class:`~cifer_flwr.experiments.config.StrategyName` for ``value`` (case-insensitive).
 
     Raises
     ------
@@ -116,7 +117,7 @@ def baseline_name(name: str) -> str:
 def plaintext_problem(name: str) -> str:
     """Why ``name`` cannot run without encryption (empty when it can).
 
-    :func:`cifer_flwr.config.validate` reports it for a composed config before anything
+    :func:`cifer_flwr.experiments.config.validate` reports it for a composed config before anything
     starts; :func:`build_strategy` refuses the same combination.
     """
     value = strategy_name(name).value
@@ -147,8 +148,8 @@ def hyperparameter_problems(
     ``eta_l > 0``, ``0 <= beta_1, beta_2 < 1``, ``tau > 0``, ``proximal_mu >= 0``,
     ``min_cohort >= 1``, ``clip_norm > 0`` or ``None``, ``noise_multiplier >= 0`` (and
     ``> 0`` only with ``clip_norm``); fractions must lie in ``(0, 1]`` and node counts be
-    ``>= 1``. :func:`cifer_flwr.config.validate` reports the same problems for a composed
-    Hydra config.
+    ``>= 1``. :func:`cifer_flwr.experiments.config.validate` reports the same problems for a
+    composed Hydra config.
     """
     s = strategy
     problems: list[str] = []

@@ -6,8 +6,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from cifer_flwr.data import Partition
-from cifer_flwr.tasks.base import Arrays, TrainSettings
+from cifer_flwr.experiments.data import Partition
+from cifer_flwr.experiments.tasks.base import Arrays, TrainSettings
 
 __all__ = ["TorchMLP"]
 

@@ -5,8 +5,9 @@ The examples under ``examples/`` use these so that their ``server_app.py`` and
 
 * :func:`make_strategy` translates run config (``strategy``, ``encryption``, ``public-key``,
   ...) into the inputs of the one strategy builder,
-  :func:`cifer_flwr.strategy_builder.build_strategy`: one of our encrypted strategies, or
-  Flower's own class of the same name when ``encryption = false`` (the plaintext baseline).
+  :func:`cifer_flwr.experiments.strategy_builder.build_strategy`: one of our encrypted
+  strategies, or Flower's own class of the same name when ``encryption = false`` (the
+  plaintext baseline).
 * :class:`MeteredGrid` wraps the ServerApp's ``Grid`` and measures, per round, the payload
   bytes sent and received, the wall time of the train and evaluate phases and the error
   replies.
@@ -40,11 +41,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore.run import Run
 
-from cifer_flwr.config import strategy_defaults
 from cifer_flwr.crypto.container import remove_temp_files, write_file_atomic
 from cifer_flwr.exceptions import ConfigError
-from cifer_flwr.mods import ckks_mod
-from cifer_flwr.strategy_builder import (
+from cifer_flwr.experiments.config import strategy_defaults
+from cifer_flwr.experiments.strategy_builder import (
     ENCRYPTED_STRATEGIES,
     PLAINTEXT_STRATEGIES,
     RUN_CONFIG_KEYS,
@@ -53,6 +53,7 @@ from cifer_flwr.strategy_builder import (
     checkpoint_options,
     strategy_name,
 )
+from cifer_flwr.mods import ckks_mod
 
 __all__ = [
     "CHECKPOINT_SUFFIX",
@@ -156,12 +157,12 @@ def make_strategy(run_config: Mapping[str, Any]) -> Strategy:
     ``public.key``), ``save-path`` (absolute path of the encrypted global model, rewritten
     every round), ``fraction-train``, ``fraction-evaluate``, ``min-nodes`` (all three of
     Flower's node minimums), ``resume`` and the checkpoint path (:func:`checkpoint_path`),
-    and the hyperparameters of :data:`~cifer_flwr.strategy_builder.RUN_CONFIG_KEYS`:
+    and the hyperparameters of :data:`~cifer_flwr.experiments.strategy_builder.RUN_CONFIG_KEYS`:
     ``proximal-mu``, ``server-lr`` (FedOpt ``eta``), ``eta-l``, ``beta-1``, ``beta-2``,
     ``tau``, ``min-cohort``, ``clip-norm`` (``0.0``: no clipping, run config has no
     ``None``), ``noise-multiplier`` and ``aggregation-check``. A hyperparameter missing from
     run config takes its default from ``conf/strategy/NAME.yaml``
-    (:func:`~cifer_flwr.config.strategy_defaults`), the same default ``cifer run`` uses.
+    (:func:`~cifer_flwr.experiments.config.strategy_defaults`), the same default ``cifer run`` uses.
 
     Returns
     -------

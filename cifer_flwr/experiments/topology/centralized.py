@@ -10,9 +10,9 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from cifer_flwr.apps import MeteredGrid, RoundRecorder
-from cifer_flwr.config import ExperimentConfig
-from cifer_flwr.strategy_builder import build_strategy
+from cifer_flwr.experiments.apps import MeteredGrid, RoundRecorder
+from cifer_flwr.experiments.config import ExperimentConfig
+from cifer_flwr.experiments.strategy_builder import build_strategy
 
 __all__ = ["make_strategy", "run_centralized"]
 
@@ -35,7 +35,7 @@ def make_strategy(
     Raises
     ------
     ConfigError
-        As :func:`~cifer_flwr.strategy_builder.build_strategy`.
+        As :func:`~cifer_flwr.experiments.strategy_builder.build_strategy`.
 
     """
     nodes = exp.federation.nodes
