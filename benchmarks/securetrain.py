@@ -60,7 +60,10 @@ def main() -> None:
     start = st.encrypt_model(st.LogisticModel.zeros(train.num_features), public)
 
     t0 = time.perf_counter()
-    enc_model = st.train_encrypted(enc_data, start, iterations=k, learning_rate=lr)
+    zero = st.encrypt_model(
+        st.LogisticModel.zeros(train.num_features), public, scaler=enc_data.scaler
+    )
+    enc_model = st.train_encrypted(enc_data, zero, iterations=k, learning_rate=lr)
     enc_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     mixed_model = st.train_encrypted(

@@ -20,6 +20,12 @@ KIND_KEY: Final = "cifer.key"
 KIND_ENCRYPTED_ARRAYS: Final = "cifer.encrypted-arrays"
 #: Container ``kind`` of a bundle of named encrypted parts (a FedOpt global model).
 KIND_ENCRYPTED_BUNDLE: Final = "cifer.encrypted-bundle"
+#: Container ``kind`` of Paillier key files (crypto/paillier.py, docs/design.md §4.8).
+KIND_PAILLIER_KEY: Final = "cifer.paillier-key"
+#: Container ``kind`` of Paillier-encrypted packed arrays (crypto/paillier.py).
+KIND_PAILLIER_ARRAYS: Final = "cifer.paillier-arrays"
+#: Container ``kind`` of a HomoCryption CKKS vector (crypto/vectors.py).
+KIND_CKKS_VECTOR: Final = "cifer.ckks-vector"
 
 #: Environment variable a client reads the private key path from when node config has none.
 ENV_PRIVATE_KEY: Final = "CIFER_PRIVATE_KEY"
@@ -96,3 +102,5 @@ METRIC_VALID_REPLIES: Final = "cifer-valid-replies"
 METRIC_EXCLUDED: Final = "cifer-excluded"
 #: Train metric: seconds the server spent adding ciphertexts.
 METRIC_AGGREGATE_S: Final = "cifer-aggregate-s"
+#: Train-reply metric: values a ``packed`` client clipped to its share of the range (§4.7).
+METRIC_CLIPPED: Final = "cifer-clipped"

@@ -12,10 +12,13 @@ __all__ = [
     "DatasetError",
     "FeatureMismatchError",
     "KeyFileError",
+    "KeyExistsError",
     "KeyMismatchError",
     "KeyTypeError",
     "LayoutMismatchError",
+    "MissingExtraError",
     "ModelFormatError",
+    "NotLinearModelError",
     "NonFiniteError",
     "OutputPathError",
     "UnknownPresetError",
@@ -82,7 +85,11 @@ class DatasetError(CiferError, ValueError):
 
 
 class ModelFormatError(CiferError, ValueError):
-    """A model file is not a single-layer logistic-regression model cifer can read."""
+    """A model file cifer cannot read, or one it refuses (hostile or malformed content)."""
+
+
+class NotLinearModelError(ModelFormatError):
+    """A readable model that is not one linear layer (securetrain trains only those)."""
 
 
 class FeatureMismatchError(CiferError, ValueError):
@@ -91,3 +98,15 @@ class FeatureMismatchError(CiferError, ValueError):
 
 class OutputPathError(CiferError, ValueError):
     """An output path that exists (without ``--force``) or has the wrong extension."""
+
+
+class KeyExistsError(OutputPathError, FileExistsError):
+    """A key file exists and ``force`` was not given (keys are never overwritten silently)."""
+
+
+class MissingExtraError(CiferError, ImportError):
+    """An optional package is not installed; the message names the pip extra that brings it.
+
+    Raised by :func:`cifer_flwr.extras.require`; also an ``ImportError``, so code written
+    against a plain failed import still catches it.
+    """

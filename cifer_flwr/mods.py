@@ -34,6 +34,7 @@ from cifer_flwr.constants import (
     CFG_WEIGHT_DIVISOR,
     CFG_WEIGHTED_BY,
     ENV_PRIVATE_KEY,
+    METRIC_CLIPPED,
     NODE_CONFIG_PRIVATE_KEY,
     PART_CHECK,
     PART_MODEL,
@@ -51,11 +52,11 @@ from cifer_flwr.exceptions import CiferError, KeyFileError
 __all__ = ["ckks_mod", "private_key_for"]
 
 log = logging.getLogger(__name__)
-_KEYS: dict[str, crypto.Key] = {}
+_KEYS: dict[str, crypto.AnyKey] = {}
 _KEYS_LOCK = threading.Lock()
 
 
-def private_key_for(context: Context) -> crypto.Key:
+def private_key_for(context: Context) -> crypto.AnyKey:
     """Load (once per path) the private key named by node config ``private-key`` or env.
 
     Raises
@@ -132,7 +133,7 @@ def _store_base(context: Context, name: str, opened: protocol.Opened) -> None:
 
 
 def _decrypt_incoming(
-    msg: Message, key: crypto.Key, config: Mapping[str, Any], context: Context
+    msg: Message, key: crypto.AnyKey, config: Mapping[str, Any], context: Context
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any], ConfigRecord]:
     """Replace encrypted records in ``msg`` by plaintext ones; return what was received.
 
@@ -168,7 +169,7 @@ def _decrypt_incoming(
 
 def _encrypt_reply(
     reply: Message,
-    key: crypto.Key,
+    key: crypto.AnyKey,
     config: Mapping[str, Any],
     received: Mapping[str, Mapping[str, np.ndarray]],
     opt_state: Mapping[str, Any],
@@ -179,6 +180,8 @@ def _encrypt_reply(
     n = _num_examples(reply, weighted_by)
     weight = n / divisor
     info = ConfigRecord(dict(report))
+    summands = _summands(config, key)
+    clipped = 0
     t0 = time.perf_counter()
     for name, record in list(reply.content.array_records.items()):
         arrays = {k: a.numpy() for k, a in record.items()}
@@ -193,21 +196,32 @@ def _encrypt_reply(
         if config.get(CFG_CHECK):
             parts = _encrypt_checked(arrays, key, config, weight)
         else:
-            parts = {PART_MODEL: crypto.encrypt(arrays, key, weight=weight)}
+            parts = {PART_MODEL: crypto.encrypt(arrays, key, weight=weight, summands=summands)}
+        clipped += sum(p.clipped for p in parts.values())
         if name in opt_state:
             x, m, v = opt_state[name]
             info[REPLY_STATE_DIGEST] = protocol.state_digest(x, m, v)
             if config.get(CFG_RETURN_STATE):
-                parts[PART_STATE] = crypto.encrypt(protocol.pack_state(x, m, v), key)
+                packed = protocol.pack_state(x, m, v)
+                scale = protocol.exact_weight(packed, key.params)
+                parts[PART_STATE] = crypto.encrypt(packed, key, weight=scale)
         reply.content.array_records[name] = crypto.bundle_to_record(parts)
     _report_seconds(reply, "cifer-encrypt-s", time.perf_counter() - t0)
+    if key.params.quantized:
+        _report_seconds(reply, METRIC_CLIPPED, float(clipped))
+        if clipped:
+            log.warning(
+                "ckks_mod: %d values exceeded this client's share of the quantized range and "
+                "were clipped (docs/design.md §4.7, §4.8).",
+                clipped,
+            )
     if len(info):
         reply.content.config_records[REPLY_RECORD] = info
 
 
 def _encrypt_checked(
-    arrays: Mapping[str, np.ndarray], key: crypto.Key, config: Mapping[str, Any], weight: float
-) -> dict[str, crypto.EncryptedArrays]:
+    arrays: Mapping[str, np.ndarray], key: crypto.AnyKey, config: Mapping[str, Any], weight: float
+) -> dict[str, crypto.AnyEncrypted]:
     """SecureFed: the model with integrity values in every ciphertext, plus the check part."""
     slot, cohort = int(config[CFG_SLOT]), int(config[CFG_COHORT])
     server_round = int(config.get("server-round", 0))
@@ -217,12 +231,38 @@ def _encrypt_checked(
             f"the SecureFed config has no '{CFG_SESSION}'; the server's cifer_flwr is older "
             "than this client's. Use the same cifer_flwr version on both sides."
         )
+    if not isinstance(key, crypto.Key):
+        raise CiferError(
+            "SecureFed's integrity values need reserved ciphertext slots, which a Paillier key "
+            "does not have; run SecureFed with a CKKS or packed key (docs/design.md §4.4)."
+        )
     reserved = protocol.INTEGRITY_SLOTS
     num_chunks = count_chunks(arrays, key.params.slots, reserved)
     fill = protocol.integrity_fill(session, server_round, slot, cohort, num_chunks, key.params)
-    model = crypto.encrypt(arrays, key, weight=weight, reserved=reserved, fill=fill)
+    summands = _summands(config, key)
+    model = crypto.encrypt(
+        arrays, key, weight=weight, reserved=reserved, fill=fill, summands=summands
+    )
     check = protocol.check_arrays(slot, cohort, server_round, weight)
-    return {PART_MODEL: model, PART_CHECK: crypto.encrypt(check, key)}
+    return {PART_MODEL: model, PART_CHECK: crypto.encrypt(check, key, summands=summands)}
+
+
+def _summands(config: Mapping[str, Any], key: crypto.AnyKey) -> int:
+    """How many updates the server may sum (``packed``: each gets that share of the range).
+
+    The cohort size the server sent; the preset's maximum when it sent none
+    (docs/design.md §4.7).
+    """
+    cohort = config.get(CFG_COHORT)
+    limit = key.params.max_summands
+    if isinstance(cohort, int) and not isinstance(cohort, bool) and 1 <= cohort <= limit:
+        return cohort
+    if cohort is not None and key.params.quantized:
+        raise CiferError(
+            f"the server announced a cohort of {cohort!r:.20}; preset {key.params.name!r} "
+            f"sums at most {limit} updates without wrapping. Sample fewer clients."
+        )
+    return limit
 
 
 def ckks_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:

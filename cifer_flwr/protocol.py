@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Final, Literal
+from pathlib import Path
+from typing import Any, Final, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +47,8 @@ __all__ = [
     "check_arrays",
     "ckks_error_bound",
     "clip_update",
+    "exact_weight",
+    "decrypt_global_model",
     "fedopt_step",
     "group_indices",
     "group_part",
@@ -55,6 +59,7 @@ __all__ = [
     "model_layout",
     "open_global",
     "pack_state",
+    "part_weight_ok",
     "state_digest",
     "state_layout",
     "state_names",
@@ -329,6 +334,38 @@ def unpack_state(
     return parts["x"], parts["m"] or None, v
 
 
+def exact_weight(arrays: Mapping[str, npt.ArrayLike], params: crypto.AnyParams) -> float:
+    """Weight to encrypt a part that is never summed (FedOpt state, an initial model) with.
+
+    CKKS: 1. ``packed`` (BFV) and Paillier (quantized schemes): the power of two that
+    scales the largest magnitude to between a half and all of ``params.max_abs``, so the
+    part uses the whole quantization range (BFV: relative step ``<= 2**-28`` instead of the
+    fixed step ``2**-scale_bits``; Paillier: values beyond ``bound`` fit); the key holder
+    divides by the part's weight when decrypting (docs/design.md §4.7, §4.8).
+    """
+    if not params.quantized:
+        return 1.0
+    peak = max((float(np.max(np.abs(a))) for a in arrays.values() if np.size(a)), default=0.0)
+    if not math.isfinite(peak) or peak <= 0.0:
+        return 1.0
+    exponent = math.floor(math.log2(params.max_abs / peak))
+    return math.ldexp(1.0, max(-60, min(60, exponent)))
+
+
+def part_weight_ok(enc: crypto.AnyEncrypted) -> bool:
+    """Whether an unweighted reply part (state, check) carries an allowed weight.
+
+    1, or for ``packed`` and Paillier a power of two from :func:`exact_weight`
+    (docs/design.md §4.7).
+    """
+    if enc.weight == 1.0:
+        return True
+    if not enc.params.quantized:
+        return False
+    mantissa, exponent = math.frexp(enc.weight)
+    return mantissa == 0.5 and -59 <= exponent <= 61
+
+
 def state_digest(x: Arrays, m: Arrays | None, v: Arrays | None, decimals: int = 6) -> str:
     """SHA-256 over the rounded state, so that key holders can prove they agree."""
     h = hashlib.sha256()
@@ -489,7 +526,12 @@ def ckks_error_bound(params: crypto.CkksParams, count: int) -> float:
     8 192 slots is about ``3 500 / 2**scale_bits`` at N=4096 and ``8 900 / 2**scale_bits``
     at N=8192. We allow ``2**14 * N / 4096 / 2**scale_bits`` per encryption (about 2x the
     worst seen, roughly 16 standard deviations) and add the errors of a sum linearly.
+
+    ``packed`` (BFV) sums are exact; each summand's stochastic rounding is off by less
+    than one step, so the bound is ``count * 2**-scale_bits`` (docs/design.md §4.7).
     """
+    if params.is_bfv:
+        return max(1, count) * params.precision
     per = 2.0**14 * params.poly_modulus_degree / 4096.0 * params.precision
     return max(1, count) * per
 
@@ -573,7 +615,7 @@ def _check_state_matches(x: Arrays, m: Arrays | None, v: Arrays | None, aggregat
             )
 
 
-def _meta_int(enc: crypto.EncryptedArrays, name: str) -> int:
+def _meta_int(enc: crypto.AnyEncrypted, name: str) -> int:
     value = enc.meta.get(name)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise AggregationCheckError(
@@ -583,7 +625,7 @@ def _meta_int(enc: crypto.EncryptedArrays, name: str) -> int:
     return value
 
 
-def _meta_float(enc: crypto.EncryptedArrays, name: str) -> float:
+def _meta_float(enc: crypto.AnyEncrypted, name: str) -> float:
     value = enc.meta.get(name)
     if value is None:
         return 0.0
@@ -812,8 +854,8 @@ def _open_securefed(
 
 # --------------------------------------------------------------------------- key holder
 def open_global(
-    parts: Mapping[str, crypto.EncryptedArrays],
-    key: crypto.Key,
+    parts: Mapping[str, crypto.AnyEncrypted],
+    key: crypto.AnyKey,
     *,
     previous: BaseModel | None = None,
     max_round: int | None = None,
@@ -849,11 +891,18 @@ def open_global(
     """
     model = parts.get(PART_MODEL)
     if PART_CHECK in parts or group_indices(parts):
-        return _open_securefed(parts, key, previous, max_round)
+        if not isinstance(key, crypto.Key):  # Paillier has no integrity slots (§4.8)
+            raise AggregationCheckError(
+                "a SecureFed aggregate arrived for a Paillier key; SecureFed needs a CKKS or "
+                "packed key (docs/design.md §4.4)."
+            )
+        return _open_securefed(
+            cast(Mapping[str, crypto.EncryptedArrays], parts), key, previous, max_round
+        )
     if PART_STATE not in parts:
         if model is None:
             raise ConfigError(f"encrypted model has parts {sorted(parts)}; expected 'model'.")
-        if model.layout.reserved:
+        if model.layout.reserved and isinstance(model, crypto.EncryptedArrays):
             rnd = _meta_int(model, META_ROUND)
             if rnd != 0:
                 raise AggregationCheckError(
@@ -876,8 +925,8 @@ def open_global(
 
 
 def materialize(
-    parts: Mapping[str, crypto.EncryptedArrays],
-    key: crypto.Key,
+    parts: Mapping[str, crypto.AnyEncrypted],
+    key: crypto.AnyKey,
     *,
     check_round: int | None = None,
 ) -> tuple[Arrays, tuple[Arrays, Arrays | None, Arrays | None] | None]:
@@ -899,3 +948,51 @@ def materialize(
     """
     opened = open_global(parts, key, max_round=check_round)
     return opened.arrays, opened.opt_state
+
+
+def decrypt_global_model(
+    model: str | os.PathLike[str] | bytes,
+    private_key: str | os.PathLike[str] | crypto.AnyKey,
+) -> Arrays:
+    """Decrypt an encrypted global model an encrypted strategy saved (key holders only).
+
+    The file (or its bytes) is what a strategy writes to ``save_path``: the encrypted model,
+    or for FedOpt / FedAvgM the encrypted state and the pending aggregate, whose deferred
+    server step (docs/design.md §4.3.1) is applied here, so the result equals the model
+    Flower's plaintext strategy returns. SecureFed aggregates are checked as the key
+    holders check them (§4.4).
+
+    Parameters
+    ----------
+    model : str, path or bytes
+        Path of the saved model (e.g. ``final_model.enc``), or its content.
+    private_key : str, path or Key
+        The federation's ``private.key`` file, or the loaded private
+        :class:`~cifer_flwr.crypto.Key`.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The plaintext model arrays by name.
+
+    Raises
+    ------
+    KeyTypeError
+        For a public key.
+    KeyMismatchError
+        For a model encrypted under another key pair.
+    CiphertextFormatError
+        For a malformed or truncated file.
+    AggregationCheckError
+        When a SecureFed aggregate fails its checks.
+
+    """
+    key = (
+        private_key
+        if isinstance(private_key, crypto.AnyKey)
+        else crypto.load_private_key(private_key)
+    )
+    key.require_private("decrypt a global model")
+    data = bytes(model) if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
+    arrays, _ = materialize(crypto.bundle_from_bytes(data, key), key)
+    return arrays

@@ -18,6 +18,7 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(securetrain.app, name="securetrain")
 run.register(app)
 app.add_typer(federation.app, name="federation")
+app.command("runs")(federation.runs_cmd)
 app.command("demo")(demo.demo)
 
 

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from cifer_flwr.exceptions import CiferError
 
@@ -42,10 +52,67 @@ def fail(exc: BaseException) -> typer.Exit:
     return typer.Exit(code=2 if isinstance(exc, CiferError) else 1)
 
 
+class Advance(Protocol):
+    """What :func:`progress` yields: ``advance(steps=1)`` moves the bar ``steps`` forward."""
+
+    def __call__(self, steps: int = 1, /) -> None: ...
+
+
+def _no_advance(steps: int = 1, /) -> None:
+    """:class:`Advance` that draws nothing (``--json``, not a terminal)."""
+
+
+def interactive() -> bool:
+    """Whether progress may be drawn: stderr is a terminal (not a pipe, a file or CI)."""
+    return sys.stderr.isatty() and err_console.is_terminal
+
+
+@contextmanager
+def progress(description: str, total: int | None, *, quiet: bool = False) -> Iterator[Advance]:
+    """A rich progress bar on stderr for a long operation; yields ``advance(steps=1)``.
+
+    The bar is drawn only on a terminal and not when ``quiet`` (pass ``quiet=as_json``):
+    in ``--json`` mode, in a pipe or in CI nothing is printed and ``advance`` does nothing.
+    ``total=None`` shows a spinner with the elapsed time instead of a bar.
+
+    Examples
+    --------
+    >>> with progress("iterations", total=3, quiet=True) as advance:
+    ...     for _ in range(3):
+    ...         advance(1)
+
+    """
+    if quiet or not interactive():
+        yield _no_advance
+        return
+    columns = (
+        [SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()]
+        if total is None
+        else [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+        ]
+    )
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(description, total=total)
+
+        def advance(steps: int = 1, /) -> None:
+            bar.advance(task, steps)
+
+        yield advance
+
+
 @contextmanager
 def status(quiet: bool = False) -> Iterator[Callable[[str], None]]:
-    """Yield a callback that shows the current step with a spinner and elapsed time."""
-    if quiet:
+    """Yield a callback that shows the current step with a spinner and elapsed time.
+
+    Drawn only on a terminal (see :func:`interactive`) and not when ``quiet``.
+    """
+    if quiet or not interactive():
         yield lambda _msg: None
         return
     with Progress(

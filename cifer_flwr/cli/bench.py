@@ -10,7 +10,7 @@ from rich.table import Table
 
 from cifer_flwr.cli._common import console, fail, status
 from cifer_flwr.exceptions import CiferError
-from cifer_flwr.tooling.bench import bench_crypto
+from cifer_flwr.tooling.bench import ROUND_VARIANTS, bench_crypto, bench_round
 
 app = typer.Typer(
     pretty_exceptions_show_locals=False, help="Measure encryption cost.", no_args_is_help=True
@@ -56,3 +56,56 @@ def crypto_cmd(
     console.print(table)
     if as_json:
         print(json.dumps(result))
+
+
+@app.command("round")
+def round_cmd(
+    clients: Annotated[int, typer.Option(min=2, help="Clients in the round.")] = 100,
+    params: Annotated[int, typer.Option(min=1, help="Model parameters (fp32).")] = 1_000_000,
+    variants: Annotated[
+        str, typer.Option(help="Comma-separated: plaintext and/or preset names.")
+    ] = ",".join(ROUND_VARIANTS),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """One FedAvg round side by side: Flower's plaintext FedAvg and the encrypted presets.
+
+    Each variant's ServerApp runs in its own process (real peak RSS) and pulls the
+    replies one by one. Example: cifer bench round --clients 100 --params 1000000 --json
+    """
+    chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
+    try:
+        with status(quiet=as_json) as progress:
+            result = bench_round(clients, params, chosen, progress=progress)
+    except CiferError as exc:
+        raise fail(exc) from exc
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"one round: {clients} clients x {params:,} fp32 parameters")
+    table.add_column("metric")
+    names = list(result["variants"])
+    for name in names:
+        table.add_column(name, justify="right")
+    for k in (
+        "upload_x",
+        "download_x",
+        "client_encrypt_s",
+        "client_decrypt_s",
+        "server_s",
+        "server_peak_rss_mb",
+        "max_abs_error",
+    ):
+        row = []
+        for name in names:
+            fig = result["variants"][name]
+            value = fig.get(k)
+            row.append(
+                "missing"
+                if "missing" in fig
+                else ("{:.2e}" if k == "max_abs_error" else "{:.3f}").format(value)
+            )
+        table.add_row(k, *row)
+    console.print(table)
+    for name in names:
+        if "missing" in result["variants"][name]:
+            console.print(f"{name}: {result['variants'][name]['missing']}")

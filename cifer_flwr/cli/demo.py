@@ -12,6 +12,10 @@ from rich.table import Table
 
 from cifer_flwr.cli._common import console, err_console, fail, status
 from cifer_flwr.exceptions import CiferError
+from cifer_flwr.extras import check
+
+#: What the demo's Flower apps import: the PyTorch quickstart on scikit-learn's digits.
+DEMO_MODULES = ("torch", "sklearn")
 
 
 def _kb(value: Any) -> str:
@@ -49,7 +53,7 @@ def demo(
     nodes: Annotated[int, typer.Option(help="Number of SuperNodes.")] = 3,
     rounds: Annotated[int, typer.Option(help="Federated rounds per run.")] = 3,
     strategy: Annotated[
-        str, typer.Option(help="fedavg | fedprox | fedyogi | fedadam | fedadagrad")
+        str, typer.Option(help="fedavg|fedprox|fedyogi|fedadam|fedadagrad|fedavgm|securefed")
     ] = "fedavg",
     directory: Annotated[
         Path, typer.Option("--dir", help="Working directory (keys, logs, results, model).")
@@ -67,8 +71,9 @@ def demo(
     from cifer_flwr.tooling.federation.processes import Terminated, terminate_as_interrupt
 
     try:
+        check(DEMO_MODULES, purpose="the demo runs examples/quickstart-pytorch on digits")
         # SIGTERM / SIGHUP tear down like Ctrl-C: the runs, the federation, their descendants
-        with terminate_as_interrupt(), status() as say:
+        with terminate_as_interrupt(), status(quiet=as_json) as say:
             report = run_demo(
                 directory,
                 nodes=nodes,

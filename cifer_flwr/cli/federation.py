@@ -35,16 +35,33 @@ def up_cmd(
     ] = None,
     keys_dir: Annotated[Path, typer.Option(help="Parent directory of key pairs.")] = Path("keys"),
     directory: DirOption = Path(".cifer/federation"),
+    simulation: Annotated[
+        bool,
+        typer.Option(
+            "--simulation",
+            help="Flower's simulation runtime instead (Ray on 127.0.0.1): N virtual SuperNodes, "
+            "connection cifer-simulation, no TLS (needs the simulation extra).",
+        ),
+    ] = False,
 ) -> None:
     """Start a SuperLink and N SuperNodes on 127.0.0.1 and write a flwr connection.
 
     Node i gets --node-config "partition-id=i num-partitions=N private-key=KEYS/NAME/private.key".
     Example: cifer federation up --nodes 3 --tls --auth --keys demo
+    With --simulation: one simulation SuperLink, N virtual SuperNodes (key via CIFER_PRIVATE_KEY).
     """
     from cifer_flwr import crypto
     from cifer_flwr.tooling.federation import up
+    from cifer_flwr.tooling.federation.simulation import require_ray, up_simulation
 
     try:
+        if simulation:  # before any key pair (docs/design.md §7.1)
+            require_ray()
+            if auth:
+                raise CiferError(
+                    "--simulation has no SuperNodes to authenticate (virtual SuperNodes run "
+                    "inside the SuperLink's process tree); drop --auth."
+                )
         private = public = None
         if keys:
             kdir = crypto.key_directory(keys_dir, keys)
@@ -54,20 +71,28 @@ def up_cmd(
                 crypto.write_key_pair(key, kdir)
                 console.print(f"generated key pair {kdir} (fingerprint {key.short_fingerprint})")
         with status() as say:
-            say(f"starting a SuperLink and {nodes} SuperNodes")
             # detached: the federation outlives this command until `cifer federation down`
-            fed = up(
-                directory,
-                nodes=nodes,
-                tls=tls,
-                auth=auth,
-                private_key=private,
-                public_key=public,
-                detached=True,
-            )
+            if simulation:
+                say(f"starting a simulation SuperLink with {nodes} virtual SuperNodes")
+                fed = up_simulation(
+                    directory, nodes=nodes, private_key=private, public_key=public, detached=True
+                )
+            else:
+                say(f"starting a SuperLink and {nodes} SuperNodes")
+                fed = up(
+                    directory,
+                    nodes=nodes,
+                    tls=tls,
+                    auth=auth,
+                    private_key=private,
+                    public_key=public,
+                    detached=True,
+                )
     except CiferError as exc:
         raise fail(exc) from exc
     mode = ("TLS" if tls else "insecure") + (", node auth" if auth else "")
+    if simulation:
+        mode = f"simulation, {nodes} virtual SuperNodes, Ray on 127.0.0.1"
     console.print(f"SuperLink   {fed.address} ({mode})", highlight=False)
     for p in fed.processes:
         console.print(f"  {p.role:<14} pid {p.pid:<8} log {p.log}", highlight=False)
@@ -83,16 +108,31 @@ def up_cmd(
 
 @app.command("down")
 def down_cmd(directory: DirOption = Path(".cifer/federation")) -> None:
-    """Stop exactly the processes `up` started (PIDs from the state file), and their children."""
-    from cifer_flwr.tooling.federation import Federation
+    """Stop exactly the processes `up` started (PIDs from the state file), and their children.
 
+    Idempotent: when nothing is up (no federation in DIR, or every process already stopped)
+    it says so and exits 0, like a second `down`. Exit 2 only when a process survives.
+    """
+    from cifer_flwr.tooling.federation import Federation
+    from cifer_flwr.tooling.federation.local import STATE_FILE
+
+    if not (directory / STATE_FILE).is_file():
+        console.print(
+            f"nothing is up in {directory} (no {STATE_FILE}: no federation was started there)",
+            highlight=False,
+        )
+        return
     try:
         fed = Federation.load(directory)
         stopped = fed.stop()
     except CiferError as exc:
         raise fail(exc) from exc
     if not stopped:
-        console.print("nothing was running")
+        console.print(
+            f"nothing is up in {directory} (its {len(fed.processes)} processes had already "
+            "stopped)",
+            highlight=False,
+        )
     for p in stopped:
         console.print(f"stopped {p.role} (pid {p.pid})", highlight=False)
 
@@ -119,3 +159,64 @@ def status_cmd(
     for p in info["processes"]:
         state = "running" if p["running"] else "stopped"
         console.print(f"  {p['role']:<14} pid {p['pid']:<8} {state:<8} {p['log']}", highlight=False)
+
+
+def runs_cmd(
+    directory: DirOption = Path(".cifer/federation"),
+    run_id: Annotated[int | None, typer.Option(help="Show only this run.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List the runs of a local federation with their final status, as Flower records it.
+
+    Status, details (a failed ServerApp's exception) and times come from the SuperLink
+    (`flwr ls`), so a run's outcome never depends on `flwr run`'s exit code. Exit 0 when
+    every listed run completed or is still going, 1 when one failed or was stopped.
+    Example: cifer runs --dir .cifer/federation
+    """
+    from rich import box
+    from rich.table import Table
+
+    from cifer_flwr.tooling.federation import Federation, FederationError
+    from cifer_flwr.tooling.federation.runs import list_runs
+
+    try:
+        fed = Federation.load(directory)
+        if not fed.alive().get("superlink", False):
+            raise FederationError(
+                f"the SuperLink of {directory} is not running, and Flower keeps its runs in the "
+                "SuperLink's memory; start a federation with `cifer federation up` and run apps "
+                "on it."
+            )
+        runs = list_runs(fed, run_id)
+    except CiferError as exc:
+        raise fail(exc) from exc
+    failed = [r for r in runs if r.status.startswith("finished") and not r.succeeded]
+    if as_json:
+        print(json.dumps([r.to_dict() for r in runs], indent=2))
+        raise typer.Exit(code=1 if failed else 0)
+    if not runs:
+        console.print(f"no runs on the federation in {directory} yet", highlight=False)
+        return
+    table = Table(box=box.SIMPLE, pad_edge=False)
+    for col in ("run id", "app", "status", "started (UTC)", "finished (UTC)", "s"):
+        table.add_column(col, justify="right" if col == "s" else "left", no_wrap=True)
+    for r in runs:
+        style = "red" if r in failed else None
+        table.add_row(
+            str(r.run_id),
+            r.app,
+            r.status,
+            r.running_at or r.pending_at,
+            r.finished_at or "-",
+            f"{r.elapsed:.0f}",
+            style=style,
+        )
+    console.print(table)
+    for r in failed:
+        console.print(f"run {r.run_id}: {r.details or r.status}", markup=False, highlight=False)
+    console.print(
+        f"follow one   FLWR_HOME={fed.flwr_home} flwr log RUN_ID {fed.connection} --stream",
+        highlight=False,
+    )
+    if failed:
+        raise typer.Exit(code=1)

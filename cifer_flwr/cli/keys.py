@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 
 from cifer_flwr import crypto
-from cifer_flwr.cli._common import console, fail
-from cifer_flwr.exceptions import CiferError
+from cifer_flwr.cli._common import console, fail, progress
+from cifer_flwr.crypto import paillier
+from cifer_flwr.exceptions import CiferError, ConfigError, OutputPathError
 
 keys_app = typer.Typer(
     pretty_exceptions_show_locals=False, help="Inspect key files.", no_args_is_help=True
@@ -32,6 +33,9 @@ def keygen(
         bool, typer.Option(help="Include Galois/rotation keys (encrypted training).")
     ] = False,
     force: Annotated[bool, typer.Option(help="Overwrite an existing key pair.")] = False,
+    scheme: Annotated[
+        str, typer.Option(help="ckks, or paillier (preset paillier / paillier-3072).")
+    ] = "ckks",
 ) -> None:
     """Generate a CKKS key pair: DIR/NAME/private.key (0600, keep it) and public.key (share it).
 
@@ -39,9 +43,28 @@ def keygen(
     """
     try:
         target = crypto.key_directory(directory, name)
-        key = crypto.generate_key(preset, relin_keys=relin, galois_keys=galois)
-        priv, pub = crypto.write_key_pair(key, target, force=force)
-    except (CiferError, FileExistsError) as exc:
+        existing = [
+            f.name
+            for f in (target / crypto.PRIVATE_KEY_FILE, target / crypto.PUBLIC_KEY_FILE)
+            if f.exists()
+        ]
+        if existing and not force:  # checked before the (slow) key generation
+            raise OutputPathError(
+                f"{target} already holds {' and '.join(existing)}; choose another --name, or "
+                "pass --force to overwrite them (the old private key is lost, and with it "
+                "everything encrypted under it)."
+            )
+        if scheme == "paillier":  # crypto/paillier.py, docs/design.md §4.8
+            pkey = paillier.generate_key("paillier" if preset == "default" else preset)
+            priv, pub = paillier.write_key_pair(pkey, target, force=force)
+            key: crypto.Key | paillier.PaillierKey = pkey
+        elif scheme != "ckks":
+            raise ConfigError(f"--scheme {scheme!r:.40}: choose ckks or paillier.")
+        else:
+            with progress(f"generating a CKKS key pair (preset {preset})", None) as _:
+                key = ckks_key = crypto.generate_key(preset, relin_keys=relin, galois_keys=galois)
+            priv, pub = crypto.write_key_pair(ckks_key, target, force=force)
+    except CiferError as exc:
         raise fail(exc) from exc
     console.print(f"fingerprint  {key.fingerprint}")
     console.print(f"preset       {key.params.name} ({key.params.security_bits}-bit security)")
@@ -59,10 +82,41 @@ def inspect(
     Example: cifer keys inspect keys/hospital-fl/public.key
     """
     try:
-        key = crypto.load_key(file)
+        if _is_paillier(file):  # docs/design.md §4.1
+            info = _paillier_info(file, paillier.load_key(file))
+        else:
+            info = _ckks_info(file, crypto.keys.load_key(file))
     except CiferError as exc:
         raise fail(exc) from exc
-    info = {
+    if as_json:
+        print(json.dumps(info))
+        return
+    for k, v in info.items():
+        console.print(f"{k:<20} {v}", highlight=False)
+
+
+def _is_paillier(file: Path) -> bool:
+    try:
+        return file.is_file() and paillier.key_file_scheme(file) == "paillier"
+    except CiferError:
+        return False  # the CKKS loader says what is wrong with the file
+
+
+def _paillier_info(file: Path, key: paillier.PaillierKey) -> dict[str, object]:
+    return {
+        "file": str(file),
+        "type": "private" if key.is_private else "public",
+        "scheme": "paillier",
+        "preset": key.params.name,
+        "key_bits": key.params.key_bits,
+        "values_per_ct": key.params.slots,
+        "security_bits": key.params.security_bits,
+        "fingerprint": key.fingerprint,
+    }
+
+
+def _ckks_info(file: Path, key: crypto.Key) -> dict[str, object]:
+    return {
         "file": str(file),
         "type": "private" if key.is_private else "public",
         "preset": key.params.name,
@@ -72,11 +126,6 @@ def inspect(
         "security_bits": key.params.security_bits,
         "fingerprint": key.fingerprint,
     }
-    if as_json:
-        print(json.dumps(info))
-        return
-    for k, v in info.items():
-        console.print(f"{k:<20} {v}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from cifer_flwr import securetrain as st
-from cifer_flwr.cli._common import console, err_console, fail
+from cifer_flwr.cli._common import console, fail, progress
+from cifer_flwr.crypto import container
 from cifer_flwr.crypto.keys import load_private_key
-from cifer_flwr.exceptions import CiferError, ConfigError
+from cifer_flwr.exceptions import CiferError, ConfigError, NotLinearModelError
+from cifer_flwr.securetrain.algorithm import period_for
 from cifer_flwr.securetrain.encrypted import EncryptedDataset, PlainDesign
-from cifer_flwr.securetrain.model import write_arrays
+from cifer_flwr.securetrain.tensors import read_tensors, write_tensors
 from cifer_flwr.securetrain.workflow import (
+    TENSORS_SOURCE,
     KeySetup,
     check_encrypted_output,
     check_plain_output,
-    decrypt_federated_model,
+    decrypt_tensors,
+    encrypt_tensors,
     is_federated_model,
     load_training_key,
     prepare_encryption_key,
@@ -40,9 +36,20 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-Bar = Callable[[str, int], Callable[[int, int], None]]
-
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (for scripts).")]
+Quiet = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="No progress bars (they are drawn only on a terminal anyway)."
+    ),
+]
+Standardize = Annotated[
+    bool,
+    typer.Option(
+        "--standardize/--no-standardize",
+        help="Standardize the features on your side first (default); the scaling stays "
+        "yours and is folded into the model, which then works on raw rows.",
+    ),
+]
 Force = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 FeaturesKey = Annotated[
     str | None, typer.Option("--features-key", help="Feature array name in an .npz.")
@@ -66,25 +73,22 @@ Iterations = Annotated[
 ]
 
 
-@contextmanager
-def _bars(quiet: bool) -> Iterator[Bar]:
-    """Yield ``bar(description, total)`` returning a ``(done, total)`` progress callback."""
-    if quiet:
-        yield lambda _d, _t: lambda _done, _total: None
-        return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-    ) as progress:
+def _setup_key(quiet: bool, **kwargs: Any) -> KeySetup:
+    """:func:`prepare_encryption_key` with a spinner while a new key pair is generated."""
+    reuse = kwargs.get("public_key") is not None
+    with progress("generating the key pair", None, quiet=quiet or reuse):
+        return prepare_encryption_key(**kwargs)
 
-        def bar(description: str, total: int) -> Callable[[int, int], None]:
-            task = progress.add_task(description, total=total)
-            return lambda done, _total: progress.update(task, completed=done)
 
-        yield bar
+def _advance(advance: Callable[[int], None]) -> Callable[[int, int], None]:
+    """A ``(done, total)`` callback driving ``advance(steps)``."""
+    seen = [0]
+
+    def callback(done: int, _total: int) -> None:
+        advance(done - seen[0])
+        seen[0] = done
+
+    return callback
 
 
 def _load_dataset(
@@ -128,37 +132,51 @@ def encrypt_dataset_cmd(
     ] = None,
     key_name: KeyName = None,
     iterations: Iterations = st.DEFAULT_ITERATIONS,
+    standardize: Standardize = True,
     features_key: FeaturesKey = None,
     labels_key: LabelsKey = None,
     label_column: LabelColumn = None,
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:
-    """Encrypt a dataset (standardized features, binary labels) for training by someone else.
+    """Encrypt a dataset (features on any scale, two or more classes) for training by someone else.
 
-    Creates a key pair under ./keys/ unless --public-key is given.
+    The features are standardized on your side first; the scaling travels only encrypted
+    under your key and is folded into the model you decrypt. More than two classes train
+    one model per class (one-vs-rest). Creates a key pair under ./keys/ unless --public-key
+    is given.
 
     Example: cifer securetrain encrypt-dataset --dataset ./alice/prj1_alice_data.npz
     --output ./alice/encrypted_prj1_alice_data.enc
     """
     try:
-        out = check_encrypted_output(output, force=force)
+        out = check_encrypted_output(output, force=force, dataset=True)
         data = _load_dataset(dataset, features_key, labels_key, label_column)
-        setup = prepare_encryption_key(
+        setup = _setup_key(
+            quiet,
             public_key=public_key,
             key_name=key_name,
             iterations=iterations,
             num_samples=data.num_samples,
         )
-        with _bars(quiet) as bar:
+        period = period_for(data.num_samples, setup.key.params.slots)
+        chunks = -(-data.num_samples // period)
+        total = data.num_outputs * (data.num_features + 1) * chunks + int(standardize)
+        with progress("encrypting the dataset", total, quiet=quiet) as advance:
             enc = st.encrypt_dataset(
-                data, setup.key, progress=bar("encrypting columns", data.num_features + 1)
+                data, setup.key, standardize=standardize, progress=_advance(advance)
             )
         st.save_encrypted(enc, out)
     except (CiferError, OSError) as exc:
         raise fail(exc) from exc
+    classes = "" if data.num_outputs == 1 else f", {data.num_classes} classes (one-vs-rest)"
+    scaled = "standardized on your side; " if standardize else ""
     console.print(
-        f"encrypted {data.num_samples} samples x {data.num_features} features -> {out}",
+        f"encrypted {data.num_samples} samples x {data.num_features} features{classes} "
+        f"({scaled}the scaling is encrypted too) -> {out}"
+        if standardize
+        else f"encrypted {data.num_samples} samples x {data.num_features} features{classes} "
+        f"(not standardized) -> {out}",
         highlight=False,
     )
     _print_keys(setup, out)
@@ -166,7 +184,12 @@ def encrypt_dataset_cmd(
 
 @app.command("encrypt-model")
 def encrypt_model_cmd(
-    model: Annotated[Path, typer.Option("--model", help="Plaintext model (.h5, .pt or .npz).")],
+    model: Annotated[
+        Path,
+        typer.Option(
+            "--model", help="Plaintext model (.h5, .keras, .pt state dict, .npz, .safetensors)."
+        ),
+    ],
     output: Annotated[Path, typer.Option("--output", help="Encrypted model to write (.enc).")],
     public_key: Annotated[
         Path | None,
@@ -177,27 +200,46 @@ def encrypt_model_cmd(
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:
-    """Encrypt a logistic-regression model so that a data owner can train it without seeing it.
+    """Encrypt a model: for training by a data owner who never sees it, or for safekeeping.
 
-    Creates a key pair under ./keys/ unless --public-key is given.
+    A single linear layer (Keras Dense, torch nn.Linear, .npz weight/bias) is encrypted for
+    training (scenario 2); any other model's tensors are encrypted as they are and
+    `decrypt-model` restores them exactly. Creates a key pair under ./keys/ unless
+    --public-key is given.
 
     Example: cifer securetrain encrypt-model --model ./bob/prj2_model.h5
     --output ./bob/encrypted_prj2_model.enc
     """
     try:
         out = check_encrypted_output(output, force=force)
-        plain = st.read_model(model)
-        setup = prepare_encryption_key(
-            public_key=public_key, key_name=key_name, iterations=iterations
+        try:
+            plain: st.Classifier | None = st.read_model(model)
+            tensors = None
+        except NotLinearModelError:  # readable, but not one linear layer: store it encrypted
+            plain, tensors = None, read_tensors(model)
+        setup = _setup_key(
+            quiet,
+            public_key=public_key,
+            key_name=key_name,
+            iterations=iterations,
+            trainable=plain is not None,
         )
-        with _bars(quiet) as bar:
-            enc = st.encrypt_model(
-                plain, setup.key, progress=bar("encrypting weights", plain.num_features + 1)
-            )
-        st.save_encrypted(enc, out)
+        if plain is not None:
+            weights = plain.num_features + 1
+            total = weights if isinstance(plain, st.LogisticModel) else weights * plain.num_classes
+            with progress("encrypting the weights", total, quiet=quiet) as advance:
+                enc = st.encrypt_model(plain, setup.key, progress=_advance(advance))
+            st.save_encrypted(enc, out)
+            what = f"a logistic model with {plain.num_features} features (trainable)"
+        else:
+            assert tensors is not None
+            with progress("encrypting the tensors", None, quiet=quiet):
+                blob = encrypt_tensors(tensors, setup.key)
+            container.write_file_atomic(out, blob)
+            what = f"a model of {len(tensors.arrays)} tensors (stored encrypted, not trainable)"
     except (CiferError, OSError) as exc:
         raise fail(exc) from exc
-    console.print(f"encrypted a model with {plain.num_features} features -> {out}")
+    console.print(f"encrypted {what} -> {out}", highlight=False)
     _print_keys(setup, out)
 
 
@@ -227,6 +269,7 @@ def train_cmd(
     learning_rate: Annotated[
         float, typer.Option("--learning-rate", help="Gradient step size.")
     ] = st.DEFAULT_LEARNING_RATE,
+    standardize: Standardize = True,
     features_key: FeaturesKey = None,
     labels_key: LabelsKey = None,
     label_column: LabelColumn = None,
@@ -236,7 +279,8 @@ def train_cmd(
     """Train logistic regression with encrypted weights, using only a public key.
 
     Scenario 1: --encrypted-data (the data owner's ciphertexts), weights start at zero.
-    Scenario 2: --encrypted-model plus --dataset (your plaintext data) or --encrypted-data.
+    Scenario 2: --encrypted-model plus --dataset (your plaintext data, standardized on your
+    side and mapped back, so the owner gets a model for raw rows) or --encrypted-data.
 
     Example: cifer securetrain train --encrypted-data ./alice/encrypted_prj1_alice_data.enc
     --public-key ./keys/prj1_alice_public.key --output-model ./bob/prj1_trained_model.enc
@@ -260,39 +304,59 @@ def train_cmd(
         else:
             assert dataset is not None
             design = st.plain_design(
-                _load_dataset(dataset, features_key, labels_key, label_column), key.params
+                _load_dataset(dataset, features_key, labels_key, label_column),
+                key.params,
+                standardize=standardize,
             )
         if encrypted_model is not None:
             start = st.load_encrypted_model(encrypted_model, key)
         else:
-            start = st.encrypt_model(st.LogisticModel.zeros(design.num_features), key)
-        with _bars(quiet) as bar:
-            bars: dict[int, Callable[[int, int], None]] = {}
-
-            def on_step(k: int, done: int, total: int) -> None:
-                if k not in bars:
-                    bars[k] = bar(f"iteration {k + 1}/{iterations}", total)
-                bars[k](done, total)
-
+            assert isinstance(design, EncryptedDataset)
+            start = st.encrypt_model(_zeros(design), key, scaler=design.scaler)
+        d1 = design.num_features + 1
+        total = design.outputs * iterations * d1
+        with progress("training (encrypted weights)", total, quiet=quiet) as advance:
             trained = st.train_encrypted(
-                design, start, iterations=iterations, learning_rate=learning_rate, on_step=on_step
+                design,
+                start,
+                iterations=iterations,
+                learning_rate=learning_rate,
+                on_step=lambda _k, done, _t: advance(1) if done else None,
             )
         st.save_encrypted(trained, out)
     except (CiferError, OSError) as exc:
         raise fail(exc) from exc
+    classes = "" if design.outputs == 1 else f", {design.outputs} one-vs-rest models"
     console.print(
-        f"trained {iterations} iterations on {design.num_samples} samples "
+        f"trained {iterations} iterations on {design.num_samples} samples{classes} "
         f"({'encrypted' if encrypted_data else 'plaintext'} data, encrypted weights) -> {out}",
         highlight=False,
     )
     console.print(
         "accuracy is available only after decryption: the key holder runs "
         f"`cifer securetrain decrypt-model --input-model {out} --private-key PRIVATE.key "
-        "--output-model model.h5`, then `cifer securetrain evaluate --model model.h5 "
-        "--dataset DATA`.",
+        "--output-model model.h5 --dataset DATA`.",
         highlight=False,
     )
     console.print(f"  SHARE  {out}  (send it back to the key holder)", highlight=False)
+
+
+def _zeros(design: EncryptedDataset) -> st.Classifier:
+    if design.outputs == 1:
+        return st.LogisticModel.zeros(design.num_features)
+    return st.OneVsRestModel.from_matrix(
+        [[0.0] * design.num_features] * design.outputs, [0.0] * design.outputs
+    )
+
+
+def _container_source(path: Path) -> str | None:
+    """``meta.source`` of an encrypted-arrays container (public header only)."""
+    try:
+        header, _ = container.read_file(path)
+    except CiferError:
+        return None
+    meta = header.get("meta")
+    return meta.get("source") if isinstance(meta, dict) else None
 
 
 @app.command("decrypt-model")
@@ -302,49 +366,101 @@ def decrypt_model_cmd(
         Path, typer.Option("--private-key", help="Your private key (private.key).")
     ],
     output_model: Annotated[
-        Path, typer.Option("--output-model", help="Plaintext model to write (.h5, .pt, .npz).")
+        Path,
+        typer.Option(
+            "--output-model",
+            help="Plaintext model to write (.h5, .keras, .pt, .npz, .safetensors).",
+        ),
     ],
+    dataset: Annotated[
+        Path | None,
+        typer.Option("--dataset", help="Also print the model's accuracy on this dataset."),
+    ] = None,
+    features_key: FeaturesKey = None,
+    labels_key: LabelsKey = None,
+    label_column: LabelColumn = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON line (metrics with --dataset).")
+    ] = False,
     force: Force = False,
     quiet: Quiet = False,
 ) -> None:
-    """Decrypt a model encrypted under your key and save it as .h5 (Keras), .pt or .npz.
+    """Decrypt a model encrypted under your key and save it (.h5, .keras, .pt, .npz, .safetensors).
 
-    Also decrypts the encrypted global model a federated strategy saved (save_path=), into
-    .npz or .pt named arrays (FedOpt's pending server step is applied first).
+    A trained logistic model comes back with the data owner's scaling folded in, so it
+    works on raw rows; --dataset prints its accuracy. A model encrypted by `encrypt-model`
+    as tensors, or the encrypted global model a federated strategy saved (save_path=),
+    comes back tensor by tensor (FedOpt's pending server step applied first).
 
     Example: cifer securetrain decrypt-model --input-model ./bob/encrypted_prj2_trained_model.enc
-    --private-key ./keys/alice_private.key --output-model ./bob/final_model_decrypted.h5
+    --private-key ./keys/bob/private.key --output-model ./bob/final_model_decrypted.h5
     """
+    metrics: dict[str, float] | None = None
     try:
         out = check_plain_output(output_model, force=force)
         key = load_private_key(private_key)
         if is_federated_model(input_model):
-            arrays = decrypt_federated_model(input_model, key)
-            write_arrays(arrays, out)
-            console.print(
-                f"decrypted a federated model ({len(arrays)} arrays: "
-                f"{', '.join(list(arrays)[:4])}{'...' if len(arrays) > 4 else ''}) -> {out}",
-                highlight=False,
+            if dataset is not None:
+                raise ConfigError(
+                    "--dataset evaluates logistic models trained by securetrain; this file "
+                    "holds a model's tensors, evaluate them with your own framework."
+                )
+            stored = _container_source(input_model) == TENSORS_SOURCE
+            with progress("decrypting", None, quiet=quiet or as_json):
+                tensors = decrypt_tensors(input_model, key)
+            write_tensors(tensors, out)
+            names = list(tensors.arrays)
+            kind = "model" if stored else "federated model"
+            summary = (
+                f"decrypted a {kind} ({len(names)} arrays: {', '.join(names[:4])}"
+                f"{'...' if len(names) > 4 else ''}) -> {out}"
             )
+            if as_json:
+                print(json.dumps({"output": str(out), "tensors": len(names)}))
+            else:
+                console.print(summary, highlight=False)
             return
         enc = st.load_encrypted_model(input_model, key)
-        with _bars(quiet) as bar:
-            step = bar("decrypting", 1)
+        with progress("decrypting", None, quiet=quiet or as_json):
             model = st.decrypt_model(enc, key)
-            step(1, 1)
+        if dataset is not None:
+            metrics = st.evaluate(
+                model, _load_dataset(dataset, features_key, labels_key, label_column)
+            )
         st.write_model(model, out)
     except (CiferError, OSError) as exc:
         raise fail(exc) from exc
+    if as_json:
+        print(json.dumps({"output": str(out), **(metrics or {})}))
+        return
+    folded = " (the data owner's scaling folded in: it works on raw rows)" if enc.scaler else ""
     console.print(
-        f"decrypted a model with {model.num_features} features -> {out}; evaluate it with "
-        f"`cifer securetrain evaluate --model {out} --dataset DATA`.",
+        f"decrypted a model with {model.num_features} features{folded} -> {out}",
         highlight=False,
     )
+    if metrics is not None:
+        _print_metrics(metrics, f"on {dataset}")
+    else:
+        console.print(
+            f"  accuracy: `cifer securetrain evaluate --model {out} --dataset DATA`, or "
+            "decrypt with --dataset DATA.",
+            highlight=False,
+        )
+
+
+def _print_metrics(metrics: dict[str, float], where: str = "") -> None:
+    if where:
+        console.print(where, highlight=False)
+    for name, value in metrics.items():
+        console.print(f"{name:<10} {value:.4f}" if name != "samples" else f"{name:<10} {value:.0f}")
 
 
 @app.command("evaluate")
 def evaluate_cmd(
-    model: Annotated[Path, typer.Option("--model", help="Plaintext model (.h5, .pt, .npz).")],
+    model: Annotated[
+        Path,
+        typer.Option("--model", help="Plaintext model (.h5, .keras, .pt, .npz, .safetensors)."),
+    ],
     dataset: Annotated[Path, typer.Option("--dataset", help="Dataset (.npz, .npy, .csv).")],
     features_key: FeaturesKey = None,
     labels_key: LabelsKey = None,
@@ -369,5 +485,4 @@ def evaluate_cmd(
     if as_json:
         print(json.dumps(metrics))
         return
-    for name, value in metrics.items():
-        console.print(f"{name:<10} {value:.4f}" if name != "samples" else f"{name:<10} {value:.0f}")
+    _print_metrics(metrics)

@@ -1,7 +1,10 @@
-"""CKKS primitives: the only part of cifer_flwr that imports TenSEAL ("hazmat").
+"""Encryption primitives: the only part of cifer_flwr that imports TenSEAL or phe ("hazmat").
 
-Everything above this package works with :class:`EncryptedArrays`, :class:`Key` and
-Flower ``ArrayRecord`` objects, never with TenSEAL types directly.
+Everything above this package works with :class:`EncryptedArrays` / :class:`PaillierArrays`,
+:class:`Key` / :class:`PaillierKey` and Flower ``ArrayRecord`` objects, never with TenSEAL
+or phe types directly. ``encrypt``, ``decrypt``, ``aggregate``, the (de)serializers, the
+records and the key loaders take either scheme and dispatch on the key or object
+(:mod:`.schemes`, docs/design.md §4.8).
 """
 
 import sys as _sys
@@ -15,19 +18,7 @@ if "tenseal" not in _sys.modules and {"tensorflow", "keras"} & set(_sys.modules)
         "cifer_flwr.crypto) at the top of your module, before tensorflow or keras."
     )
 
-from cifer_flwr.crypto.ckks import (
-    EncryptedArrays,
-    add,
-    aggregate,
-    bundle_from_bytes,
-    bundle_to_bytes,
-    decrypt,
-    decrypt_chunks,
-    encrypt,
-    from_bytes,
-    to_bytes,
-    with_meta,
-)
+from cifer_flwr.crypto.ckks import EncryptedArrays, decrypt_chunks
 from cifer_flwr.crypto.encoding import Layout, decode, encode, flatten, unflatten
 from cifer_flwr.crypto.keys import (
     PRIVATE_KEY_FILE,
@@ -35,11 +26,9 @@ from cifer_flwr.crypto.keys import (
     Key,
     generate_key,
     key_directory,
-    load_key,
-    load_private_key,
-    load_public_key,
     write_key_pair,
 )
+from cifer_flwr.crypto.paillier import PaillierArrays, PaillierKey, PaillierParams
 from cifer_flwr.crypto.params import PRESETS, CkksParams, for_depth, get_preset
 from cifer_flwr.crypto.records import (
     bundle_from_record,
@@ -49,10 +38,35 @@ from cifer_flwr.crypto.records import (
     record_headers,
     to_array_record,
 )
-from cifer_flwr.crypto.validation import load_vector, max_ciphertext_bytes
+from cifer_flwr.crypto.schemes import (
+    AnyEncrypted,
+    AnyKey,
+    AnyParams,
+    add,
+    aggregate,
+    bundle_from_bytes,
+    bundle_to_bytes,
+    decrypt,
+    encrypt,
+    from_bytes,
+    generate_key_pair,
+    load_key,
+    load_private_key,
+    load_public_key,
+    max_ciphertext_bytes,
+    to_bytes,
+    with_meta,
+)
+from cifer_flwr.crypto.validation import load_vector
 
 __all__ = [
     "PRESETS",
+    "AnyEncrypted",
+    "AnyKey",
+    "AnyParams",
+    "PaillierArrays",
+    "PaillierKey",
+    "PaillierParams",
     "PRIVATE_KEY_FILE",
     "PUBLIC_KEY_FILE",
     "CkksParams",
@@ -75,6 +89,7 @@ __all__ = [
     "from_array_record",
     "from_bytes",
     "generate_key",
+    "generate_key_pair",
     "get_preset",
     "is_encrypted_record",
     "key_directory",

@@ -7,13 +7,32 @@ the zstd frame (docs/design.md §5).
 
 from __future__ import annotations
 
+import os
 import struct
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import tenseal.sealapi as sealapi
 
+from cifer_flwr.crypto._protobuf import encode_varint
 from cifer_flwr.exceptions import CiphertextFormatError
 
-__all__ = ["SEAL_HEADER_SIZE", "check_seal_blob"]
+if TYPE_CHECKING:
+    import numpy.typing as npt
+    import tenseal as ts
+
+    from cifer_flwr.crypto.params import CkksParams
+
+__all__ = [
+    "SEAL_HEADER_SIZE",
+    "check_seal_blob",
+    "seeded_bfv_vectors",
+    "seeded_ciphertexts",
+    "seeded_vectors",
+]
 
 SEAL_MAGIC = 0xA15E
 SEAL_HEADER_SIZE = 16
@@ -153,3 +172,93 @@ def check_seal_blob(blob: bytes, max_raw: int, *, what: str = "SEAL object") -> 
             f"SEAL compression mode {compr}, expected 0 (none) or 2 (zstd) "
             "(zlib streams cannot be bounded before inflation).",
         )
+
+
+@contextmanager
+def _scratch_file() -> Iterator[tuple[int, str]]:
+    """An in-memory file (``memfd``) and a path SEAL's file-based ``save`` can write to."""
+    if hasattr(os, "memfd_create"):
+        fd = os.memfd_create("cifer-ct", os.MFD_CLOEXEC)
+        try:
+            yield fd, f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    with tempfile.NamedTemporaryFile(dir=shm) as handle:
+        yield handle.fileno(), handle.name
+
+
+def seeded_ciphertexts(
+    seal_context: Any, secret_key: Any, plaintexts: Iterable[Any]
+) -> list[bytes]:
+    """Encrypt SEAL plaintexts symmetrically and return each as *seeded* SEAL bytes.
+
+    SEAL replaces the uniformly random half ``c1`` of a symmetric ciphertext by the seed
+    of its PRNG when saving (``Encryptor.encrypt_symmetric`` returns a ``Serializable``):
+    about half the bytes. ``Ciphertext::load`` with the context re-expands the seed and
+    checks the result (docs/design.md §4.7). Only a secret-key holder can make them.
+    """
+    encryptor = sealapi.Encryptor(seal_context, secret_key)
+    out = []
+    with _scratch_file() as (fd, path):
+        for plain in plaintexts:
+            encryptor.encrypt_symmetric(plain).save(path)
+            out.append(os.pread(fd, os.fstat(fd).st_size, 0))
+    return out
+
+
+def _ckks_plaintexts(
+    ctx: ts.Context, chunks: Iterable[npt.NDArray[np.float64]], scale: float
+) -> Iterator[Any]:
+    encoder = sealapi.CKKSEncoder(ctx.seal_context().data)
+    for chunk in chunks:
+        plain = sealapi.Plaintext()
+        encoder.encode(np.asarray(chunk, np.float64).tolist(), scale, plain)
+        yield plain
+
+
+def seeded_vectors(
+    ctx: ts.Context, chunks: list[npt.NDArray[np.float64]], params: CkksParams
+) -> list[bytes]:
+    """Seeded TenSEAL ``CKKSVector`` bytes of ``chunks`` (``ctx`` must hold the secret key).
+
+    The bytes are exactly a serialized ``CKKSVectorProto`` (sizes, one SEAL ciphertext,
+    scale) whose ciphertext is seeded; ``tenseal.ckks_vector_from`` and
+    :func:`cifer_flwr.crypto.validation.load_vector` read them like full ones.
+    """
+    scale = 2.0**params.scale_bits
+    seals = seeded_ciphertexts(
+        ctx.seal_context().data, ctx.secret_key().data, _ckks_plaintexts(ctx, chunks, scale)
+    )
+    tail = b"\x19" + struct.pack("<d", scale)
+    return [
+        _sizes_field(len(chunk)) + b"\x12" + encode_varint(len(seal)) + seal + tail
+        for chunk, seal in zip(chunks, seals, strict=True)
+    ]
+
+
+def _sizes_field(count: int) -> bytes:
+    size = encode_varint(count)
+    return b"\x0a" + encode_varint(len(size)) + size
+
+
+def seeded_bfv_vectors(ctx: ts.Context, ints: list[npt.NDArray[np.int64]]) -> list[bytes]:
+    """Seeded TenSEAL ``BFVVector`` bytes (sizes, one seeded SEAL ciphertext) of ``ints``.
+
+    ``ctx`` must hold the secret key; every value must lie in ``(-t/2, t/2)``.
+    """
+    seal_context = ctx.seal_context().data
+    encoder = sealapi.BatchEncoder(seal_context)
+
+    def plaintexts() -> Iterator[Any]:
+        for chunk in ints:
+            plain = sealapi.Plaintext()
+            encoder.encode(np.asarray(chunk, np.int64).tolist(), plain)
+            yield plain
+
+    seals = seeded_ciphertexts(seal_context, ctx.secret_key().data, plaintexts())
+    return [
+        _sizes_field(len(chunk)) + b"\x12" + encode_varint(len(seal)) + seal
+        for chunk, seal in zip(ints, seals, strict=True)
+    ]

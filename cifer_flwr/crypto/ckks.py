@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
 import tenseal as ts
 
-from cifer_flwr.constants import KIND_ENCRYPTED_ARRAYS, KIND_ENCRYPTED_BUNDLE
+from cifer_flwr.constants import KIND_ENCRYPTED_ARRAYS
 from cifer_flwr.crypto import container
+from cifer_flwr.crypto._seal import seeded_bfv_vectors, seeded_vectors
 from cifer_flwr.crypto.encoding import Layout, decode, encode, set_reserved
-from cifer_flwr.crypto.headers import check_part_name, parse_arrays_header
+from cifer_flwr.crypto.headers import parse_arrays_header
 from cifer_flwr.crypto.keys import Key
 from cifer_flwr.crypto.params import CkksParams
 from cifer_flwr.crypto.validation import load_vector, max_ciphertext_bytes
 from cifer_flwr.exceptions import (
-    CiphertextFormatError,
     ConfigError,
     KeyMismatchError,
     LayoutMismatchError,
@@ -30,20 +30,17 @@ __all__ = [
     "EncryptedArrays",
     "add",
     "aggregate",
-    "bundle_from_bytes",
-    "bundle_to_bytes",
     "decrypt",
     "decrypt_chunks",
+    "dequantize",
     "encrypt",
     "from_bytes",
     "from_header_and_chunks",
     "load_vector",
     "max_ciphertext_bytes",
+    "quantize",
     "to_bytes",
 ]
-
-#: Most parts a bundle may hold.
-_MAX_PARTS = 64
 
 
 @dataclass(frozen=True)
@@ -54,8 +51,9 @@ class EncryptedArrays:
     ----------
     layout : Layout
         Names, shapes and dtypes of the plaintext arrays.
-    vectors : tuple
-        The ciphertexts (TenSEAL ``CKKSVector``), ``params.slots`` values each.
+    vectors : sequence
+        The ciphertexts (TenSEAL ``CKKSVector``), ``params.slots`` values each. For a fresh
+        symmetric encryption they are parsed from ``wire`` on first access.
     fingerprint : str
         Fingerprint of the key the ciphertexts belong to.
     params : CkksParams
@@ -67,16 +65,24 @@ class EncryptedArrays:
         Number of encryptions summed into this object.
     meta : dict
         Public, JSON-serializable annotations (never secret).
+    wire : tuple of bytes or None
+        The serialized ciphertexts when they were made seeded (a key holder's symmetric
+        encryption, docs/design.md §4.7): what travels instead of ``vectors.serialize()``.
+    clipped : int
+        ``packed`` (BFV) only: how many values this encryption clipped to the summand
+        bound (docs/design.md §4.7); local to the encrypting party, never serialized.
 
     """
 
     layout: Layout
-    vectors: tuple[Any, ...] = field(repr=False)
+    vectors: Sequence[Any] = field(repr=False)
     fingerprint: str
     params: CkksParams
     weight: float = 1.0
     count: int = 1
     meta: Mapping[str, Any] = field(default_factory=dict)
+    wire: tuple[bytes, ...] | None = field(default=None, repr=False, compare=False)
+    clipped: int = field(default=0, compare=False)
 
     @property
     def num_values(self) -> int:
@@ -96,13 +102,66 @@ class EncryptedArrays:
         }
 
     def serialized_chunks(self) -> list[bytes]:
-        """The ciphertexts as SEAL bytes (no context attached)."""
+        """The ciphertexts as TenSEAL bytes (no context attached); seeded when made so."""
+        if self.wire is not None:
+            return list(self.wire)
         return [v.serialize() for v in self.vectors]
+
+
+class _LazyVectors(Sequence[Any]):
+    """Vectors parsed on first access from the sender's own seeded bytes (trusted: ours)."""
+
+    def __init__(self, blobs: Sequence[bytes], ctx: ts.Context, *, bfv: bool = False) -> None:
+        self._blobs = blobs
+        self._ctx = ctx
+        self._load = ts.bfv_vector_from if bfv else ts.ckks_vector_from
+        self._cache: list[Any] = [None] * len(blobs)
+
+    def __len__(self) -> int:
+        return len(self._blobs)
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Any]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if self._cache[index] is None:
+            self._cache[index] = self._load(self._ctx, self._blobs[index])
+        return self._cache[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self[i] for i in range(len(self)))
 
 
 def _check_key(fingerprint: str, key: Key, what: str) -> None:
     if fingerprint != key.fingerprint:
         raise KeyMismatchError(fingerprint, key.fingerprint, what)
+
+
+def quantize(
+    chunk: npt.NDArray[np.float64],
+    params: CkksParams,
+    bound: int,
+    rng: np.random.Generator,
+) -> tuple[npt.NDArray[np.int64], int]:
+    """Unbiased stochastic rounding of ``chunk`` to integer steps of ``params.precision``.
+
+    ``q = floor(x / step + u)`` with ``u ~ U[0, 1)``, so ``E[q * step] = x`` and
+    ``|q * step - x| < step``; then clipped to ``[-bound, bound]``. Inverse (up to the
+    rounding): :func:`dequantize`. Returns the integers and how many values were clipped
+    (docs/design.md §4.7).
+    """
+    scaled = np.asarray(chunk, np.float64) / params.precision
+    q = np.floor(scaled + rng.random(scaled.shape))
+    clipped = int(np.count_nonzero(np.abs(q) > bound))
+    return np.clip(q, -bound, bound).astype(np.int64), clipped
+
+
+def dequantize(q: npt.ArrayLike, params: CkksParams) -> npt.NDArray[np.float64]:
+    """Integers (a decrypted BFV sum) back to values: ``q * params.precision``."""
+    return np.asarray(q, np.float64) * params.precision
 
 
 def encrypt(
@@ -113,6 +172,7 @@ def encrypt(
     meta: Mapping[str, Any] | None = None,
     reserved: int = 0,
     fill: npt.ArrayLike | None = None,
+    summands: int = 1,
 ) -> EncryptedArrays:
     """Encrypt named arrays, multiplied by ``weight``, into one chunked ciphertext stream.
 
@@ -124,12 +184,19 @@ def encrypt(
     ``weight``; zeros when omitted): SecureFed's per-chunk integrity values
     (docs/design.md §4.4). :func:`decrypt_chunks` reads them back.
 
+    ``packed`` (BFV) presets quantize ``weight * value`` with :func:`quantize` instead: each
+    encryption may use ``1 / summands`` of the plain modulus' range (pass the cohort size
+    for what will be summed; the default 1 suits a part that is never summed), so a sum of
+    that many never wraps; values beyond are clipped and counted in the result's
+    ``clipped`` (docs/design.md §4.7). ``summands`` is ignored by CKKS.
+
     Raises
     ------
     NonFiniteError
         For NaN or infinite values.
     ValueRangeError
-        When ``weight * value`` exceeds the preset's safe magnitude ``params.max_abs``.
+        When ``weight * value`` exceeds the preset's safe magnitude ``params.max_abs``
+        (CKKS; BFV clips and counts instead).
 
     """
     if not np.isfinite(weight) or weight <= 0:
@@ -137,6 +204,8 @@ def encrypt(
     params = key.params
     layout, chunks = encode(arrays, params.slots, reserved=reserved)
     chunks = set_reserved(layout, [c * weight for c in chunks], fill)
+    if params.is_bfv:
+        return _encrypt_bfv(layout, chunks, key, float(weight), dict(meta or {}), summands)
     peak = max((float(np.abs(c).max()) for c in chunks), default=0.0)
     if peak > params.max_abs:
         raise ValueRangeError(
@@ -145,10 +214,50 @@ def encrypt(
             "(e.g. a smaller weight) or choose a preset with a larger range ('precise')."
         )
     ctx = key.encryption_context()
+    if key.is_private:
+        # a key holder's ciphertexts travel seeded: half the bytes (docs/design.md §4.7)
+        wire = tuple(seeded_vectors(ctx, chunks, params))
+        vectors: Sequence[Any] = _LazyVectors(wire, ctx)
+        return EncryptedArrays(
+            layout, vectors, key.fingerprint, params, float(weight), 1, dict(meta or {}), wire
+        )
     vectors = tuple(ts.ckks_vector(ctx, c.tolist()) for c in chunks)
     return EncryptedArrays(
         layout, vectors, key.fingerprint, params, float(weight), 1, dict(meta or {})
     )
+
+
+def _encrypt_bfv(
+    layout: Layout,
+    chunks: list[npt.NDArray[np.float64]],
+    key: Key,
+    weight: float,
+    meta: dict[str, Any],
+    summands: int,
+) -> EncryptedArrays:
+    params = key.params
+    count = int(summands)
+    if not 1 <= count <= params.max_summands:
+        raise ConfigError(
+            f"summands must be 1..{params.max_summands} for preset {params.name!r} (the "
+            f"cohort it was made for), got {summands}; use smaller cohorts."
+        )
+    bound = params.summand_bound(count)
+    rng = np.random.default_rng()
+    ints, clipped = [], 0
+    for chunk in chunks:
+        q, n = quantize(chunk, params, bound, rng)
+        ints.append(q)
+        clipped += n
+    ctx = key.encryption_context()
+    if key.is_private:
+        wire = tuple(seeded_bfv_vectors(ctx, ints))
+        lazy = _LazyVectors(wire, ctx, bfv=True)
+        return EncryptedArrays(
+            layout, lazy, key.fingerprint, params, weight, 1, meta, wire, clipped
+        )
+    vectors = tuple(ts.bfv_vector(ctx, q.tolist()) for q in ints)
+    return EncryptedArrays(layout, vectors, key.fingerprint, params, weight, 1, meta, None, clipped)
 
 
 def decrypt(enc: EncryptedArrays, key: Key, *, divisor: float = 1.0) -> dict[str, npt.NDArray[Any]]:
@@ -185,7 +294,10 @@ def decrypt_chunks(enc: EncryptedArrays, key: Key) -> list[npt.NDArray[np.float6
     plain = []
     for vec in enc.vectors:
         vec.link_context(ctx)
-        plain.append(np.asarray(vec.decrypt(), dtype=np.float64))
+        if enc.params.is_bfv:  # centered integers of the exact sum
+            plain.append(dequantize(np.asarray(vec.decrypt(), dtype=np.int64), enc.params))
+        else:
+            plain.append(np.asarray(vec.decrypt(), dtype=np.float64))
     return plain
 
 
@@ -333,69 +445,3 @@ def from_bytes(data: bytes, key: Key) -> EncryptedArrays:
 def with_meta(enc: EncryptedArrays, **meta: Any) -> EncryptedArrays:
     """Return a copy of ``enc`` with extra public annotations."""
     return replace(enc, meta={**enc.meta, **meta})
-
-
-def bundle_to_bytes(parts: Mapping[str, EncryptedArrays]) -> bytes:
-    """Serialize named encrypted parts into one container (inverse of :func:`bundle_from_bytes`)."""
-    names = list(parts)
-    blobs: list[bytes] = []
-    headers = []
-    for name in names:
-        chunks = parts[name].serialized_chunks()
-        headers.append({"name": name, "header": parts[name].header(), "chunks": len(chunks)})
-        blobs.extend(chunks)
-    return container.pack(KIND_ENCRYPTED_BUNDLE, {"parts": headers}, blobs)
-
-
-def bundle_from_bytes(data: bytes, key: Key) -> dict[str, EncryptedArrays]:
-    """Parse :func:`bundle_to_bytes` output with ``key`` (public suffices).
-
-    A plain :func:`to_bytes` container is accepted too and returned as part ``model``.
-
-    Raises
-    ------
-    CiphertextFormatError, LayoutMismatchError, KeyMismatchError
-        For a malformed container or bundle header (part names must be unique identifiers,
-        chunk counts must add up to the blobs present), or a malformed part.
-
-    """
-    header, blobs = container.unpack(data)
-    kind = header.get("kind")
-    if kind == KIND_ENCRYPTED_ARRAYS:
-        return {"model": from_header_and_chunks(header, blobs, key, container=True)}
-    if kind != KIND_ENCRYPTED_BUNDLE:
-        raise CiphertextFormatError(
-            f"expected encrypted arrays or a bundle, found a {str(kind)[:60]!r} container."
-        )
-    unknown = sorted(str(k) for k in header if k not in ("parts", "kind", "blobs_sha256"))
-    parts = header.get("parts")
-    if unknown or not isinstance(parts, list) or not 1 <= len(parts) <= _MAX_PARTS:
-        raise CiphertextFormatError(
-            f"malformed bundle header: unknown fields {unknown[:5]}, parts "
-            f"{type(parts).__name__} of {len(parts) if isinstance(parts, list) else 0}; "
-            f"expected a list of 1..{_MAX_PARTS} parts."
-        )
-    out: dict[str, EncryptedArrays] = {}
-    pos = 0
-    for index, part in enumerate(parts):
-        if not isinstance(part, dict) or set(part) != {"name", "header", "chunks"}:
-            raise CiphertextFormatError(
-                f"malformed bundle header: part {index} is not an object with exactly "
-                "name, header, chunks."
-            )
-        name = check_part_name(part["name"], what="bundle")
-        n = part["chunks"]
-        if name in out:
-            raise CiphertextFormatError(f"malformed bundle header: part {name!r} appears twice.")
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= len(blobs) - pos:
-            raise LayoutMismatchError(
-                f"bundle part {name!r} declares {n!r:.40} ciphertexts; "
-                f"{len(blobs) - pos} remain in the container."
-            )
-        out[name] = from_header_and_chunks(
-            part["header"], blobs[pos : pos + n], key, what=f"bundle part {name!r}"
-        )
-        pos += n
-    if pos != len(blobs):
-        raise LayoutMismatchError(f"bundle lists {pos} ciphertexts but holds {len(blobs)}.")
-    return out

@@ -26,11 +26,12 @@ from cifer_flwr.constants import KIND_KEY
 from cifer_flwr.crypto import container
 from cifer_flwr.crypto._protobuf import encode_varint, fields, payload
 from cifer_flwr.crypto._seal import check_seal_blob
-from cifer_flwr.crypto.params import CkksParams, get_preset
+from cifer_flwr.crypto.params import SCHEME_BFV, SCHEME_CKKS, CkksParams, get_preset
 from cifer_flwr.exceptions import (
     CiferError,
     CiphertextFormatError,
     ConfigError,
+    KeyExistsError,
     KeyFileError,
     KeyTypeError,
 )
@@ -113,7 +114,7 @@ class Key:
             raw = self._private_bytes if self.is_private else self.public_bytes
             assert raw is not None
             ctx = ts.context_from(raw)
-            ctx.global_scale = 2.0**self.params.scale_bits
+            _set_scale(ctx, self.params)
             self._contexts["main"] = ctx
         return self._contexts["main"]
 
@@ -124,7 +125,7 @@ class Key:
         if "sym" not in self._contexts:
             assert self._private_bytes is not None
             ctx = _symmetric(self._private_bytes)
-            ctx.global_scale = 2.0**self.params.scale_bits
+            _set_scale(ctx, self.params)
             self._contexts["sym"] = ctx
         return self._contexts["sym"]
 
@@ -181,12 +182,20 @@ def generate_key(
 
     """
     params = get_preset(preset) if isinstance(preset, str) else preset
-    ctx = ts.context(
-        ts.SCHEME_TYPE.CKKS,
-        params.poly_modulus_degree,
-        coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
-    )
-    ctx.global_scale = 2.0**params.scale_bits
+    if params.is_bfv:
+        ctx = ts.context(
+            ts.SCHEME_TYPE.BFV,
+            params.poly_modulus_degree,
+            plain_modulus=params.plain_modulus,
+            coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+        )
+    else:
+        ctx = ts.context(
+            ts.SCHEME_TYPE.CKKS,
+            params.poly_modulus_degree,
+            coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+        )
+    _set_scale(ctx, params)
     if relin_keys:
         ctx.generate_relin_keys()
     if galois_keys:
@@ -277,6 +286,24 @@ def _check_context_bytes(raw: bytes, params: CkksParams, what: str) -> dict[int,
     return top
 
 
+def _set_scale(ctx: ts.Context, params: CkksParams) -> None:
+    """CKKS contexts encode at ``2**scale_bits``; BFV contexts have no scale."""
+    if not params.is_bfv:
+        ctx.global_scale = 2.0**params.scale_bits
+
+
+def _scheme_of(ctx: ts.Context) -> tuple[str, int]:
+    """Scheme name and plain modulus (0 for CKKS) of a loaded context."""
+    parms = ctx.seal_context().data.key_context_data().parms()
+    # TenSEAL and its sealapi bind SCHEME_TYPE separately: compare by name
+    scheme = str(parms.scheme()).rsplit(".", 1)[-1]
+    if scheme == "BFV":
+        return SCHEME_BFV, int(parms.plain_modulus().value())
+    if scheme == "CKKS":
+        return SCHEME_CKKS, 0
+    return scheme[:20], 0
+
+
 def _prime_bits(ctx: ts.Context) -> tuple[int, tuple[int, ...]]:
     """Ring degree and prime bit sizes (data primes, then the special prime) of ``ctx``."""
     data = ctx.seal_context().data
@@ -296,6 +323,7 @@ def _load_context(raw: bytes, params: CkksParams, *, private: bool, what: str) -
     try:
         ctx = ts.context_from(raw)
         degree, bits = _prime_bits(ctx)
+        scheme, plain_modulus = _scheme_of(ctx)
         has_secret = bool(ctx.has_secret_key())
     except CiferError:
         raise
@@ -310,16 +338,25 @@ def _load_context(raw: bytes, params: CkksParams, *, private: bool, what: str) -
             f"the header says preset {params.name!r} (N={params.poly_modulus_degree}, "
             f"{list(params.coeff_mod_bit_sizes)}); the file was altered."
         )
+    if (scheme, plain_modulus) != (params.scheme, params.plain_modulus):
+        raise KeyFileError(
+            f"{what}: the key material is {scheme} with plain modulus {plain_modulus}, but "
+            f"the header says preset {params.name!r} ({params.scheme}, plain modulus "
+            f"{params.plain_modulus}); the file was altered."
+        )
     if has_secret != private:
         state = "contains" if has_secret else "lacks"
         raise KeyFileError(
             f"{what}: a {'private' if private else 'public'} key that {state} "
             "a secret key; the file was altered."
         )
-    ctx.global_scale = 2.0**params.scale_bits
+    _set_scale(ctx, params)
     if not private:
         try:  # a public key's one job: it must encrypt (the encryption type is a field too)
-            ts.ckks_vector(ctx, [0.0])
+            if params.is_bfv:
+                ts.bfv_vector(ctx, [0])
+            else:
+                ts.ckks_vector(ctx, [0.0])
         except Exception as exc:
             raise KeyFileError(
                 f"{what}: the public key cannot encrypt ({type(exc).__name__}: {exc!s:.120}); "
@@ -396,6 +433,37 @@ def _public_key_field(top: dict[int, bytes]) -> bytes | None:
     return inner.get(1)
 
 
+def _not_a_key_file(p: Path) -> str:
+    """Why ``p`` (not a regular file) cannot be a key file: what it is and what is expected."""
+    expected = "expected a cifer key file (public.key or private.key)"
+    if p.is_dir():
+        inside = [f.name for f in (p / PUBLIC_KEY_FILE, p / PRIVATE_KEY_FILE) if f.is_file()]
+        hint = (
+            f"; it holds {' and '.join(inside)}: pass {p / inside[0]}"
+            if inside
+            else "; `cifer keygen --name NAME` writes keys/NAME/public.key and private.key"
+        )
+        return f"{str(p)!r} is a directory, not a key file; {expected}{hint}."
+    if p.exists():
+        mode = p.stat().st_mode
+        kind = (
+            "a character device"
+            if stat.S_ISCHR(mode)
+            else "a block device"
+            if stat.S_ISBLK(mode)
+            else "a named pipe"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )
+        return f"{str(p)!r} is {kind}, not a key file; {expected}."
+    return (
+        f"key file {str(p)!r} does not exist; {expected}: create a pair with "
+        "`cifer keygen --name NAME` or pass the right path."
+    )
+
+
 def load_key(path: str | os.PathLike[str]) -> Key:
     """Load a public or private key file.
 
@@ -408,10 +476,7 @@ def load_key(path: str | os.PathLike[str]) -> Key:
     """
     p = Path(path)
     if not p.is_file():
-        raise KeyFileError(
-            f"key file {str(p)!r} does not exist; create a pair with "
-            "`cifer keygen --name NAME` or pass the right path."
-        )
+        raise KeyFileError(_not_a_key_file(p))
     size = p.stat().st_size
     if size > MAX_KEY_FILE_BYTES:
         raise KeyFileError(
@@ -450,8 +515,9 @@ def write_key_pair(
 
     Raises
     ------
-    FileExistsError
-        When either file exists and ``force`` is false (keys are never overwritten silently).
+    KeyExistsError
+        A ``FileExistsError``: either file exists and ``force`` is false (keys are never
+        overwritten silently).
 
     """
     key.require_private("write a key pair")
@@ -459,8 +525,8 @@ def write_key_pair(
     priv, pub = d / PRIVATE_KEY_FILE, d / PUBLIC_KEY_FILE
     for p in (priv, pub):
         if p.exists() and not force:
-            raise FileExistsError(
-                f"{p} already exists; refusing to overwrite a key (pass force=True / --force)."
+            raise KeyExistsError(
+                f"{p} already exists; refusing to overwrite a key (pass force=True to replace it)."
             )
     d.mkdir(parents=True, exist_ok=True)
     container.write_file_atomic(priv, key.to_bytes(), mode=0o600)

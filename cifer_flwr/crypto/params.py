@@ -1,4 +1,4 @@
-"""Named, validated CKKS parameter presets.
+"""Named, validated parameter presets: CKKS (approximate) and ``packed`` BFV (exact integers).
 
 Security levels follow the Homomorphic Encryption Standard (homomorphicencryption.org,
 Table 1, classical attacks, ternary secret): for a ring degree ``N`` the total coefficient
@@ -15,11 +15,17 @@ from cifer_flwr.exceptions import ConfigError, UnknownPresetError
 
 __all__ = [
     "PRESETS",
+    "SCHEME_BFV",
+    "SCHEME_CKKS",
     "CkksParams",
     "for_depth",
     "get_preset",
     "security_level",
 ]
+
+#: Scheme names stored in key files and ciphertext headers.
+SCHEME_CKKS = "ckks"
+SCHEME_BFV = "bfv"
 
 #: Max total ``log2(q)`` per ring degree for 128/192/256-bit classical security (HE Standard).
 _HE_STANDARD_MAX_LOGQ: dict[int, dict[int, int]] = {
@@ -75,6 +81,16 @@ class CkksParams:
         ``log2`` of the CKKS scale; the fixed-point precision of every value.
     description : str
         What the preset is for.
+    scheme : str
+        ``"ckks"`` (approximate real arithmetic) or ``"bfv"`` (exact integers modulo
+        ``plain_modulus``, batched: ``N`` values per ciphertext). For BFV, values are
+        fixed-point with step ``2**-scale_bits`` (docs/design.md §4.7).
+    plain_modulus : int
+        BFV only (0 for CKKS): the batching prime ``t`` (``t = 1 mod 2N``); sums live in
+        ``(-t/2, t/2)``.
+    max_summands : int
+        BFV only: the largest cohort whose sum never wraps when each summand uses its
+        ``1 / max_summands`` share of the range (docs/design.md §4.7).
 
     """
 
@@ -83,6 +99,9 @@ class CkksParams:
     coeff_mod_bit_sizes: tuple[int, ...]
     scale_bits: int
     description: str = ""
+    scheme: str = SCHEME_CKKS
+    plain_modulus: int = 0
+    max_summands: int = 1000
 
     def __post_init__(self) -> None:
         n = self.poly_modulus_degree
@@ -103,16 +122,65 @@ class CkksParams:
                 f"modulus is below 128-bit security (HE Standard allows at most "
                 f"{_HE_STANDARD_MAX_LOGQ.get(n, {}).get(128, 0)} bits); raise N or use fewer bits."
             )
+        if self.scheme == SCHEME_BFV:
+            self._check_bfv()
+        elif self.scheme != SCHEME_CKKS or self.plain_modulus != 0:
+            raise ConfigError(
+                f"scheme must be {SCHEME_CKKS!r} (with plain_modulus 0) or {SCHEME_BFV!r}, "
+                f"got {self.scheme!r:.40} with plain_modulus {self.plain_modulus}."
+            )
         if not 20 <= self.scale_bits < self.coeff_mod_bit_sizes[0] - 1:
             raise ConfigError(
                 f"scale_bits must be at least 20 and below the data prime "
                 f"({self.coeff_mod_bit_sizes[0]} bits) minus one, got {self.scale_bits}."
             )
 
+    def _check_bfv(self) -> None:
+        t, n = self.plain_modulus, self.poly_modulus_degree
+        if isinstance(t, bool) or not isinstance(t, int) or not 2**20 < t < 2**60:
+            raise ConfigError(
+                f"BFV plain_modulus must be an integer of 21..60 bits, got {t!r:.40}."
+            )
+        if t % (2 * n) != 1 or not _is_prime(t):
+            raise ConfigError(
+                f"BFV plain_modulus {t} is not a batching prime for N={n} "
+                f"(a prime = 1 mod {2 * n}); use sealapi.PlainModulus.Batching."
+            )
+        if t.bit_length() + 20 > self.coeff_mod_bit_sizes[0]:
+            raise ConfigError(
+                f"BFV plain_modulus of {t.bit_length()} bits leaves less than 20 bits of noise "
+                f"budget under a {self.coeff_mod_bit_sizes[0]}-bit data prime."
+            )
+        if not 1 <= self.max_summands <= 2**20 or (t // 2) // self.max_summands < 2**10:
+            raise ConfigError(
+                f"max_summands must be 1..2**20 and leave each summand at least 2**10 "
+                f"quantization steps, got {self.max_summands} for a {t.bit_length()}-bit t."
+            )
+
+    @property
+    def is_bfv(self) -> bool:
+        """Whether this is the exact integer scheme (``packed`` preset)."""
+        return self.scheme == SCHEME_BFV
+
+    @property
+    def quantized(self) -> bool:
+        """Whether values are quantized to exact integers (BFV; Paillier's params say so too)."""
+        return self.is_bfv
+
     @property
     def slots(self) -> int:
-        """Number of real values one ciphertext holds (``N / 2``)."""
+        """Number of values one ciphertext holds (``N / 2`` for CKKS, ``N`` for BFV)."""
+        if self.is_bfv:
+            return self.poly_modulus_degree
         return self.poly_modulus_degree // 2
+
+    def summand_bound(self, summands: int) -> int:
+        """BFV: largest integer one of ``summands`` quantized values may take (no wrap).
+
+        ``floor(((t - 1) / 2) / summands)``: the sum of ``summands`` values within it stays
+        in the signed range of ``t`` (docs/design.md §4.7).
+        """
+        return ((self.plain_modulus - 1) // 2) // max(1, summands)
 
     @property
     def security_bits(self) -> int:
@@ -129,8 +197,10 @@ class CkksParams:
         """Largest magnitude a value (or a sum of values) may take without wrapping around.
 
         The data prime ``q0`` holds values up to ``q0 / 2 / scale``; one bit of headroom
-        is kept for noise and rounding.
+        is kept for noise and rounding. BFV: ``((t - 1) / 2) * 2**-scale_bits`` (exact).
         """
+        if self.is_bfv:
+            return self.summand_bound(1) * self.precision
         return float(2 ** (self.coeff_mod_bit_sizes[0] - 2 - self.scale_bits))
 
     @property
@@ -139,9 +209,15 @@ class CkksParams:
         return math.ldexp(1.0, -self.scale_bits)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict (the inverse of :meth:`from_dict`)."""
+        """Return a JSON-ready dict (the inverse of :meth:`from_dict`).
+
+        CKKS sets omit the BFV fields, so their key files and headers are unchanged.
+        """
         data = asdict(self)
         data["coeff_mod_bit_sizes"] = list(self.coeff_mod_bit_sizes)
+        if not self.is_bfv:
+            for name in ("scheme", "plain_modulus", "max_summands"):
+                data.pop(name)
         return data
 
     @classmethod
@@ -160,11 +236,44 @@ class CkksParams:
                 coeff_mod_bit_sizes=tuple(_strict_int(b) for b in bits),
                 scale_bits=_strict_int(data["scale_bits"]),
                 description=data.get("description", ""),
+                scheme=_strict_str(data.get("scheme", SCHEME_CKKS)),
+                plain_modulus=_strict_int(data.get("plain_modulus", 0)),
+                max_summands=_strict_int(data.get("max_summands", 1000)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ConfigError):
                 raise
             raise ConfigError(f"malformed CKKS parameters {data!r:.200}: {exc}") from exc
+
+
+def _strict_str(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 16:
+        raise TypeError(f"expected a short string, got {value!r:.40}")
+    return value
+
+
+def _is_prime(n: int) -> bool:
+    """Deterministic Miller-Rabin for n < 3.3e24 (more than the 60 bits allowed)."""
+    if n < 2:
+        return False
+    bases = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
+    for p in bases:
+        if n % p == 0:
+            return n == p
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d, r = d // 2, r + 1
+    for a in bases:
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
 
 
 def _strict_int(value: Any) -> int:
@@ -183,7 +292,7 @@ PRESETS: dict[str, CkksParams] = {
             38,
             "Relative error of a 1000-client sum about 8e-8 (a 13x margin on 1e-6) and values "
             "up to +-1024, so a poor first guess of the example counts cannot overflow; "
-            "about 7.2x fp32. Additions only. 128-bit security.",
+            "about 3.6x fp32 upload (seeded), 7.2x download. Additions only. 128-bit security.",
         ),
         CkksParams(
             "compact",
@@ -191,16 +300,29 @@ PRESETS: dict[str, CkksParams] = {
             (45, 60),
             36,
             "Smallest set that keeps the relative error of a 1000-client sum <= 1e-6 "
-            "(about 3e-7, benchmarks/presets.py); values up to +-128; about 6.75x fp32. "
-            "Additions only. 128-bit security.",
+            "(about 3e-7, benchmarks/presets.py); values up to +-128; about 3.4x fp32 "
+            "upload, 6.75x download. Additions only. 128-bit security.",
         ),
         CkksParams(
             "precise",
             4096,
             (60, 49),
             40,
-            "About 1e-9 relative error, values up to 2**18; about 8x fp32. "
+            "About 1e-9 relative error, values up to 2**18; about 4x fp32 upload, 8x download. "
             "Additions only. 128-bit security.",
+        ),
+        CkksParams(
+            "packed",
+            4096,
+            (54, 55),
+            21,
+            "BFV with batching (4096 values per ciphertext): exact integer sums of weighted "
+            "updates quantized with unbiased stochastic rounding to steps of 2**-21; each of "
+            "K <= 1000 summands gets 1/K of the +-256 range, so sums never wrap; values "
+            "beyond a summand's share are clipped and counted. About 1.9x fp32 upload "
+            "(seeded), 3.8x download. Additions only. 128-bit security.",
+            scheme=SCHEME_BFV,
+            plain_modulus=1073692673,
         ),
         CkksParams(
             "nvflare",

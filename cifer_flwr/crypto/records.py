@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, overload
 
 from flwr.app import Array, ArrayRecord
 
 from cifer_flwr.constants import RECORD_PREFIX, STYPE_CIPHERTEXT, STYPE_HEADER
-from cifer_flwr.crypto.ckks import EncryptedArrays, from_header_and_chunks
+from cifer_flwr.crypto.ckks import EncryptedArrays
 from cifer_flwr.crypto.headers import check_part_name
 from cifer_flwr.crypto.keys import Key
+from cifer_flwr.crypto.paillier import PaillierArrays, PaillierKey
+from cifer_flwr.crypto.schemes import from_header_and_chunks
 from cifer_flwr.exceptions import CiphertextFormatError, ConfigError, LayoutMismatchError
 
 __all__ = [
@@ -42,7 +44,7 @@ def _chunk_key(part: str, index: int) -> str:
     return f"{RECORD_PREFIX}{part}.ct.{index:06d}"
 
 
-def bundle_to_record(parts: Mapping[str, EncryptedArrays]) -> ArrayRecord:
+def bundle_to_record(parts: Mapping[str, EncryptedArrays | PaillierArrays]) -> ArrayRecord:
     """Pack named encrypted parts into an ``ArrayRecord`` (inverse of :func:`bundle_from_record`).
 
     Each part contributes a JSON header ``Array`` and one ``Array`` per ciphertext.
@@ -57,14 +59,15 @@ def bundle_to_record(parts: Mapping[str, EncryptedArrays]) -> ArrayRecord:
         arrays[_header_key(part)] = Array(
             dtype="json", shape=(len(head),), stype=STYPE_HEADER, data=head
         )
+        dtype = "paillier" if isinstance(enc, PaillierArrays) else "ckks"
         for i, blob in enumerate(enc.serialized_chunks()):
             arrays[_chunk_key(part, i)] = Array(
-                dtype="ckks", shape=(enc.params.slots,), stype=STYPE_CIPHERTEXT, data=blob
+                dtype=dtype, shape=(enc.params.slots,), stype=STYPE_CIPHERTEXT, data=blob
             )
     return ArrayRecord(arrays)
 
 
-def to_array_record(enc: EncryptedArrays, part: str = "model") -> ArrayRecord:
+def to_array_record(enc: EncryptedArrays | PaillierArrays, part: str = "model") -> ArrayRecord:
     """Pack one encrypted object into an ``ArrayRecord`` (inverse of :func:`from_array_record`)."""
     return bundle_to_record({part: enc})
 
@@ -143,8 +146,16 @@ def record_headers(record: ArrayRecord) -> dict[str, dict[str, Any]]:
     return headers
 
 
-def bundle_from_record(record: ArrayRecord, key: Key) -> dict[str, EncryptedArrays]:
-    """Rebuild every encrypted part of an ``ArrayRecord``; ``key`` may be public.
+@overload
+def bundle_from_record(record: ArrayRecord, key: Key) -> dict[str, EncryptedArrays]: ...
+@overload
+def bundle_from_record(record: ArrayRecord, key: PaillierKey) -> dict[str, PaillierArrays]: ...
+@overload
+def bundle_from_record(
+    record: ArrayRecord, key: Key | PaillierKey
+) -> dict[str, EncryptedArrays | PaillierArrays]: ...
+def bundle_from_record(record: ArrayRecord, key: Key | PaillierKey) -> dict[str, Any]:
+    """Rebuild every encrypted part of an ``ArrayRecord``; ``key`` (either scheme) may be public.
 
     Every entry must be a part header or a ciphertext ``PART.ct.NNNNNN`` of a part that
     has a header, numbered 0, 1, ... without gaps; every header field and ciphertext is
@@ -169,7 +180,7 @@ def bundle_from_record(record: ArrayRecord, key: Key) -> dict[str, EncryptedArra
         if part not in chunks:
             raise CiphertextFormatError(f"ciphertext {name!r} belongs to no header.")
         chunks[part][index] = arr.data
-    out: dict[str, EncryptedArrays] = {}
+    out: dict[str, Any] = {}
     for part, header in headers.items():
         got = chunks[part]
         if sorted(got) != list(range(len(got))):
@@ -183,7 +194,9 @@ def bundle_from_record(record: ArrayRecord, key: Key) -> dict[str, EncryptedArra
     return out
 
 
-def from_array_record(record: ArrayRecord, key: Key, part: str = "model") -> EncryptedArrays:
+def from_array_record(
+    record: ArrayRecord, key: Key | PaillierKey, part: str = "model"
+) -> EncryptedArrays | PaillierArrays:
     """Rebuild the encrypted object ``part`` of an ``ArrayRecord``; ``key`` may be public."""
     parts = bundle_from_record(record, key)
     if part not in parts:

@@ -2,16 +2,24 @@
 
 Every ciphertext another party sends is checked in three steps (docs/design.md §5):
 
-1. before TenSEAL sees the bytes, its ``CKKSVectorProto`` is parsed here (known fields and
-   wire types only, exactly one SEAL ciphertext, declared size within the slots, scale equal
-   to the preset's);
+1. before TenSEAL sees the bytes, its ``CKKSVectorProto`` (``BFVVectorProto`` for the
+   ``packed`` preset) is parsed here (known fields and wire types only, exactly one SEAL
+   ciphertext, declared size within the slots, CKKS: scale equal to the preset's, BFV: no
+   scale);
 2. the SEAL serialization header of the embedded ciphertext is checked (magic, header size,
    version, compression mode, declared size equal to the bytes present), and for compressed
    data the zstd frame is walked so that the inflated size is bounded by the largest size-2
    ciphertext of the preset *before* SEAL inflates anything (no decompression bomb);
 3. after TenSEAL parsed it, the SEAL ciphertext must have 2 polynomials, the preset's ring
-   degree, the expected level (parms id), the expected scale, NTT form, not be transparent,
-   and have every coefficient reduced modulo its prime (``sealapi.is_valid_for``).
+   degree, the expected level (parms id, which also pins the BFV plain modulus: it is part
+   of the parameters hashed into it), the expected scale, NTT form (CKKS; BFV ciphertexts
+   are not in NTT form), not be transparent, and have every coefficient reduced modulo its
+   prime (``sealapi.is_valid_for``).
+
+A *seeded* ciphertext (a key holder's symmetric encryption whose random half is replaced
+by its PRNG seed, docs/design.md §4.7) passes the same three steps: its SEAL body is half
+as long, so the step-2 bound holds a fortiori, and SEAL's ``Ciphertext::load`` with the
+context expands the seed (refusing an unknown PRNG type) before step 3 checks the result.
 
 Any failure raises :class:`~cifer_flwr.exceptions.CiphertextFormatError`; no TenSEAL
 exception escapes.
@@ -75,7 +83,8 @@ def parse_vector_proto(blob: bytes, params: CkksParams, *, what: str = "cipherte
 
     The message must be exactly ``sizes`` (field 1, packed, one value in ``1..slots``),
     ``ciphertexts`` (field 2, exactly one) and ``scale`` (field 3, a double equal to
-    ``2**params.scale_bits``), each present once, nothing else.
+    ``2**params.scale_bits``), each present once, nothing else. For a BFV preset it is a
+    ``BFVVectorProto``: the same without ``scale``.
 
     Raises
     ------
@@ -117,7 +126,7 @@ def parse_vector_proto(blob: bytes, params: CkksParams, *, what: str = "cipherte
                     raise _fail(what, "truncated SEAL ciphertext field.")
                 seal = data[pos : pos + length]
                 pos += length
-            elif number == 3 and wire == 1:
+            elif number == 3 and wire == 1 and not params.is_bfv:
                 if scale is not None:
                     raise _fail(what, "the vector declares its scale twice.")
                 if pos + 8 > len(data):
@@ -125,10 +134,11 @@ def parse_vector_proto(blob: bytes, params: CkksParams, *, what: str = "cipherte
                 (scale,) = struct.unpack_from("<d", data, pos)
                 pos += 8
             else:
+                expected = "1 (sizes), 2 (ciphertexts)" + ("" if params.is_bfv else ", 3 (scale)")
                 raise _fail(
                     what,
                     f"unexpected protobuf field {number} (wire type {wire}) in a TenSEAL "
-                    "vector; expected only fields 1 (sizes), 2 (ciphertexts), 3 (scale).",
+                    f"vector of preset {params.name!r}; expected only fields {expected}.",
                 )
     except CiphertextFormatError as exc:
         if str(exc).startswith(what):
@@ -142,6 +152,8 @@ def parse_vector_proto(blob: bytes, params: CkksParams, *, what: str = "cipherte
         )
     if size is None or not 1 <= size <= params.slots:
         raise _fail(what, f"declared size {size}, expected 1..{params.slots}.")
+    if params.is_bfv:
+        return seal
     expected_scale = 2.0**params.scale_bits
     if scale != expected_scale:
         raise _fail(
@@ -168,7 +180,9 @@ def load_vector(
     level: int = 0,
     what: str = "ciphertext",
 ) -> Any:
-    """Validate and deserialize one foreign TenSEAL ``CKKSVector`` of ``key``'s preset.
+    """Validate and deserialize one foreign TenSEAL vector of ``key``'s preset.
+
+    A ``CKKSVector`` for CKKS presets, a ``BFVVector`` for ``packed``; full or seeded.
 
     The only function that hands another party's ciphertext bytes to TenSEAL.
 
@@ -186,7 +200,7 @@ def load_vector(
 
     Returns
     -------
-    tenseal.CKKSVector
+    tenseal.CKKSVector or tenseal.BFVVector
         The vector, linked to ``key.context()``.
 
     Raises
@@ -202,7 +216,7 @@ def load_vector(
     check_seal_blob(seal, max_raw_ciphertext_bytes(params, level=level), what=what)
     ctx = key.context()
     try:
-        vec = ts.ckks_vector_from(ctx, data)
+        vec = ts.bfv_vector_from(ctx, data) if params.is_bfv else ts.ckks_vector_from(ctx, data)
         cts = vec.ciphertext()
     except CiferError:
         raise
@@ -241,12 +255,15 @@ def _check_seal_ciphertext(ct: Any, key: Key, level: int, what: str) -> None:
             f"ciphertext at level {found} ({ct.coeff_modulus_size()} primes), expected "
             f"level {level} ({primes} primes) of preset {params.name!r}.",
         )
-    expected_scale = 2.0**params.scale_bits
+    expected_scale = 1.0 if params.is_bfv else 2.0**params.scale_bits
     if ct.scale != expected_scale:
         raise _fail(
-            what, f"SEAL scale {ct.scale!r}, expected 2**{params.scale_bits} = {expected_scale:g}."
+            what,
+            f"SEAL scale {ct.scale!r}, expected {expected_scale:g} (preset {params.name!r}).",
         )
-    if not ct.is_ntt_form():
+    if params.is_bfv and ct.is_ntt_form():
+        raise _fail(what, "the SEAL ciphertext is in NTT form; BFV ciphertexts are not.")
+    if not params.is_bfv and not ct.is_ntt_form():
         raise _fail(what, "the SEAL ciphertext is not in NTT form (CKKS ciphertexts are).")
     if ct.is_transparent():
         raise _fail(what, "the SEAL ciphertext is transparent (it encrypts nothing).")

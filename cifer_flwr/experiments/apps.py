@@ -41,17 +41,27 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore.run import Run
 
-from cifer_flwr.crypto.container import remove_temp_files, write_file_atomic
+from cifer_flwr.crypto.container import write_file_atomic
 from cifer_flwr.exceptions import ConfigError
-from cifer_flwr.experiments.config import strategy_defaults
+from cifer_flwr.experiments.config import (
+    STRATEGIES,
+    STRATEGY_CONFIGS,
+    strategy_config,
+    strategy_name,
+)
+from cifer_flwr.experiments.results import (
+    RESULTS_FORMAT,
+    ROUND_KEYS,
+    ResultsWriter,
+    round_row,
+    write_json_atomic,
+)
 from cifer_flwr.experiments.strategy_builder import (
     ENCRYPTED_STRATEGIES,
     PLAINTEXT_STRATEGIES,
     RUN_CONFIG_KEYS,
-    STRATEGIES,
     build_strategy,
     checkpoint_options,
-    strategy_name,
 )
 from cifer_flwr.mods import ckks_mod
 
@@ -70,9 +80,11 @@ __all__ = [
     "encryption_enabled",
     "encryption_mod",
     "make_strategy",
+    "path_option",
     "previous_rows",
     "resume_requested",
     "round_rows",
+    "run_metered",
     "run_strategy",
     "save_plaintext_model",
     "switched_ckks_mod",
@@ -81,8 +93,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: ``format`` field of the results JSON written by :func:`run_strategy`.
-RESULTS_FORMAT = "cifer.results/1"
 #: Run config keys: continue from the checkpoint / where the strategy checkpoints.
 RC_RESUME = "resume"
 RC_CHECKPOINT = "checkpoint-path"
@@ -100,7 +110,15 @@ def encryption_enabled(run_config: Mapping[str, Any]) -> bool:
     return bool(value)
 
 
-def _path_option(run_config: Mapping[str, Any], key: str) -> Path | None:
+def path_option(run_config: Mapping[str, Any], key: str) -> Path | None:
+    """The absolute path run config ``key`` holds (``None`` when empty).
+
+    Raises
+    ------
+    ConfigError
+        For a relative path (the ServerApp runs in a SuperLink subprocess).
+
+    """
     value = str(run_config.get(key, "") or "")
     if not value:
         return None
@@ -137,11 +155,11 @@ def checkpoint_path(run_config: Mapping[str, Any]) -> Path | None:
         For a relative path.
 
     """
-    explicit = _path_option(run_config, RC_CHECKPOINT)
+    explicit = path_option(run_config, RC_CHECKPOINT)
     if explicit is not None:
         return explicit
     for key in ("results-path", "save-path"):
-        base = _path_option(run_config, key)
+        base = path_option(run_config, key)
         if base is not None:
             return base.with_suffix(CHECKPOINT_SUFFIX)
     return None
@@ -160,9 +178,11 @@ def make_strategy(run_config: Mapping[str, Any]) -> Strategy:
     and the hyperparameters of :data:`~cifer_flwr.experiments.strategy_builder.RUN_CONFIG_KEYS`:
     ``proximal-mu``, ``server-lr`` (FedOpt ``eta``), ``eta-l``, ``beta-1``, ``beta-2``,
     ``tau``, ``min-cohort``, ``clip-norm`` (``0.0``: no clipping, run config has no
-    ``None``), ``noise-multiplier`` and ``aggregation-check``. A hyperparameter missing from
-    run config takes its default from ``conf/strategy/NAME.yaml``
-    (:func:`~cifer_flwr.experiments.config.strategy_defaults`), the same default ``cifer run`` uses.
+    ``None``), ``noise-multiplier``, ``aggregation-check``, ``server-learning-rate`` and
+    ``server-momentum`` (FedAvgM); only those of the named strategy are read. A
+    hyperparameter missing from run config takes the strategy's default
+    (:func:`~cifer_flwr.experiments.config.strategy_defaults`, the values of
+    ``conf/strategy/NAME.yaml``), the same default ``cifer run`` uses.
 
     Returns
     -------
@@ -178,27 +198,26 @@ def make_strategy(run_config: Mapping[str, Any]) -> Strategy:
 
     """
     name = strategy_name(run_config.get("strategy", "fedavg"))
-    params = strategy_defaults(name.value)
-    for field, key in RUN_CONFIG_KEYS.items():
+    values: dict[str, Any] = {"name": name}
+    for field in STRATEGY_CONFIGS[name].hyperparameters():
+        key = RUN_CONFIG_KEYS[field]
         if key not in run_config:
-            continue
+            continue  # the strategy's default (conf/strategy/NAME.yaml)
         value = run_config[key]
         if field == "aggregation_check":
-            setattr(params, field, _flag(value))
-        elif field == "min_cohort":
-            setattr(params, field, int(value))
+            values[field] = _flag(value)
         elif field == "clip_norm":
-            clip = float(value)
-            params.clip_norm = None if clip == 0.0 else clip
+            values[field] = None if float(value) == 0.0 else float(value)
         else:
-            setattr(params, field, float(value))
+            values[field] = value  # converted to the declared type by strategy_config
+    params = strategy_config(values)
     min_nodes = int(run_config.get("min-nodes", 2))
     encrypted = encryption_enabled(run_config)
     return build_strategy(
         params,
         encrypted=encrypted,
-        public_key=_path_option(run_config, "public-key") if encrypted else None,
-        save_path=_path_option(run_config, "save-path") if encrypted else None,
+        public_key=path_option(run_config, "public-key") if encrypted else None,
+        save_path=path_option(run_config, "save-path") if encrypted else None,
         checkpoint_path=checkpoint_path(run_config) if encrypted else None,
         resume=resume_requested(run_config),
         fraction_train=float(run_config.get("fraction-train", 1.0)),
@@ -237,29 +256,39 @@ def _server_round(msg: Message) -> int:
     return 0
 
 
+def _phase(msg: Message) -> str:
+    kind = msg.metadata.message_type
+    if kind.startswith(MessageType.TRAIN):
+        return "train"
+    return "evaluate" if kind.startswith(MessageType.EVALUATE) else "other"
+
+
 class MeteredGrid(Grid):
     """A :class:`~flwr.serverapp.Grid` that measures what goes through it, per round.
 
-    For every ``send_and_receive`` it records, under the round number found in the messages'
-    config (``server-round``) and the message type (``train`` / ``evaluate``): the payload
-    bytes of all ``ArrayRecord`` s sent and received, the wall time, the number of replies
-    and the error replies ``(node id, reason)``.
+    It meters at the level of ``push_messages`` / ``pull_messages``, so it sees both
+    Flower's ``send_and_receive`` and the strategies' streaming of replies. Per round
+    number (the messages' config ``server-round``) and phase (``train`` / ``evaluate``) it
+    records: the payload bytes of all ``ArrayRecord`` s sent and received, the time from
+    the first push to the last reply, the number of messages and replies, and the error
+    replies ``(node id, reason)``.
 
     Parameters
     ----------
     grid : Grid
         The grid Flower gave the ServerApp.
-    poll_interval : float or None (default: 0.2)
-        Seconds between pulls for replies. Flower 1.41's own ``send_and_receive`` sleeps
-        3 s between pulls, which adds up to 3 s to every train and evaluate phase;
-        ``None`` keeps Flower's implementation.
+    poll_interval : float (default: 0.2)
+        Seconds between pulls for replies (also the streaming strategies' ``pull_interval``).
+        Flower 1.41's own ``send_and_receive`` sleeps 3 s between pulls, which adds up to
+        3 s to every train and evaluate phase.
 
     """
 
-    def __init__(self, grid: Grid, *, poll_interval: float | None = 0.2) -> None:
+    def __init__(self, grid: Grid, *, poll_interval: float = 0.2) -> None:
         self.inner = grid
-        self.poll_interval = poll_interval
+        self.pull_interval = poll_interval
         self.rounds: dict[int, dict[str, Any]] = {}
+        self._sent: dict[str, tuple[int, str]] = {}  # message id -> (round, phase)
 
     # --- delegation -------------------------------------------------------------------
     def set_run(self, run: Run) -> None:
@@ -286,64 +315,65 @@ class MeteredGrid(Grid):
         """Delegate to the wrapped grid."""
         return self.inner.get_node_ids()
 
+    # --- metering ---------------------------------------------------------------------
+    def _stats(self, server_round: int, phase: str) -> dict[str, Any]:
+        stats = self.rounds.setdefault(server_round, {})
+        stats.setdefault("errors", [])
+        for name in ("bytes-sent", "bytes-received", "replies", "expected"):
+            stats.setdefault(f"{phase}-{name}", 0)
+        return stats
+
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Delegate to the wrapped grid."""
-        return self.inner.push_messages(messages)
+        """Push through the wrapped grid; record bytes, count and start time per phase."""
+        messages = list(messages)
+        now = time.time()
+        ids = list(self.inner.push_messages(messages))
+        for msg, message_id in zip(messages, ids, strict=False):
+            server_round, phase = _server_round(msg), _phase(msg)
+            self._sent[message_id] = (server_round, phase)
+            stats = self._stats(server_round, phase)
+            stats.setdefault(f"{phase}-start", now)
+            stats[f"{phase}-bytes-sent"] += _payload_bytes(msg)
+            stats[f"{phase}-expected"] += 1
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        """Delegate to the wrapped grid."""
-        return self.inner.pull_messages(message_ids)
-
-    # --- metering ---------------------------------------------------------------------
-    def _exchange(self, messages: list[Message], timeout: float | None) -> list[Message]:
-        if self.poll_interval is None:
-            return list(self.inner.send_and_receive(messages, timeout=timeout))
-        pending = set(self.inner.push_messages(messages))
-        end = None if timeout is None else time.time() + timeout
-        replies: list[Message] = []
-        while pending and (end is None or time.time() < end):
-            got = list(self.inner.pull_messages(pending))
-            replies.extend(got)
-            pending.difference_update(m.metadata.reply_to_message_id for m in got)
-            if pending:
-                time.sleep(self.poll_interval)
+        """Pull through the wrapped grid; record bytes, replies, errors and end time."""
+        replies = list(self.inner.pull_messages(message_ids))
+        now = time.time()
+        for reply in replies:
+            sent = self._sent.pop(reply.metadata.reply_to_message_id, None)
+            if sent is None:
+                continue
+            server_round, phase = sent
+            stats = self._stats(server_round, phase)
+            stats[f"{phase}-end"] = now
+            stats[f"{phase}-s"] = now - stats[f"{phase}-start"]
+            stats[f"{phase}-bytes-received"] += _payload_bytes(reply)
+            stats[f"{phase}-replies"] += 1
+            if reply.has_error():
+                stats["errors"].append(
+                    {
+                        "node": reply.metadata.src_node_id,
+                        "phase": phase,
+                        "reason": reply.error.reason,
+                    }
+                )
         return replies
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Send, receive, and record bytes, time and errors of this exchange."""
-        messages = list(messages)
-        if not messages:
-            return []
-        phase = (
-            "train"
-            if messages[0].metadata.message_type.startswith(MessageType.TRAIN)
-            else (
-                "evaluate"
-                if messages[0].metadata.message_type.startswith(MessageType.EVALUATE)
-                else "other"
-            )
-        )
-        server_round = _server_round(messages[0])
-        sent = sum(_payload_bytes(m) for m in messages)
-        t0 = time.time()
-        replies = self._exchange(messages, timeout)
-        t1 = time.time()
-        stats = self.rounds.setdefault(server_round, {})
-        stats[f"{phase}-start"] = t0
-        stats[f"{phase}-end"] = t1
-        stats[f"{phase}-s"] = t1 - t0
-        stats[f"{phase}-bytes-sent"] = sent
-        stats[f"{phase}-bytes-received"] = sum(_payload_bytes(r) for r in replies)
-        stats[f"{phase}-replies"] = len(replies)
-        stats[f"{phase}-expected"] = len(messages)
-        errors = stats.setdefault("errors", [])
-        for r in replies:
-            if r.has_error():
-                errors.append(
-                    {"node": r.metadata.src_node_id, "phase": phase, "reason": r.error.reason}
-                )
+        """Push, then pull every ``poll_interval`` s until all replies or ``timeout``."""
+        pending = set(self.push_messages(list(messages)))
+        end = None if timeout is None else time.time() + timeout
+        replies: list[Message] = []
+        while pending and (end is None or time.time() < end):
+            got = list(self.pull_messages(pending))
+            replies.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            if pending:
+                time.sleep(self.pull_interval)
         return replies
 
 
@@ -377,7 +407,7 @@ def round_rows(
         start = g.get("train-start")
         end = g.get("evaluate-end", g.get("train-end"))
         row: dict[str, Any] = {
-            "round": r,
+            "round": r,  # every key of ROUND_KEYS (round_row checks)
             "accuracy": evaluate.get("accuracy"),
             "loss": evaluate.get("loss"),
             "train-loss": train.get("train-loss"),
@@ -401,18 +431,8 @@ def round_rows(
             "train-metrics": train,
             "evaluate-metrics": evaluate,
         }
-        rows.append(row)
+        rows.append(round_row(row))
     return rows
-
-
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> Path:
-    """Write JSON atomically (temp file + ``os.replace``); no temp file is left behind.
-
-    Temp files a killed writer left next to ``path`` (``.NAME.*``, see
-    :func:`~cifer_flwr.crypto.container.write_file_atomic`) are removed first.
-    """
-    remove_temp_files(path)
-    return write_file_atomic(path, json.dumps(data, indent=2).encode("utf-8"))
 
 
 def previous_rows(results_path: Path | None) -> list[dict[str, Any]]:
@@ -431,7 +451,12 @@ def previous_rows(results_path: Path | None) -> list[dict[str, Any]]:
     rows = data.get("rounds") if isinstance(data, dict) else None
     if not isinstance(rows, list):
         return []
-    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("round"), int)]
+    # rows of the schema's keys only (an older file may hold others)
+    return [
+        round_row({k: v for k, v in r.items() if k in ROUND_KEYS})
+        for r in rows
+        if isinstance(r, dict) and isinstance(r.get("round"), int)
+    ]
 
 
 class RoundRecorder:
@@ -521,6 +546,62 @@ class RoundRecorder:
         return rows
 
 
+def run_metered(
+    strategy: Strategy,
+    grid: Grid,
+    initial_arrays: ArrayRecord,
+    *,
+    num_rounds: int,
+    writer: ResultsWriter,
+    restored: Iterable[Mapping[str, Any]] = (),
+    **start_options: Any,
+) -> tuple[Result, list[dict[str, Any]], int]:
+    """Run ``strategy`` on a :class:`MeteredGrid`, reporting every round to ``writer``.
+
+    The one run loop of the examples (:func:`run_strategy`) and the generic app
+    (:func:`cifer_flwr.experiments.topology.centralized.run_centralized`): the results file
+    is rewritten after every round and one progress line per round goes to Flower's logger
+    (:meth:`ResultsWriter.round_completed`); an exception writes status ``error`` with the
+    completed rounds and is re-raised.
+
+    Parameters
+    ----------
+    strategy, grid, initial_arrays
+        As for ``Strategy.start``.
+    num_rounds : int
+        Rounds of the whole run (restored ones included).
+    writer : ResultsWriter
+        Receives the strategy's description and the rows.
+    restored : iterable of dict
+        Rows of a killed run's results file (resume).
+    **start_options
+        Further keywords of ``Strategy.start`` (``timeout``, ``train_config``, ...).
+
+    Returns
+    -------
+    tuple
+        Flower's result, the rows of every round and the last round restored from a
+        checkpoint (0 for a fresh run).
+
+    """
+    metered = MeteredGrid(grid)
+    recorder = RoundRecorder(strategy, metered, num_rounds, restored=restored)
+    writer.update(num_rounds=num_rounds)
+    writer.describe_strategy(strategy)
+    writer.start(recorder.rows())
+    recorder.on_round = lambda _r: writer.round_completed(
+        recorder.rows(), resumed_after=recorder.resumed_after
+    )
+    try:
+        result = strategy.start(
+            grid=metered, initial_arrays=initial_arrays, num_rounds=num_rounds, **start_options
+        )
+    except BaseException as exc:
+        writer.fail(exc, recorder.rows(), resumed_after=recorder.resumed_after)
+        raise
+    return result, recorder.rows(result), recorder.resumed_after
+
+
 def run_strategy(
     strategy: Strategy,
     grid: Grid,
@@ -531,28 +612,19 @@ def run_strategy(
     evaluate_config: ConfigRecord | None = None,
     app_name: str = "",
 ) -> Result:
-    """Run ``strategy`` on a :class:`MeteredGrid` and write the results file.
+    """Run ``strategy`` with :func:`run_metered` and write the results file.
 
     Run config read: ``num-server-rounds`` (default 3), ``results-path`` (absolute; no
     file when empty), ``save-path`` (plaintext baseline: the final model as ``.npz``;
     encrypted strategies write their encrypted model there themselves), ``resume`` and the
-    keys :func:`make_strategy` reads (copied into the results for reference).
+    keys :func:`make_strategy` reads (copied into the results as ``run-config``).
 
-    The results file is rewritten atomically after every round (``status`` ``running``), so
-    a killed run keeps the rows of its completed rounds; a resumed run (``resume = true``,
-    the strategy built with :func:`make_strategy` from the same run config) keeps the rows
-    of the rounds restored from the checkpoint and adds the new ones, in the same schema.
-
-    The results JSON holds ``format``, ``app``, ``run-id``, ``strategy``, ``encryption``,
-    ``num-rounds``, ``total-s``, ``status`` (``running``, ``ok`` or ``error``),
-    ``resume``, ``resumed-after-round`` (0 for a fresh run), ``checkpoint-path`` and
-    ``rounds``: one row per round with ``accuracy`` and ``loss`` (federated evaluation),
-    ``train-loss``, ``round-s``, ``train-s``, ``evaluate-s``, ``bytes-sent``,
-    ``bytes-received`` (payload bytes of all ArrayRecords, train and evaluate),
-    ``aggregate-s`` (server-side ciphertext aggregation), ``client-encrypt-s`` /
-    ``client-decrypt-s`` / ``client-crypto-s`` (mean client seconds in CKKS per train
-    message, weighted by examples), ``errors``
-    (error replies) and ``excluded`` (replies the encrypted strategy refused, with reasons).
+    The results file (schema ``cifer.results/1``, :mod:`cifer_flwr.experiments.results`,
+    the same as the generic app's) is rewritten atomically after every round (``status``
+    ``running``), so a killed run keeps the rows of its completed rounds; a resumed run
+    (``resume = true``, the strategy built with :func:`make_strategy` from the same run
+    config) keeps the rows of the rounds restored from the checkpoint and adds the new
+    ones. Each completed round is logged as one line on Flower's logger.
 
     Returns
     -------
@@ -562,56 +634,35 @@ def run_strategy(
     """
     cfg = context.run_config
     num_rounds = int(cfg.get("num-server-rounds", 3))
-    results_path = _path_option(cfg, "results-path")
-    save_path = _path_option(cfg, "save-path")
+    results_path = path_option(cfg, "results-path")
+    save_path = path_option(cfg, "save-path")
     encrypted = encryption_enabled(cfg)
     resume = resume_requested(cfg)
-    metered = MeteredGrid(grid)
-    info: dict[str, Any] = {
-        "format": RESULTS_FORMAT,
-        "app": app_name,
-        "run-id": context.run_id,
-        "strategy": str(cfg.get("strategy", "fedavg")),
-        "strategy-class": f"{type(strategy).__module__}.{type(strategy).__name__}",
-        "encryption": encrypted,
-        "num-rounds": num_rounds,
-        "run-config": {k: v for k, v in cfg.items() if isinstance(v, bool | int | float | str)},
-        "save-path": str(save_path) if save_path else None,
-        "checkpoint-path": str(checkpoint_path(cfg)) if encrypted else None,
-        "resume": resume,
-    }
-    key = getattr(strategy, "key", None)
-    if key is not None:
-        info["key-fingerprint"] = key.fingerprint
-        info["ckks-preset"] = key.params.name
-    recorder = RoundRecorder(
-        strategy, metered, num_rounds, restored=previous_rows(results_path) if resume else ()
+    writer = ResultsWriter(
+        results_path,
+        app=app_name,
+        run_id=context.run_id,
+        strategy=strategy_name(cfg.get("strategy", "fedavg")),
+        topology="centralized",
+        encrypted=encrypted,
+        run_config=cfg,
+        resume=resume,
+        checkpoint_path=str(checkpoint_path(cfg)) if encrypted else None,
+        save_path=str(save_path) if save_path else None,
     )
-    t0 = time.time()
-
-    def write(status: str, rows: list[dict[str, Any]], **extra: Any) -> None:
-        info.update(status=status, rounds=rows, **extra)
-        info["total-s"] = time.time() - t0
-        info["resumed-after-round"] = recorder.resumed_after
-        if results_path is not None:
-            write_json_atomic(results_path, info)
-
-    recorder.on_round = lambda _r: write("running", recorder.rows())
-    write("running", recorder.rows())
-    try:
-        result = strategy.start(
-            grid=metered,
-            initial_arrays=initial_arrays,
-            num_rounds=num_rounds,
-            train_config=train_config,
-            evaluate_config=evaluate_config,
-        )
-    except BaseException as exc:
-        write("error", recorder.rows(), error=f"{type(exc).__name__}: {exc}")
-        raise
+    result, rows, resumed_after = run_metered(
+        strategy,
+        grid,
+        initial_arrays,
+        num_rounds=num_rounds,
+        writer=writer,
+        restored=previous_rows(results_path) if resume else (),
+        train_config=train_config,
+        evaluate_config=evaluate_config,
+    )
     if save_path is not None and not encrypted:
         save_plaintext_model(save_path, result.arrays)
-    write("ok", recorder.rows(result))
+    writer.write("ok", rows, resumed_after=resumed_after)
     if results_path is not None:
         log.info("wrote results to %s", results_path)
     return result

@@ -9,6 +9,11 @@ encrypted and the plaintext run of an experiment see exactly the same partitions
 * :func:`partition_iid` and :func:`partition_dirichlet` split indices among clients.
 * :func:`load_partition` is what a ClientApp calls with its ``partition-id`` /
   ``num-partitions`` node config.
+* :func:`load_file_dataset` reads the user's own dataset (``.npz`` / ``.npy`` / ``.csv``, and
+  TFRecords where TensorFlow is installed) with the hostile-input-safe readers of
+  :mod:`cifer_flwr.securetrain.limits` (sizes checked before reading, no pickle) and splits
+  and standardizes it like a built-in one; :func:`load_dataset` accepts such a path in place
+  of a name, so every entry point that takes a dataset name takes a file too.
 
 ``mnist`` is an optional online loader (``pip install flwr-datasets``); it is never used
 unless asked for.
@@ -27,25 +32,38 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from cifer_flwr.exceptions import ConfigError
+from cifer_flwr.exceptions import ConfigError, DatasetError
+from cifer_flwr.extras import require
 
 __all__ = [
     "cached_dataset",
     "node_partition",
     "DATASETS",
+    "DATASET_SUFFIXES",
     "PARTITIONERS",
     "Dataset",
     "Partition",
+    "is_dataset_file",
     "load_dataset",
+    "load_file_dataset",
     "load_partition",
     "partition_dirichlet",
     "partition_iid",
+    "whole",
 ]
 
 #: Names accepted by :func:`load_dataset` (``mnist`` needs flwr-datasets and the network).
 DATASETS = ("digits", "breast-cancer", "mnist")
 #: Environment variable overriding the cache directory of the bundled datasets.
 ENV_CACHE = "CIFER_DATA_CACHE"
+#: File suffixes :func:`load_file_dataset` reads (TFRecords need TensorFlow).
+DATASET_SUFFIXES = (".npz", ".npy", ".csv", ".tfrecord", ".tfrecords")
+#: Most classes a dataset file may have (labels are integers ``0 .. MAX_CLASSES - 1``).
+MAX_CLASSES = 1000
+#: Most examples and features a TFRecord file may hold (its size is checked as well).
+MAX_TFRECORD_VALUES = 1 << 27
+#: Node config / run config key naming a dataset file (``dataset-path``).
+DATASET_PATH_KEY = "dataset-path"
 #: Names accepted by :func:`load_partition` (``non-iid`` is an alias of ``dirichlet``).
 PARTITIONERS = ("iid", "dirichlet", "non-iid")
 
@@ -152,6 +170,10 @@ def _cache_dir() -> Path:
     return Path(base) / "cifer-flwr"
 
 
+#: For the missing-extra message: the bundled datasets come with scikit-learn.
+_BUNDLED = "the digits and breast-cancer datasets ship with scikit-learn"
+
+
 def _bundled(name: str) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
     """Raw ``(x, y)`` of a scikit-learn bundled dataset, cached as ``.npz``.
 
@@ -165,13 +187,9 @@ def _bundled(name: str) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
     except (OSError, KeyError, ValueError):
         pass
     if name == "digits":
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
+        bunch = require("sklearn.datasets", purpose=_BUNDLED).load_digits()
     else:
-        from sklearn.datasets import load_breast_cancer
-
-        bunch = load_breast_cancer()
+        bunch = require("sklearn.datasets", purpose=_BUNDLED).load_breast_cancer()
     x, y = np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target, dtype=np.int64)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
@@ -185,15 +203,246 @@ def _bundled(name: str) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
     return x, y
 
 
+def is_dataset_file(name: str) -> bool:
+    """Whether ``name`` names a dataset file (a suffix of :data:`DATASET_SUFFIXES`)."""
+    return name not in DATASETS and Path(name).suffix.lower() in DATASET_SUFFIXES
+
+
+def _labels_of(raw: NDArray[Any], n: int, source: str) -> IntArray:
+    """Integer class labels ``0 .. K - 1`` (``K <= MAX_CLASSES``) from any numeric column."""
+    if raw.dtype.kind not in "biuf":
+        raise DatasetError(
+            f"{source}: labels of dtype {raw.dtype} are not numbers; encode the classes as "
+            f"integers 0 .. K-1."
+        )
+    y = np.asarray(raw, dtype=np.float64).reshape(-1)
+    if y.shape[0] != n:
+        raise DatasetError(f"{source}: {y.shape[0]} labels for {n} examples; expected {n}.")
+    if not np.all(np.isfinite(y)) or np.any(y != np.round(y)):
+        raise DatasetError(
+            f"{source}: labels must be integers 0 .. K-1 (found NaN, infinite or fractional "
+            "values); encode the classes as integers."
+        )
+    if y.size and (y.min() < 0 or y.max() >= MAX_CLASSES):
+        raise DatasetError(
+            f"{source}: labels range over {int(y.min())} .. {int(y.max())}; expected integers "
+            f"0 .. K-1 with K <= {MAX_CLASSES}; re-encode the classes."
+        )
+    return y.astype(np.int64)
+
+
+def _features_of(raw: NDArray[Any], source: str) -> NDArray[np.float64]:
+    if raw.dtype.kind not in "biuf":
+        raise DatasetError(
+            f"{source}: features of dtype {raw.dtype} are not numbers; encode categorical "
+            "columns as numbers."
+        )
+    x = np.asarray(raw, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim < 2 or x.shape[0] < 2 or min(x.shape[1:]) < 1:
+        raise DatasetError(
+            f"{source}: expected features of shape (examples >= 2, features >= 1), got {x.shape}."
+        )
+    bad = ~np.isfinite(x)
+    if bad.any():
+        raise DatasetError(
+            f"{source}: {int(bad.sum())} NaN or infinite feature values (first in example "
+            f"{int(np.argwhere(bad)[0][0])}); impute or drop them first."
+        )
+    return x.reshape(x.shape[0], -1)
+
+
+def _table_split(
+    table: NDArray[Any], header: list[str] | None, label_column: str | int | None, source: str
+) -> tuple[NDArray[np.float64], IntArray]:
+    from cifer_flwr.securetrain.data import _column_index
+
+    if table.ndim != 2 or table.shape[1] < 2:
+        raise DatasetError(
+            f"{source}: expected a table of feature columns and a label column, got shape "
+            f"{table.shape}."
+        )
+    if label_column is None and header is not None:
+        named = [c for c in ("label", "target", "y", "class") if c in header]
+        label_column = named[0] if named else None
+    idx = _column_index(label_column, header, table.shape[1])
+    x = _features_of(np.delete(table, idx, axis=1), source)
+    return x, _labels_of(table[:, idx], x.shape[0], source)
+
+
+def _read_npz_dataset(
+    path: Path,
+) -> tuple[NDArray[np.float64], IntArray, tuple[NDArray[np.float64], IntArray] | None]:
+    from cifer_flwr.securetrain.limits import read_npz
+
+    source = str(path)
+    layouts = (("x", "y"), ("X", "y"), ("features", "labels"))
+
+    def pick(names: list[str]) -> list[str]:
+        for fx, fy in layouts:
+            if fx in names and fy in names:
+                test = [n for n in ("x_test", "y_test") if n in names]
+                if len(test) == 1:
+                    raise DatasetError(
+                        f"{source}: holds {test[0]} without its pair; store both x_test and "
+                        "y_test or neither."
+                    )
+                return [fx, fy, *test]
+        raise DatasetError(
+            f"{source}: holds arrays {names}; expected x/y (or X/y, features/labels), "
+            "optionally with x_test/y_test (np.savez(path, x=X, y=y))."
+        )
+
+    _, arrays = read_npz(path, pick, error=DatasetError)
+    names = list(arrays)
+    x = _features_of(arrays[names[0]], source)
+    y = _labels_of(arrays[names[1]], x.shape[0], source)
+    test = None
+    if "x_test" in arrays:
+        xt = _features_of(arrays["x_test"], source + " (x_test)")
+        if xt.shape[1] != x.shape[1]:
+            raise DatasetError(
+                f"{source}: x_test has {xt.shape[1]} features, x has {x.shape[1]}; they must match."
+            )
+        test = (xt, _labels_of(arrays["y_test"], xt.shape[0], source + " (y_test)"))
+    return x, y, test
+
+
+def _read_tfrecord(path: Path) -> tuple[NDArray[np.float64], IntArray]:
+    """TFRecords of ``tf.train.Example`` with a float list ``x`` and an int64 ``y``."""
+    source = str(path)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from cifer_flwr.extras import require
+
+    tf = require("tensorflow", purpose=f"{source} is a TFRecord file (or save it as .npz / .csv)")
+    xs: list[list[float]] = []
+    ys: list[int] = []
+    total = 0
+    try:
+        for raw in tf.data.TFRecordDataset(str(path)):
+            ex = tf.train.Example.FromString(raw.numpy())
+            feats = ex.features.feature
+            if "x" not in feats or "y" not in feats:
+                raise DatasetError(
+                    f"{source}: record {len(ys)} has features {sorted(feats)}; expected a "
+                    "float list 'x' and an int64 'y'."
+                )
+            row = list(feats["x"].float_list.value)
+            label = list(feats["y"].int64_list.value)
+            if len(label) != 1 or (xs and len(row) != len(xs[0])):
+                raise DatasetError(
+                    f"{source}: record {len(ys)} has {len(row)} features and {len(label)} "
+                    "labels; every record needs the same number of features and one label."
+                )
+            total += len(row) + 1
+            if total > MAX_TFRECORD_VALUES:
+                raise DatasetError(
+                    f"{source}: more than {MAX_TFRECORD_VALUES} values; use a smaller file."
+                )
+            xs.append(row)
+            ys.append(int(label[0]))
+    except tf.errors.OpError as exc:
+        raise DatasetError(f"{source}: not a readable TFRecord file ({exc.message}).") from exc
+    x = _features_of(np.asarray(xs, dtype=np.float64), source)
+    return x, _labels_of(np.asarray(ys, dtype=np.int64), x.shape[0], source)
+
+
+def load_file_dataset(
+    path: str | os.PathLike[str],
+    *,
+    label_column: str | int | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    standardize: bool = True,
+) -> Dataset:
+    """Read the user's own dataset file, split it (stratified) and standardize it.
+
+    Files are hostile input (docs/design.md §5): sizes are checked before anything is read
+    or decompressed, nothing goes through pickle, features must be finite numbers and labels
+    integers ``0 .. K-1`` (``K <= MAX_CLASSES``).
+
+    Parameters
+    ----------
+    path : path-like
+        ``.npz``: arrays ``x``/``y`` (or ``X``/``y``, ``features``/``labels``), optionally a
+        held-out ``x_test``/``y_test``; ``.npy``: a 2-D table; ``.csv``: a header row and
+        numeric rows; ``.tfrecord``: ``tf.train.Example`` records with a float list ``x``
+        and an int64 ``y`` (needs TensorFlow).
+    label_column : str or int, optional
+        Label column of a table (``.npy`` / ``.csv``), by name or index. Default: a column
+        named ``label``, ``target``, ``y`` or ``class``, else the last one.
+    test_fraction : float
+        Share of each class held out as the test split (unless the file has its own).
+    seed : int
+        Seed of the split.
+    standardize : bool
+        Standardize with the training split's statistics, as the built-in datasets are.
+
+    Returns
+    -------
+    Dataset
+        Named after the file's absolute path; ``num_classes`` is ``max(label) + 1``
+        (at least 2).
+
+    Raises
+    ------
+    DatasetError
+        For a missing file, an unknown suffix, a file over the size limits, text, NaN,
+        fractional or negative labels, or too few examples to split.
+
+    """
+    p = Path(path).expanduser()
+    source = str(p)
+    suffix = p.suffix.lower()
+    if suffix not in DATASET_SUFFIXES:
+        raise DatasetError(
+            f"dataset {source!r} has suffix {suffix or '(none)'!r}; use one of "
+            f"{', '.join(DATASET_SUFFIXES)} or a built-in name ({', '.join(DATASETS)})."
+        )
+    if not p.is_file():
+        raise DatasetError(f"dataset file {source!r} does not exist (use an absolute path).")
+    from cifer_flwr.securetrain.data import _read_csv
+    from cifer_flwr.securetrain.limits import read_npy
+
+    test: tuple[NDArray[np.float64], IntArray] | None = None
+    try:
+        if suffix == ".npz":
+            x, y, test = _read_npz_dataset(p)
+        elif suffix == ".npy":
+            x, y = _table_split(read_npy(p, error=DatasetError), None, label_column, source)
+        elif suffix == ".csv":
+            header, table = _read_csv(p)
+            x, y = _table_split(table, header, label_column, source)
+        else:
+            x, y = _read_tfrecord(p)
+    except OSError as exc:
+        raise DatasetError(f"{source}: cannot read the file ({exc}).") from exc
+    classes = max(2, int(y.max()) + 1, int(test[1].max()) + 1 if test else 0)
+    if test is None:
+        if len(y) < 4:
+            raise DatasetError(f"{source}: {len(y)} examples; at least 4 are needed to split.")
+        xtr, ytr, xte, yte = _split(x, y, test_fraction, seed)
+    else:
+        xtr, ytr, (xte, yte) = x, y, test
+    if standardize:
+        xtr_s, xte_s = _standardize(xtr, xte)
+    else:
+        xtr_s, xte_s = xtr.astype(np.float32), xte.astype(np.float32)
+    return Dataset(str(p.resolve()), xtr_s, ytr, xte_s, yte, classes, None)
+
+
 def load_dataset(name: str = "digits", *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """Load a built-in dataset, split it (stratified) and standardize it.
 
     Parameters
     ----------
-    name : {"digits", "breast-cancer", "mnist"}
+    name : {"digits", "breast-cancer", "mnist"} or path
         ``digits``: scikit-learn's 8x8 handwritten digits (1 797 images, 10 classes);
         ``breast-cancer``: Wisconsin diagnostic (569 examples, 30 features, 2 classes);
         both ship with scikit-learn, offline. ``mnist`` downloads MNIST (online only).
+        A path with a suffix of :data:`DATASET_SUFFIXES` is read by
+        :func:`load_file_dataset`.
     test_fraction : float
         Share of each class held out as the global test set.
     seed : int
@@ -210,6 +459,8 @@ def load_dataset(name: str = "digits", *, test_fraction: float = 0.2, seed: int 
         For an unknown name, or ``mnist`` without its optional dependency.
 
     """
+    if is_dataset_file(name):
+        return load_file_dataset(name, test_fraction=test_fraction, seed=seed)
     if name == "mnist":
         return _load_mnist()
     shapes: dict[str, tuple[int, tuple[int, int] | None]] = {
@@ -217,7 +468,10 @@ def load_dataset(name: str = "digits", *, test_fraction: float = 0.2, seed: int 
         "breast-cancer": (2, None),
     }
     if name not in shapes:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}.")
+        raise ConfigError(
+            f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)} or give a file "
+            f"({', '.join(DATASET_SUFFIXES)})."
+        )
     classes, shape = shapes[name]
     x, y = _bundled(name)
     xtr, ytr, xte, yte = _split(x, y, test_fraction, seed)
@@ -326,6 +580,11 @@ def cached_dataset(name: str, seed: int = 0) -> Dataset:
     return load_dataset(name, seed=seed)
 
 
+def whole(dataset: Dataset) -> Partition:
+    """All of ``dataset`` as one partition (a node that holds its own data file)."""
+    return Partition(dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test)
+
+
 def node_partition(
     run_config: Mapping[str, Any],
     node_config: Mapping[str, Any],
@@ -334,10 +593,15 @@ def node_partition(
 ) -> Partition:
     """Return this SuperNode's partition, as the examples configure it.
 
-    Run config: ``dataset``, ``seed`` (default 42), ``partitioner``, ``dirichlet-alpha``;
-    node config: ``partition-id``, ``num-partitions``.
+    Run config: ``dataset`` (a built-in name or a dataset file every node reads and
+    partitions), ``seed`` (default 42), ``partitioner``, ``dirichlet-alpha``; node config:
+    ``partition-id``, ``num-partitions``, and ``dataset-path``: this node's own dataset file,
+    used whole (each node brings its own data, nothing is partitioned).
     """
     seed = int(run_config.get("seed", 42))
+    own = str(node_config.get(DATASET_PATH_KEY, "") or "")
+    if own:
+        return whole(cached_dataset(own, seed))
     return load_partition(
         cached_dataset(str(run_config.get("dataset", default_dataset)), seed),
         int(node_config.get("partition-id", 0)),

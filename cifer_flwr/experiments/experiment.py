@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -15,6 +13,7 @@ from flwr.serverapp import Grid
 from cifer_flwr.exceptions import ConfigError
 from cifer_flwr.experiments.config import ExperimentConfig, compose, overrides_to_string
 from cifer_flwr.experiments.data import Partition, load_dataset, load_partition
+from cifer_flwr.experiments.results import ResultsWriter
 from cifer_flwr.experiments.tasks import TASKS, Task, TrainSettings, get_task
 from cifer_flwr.experiments.topology.centralized import run_centralized
 from cifer_flwr.experiments.topology.p2p import PeerRuntime, run_p2p
@@ -47,12 +46,13 @@ def dataset_shape(dataset: str) -> tuple[int, int]:
 
 def _task(exp: ExperimentConfig) -> Task:
     model, dataset = TASKS[exp.task.name]
-    return get_task(model, dataset)
+    t = exp.task  # your own model file when task.model_path is set
+    return get_task(model, dataset, model_path=t.model_path, model_class=t.model_class)
 
 
 def initial_arrays(exp: ExperimentConfig, seed: int | None = None) -> dict[str, np.ndarray]:
     """The task's initial model for ``exp`` (plaintext; the strategy encrypts it)."""
-    features, classes = dataset_shape(exp.task.dataset)
+    features, classes = dataset_shape(exp.task.dataset_path or exp.task.dataset)
     return _task(exp).init_arrays(features, classes, exp.seed if seed is None else seed)
 
 
@@ -70,44 +70,40 @@ def run_on_grid(
     checkpoint_path: str | None = None,
     resume: bool = False,
     restored_rows: list[dict[str, Any]] | None = None,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
+    writer: ResultsWriter | None = None,
 ) -> dict[str, Any]:
     """Run ``exp`` on a Grid (a real SuperLink or a test double) and return its results.
 
-    Centralized encrypted runs checkpoint to ``checkpoint_path`` after every round and,
-    with ``resume`` (or ``exp.resume``), continue from it; ``restored_rows`` (the killed
-    run's rows) are kept for the restored rounds. ``on_round`` gets the results so far
-    (``status`` ``running``) after every round, to be written to disk.
+    The results are the ``cifer.results/1`` document of
+    :class:`~cifer_flwr.experiments.results.ResultsWriter` (``writer``, or an in-memory one),
+    the schema the examples write too; it is rewritten after every round, and one line per
+    round goes to Flower's logger. Centralized encrypted runs checkpoint to
+    ``checkpoint_path`` after every round and, with ``resume`` (or ``exp.resume``),
+    continue from it; ``restored_rows`` (the killed run's rows) are kept for the restored
+    rounds.
     """
-    t0 = time.perf_counter()
     limit = exp.federation.timeout if timeout is None else timeout
     resume = resume or exp.resume
-    info: dict[str, Any] = {
-        "status": "running",
-        "config": overrides_to_string(exp),
-        "topology": exp.topology.name.value,
-        "strategy": exp.strategy.name.value,
-        "encrypted": exp.encryption.enabled,
-        "preset": exp.encryption.preset if exp.encryption.enabled else None,
-        "task": exp.task.name,
-        "nodes": exp.federation.nodes,
-        "resume": resume,
-        "resumed-after-round": 0,
-        "checkpoint-path": None,
-        "rounds": [],
-        "final_model": None,
-        "seconds": 0.0,
-    }
-
-    def snapshot(rows: list[dict[str, Any]], resumed_after: int = 0) -> dict[str, Any]:
-        info.update(
-            rounds=rows, seconds=time.perf_counter() - t0, **{"resumed-after-round": resumed_after}
-        )
-        return dict(info)
-
-    if exp.topology.name.value == "p2p":
+    encrypted = exp.encryption.enabled
+    centralized = exp.topology.name.value == "centralized"
+    writer = writer or ResultsWriter(None)
+    writer.update(
+        strategy=exp.strategy.name,
+        topology=exp.topology.name.value,
+        encrypted=encrypted,
+        preset=exp.encryption.preset if encrypted else None,
+        task=exp.task.name,
+        nodes=exp.federation.nodes,
+        num_rounds=exp.num_rounds,
+        config=overrides_to_string(exp),
+        resume=resume,
+        checkpoint_path=checkpoint_path if encrypted and centralized else None,
+        save_path=save_path if encrypted and centralized else None,
+    )
+    if not centralized:
         if resume:
             raise ConfigError("resume=true needs topology=centralized (p2p has no checkpoint).")
+        writer.start()
         rounds = run_p2p(
             grid,
             num_peers=exp.federation.nodes,
@@ -117,29 +113,22 @@ def run_on_grid(
             mixing=exp.topology.mixing.value,
             seed=exp.seed,
             timeout=limit,
+            on_round=writer.round_completed,
         )
-        save_path = None
-    else:
-        encrypted = exp.encryption.enabled
-        info["checkpoint-path"] = checkpoint_path if encrypted else None
-        if on_round is not None:
-            on_round(snapshot(list(restored_rows or []) if resume else []))
-        report = on_round
-        rounds, after = run_centralized(
-            grid,
-            exp,
-            _record(initial_arrays(exp)),
-            public_key=public_key if encrypted else None,
-            save_path=save_path if encrypted else None,
-            timeout=limit,
-            checkpoint_path=checkpoint_path if encrypted else None,
-            resume=resume,
-            restored_rows=(restored_rows or []) if resume else [],
-            on_round=None if report is None else (lambda rows, a: report(snapshot(rows, a))),
-        )
-        info["resumed-after-round"] = after
-    info.update(status="ok", final_model=save_path)
-    return snapshot(rounds, int(info.get("resumed-after-round", 0)))
+        return writer.write("ok", rounds)
+    rounds, after = run_centralized(
+        grid,
+        exp,
+        _record(initial_arrays(exp)),
+        public_key=public_key if encrypted else None,
+        writer=writer,
+        save_path=save_path if encrypted else None,
+        timeout=limit,
+        checkpoint_path=checkpoint_path if encrypted else None,
+        resume=resume,
+        restored_rows=(restored_rows or []) if resume else [],
+    )
+    return writer.write("ok", rounds, resumed_after=after)
 
 
 class ClientRuntime:
@@ -157,7 +146,7 @@ class ClientRuntime:
             ) from None
         self.partition_id = pid
         self.data: Partition = load_partition(
-            load_dataset(exp.task.dataset, seed=exp.seed),
+            load_dataset(exp.task.dataset_path or exp.task.dataset, seed=exp.seed),
             pid,
             num,
             partitioner=exp.partitioning.partitioner.value,
@@ -198,6 +187,11 @@ def client_runtime(context: Context) -> ClientRuntime:
     overrides = str(context.run_config.get(RC_OVERRIDES, ""))
     key = (context.run_id, context.node_id, overrides)
     if key not in _RUNTIMES:
-        exp = compose(overrides)
-        _RUNTIMES[key] = ClientRuntime(exp, context)
+        _RUNTIMES[key] = ClientRuntime(_composed(overrides), context)
     return _RUNTIMES[key]
+
+
+@lru_cache(maxsize=8)
+def _composed(overrides: str) -> ExperimentConfig:
+    """:func:`compose` once per process: a simulation worker hosts many virtual nodes."""
+    return compose(overrides)

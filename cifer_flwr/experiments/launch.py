@@ -8,15 +8,16 @@ centralized runs, ``final_model.enc``. Key pairs go to ``keys/`` (private key 06
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import os
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,11 +30,15 @@ from cifer_flwr.experiments.config import (
     overrides_to_string,
     validate,
 )
-from cifer_flwr.experiments.report import plot_runs
+from cifer_flwr.experiments.report import plot_or_note
+
+if TYPE_CHECKING:
+    from cifer_flwr.tooling.federation import Federation
 
 __all__ = [
     "APP_DIR",
     "RESULTS_FILE",
+    "check_deployable",
     "expand_sweep",
     "hydra_entry",
     "run_experiment",
@@ -78,10 +83,76 @@ def validate_sweep(overrides: list[str], multirun: bool) -> list[ExperimentConfi
     out = []
     for combo in combos:
         try:
-            out.append(compose(combo))
+            exp = compose(combo)
+            check_deployable(exp)
         except ConfigError as exc:
             raise ConfigError(f"{' '.join(combo) or '(defaults)'}: {exc}") from None
+        out.append(exp)
     return out
+
+
+def check_deployable(exp: ExperimentConfig) -> None:
+    """Check that ``cifer run`` can deploy ``exp`` here, before any key pair or process.
+
+    The config itself (including ``federation.tls`` / ``federation.auth`` in a simulation)
+    is checked by :func:`~cifer_flwr.experiments.config.validate`; this adds what depends on
+    the installation: ``federation=simulation`` runs in Flower's simulation engine
+    (docs/design.md §7.1) and needs Ray, the ``simulation`` extra.
+
+    Raises
+    ------
+    MissingExtraError
+        Ray is not installed; names ``pip install "cifer-flwr[simulation]"``.
+
+    """
+    if exp.federation.kind.value != "simulation":
+        return
+    from cifer_flwr.tooling.federation.simulation import require_ray
+
+    require_ray()
+
+
+@contextlib.contextmanager
+def _federation(
+    exp: ExperimentConfig,
+    directory: Path,
+    private: Path | None,
+    public: Path | None,
+    say: Progress,
+) -> Iterator[Federation]:
+    """A local deployment or Flower's simulation runtime on 127.0.0.1, as ``exp`` says.
+
+    Stopped on the way out, every process by PID with its descendants (Ray's included; a
+    simulation's Ray temp directory is removed too).
+    """
+    nodes = exp.federation.nodes
+    if exp.federation.kind.value == "simulation":
+        from cifer_flwr.tooling.federation.simulation import simulation
+
+        say(f"starting Flower's simulation runtime (Ray) with {nodes} virtual SuperNodes")
+        sim = simulation(directory, nodes=nodes, private_key=private, public_key=public)
+        with sim as fed:
+            try:
+                yield fed
+            finally:
+                say("stopping the federation")
+        return
+    from cifer_flwr.tooling.federation import up
+
+    say(f"starting a SuperLink and {nodes} SuperNodes on 127.0.0.1")
+    fed = up(
+        directory,
+        nodes=nodes,
+        tls=exp.federation.tls,
+        auth=exp.federation.auth,
+        private_key=private,
+        public_key=public,
+    )
+    try:
+        yield fed
+    finally:
+        say("stopping the federation")
+        fed.stop()
 
 
 #: Results file of a run inside its output directory; the checkpoint sits next to it.
@@ -134,11 +205,15 @@ def _write_json(path: Path, data: Any) -> None:
 def run_experiment(
     exp: ExperimentConfig, out_dir: Path, progress: Progress | None = None
 ) -> dict[str, Any]:
-    """Run one experiment on a fresh local deployment and write its outputs into ``out_dir``."""
-    from cifer_flwr.tooling.federation import up
+    """Run one experiment and write its outputs into ``out_dir``.
+
+    On a fresh local deployment (``federation=local``) or in Flower's simulation runtime
+    (``federation=simulation``, docs/design.md §7.1), both on 127.0.0.1 and stopped afterwards.
+    """
     from cifer_flwr.tooling.federation.runs import run_app
 
     say = progress or (lambda msg: log.info("%s", msg))
+    check_deployable(exp)  # before any key pair or process (issue 12)
     if exp.resume:
         _check_resumable(exp, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -149,26 +224,11 @@ def run_experiment(
         private = out_dir / "keys" / crypto.PRIVATE_KEY_FILE
         public = out_dir / "keys" / crypto.PUBLIC_KEY_FILE
     elif exp.encryption.enabled:
-        say(f"generating a CKKS key pair (preset {exp.encryption.preset})")
-        key = crypto.generate_key(exp.encryption.preset)
-        private, public = crypto.write_key_pair(key, out_dir / "keys", force=True)
-    if exp.federation.kind.value != "local":
-        raise ConfigError(
-            "federation=simulation needs Flower's simulation engine (Ray), which binds "
-            "non-loopback addresses; run it inside a loopback-only network namespace "
-            "(`unshare -n`) with `flwr run` and a simulation connection. `cifer run` "
-            "deploys locally (federation=local)."
+        say(f"generating a key pair (preset {exp.encryption.preset})")
+        private, public = crypto.generate_key_pair(
+            exp.encryption.preset, out_dir / "keys", force=True
         )
-    say(f"starting a SuperLink and {exp.federation.nodes} SuperNodes on 127.0.0.1")
-    fed = up(
-        out_dir / "federation",
-        nodes=exp.federation.nodes,
-        tls=exp.federation.tls,
-        auth=exp.federation.auth,
-        private_key=private,
-        public_key=public,
-    )
-    try:
+    with _federation(exp, out_dir / "federation", private, public, say) as fed:
         run_config: dict[str, str | bool] = {
             "hydra-overrides": overrides_to_string(exp),
             "resume": exp.resume,
@@ -177,7 +237,7 @@ def run_experiment(
             run_config["public-key"] = str(public.resolve())
             if exp.topology.name.value == "centralized":
                 run_config["save-path"] = str((out_dir / "final_model.enc").resolve())
-        what = f"{exp.strategy.name.value}, {exp.topology.name.value}"
+        what = f"{exp.strategy.name}, {exp.topology.name.value}"
         say(f"running {exp.num_rounds} rounds ({what})")
         outcome = run_app(
             fed,
@@ -187,9 +247,6 @@ def run_experiment(
             results_path=out_dir / RESULTS_FILE,
             log_path=out_dir / "run.log",
         )
-    finally:
-        say("stopping the federation")
-        fed.stop()
     if not outcome.completed:
         raise CiferError(
             f"run {outcome.run_id} ended {outcome.status}: {'; '.join(outcome.errors)} "
@@ -199,12 +256,16 @@ def run_experiment(
         say(f"warning: {problem}")
     results = dict(outcome.results or {})
     _write_json(out_dir / "metrics.json", results)
-    plot_runs({"this run": results}, out_dir / "metrics.png")
+    plot_or_note({"this run": results}, out_dir / "metrics.png", say)  # no plot extra: a note
     shutil.rmtree(out_dir / "federation" / "home", ignore_errors=True)
     return results
 
 
-def _hydra_main() -> None:
+def _say(msg: str) -> None:
+    print(f"[cifer] {msg}", flush=True)
+
+
+def _hydra_main(failures: list[str], on_done: Callable[[Path, bool], None] | None = None) -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
 
@@ -212,23 +273,36 @@ def _hydra_main() -> None:
     def main(cfg: DictConfig) -> float | None:
         exp = validate(cfg)
         out_dir = Path(HydraConfig.get().runtime.output_dir)
-        results = run_experiment(exp, out_dir, progress=lambda m: print(f"[cifer] {m}", flush=True))
+        try:
+            results = run_experiment(exp, out_dir, progress=_say)
+        except CiferError as exc:  # one line, not Hydra's traceback; the sweep goes on
+            failures.append(f"{out_dir}: {' '.join(str(exc).split())}")
+            _say(f"failed: {' '.join(str(exc).split())}")
+            if on_done is not None:
+                on_done(out_dir, False)
+            return None
         last = results["rounds"][-1] if results.get("rounds") else {}
-        print(
-            f"[cifer] done: final accuracy {last.get('accuracy')}; outputs in {out_dir}", flush=True
-        )
+        _say(f"done: final accuracy {last.get('accuracy')}; outputs in {out_dir}")
+        if on_done is not None:
+            on_done(out_dir, True)
         acc = last.get("accuracy")
         return None if acc is None else float(acc)
 
     main()
 
 
-def hydra_entry(overrides: list[str], multirun: bool) -> None:
+def hydra_entry(
+    overrides: list[str],
+    multirun: bool,
+    on_done: Callable[[Path, bool], None] | None = None,
+) -> None:
     """Validate every requested experiment, then hand the command line to Hydra.
 
     ``resume=true`` is checked here too, before anything starts: it needs the killed run's
     output directory (``hydra.run.dir=...``; ``hydra.sweep.dir=...`` with ``-m``) holding
-    its checkpoint, key pair and the same config.
+    its checkpoint, key pair and the same config. ``on_done(output_dir, ok)`` is called after
+    each experiment (the CLI's sweep progress bar). A failed experiment is one line and the
+    sweep goes on; then :class:`CiferError` names every failure.
     """
     exps = validate_sweep(overrides, multirun)
     if any(e.resume for e in exps):
@@ -244,7 +318,12 @@ def hydra_entry(overrides: list[str], multirun: bool) -> None:
     argv = sys.argv
     sys.argv = ["cifer run", *(["--multirun"] if multirun else []), *overrides]
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    failures: list[str] = []
     try:
-        _hydra_main()
+        _hydra_main(failures, on_done)
     finally:
         sys.argv = argv
+    if failures:
+        raise CiferError(
+            f"{len(failures)} of {len(exps)} experiments failed: {'; '.join(failures)}"
+        )

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["find_runs", "plot_runs", "report", "table"]
+from cifer_flwr.exceptions import MissingExtraError
+from cifer_flwr.extras import check, require
+
+__all__ = ["find_runs", "plot_or_note", "plot_runs", "report", "table"]
+
+#: What the plots need matplotlib for (the ``plot`` extra), for the missing-extra message.
+PLOT_PURPOSE = "plots of accuracy and loss per round"
 
 
 def _label(run: dict[str, Any]) -> str:
@@ -18,11 +25,18 @@ def _label(run: dict[str, Any]) -> str:
 def plot_runs(
     runs: dict[str, dict[str, Any]], path: str | os.PathLike[str], title: str = ""
 ) -> Path:
-    """Accuracy and loss per round of one or more runs, as a PNG."""
-    import matplotlib
+    """Accuracy and loss per round of one or more runs, as a PNG.
 
+    Raises
+    ------
+    MissingExtraError
+        When matplotlib (the ``plot`` extra) is not installed.
+
+    """
+    matplotlib = require("matplotlib", purpose=PLOT_PURPOSE)
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", purpose=PLOT_PURPOSE)
+    ticker = require("matplotlib.ticker", purpose=PLOT_PURPOSE)
 
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
     for name, run in runs.items():
@@ -34,11 +48,9 @@ def plot_runs(
         ax_loss.plot(rounds, [r.get("loss") for r in rows], label=name, **style)
     ax_acc.set(xlabel="round", ylabel="accuracy", title="federated evaluation accuracy")
     ax_loss.set(xlabel="round", ylabel="loss", title="federated evaluation loss")
-    from matplotlib.ticker import MaxNLocator
-
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax_acc.legend(fontsize=7)
     if title:
         fig.suptitle(title)
@@ -47,6 +59,24 @@ def plot_runs(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_or_note(
+    runs: dict[str, dict[str, Any]],
+    path: str | os.PathLike[str],
+    note: Callable[[str], None],
+    title: str = "",
+) -> Path | None:
+    """:func:`plot_runs`, or one line to ``note`` (naming the extra) when matplotlib is missing.
+
+    For commands whose results matter more than their plot (``cifer run``): the results are
+    written either way and the run does not fail for a PNG.
+    """
+    try:
+        return plot_runs(runs, path, title)
+    except MissingExtraError as exc:
+        note(f"skipped {Path(path).name}: {exc}")
+        return None
 
 
 def find_runs(directory: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
@@ -97,8 +127,11 @@ def report(directory: str | os.PathLike[str]) -> tuple[Path, Path]:
     ------
     FileNotFoundError
         When ``directory`` holds no ``metrics.json``.
+    MissingExtraError
+        When matplotlib (the ``plot`` extra) is missing; checked before anything is written.
 
     """
+    check(["matplotlib"], purpose="cifer report draws report.png")
     root = Path(directory)
     runs = find_runs(root)
     if not runs:

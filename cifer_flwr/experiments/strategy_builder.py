@@ -1,13 +1,16 @@
 """The one strategy builder: name, encryption and typed hyperparameters -> a strategy.
 
-Every entry point builds its strategy here (docs/design.md §3): the examples' ServerApps
-(:func:`cifer_flwr.experiments.apps.make_strategy` translates Flower run config), the generic
-app behind ``cifer run`` and ``cifer demo``
-(:func:`cifer_flwr.experiments.topology.centralized.make_strategy` translates the Hydra
-:class:`~cifer_flwr.experiments.config.ExperimentConfig`). The builder is a pure
-function of typed inputs, so the validation lives in one place and a configuration means
-the same strategy whichever entry point reads it; a behaviour difference between entry
-points is a bug.
+Every entry point builds its strategy here (docs/design.md §3): the examples' ServerApps and
+``cifer demo`` (which runs the PyTorch example;
+:func:`cifer_flwr.experiments.apps.make_strategy` translates Flower run config), the generic
+app behind ``cifer run`` (:func:`cifer_flwr.experiments.topology.centralized.make_strategy`
+translates the Hydra :class:`~cifer_flwr.experiments.config.ExperimentConfig`) and the
+FedLearn API. The builder is a pure function of a typed per-strategy config
+(:class:`~cifer_flwr.experiments.config.FedAvgConfig`, ...), whose ranges
+:func:`hyperparameter_problems` checks (the check
+:func:`~cifer_flwr.experiments.config.check_experiment` applies before anything starts), so
+a configuration means the same strategy whichever entry point reads it; a behaviour
+difference between entry points is a bug.
 
 It sits in the experiment harness, not in the library: it knows both our encrypted
 strategies and Flower's plaintext baselines of the same name, and the harness's
@@ -18,7 +21,9 @@ topology code, so both can use it without an import cycle.
 from __future__ import annotations
 
 import inspect
+import math
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,7 +32,19 @@ from flwr.serverapp.strategy import Strategy
 
 from cifer_flwr import strategies
 from cifer_flwr.exceptions import ConfigError
-from cifer_flwr.experiments.config import StrategyConfig, StrategyName
+from cifer_flwr.experiments.config import (
+    COHORT,
+    FLAG,
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_OR_NONE,
+    STRATEGIES,
+    UNIT,
+    FedAvgConfig,
+    SecureFedConfig,
+    StrategyConfig,
+    strategy_name,
+)
 
 __all__ = [
     "ENCRYPTED_STRATEGIES",
@@ -39,11 +56,9 @@ __all__ = [
     "checkpoint_options",
     "hyperparameter_problems",
     "plaintext_problem",
+    "range_problem",
     "strategy_name",
 ]
-
-#: Strategy names accepted by every entry point.
-STRATEGIES: Final = tuple(n.value for n in StrategyName)
 
 #: Strategy name -> our encrypted class / Flower's plaintext class of the same name.
 ENCRYPTED_STRATEGIES: Final[dict[str, type[Strategy]]] = {
@@ -52,6 +67,7 @@ ENCRYPTED_STRATEGIES: Final[dict[str, type[Strategy]]] = {
     "fedyogi": strategies.FedYogi,
     "fedadam": strategies.FedAdam,
     "fedadagrad": strategies.FedAdagrad,
+    "fedavgm": strategies.FedAvgM,
     "securefed": strategies.SecureFed,
 }
 #: SecureFed has no plaintext counterpart: it is refused without encryption.
@@ -61,10 +77,12 @@ PLAINTEXT_STRATEGIES: Final[dict[str, type[Strategy]]] = {
     "fedyogi": flwr_strategy.FedYogi,
     "fedadam": flwr_strategy.FedAdam,
     "fedadagrad": flwr_strategy.FedAdagrad,
+    "fedavgm": flwr_strategy.FedAvgM,
 }
 
-#: Hyperparameter (``StrategyConfig`` field, Hydra ``strategy.<field>``) -> run config key
-#: of the examples' apps. Run config has no ``None``: ``clip-norm = 0.0`` means no clipping.
+#: Hyperparameter (a field of the typed strategy configs, Hydra ``strategy.<field>``) -> run
+#: config key of the examples' apps. Run config has no ``None``: ``clip-norm = 0.0`` means
+#: no clipping.
 RUN_CONFIG_KEYS: Final = {
     "proximal_mu": "proximal-mu",
     "eta": "server-lr",
@@ -76,32 +94,9 @@ RUN_CONFIG_KEYS: Final = {
     "clip_norm": "clip-norm",
     "noise_multiplier": "noise-multiplier",
     "aggregation_check": "aggregation-check",
+    "server_learning_rate": "server-learning-rate",
+    "server_momentum": "server-momentum",
 }
-
-#: Hyperparameters each strategy takes (beyond sampling and node counts).
-_PARAMS: Final[dict[str, tuple[str, ...]]] = {
-    "fedavg": (),
-    "fedprox": ("proximal_mu",),
-    "fedyogi": ("eta", "eta_l", "beta_1", "beta_2", "tau"),
-    "fedadam": ("eta", "eta_l", "beta_1", "beta_2", "tau"),
-    "fedadagrad": ("eta", "eta_l", "tau"),
-    "securefed": ("min_cohort", "clip_norm", "noise_multiplier", "aggregation_check"),
-}
-
-
-def strategy_name(value: object) -> StrategyName:
-    """The :class:`~cifer_flwr.experiments.config.StrategyName` for ``value`` (case-insensitive).
-
-    Raises
-    ------
-    ConfigError
-        For an unknown name, listing the valid ones.
-
-    """
-    name = str(value.value if isinstance(value, StrategyName) else value).strip().lower()
-    if name not in STRATEGIES:
-        raise ConfigError(f"strategy={name!r} is unknown; choose one of {', '.join(STRATEGIES)}.")
-    return StrategyName(name)
 
 
 def baseline_name(name: str) -> str:
@@ -110,8 +105,8 @@ def baseline_name(name: str) -> str:
     The same name, except SecureFed: its baseline is FedAvg without the hardening (asked
     for explicitly; SecureFed itself without encryption is a :class:`ConfigError`).
     """
-    value = strategy_name(name).value
-    return value if value in PLAINTEXT_STRATEGIES else StrategyName.fedavg.value
+    value = strategy_name(name)
+    return value if value in PLAINTEXT_STRATEGIES else FedAvgConfig.name
 
 
 def plaintext_problem(name: str) -> str:
@@ -120,7 +115,7 @@ def plaintext_problem(name: str) -> str:
     :func:`cifer_flwr.experiments.config.validate` reports it for a composed config before anything
     starts; :func:`build_strategy` refuses the same combination.
     """
-    value = strategy_name(name).value
+    value = strategy_name(name)
     if value in PLAINTEXT_STRATEGIES:
         return ""
     return (
@@ -135,6 +130,25 @@ def _name(field: str) -> str:
     return f"strategy.{field}" + (f" (run config '{key}')" if key else "")
 
 
+def range_problem(check: str, value: Any) -> bool:
+    """Whether ``value`` lies outside the range kind ``check`` (``metadata["check"]``)."""
+    if check == FLAG:
+        return not isinstance(value, bool)
+    if check == POSITIVE_OR_NONE and value is None:
+        return False
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+        return True
+    if check in (POSITIVE, POSITIVE_OR_NONE):
+        return not (value > 0 and math.isfinite(value))
+    if check == UNIT:
+        return not 0.0 <= value < 1.0
+    if check == NON_NEGATIVE:
+        return not (value >= 0 and math.isfinite(value))
+    if check == COHORT:
+        return value < 2 or value != int(value)
+    raise ConfigError(f"unknown range kind {check!r} (a bug in the strategy configs).")
+
+
 def hyperparameter_problems(
     strategy: StrategyConfig,
     *,
@@ -144,14 +158,15 @@ def hyperparameter_problems(
 ) -> list[str]:
     """What is wrong with these hyperparameters (empty when they are valid).
 
-    Only the hyperparameters the named strategy takes are checked: ``eta > 0``,
-    ``eta_l > 0``, ``0 <= beta_1, beta_2 < 1``, ``tau > 0``, ``proximal_mu >= 0``,
-    ``min_cohort >= 1``, ``clip_norm > 0`` or ``None``, ``noise_multiplier >= 0`` (and
-    ``> 0`` only with ``clip_norm``); fractions must lie in ``(0, 1]`` and node counts be
-    ``>= 1``. :func:`cifer_flwr.experiments.config.validate` reports the same problems for a
-    composed Hydra config.
+    Every field of the typed config is checked against the range declared next to it in
+    :mod:`cifer_flwr.experiments.config` (``eta``, ``eta_l``, ``tau``,
+    ``server_learning_rate > 0``; ``beta_1``, ``beta_2``, ``server_momentum`` in
+    ``[0, 1)``; ``proximal_mu``, ``noise_multiplier >= 0``; ``min_cohort >= 2``;
+    ``clip_norm > 0`` or ``None``); ``noise_multiplier > 0`` needs ``clip_norm``; fractions
+    must lie in ``(0, 1]`` and node counts be ``>= 1``.
+    :func:`cifer_flwr.experiments.config.check_experiment` reports the same problems for an
+    experiment, :func:`build_strategy` refuses them.
     """
-    s = strategy
     problems: list[str] = []
     for label, value in (
         ("fraction_train", fraction_train),
@@ -162,23 +177,14 @@ def hyperparameter_problems(
     for count in min_nodes:
         if count < 1:
             problems.append(f"node counts must be >= 1, got {count}")
-    used = _PARAMS[strategy_name(s.name).value]
-    positive = ("eta", "eta_l", "tau")
-    for field in used:
-        value = getattr(s, field)
-        if field in positive and not value > 0:
-            problems.append(f"{_name(field)} must be > 0, got {value}")
-        elif field in ("beta_1", "beta_2") and not 0.0 <= value < 1.0:
-            problems.append(f"{_name(field)} must be in [0, 1), got {value}")
-        elif field in ("proximal_mu", "noise_multiplier") and not value >= 0:
-            problems.append(f"{_name(field)} must be >= 0, got {value}")
-        elif field == "min_cohort" and value < 1:
-            problems.append(f"{_name(field)} must be >= 1, got {value}")
-        elif field == "clip_norm" and value is not None and not value > 0:
-            problems.append(
-                f"{_name(field)} must be > 0 or None (no clipping; 0.0 in run config), got {value}"
-            )
-    if "noise_multiplier" in used and s.noise_multiplier > 0 and s.clip_norm is None:
+    strategy_name(strategy.name)
+    for f in fields(strategy):
+        check = f.metadata.get("check")
+        value = getattr(strategy, f.name)
+        if check is not None and range_problem(check, value):
+            problems.append(f"{_name(f.name)} must be {check}, got {value}")
+    s = strategy
+    if isinstance(s, SecureFedConfig) and s.noise_multiplier > 0 and s.clip_norm is None:
         problems.append(
             f"{_name('noise_multiplier')}={s.noise_multiplier} needs "
             f"{_name('clip_norm')} (the noise is scaled to the clipping bound)"
@@ -241,7 +247,8 @@ def build_strategy(
     Parameters
     ----------
     strategy : StrategyConfig
-        Name and hyperparameters (those the strategy does not take are ignored).
+        One of the typed per-strategy configs (:class:`~cifer_flwr.experiments.config.FedAvgConfig`,
+        ...): its name and every hyperparameter it holds.
     encrypted : bool
         Our encrypted strategy (``True``) or Flower's class of the same name.
     public_key : path, optional
@@ -268,7 +275,7 @@ def build_strategy(
         without encryption or checkpoint path.
 
     """
-    name = strategy_name(strategy.name).value
+    name = strategy_name(strategy.name)
     counts = (min_train_nodes, min_evaluate_nodes, min_available_nodes)
     problems = hyperparameter_problems(
         strategy,
@@ -285,7 +292,7 @@ def build_strategy(
         "min_evaluate_nodes": min_evaluate_nodes,
         "min_available_nodes": min_available_nodes,
     }
-    kwargs.update({field: getattr(strategy, field) for field in _PARAMS[name]})
+    kwargs.update({f: getattr(strategy, f) for f in strategy.hyperparameters()})
     if not encrypted:
         problem = plaintext_problem(name)
         if problem:

@@ -1,10 +1,14 @@
 """Offline encrypted-asset workflows between a data owner and a project owner.
 
-Scenario 1 (data privacy): the data owner encrypts her dataset; the project owner trains a
-logistic regression **on the ciphertexts** with only her public key and returns an encrypted
-model that only she can decrypt. Scenario 2 (model privacy): the project owner encrypts his
-model; the data owner trains it on her plaintext data against the encrypted weights and returns
-it, still encrypted, to him. No workflow ever needs a private key to leave its owner.
+Scenario 1 (data privacy): the data owner standardizes (on her side) and encrypts her
+dataset; the project owner trains a logistic regression (one-vs-rest for more than two
+classes) **on the ciphertexts** with only her public key and returns an encrypted model that
+only she can decrypt, with her encrypted scaling folded in so that it works on raw rows.
+Scenario 2 (model privacy): the project owner encrypts his model; the data owner trains it
+on her plaintext data against the encrypted weights and returns it, still encrypted, to him.
+No workflow ever needs a private key to leave its owner. Any other model (Keras, PyTorch,
+``.npz``, ``.safetensors``) can be encrypted tensor by tensor for safekeeping
+(:mod:`.tensors`).
 """
 
 from cifer_flwr.securetrain.algorithm import (
@@ -17,7 +21,7 @@ from cifer_flwr.securetrain.algorithm import (
     sigmoid_poly,
     train_plaintext,
 )
-from cifer_flwr.securetrain.data import Dataset, load_dataset, save_dataset, signed_design
+from cifer_flwr.securetrain.data import Dataset, Scaler, load_dataset, save_dataset, signed_design
 from cifer_flwr.securetrain.encrypted import (
     EncryptedDataset,
     EncryptedModel,
@@ -32,26 +36,35 @@ from cifer_flwr.securetrain.encrypted import (
     train_encrypted,
 )
 from cifer_flwr.securetrain.model import (
+    Classifier,
     LogisticModel,
+    OneVsRestModel,
     evaluate,
+    fold_scaler,
     read_model,
     roc_auc,
     write_model,
 )
+from cifer_flwr.securetrain.tensors import ModelTensors, read_tensors, write_tensors
 
 __all__ = [
     "DEFAULT_ITERATIONS",
     "DEFAULT_LEARNING_RATE",
     "SIGMOID_COEFFS",
+    "Classifier",
     "Dataset",
     "EncryptedDataset",
     "EncryptedModel",
     "LogisticModel",
+    "ModelTensors",
+    "OneVsRestModel",
     "PlainDesign",
+    "Scaler",
     "decrypt_model",
     "encrypt_dataset",
     "encrypt_model",
     "evaluate",
+    "fold_scaler",
     "load_dataset",
     "load_encrypted_dataset",
     "load_encrypted_model",
@@ -60,6 +73,7 @@ __all__ = [
     "params_for_iterations",
     "plain_design",
     "read_model",
+    "read_tensors",
     "roc_auc",
     "save_dataset",
     "save_encrypted",
@@ -68,4 +82,5 @@ __all__ = [
     "train_encrypted",
     "train_plaintext",
     "write_model",
+    "write_tensors",
 ]

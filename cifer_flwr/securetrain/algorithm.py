@@ -24,9 +24,9 @@ import numpy.typing as npt
 
 from cifer_flwr.crypto.linalg import estimate_public_key_bytes
 from cifer_flwr.crypto.params import CkksParams, for_depth
-from cifer_flwr.exceptions import ConfigError, UnsupportedOperationError
-from cifer_flwr.securetrain.data import Dataset, signed_design
-from cifer_flwr.securetrain.model import LogisticModel
+from cifer_flwr.exceptions import ConfigError, FeatureMismatchError, UnsupportedOperationError
+from cifer_flwr.securetrain.data import Dataset, Scaler, signed_design
+from cifer_flwr.securetrain.model import Classifier, LogisticModel, OneVsRestModel, fold_scaler
 
 __all__ = [
     "DEFAULT_ITERATIONS",
@@ -38,6 +38,7 @@ __all__ = [
     "depth_for",
     "iterations_for_depth",
     "max_iterations",
+    "more_depth",
     "nesterov_etas",
     "params_for_iterations",
     "period_for",
@@ -80,27 +81,70 @@ def train_plaintext(
     *,
     iterations: int = DEFAULT_ITERATIONS,
     learning_rate: float = DEFAULT_LEARNING_RATE,
-    init: LogisticModel | None = None,
+    init: Classifier | None = None,
+    standardize: bool = False,
     on_iteration: Callable[[int], None] | None = None,
-) -> LogisticModel:
+) -> Classifier:
     """Train with the exact algorithm of the encrypted trainer, in plaintext (the oracle).
 
     Parameters
     ----------
     dataset : Dataset
-        Standardized features and binary labels.
+        Features and labels; more than two classes train one-vs-rest.
     iterations : int
         Nesterov iterations.
     learning_rate : float
         Step size ``lr`` (the gradient is averaged over samples).
-    init : LogisticModel, optional
-        Starting model; zeros by default.
+    init : LogisticModel or OneVsRestModel, optional
+        Starting model (raw coordinates); zeros by default.
+    standardize : bool
+        Train on standardized features and fold the scaler back (what securetrain does), so
+        the model works on raw rows.
     on_iteration : callable, optional
         Called with the iteration index after each iteration.
 
     """
     _check_hyper(iterations, learning_rate)
-    z = signed_design(dataset)
+    scaler = Scaler.fit(dataset.X) if standardize else None
+    data = dataset if scaler is None else scaler.transform(dataset)
+    starts: list[LogisticModel | None]
+    if init is None:
+        starts = [None] * dataset.num_outputs
+    elif isinstance(init, LogisticModel):
+        starts = [init]
+    else:
+        starts = list(init.models)
+    if len(starts) != dataset.num_outputs:
+        raise FeatureMismatchError(
+            f"the model has {len(starts)} outputs but the data needs {dataset.num_outputs}."
+        )
+    if scaler is not None:
+        starts = [None if m is None else _unfold(m, scaler) for m in starts]
+    positives = [1] if dataset.num_outputs == 1 else list(range(dataset.num_classes))
+    models = [
+        _train_binary(data, k, iterations, learning_rate, start, on_iteration)
+        for k, start in zip(positives, starts, strict=True)
+    ]
+    model: Classifier = (
+        models[0] if len(models) == 1 else OneVsRestModel(tuple(models), dataset.classes)
+    )
+    return model if scaler is None else fold_scaler(model, scaler)
+
+
+def _unfold(model: LogisticModel, scaler: Scaler) -> LogisticModel:
+    weight, bias = scaler.unfold(model.weight, model.bias)
+    return LogisticModel(weight, float(bias))
+
+
+def _train_binary(
+    dataset: Dataset,
+    positive: int,
+    iterations: int,
+    learning_rate: float,
+    init: LogisticModel | None,
+    on_iteration: Callable[[int], None] | None,
+) -> LogisticModel:
+    z = signed_design(dataset, positive)
     n = z.shape[0]
     beta = (init or LogisticModel.zeros(dataset.num_features)).to_vector()
     _check_features(beta.size - 1, dataset.num_features)
@@ -118,8 +162,6 @@ def train_plaintext(
 
 def _check_features(model_features: int, data_features: int) -> None:
     if model_features != data_features:
-        from cifer_flwr.exceptions import FeatureMismatchError
-
         raise FeatureMismatchError(
             f"the model has {model_features} features but the data has {data_features}; "
             "train the model on data with the same columns."
@@ -163,6 +205,26 @@ def max_iterations() -> int:
     while _fits(k + 1)[0] is not None:
         k += 1
     return k
+
+
+def more_depth(iterations: int) -> str:
+    """Advice for a key too shallow for ``iterations``, consistent with :func:`max_iterations`.
+
+    Ends with a full stop; never advises more iterations than any key can hold.
+    """
+    most = max_iterations()
+    if iterations <= most:
+        return (
+            f"ask the key holder to encrypt again with a key made for it (`--iterations "
+            f"{iterations}` on encrypt-dataset / encrypt-model). There is no bootstrapping, "
+            "so used depth cannot be refreshed."
+        )
+    return (
+        f"ask the key holder to encrypt again with the deepest key cifer makes (`--iterations "
+        f"{most}` on encrypt-dataset / encrypt-model: at most {most} iterations fit a "
+        "128-bit-secure key of at most 2 GiB without bootstrapping) and raise --learning-rate "
+        "instead of the iteration count."
+    )
 
 
 def params_for_iterations(iterations: int) -> CkksParams:

@@ -1,7 +1,10 @@
 """Plaintext datasets for securetrain: read ``.npz`` / ``.npy`` / ``.csv``, validate, encode.
 
-A dataset is a float feature matrix ``X`` (n samples x d features) and binary labels ``y``
-in {0, 1}. Files never go through pickle (``np.load(..., allow_pickle=False)``).
+A dataset is a float feature matrix ``X`` (n samples x d features) and labels ``y``: class
+indices ``0 .. K-1`` into the sorted original label values ``classes`` (``K = 2`` is binary
+logistic regression, ``K > 2`` is trained one-vs-rest). Features may be on any scale: the
+data owner's :class:`Scaler` standardizes them on her side before encryption and is folded
+back into the model she decrypts (docs/design.md §4.6). Files never go through pickle.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from cifer_flwr.securetrain.limits import CSV_FIELD_LIMIT, MAX_CSV_BYTES, read_n
 
 __all__ = [
     "DATASET_EXTENSIONS",
+    "MAX_CLASSES",
     "Dataset",
+    "Scaler",
     "from_signed_design",
     "load_dataset",
     "save_dataset",
@@ -32,26 +37,38 @@ __all__ = [
 DATASET_EXTENSIONS = (".npz", ".npy", ".csv")
 _FEATURE_KEYS = ("X", "features", "x")
 _LABEL_KEYS = ("y", "labels", "Y")
+#: Most classes a dataset may have (one-vs-rest trains one encrypted model per class).
+MAX_CLASSES = 64
 
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Features and binary labels, validated.
+    """Features and class labels, validated.
 
     Attributes
     ----------
     X : ndarray of shape (n, d)
-        Finite float features.
+        Finite float features (any scale).
     y : ndarray of shape (n,)
-        Labels in {0, 1}.
+        Class indices in ``0 .. len(classes) - 1`` (binary: 0 and 1).
     classes : tuple of float
-        The original label values mapped to 0 and 1.
+        The original label values, sorted; ``y == k`` means label ``classes[k]``.
 
     """
 
     X: npt.NDArray[np.float64]
     y: npt.NDArray[np.int64]
-    classes: tuple[float, float] = (0.0, 1.0)
+    classes: tuple[float, ...] = (0.0, 1.0)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``K`` (2 for binary data)."""
+        return len(self.classes)
+
+    @property
+    def num_outputs(self) -> int:
+        """Logistic models to train: 1 for binary data, else one per class (one-vs-rest)."""
+        return 1 if self.num_classes <= 2 else self.num_classes
 
     @property
     def num_samples(self) -> int:
@@ -93,7 +110,7 @@ def _features(raw: npt.ArrayLike, source: str) -> npt.NDArray[np.float64]:
 
 def _labels(
     raw: npt.ArrayLike, n: int, source: str
-) -> tuple[npt.NDArray[np.int64], tuple[float, float]]:
+) -> tuple[npt.NDArray[np.int64], tuple[float, ...]]:
     arr = np.asarray(raw)
     if arr.dtype.kind in "USO":
         try:
@@ -113,13 +130,13 @@ def _labels(
             f"{source}: every label is {classes[0] if classes.size else 'missing'}; a "
             "classifier needs examples of both classes."
         )
-    if classes.size > 2:
+    if classes.size > MAX_CLASSES:
         raise DatasetError(
-            f"{source}: {classes.size} classes found ({classes[:5].tolist()}...); securetrain "
-            "trains binary logistic regression. Make one label column per class "
-            "(one-vs-rest) and train one model each."
+            f"{source}: {classes.size} distinct labels found ({classes[:5].tolist()}...), at "
+            f"most {MAX_CLASSES} classes are trained (one encrypted model each); is the label "
+            "column a feature? Choose it with --label-column."
         )
-    return (arr == classes[1]).astype(np.int64), (float(classes[0]), float(classes[1]))
+    return np.searchsorted(classes, arr).astype(np.int64), tuple(float(c) for c in classes)
 
 
 def _column_index(label_column: str | int | None, header: list[str] | None, ncols: int) -> int:
@@ -288,20 +305,21 @@ def _read_csv(path: Path) -> tuple[list[str], npt.NDArray[np.float64]]:
 
 
 def save_dataset(dataset: Dataset, path: str | os.PathLike[str]) -> Path:
-    """Write ``X`` and ``y`` to an ``.npz`` (inverse of :func:`load_dataset`)."""
+    """Write ``X`` and the label values to an ``.npz`` (inverse of :func:`load_dataset`)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(p, X=dataset.X, y=dataset.y)
+    np.savez(p, X=dataset.X, y=np.asarray(dataset.classes)[dataset.y])
     return p
 
 
-def signed_design(dataset: Dataset) -> npt.NDArray[np.float64]:
-    """Return ``Z = y' * [1, X]`` with ``y' = 2y - 1`` (Kim et al.'s encoding).
+def signed_design(dataset: Dataset, positive: int = 1) -> npt.NDArray[np.float64]:
+    """Return ``Z = y' * [1, X]`` with ``y' = +1`` for class ``positive``, else ``-1``.
 
-    Logistic regression only ever needs these products, so labels never travel on their own.
-    Inverse: :func:`from_signed_design`.
+    Kim et al.'s encoding: logistic regression only ever needs these products, so labels
+    never travel on their own. One-vs-rest uses one design per class. Inverse (binary):
+    :func:`from_signed_design`.
     """
-    sign = (2.0 * dataset.y - 1.0)[:, None]
+    sign = np.where(dataset.y == positive, 1.0, -1.0)[:, None]
     return np.asarray(
         sign * np.hstack([np.ones((dataset.num_samples, 1)), dataset.X]), dtype=np.float64
     )
@@ -311,3 +329,101 @@ def from_signed_design(design: npt.NDArray[np.float64]) -> Dataset:
     """Recover the dataset from ``Z`` (its first column is the sign ``y'``)."""
     sign = design[:, 0]
     return Dataset(design[:, 1:] * sign[:, None], (sign > 0).astype(np.int64))
+
+
+@dataclass(frozen=True, eq=False)
+class Scaler:
+    """Per-feature standardization ``(x - mean) / scale``, fitted by the data owner.
+
+    The data owner standardizes on her side before encrypting (the polynomial sigmoid of
+    training is accurate only for standardized inputs) and keeps the scaler secret: it
+    travels only encrypted under her key (docs/design.md §4.6). :meth:`fold` turns a model
+    trained on standardized rows into the same model on raw rows.
+
+    Attributes
+    ----------
+    mean, scale : ndarray of shape (d,)
+        Column means and standard deviations (1 for a constant column).
+
+    """
+
+    mean: npt.NDArray[np.float64]
+    scale: npt.NDArray[np.float64]
+
+    @classmethod
+    def fit(cls, x: npt.ArrayLike) -> Scaler:
+        """Column means and standard deviations of ``x`` (a constant column gets scale 1)."""
+        arr = np.asarray(x, dtype=np.float64)
+        std = arr.std(axis=0)
+        return cls(arr.mean(axis=0), np.where(std > 0, std, 1.0))
+
+    @classmethod
+    def identity(cls, num_features: int) -> Scaler:
+        """The scaler that changes nothing."""
+        return cls(np.zeros(num_features), np.ones(num_features))
+
+    @property
+    def num_features(self) -> int:
+        """Number of features ``d``."""
+        return int(self.mean.shape[0])
+
+    def transform(self, dataset: Dataset) -> Dataset:
+        """Standardize the features of ``dataset`` (inverse: :meth:`inverse_transform`)."""
+        return Dataset((dataset.X - self.mean) / self.scale, dataset.y, dataset.classes)
+
+    def inverse_transform(self, dataset: Dataset) -> Dataset:
+        """Undo :meth:`transform`."""
+        return Dataset(dataset.X * self.scale + self.mean, dataset.y, dataset.classes)
+
+    def fold(
+        self, weight: npt.ArrayLike, bias: npt.ArrayLike
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Map linear weights on standardized rows to raw rows (inverse: :meth:`unfold`).
+
+        ``w . (x - m) / s + b == (w / s) . x + (b - w . (m / s))``; ``weight`` is ``(d,)`` or
+        ``(K, d)`` with ``bias`` ``()`` or ``(K,)``.
+        """
+        w = np.asarray(weight, dtype=np.float64)
+        raw_w = w / self.scale
+        return raw_w, np.asarray(bias, dtype=np.float64) - raw_w @ self.mean
+
+    def unfold(
+        self, weight: npt.ArrayLike, bias: npt.ArrayLike
+    ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """Map linear weights on raw rows to standardized rows (inverse of :meth:`fold`)."""
+        w = np.asarray(weight, dtype=np.float64)
+        return w * self.scale, np.asarray(bias, dtype=np.float64) + w @ self.mean
+
+    def to_words(self) -> npt.NDArray[np.uint16]:
+        """The exact float64 bits of ``mean`` then ``scale`` as 16-bit words.
+
+        Small integers survive CKKS exactly (rounded after decryption), so the scaler
+        round-trips bit for bit whatever its magnitude. Inverse: :meth:`from_words`.
+        """
+        both = np.concatenate([self.mean, self.scale]).astype("<f8")
+        return np.frombuffer(both.tobytes(), dtype="<u2").astype(np.uint16)
+
+    @classmethod
+    def from_words(cls, words: npt.ArrayLike, source: str = "scaler") -> Scaler:
+        """Rebuild from :meth:`to_words`; refuses anything that is not a valid scaler.
+
+        Raises
+        ------
+        DatasetError
+            When the words do not hold finite means and positive finite scales.
+
+        """
+        arr = np.asarray(words)
+        if arr.ndim != 1 or arr.size == 0 or arr.size % 8:
+            raise DatasetError(
+                f"{source}: {arr.size} words, expected 8 per feature (mean and scale)."
+            )
+        values = np.frombuffer(arr.astype("<u2").tobytes(), dtype="<f8").astype(np.float64)
+        d = values.size // 2
+        mean, scale = values[:d], values[d:]
+        if not (np.all(np.isfinite(values)) and np.all(scale > 0)):
+            raise DatasetError(
+                f"{source}: the decrypted scaler holds non-finite means or non-positive "
+                "scales; the encrypted file was altered."
+            )
+        return cls(mean.copy(), scale.copy())

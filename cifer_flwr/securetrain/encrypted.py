@@ -1,10 +1,14 @@
 """Encrypted datasets and models, and logistic regression trained on ciphertexts.
 
-Layout (see :mod:`cifer_flwr.crypto.linalg`): the signed design ``Z = y' * [1, X]`` is
-encrypted **column by column**; each column's samples are laid out periodically with a period
-``p`` (the next power of two above ``n``, at most the slot count; more samples use several
-ciphertexts per column). A model is one constant ciphertext per coefficient
-``[bias, weight...]``.
+Layout (see :mod:`cifer_flwr.crypto.linalg`): the data owner standardizes her features
+first (:class:`~.data.Scaler`, docs/design.md §4.6); the signed design ``Z = y' * [1, X]``
+is encrypted **column by column** (one design per class for one-vs-rest); each column's
+samples are laid out periodically with a period ``p`` (the next power of two above ``n``,
+at most the slot count; more samples use several ciphertexts per column). A model is one
+constant ciphertext per coefficient ``[bias, weight...]`` (per class for one-vs-rest). The
+scaler travels **encrypted** under the same key (its exact float64 bits as 16-bit integers)
+from the dataset into the trained model, and decryption folds it in, so the decrypted model
+works on raw rows.
 
 One iteration (``v`` the Nesterov point, all values encrypted)::
 
@@ -31,8 +35,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cifer_flwr import crypto
 from cifer_flwr.constants import KIND_ENCRYPTED_DATASET, KIND_ENCRYPTED_MODEL
 from cifer_flwr.crypto import container
+from cifer_flwr.crypto.ckks import from_header_and_chunks
 from cifer_flwr.crypto.keys import Key
 from cifer_flwr.crypto.linalg import (
     Ciphertext,
@@ -53,11 +59,12 @@ from cifer_flwr.securetrain.algorithm import (
     LEVELS_PER_ITERATION,
     SIGMOID_COEFFS,
     _check_hyper,
+    more_depth,
     nesterov_etas,
     period_for,
 )
-from cifer_flwr.securetrain.data import Dataset, signed_design
-from cifer_flwr.securetrain.model import LogisticModel
+from cifer_flwr.securetrain.data import MAX_CLASSES, Dataset, Scaler, signed_design
+from cifer_flwr.securetrain.model import Classifier, LogisticModel, OneVsRestModel, fold_scaler
 
 __all__ = [
     "FORMAT_VERSION",
@@ -84,11 +91,14 @@ MAX_FEATURES = 1 << 20
 MAX_CIPHERTEXTS = 1 << 20
 MAX_ITERATIONS = 1 << 20
 MAX_SCALE = 1e6
+#: Name of the array holding the encrypted scaler words.
+SCALER_ARRAY = "scaler"
 
 #: ``progress(done, total)`` callback.
 Progress = Callable[[int, int], None]
 
 Column = Sequence[Ciphertext] | Sequence[npt.NDArray[np.float64]]
+Plain = npt.NDArray[np.float64]
 
 
 def _now() -> str:
@@ -106,13 +116,18 @@ class EncryptedDataset:
     Attributes
     ----------
     columns : tuple of tuple of Ciphertext
-        ``num_features + 1`` columns (intercept first), each ``chunks`` ciphertexts.
+        ``outputs x (num_features + 1)`` columns (per output: intercept first), each
+        ``chunks`` ciphertexts.
     num_samples, num_features, period : int
         Public shape and layout.
     key : Key
         The key the ciphertexts belong to.
     meta : dict
-        Public annotations (label values, creation time).
+        Public annotations (creation time).
+    outputs : int
+        1 for binary labels, else the number of classes (one design each, one-vs-rest).
+    scaler : EncryptedArrays, optional
+        The owner's standardization, encrypted under ``key`` (``None``: not standardized).
 
     """
 
@@ -122,6 +137,13 @@ class EncryptedDataset:
     period: int
     key: Key = field(repr=False)
     meta: dict[str, Any] = field(default_factory=dict)
+    outputs: int = 1
+    scaler: crypto.EncryptedArrays | None = field(default=None, repr=False)
+
+    def design(self, output: int) -> tuple[tuple[Ciphertext, ...], ...]:
+        """The ``num_features + 1`` columns of one output's signed design."""
+        d1 = self.num_features + 1
+        return self.columns[output * d1 : (output + 1) * d1]
 
     def header(self) -> dict[str, Any]:
         """Public JSON header of the file."""
@@ -136,23 +158,42 @@ class EncryptedDataset:
             "period": self.period,
             "chunks": len(self.columns[0]),
             "shape": [self.num_samples, self.num_features],
+            "outputs": self.outputs,
+            **_scaler_header(self.scaler),
             "meta": self.meta,
         }
 
     def to_bytes(self) -> bytes:
         """Serialize into a cifer container (inverse of :func:`load_encrypted_dataset`)."""
         blobs = [ct.to_bytes() for col in self.columns for ct in col]
+        blobs += _scaler_blobs(self.scaler)
         return container.pack(KIND_ENCRYPTED_DATASET, self.header(), blobs)
 
 
 @dataclass(frozen=True)
 class PlainDesign:
-    """The signed design in plaintext, laid out like :class:`EncryptedDataset` (scenario 2)."""
+    """The signed design in plaintext, laid out like :class:`EncryptedDataset` (scenario 2).
+
+    With a ``scaler`` (the data owner's, never sent), ``columns`` are standardized,
+    ``raw_columns`` are the raw design (the first iteration's scores with a raw-coordinate
+    model) and ``folded_columns`` are ``Z_std M^T`` (the last gradient, mapped back to raw
+    coordinates without a level).
+    """
 
     columns: tuple[tuple[npt.NDArray[np.float64], ...], ...] = field(repr=False)
     num_samples: int
     num_features: int
     period: int
+    outputs: int = 1
+    scaler: Scaler | None = field(default=None, repr=False)
+    raw_columns: tuple[tuple[npt.NDArray[np.float64], ...], ...] = field(default=(), repr=False)
+    folded_columns: tuple[tuple[npt.NDArray[np.float64], ...], ...] = field(default=(), repr=False)
+    classes: tuple[float, ...] = ()
+
+    def design(self, output: int) -> tuple[tuple[npt.NDArray[np.float64], ...], ...]:
+        """The ``num_features + 1`` columns of one output's signed design."""
+        d1 = self.num_features + 1
+        return self.columns[output * d1 : (output + 1) * d1]
 
 
 @dataclass(frozen=True)
@@ -162,13 +203,17 @@ class EncryptedModel:
     Attributes
     ----------
     coefficients : tuple of Ciphertext
-        One constant ciphertext per coefficient.
+        One constant ciphertext per coefficient, ``outputs`` blocks of ``[bias, weight...]``.
     scale : float
         Public factor: plaintext coefficient = ``scale`` x decrypted value.
     key : Key
         The key the ciphertexts belong to.
     meta : dict
-        Public training annotations (iterations, learning rate, samples).
+        Public training annotations (iterations, learning rate, samples, class labels).
+    outputs : int
+        1 (binary) or the number of classes (one-vs-rest).
+    scaler : EncryptedArrays, optional
+        The data owner's standardization, encrypted, folded in by :func:`decrypt_model`.
 
     """
 
@@ -176,11 +221,18 @@ class EncryptedModel:
     scale: float
     key: Key = field(repr=False)
     meta: dict[str, Any] = field(default_factory=dict)
+    outputs: int = 1
+    scaler: crypto.EncryptedArrays | None = field(default=None, repr=False)
 
     @property
     def num_features(self) -> int:
         """Number of input features ``d``."""
-        return len(self.coefficients) - 1
+        return len(self.coefficients) // self.outputs - 1
+
+    def block(self, output: int) -> list[Ciphertext]:
+        """The coefficients ``[bias, weight...]`` of one output."""
+        d1 = self.num_features + 1
+        return list(self.coefficients[output * d1 : (output + 1) * d1])
 
     @property
     def level(self) -> int:
@@ -196,50 +248,150 @@ class EncryptedModel:
             "fingerprint": self.key.fingerprint,
             "model": "logistic-regression",
             "num_features": self.num_features,
-            "shape": [self.num_features + 1],
+            "shape": _model_shape(self.outputs, self.num_features),
+            "outputs": self.outputs,
             "order": "bias,weights",
             "scale": self.scale,
             "levels": [ct.level for ct in self.coefficients],
+            **_scaler_header(self.scaler),
             "meta": self.meta,
         }
 
     def to_bytes(self) -> bytes:
         """Serialize into a cifer container (inverse of :func:`load_encrypted_model`)."""
-        blobs = [ct.to_bytes() for ct in self.coefficients]
+        blobs = [ct.to_bytes() for ct in self.coefficients] + _scaler_blobs(self.scaler)
         return container.pack(KIND_ENCRYPTED_MODEL, self.header(), blobs)
+
+
+def _model_shape(outputs: int, num_features: int) -> list[int]:
+    return [num_features + 1] if outputs == 1 else [outputs, num_features + 1]
+
+
+def _scaler_header(scaler: crypto.EncryptedArrays | None) -> dict[str, Any]:
+    if scaler is None:
+        return {}
+    return {"scaler": {"header": scaler.header(), "chunks": len(scaler.vectors)}}
+
+
+def _scaler_blobs(scaler: crypto.EncryptedArrays | None) -> list[bytes]:
+    return [] if scaler is None else [bytes(b) for b in scaler.serialized_chunks()]
+
+
+def encrypt_scaler(scaler: Scaler, key: Key) -> crypto.EncryptedArrays:
+    """Encrypt the owner's scaler under her key (inverse of :func:`decrypt_scaler`)."""
+    return crypto.encrypt({SCALER_ARRAY: scaler.to_words()}, key)
+
+
+def decrypt_scaler(enc: crypto.EncryptedArrays, key: Key, num_features: int) -> Scaler:
+    """Decrypt and check a scaler (its words must round to exact 16-bit integers).
+
+    Raises
+    ------
+    CiphertextFormatError
+        When the decrypted values are not the words of ``num_features`` means and scales.
+
+    """
+    flat = np.concatenate(crypto.decrypt_chunks(enc, key))[: 8 * num_features]
+    if flat.size != 8 * num_features or np.abs(flat - np.rint(flat)).max(initial=0.0) > 0.05:
+        raise CiphertextFormatError(
+            "the encrypted scaler does not decrypt to whole 16-bit words; it was altered or "
+            "encrypted under another key."
+        )
+    words = np.rint(flat)
+    if words.min(initial=0.0) < 0 or words.max(initial=0.0) > 0xFFFF:
+        raise CiphertextFormatError("the encrypted scaler holds words outside 0..65535.")
+    try:
+        return Scaler.from_words(words.astype(np.uint16), "encrypted scaler")
+    except CiferError as exc:
+        raise CiphertextFormatError(str(exc)) from exc
 
 
 # ----------------------------------------------------------------------------- encryption
 
 
-def _columns(dataset: Dataset, slots: int) -> tuple[int, list[list[npt.NDArray[np.float64]]]]:
-    z = signed_design(dataset)
-    period = period_for(dataset.num_samples, slots)
-    chunks = _chunks(dataset.num_samples, period)
-    cols = [
+def _layout(z: npt.NDArray[np.float64], period: int, slots: int) -> list[list[Plain]]:
+    """Columns of ``z`` as periodic chunks of ``period`` samples."""
+    chunks = _chunks(z.shape[0], period)
+    return [
         [periodic(z[c * period : (c + 1) * period, j], period, slots) for c in range(chunks)]
         for j in range(z.shape[1])
     ]
-    return period, cols
 
 
-def plain_design(dataset: Dataset, params: CkksParams) -> PlainDesign:
-    """Lay a plaintext dataset out for training against encrypted weights (scenario 2)."""
-    period, cols = _columns(dataset, params.slots)
+def _designs(dataset: Dataset) -> list[npt.NDArray[np.float64]]:
+    """One signed design per output: binary (class 1 positive) or one per class."""
+    if dataset.num_outputs == 1:
+        return [signed_design(dataset)]
+    return [signed_design(dataset, k) for k in range(dataset.num_classes)]
+
+
+def _folding(scaler: Scaler) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """``(M, M^-1)``: ``beta_raw = M beta_std`` for ``[bias, weight...]`` vectors."""
+    d = scaler.num_features
+    m = np.zeros((d + 1, d + 1))
+    m[0, 0] = 1.0
+    m[0, 1:] = -scaler.mean / scaler.scale
+    m[1:, 1:] = np.diag(1.0 / scaler.scale)
+    inv = np.zeros((d + 1, d + 1))
+    inv[0, 0] = 1.0
+    inv[0, 1:] = scaler.mean
+    inv[1:, 1:] = np.diag(scaler.scale)
+    return m, inv
+
+
+def plain_design(dataset: Dataset, params: CkksParams, *, standardize: bool = True) -> PlainDesign:
+    """Lay a plaintext dataset out for training against encrypted weights (scenario 2).
+
+    With ``standardize`` the data owner's features are standardized on her side; the
+    trainer converts the (raw-coordinate) encrypted model in and out with plaintext scalars
+    (docs/design.md §4.6), so the model returned to its owner works on raw rows and the
+    scaler never leaves the data owner.
+    """
+    period = period_for(dataset.num_samples, params.slots)
+    scaler = Scaler.fit(dataset.X) if standardize else None
+    std = dataset if scaler is None else scaler.transform(dataset)
+    cols: list[tuple[Plain, ...]] = []
+    raw: list[tuple[Plain, ...]] = []
+    out: list[tuple[Plain, ...]] = []
+    for z_raw, z_std in zip(_designs(dataset), _designs(std), strict=True):
+        cols += [tuple(c) for c in _layout(z_std, period, params.slots)]
+        if scaler is not None:
+            m, _ = _folding(scaler)
+            raw += [tuple(c) for c in _layout(z_raw, period, params.slots)]
+            out += [tuple(c) for c in _layout(z_std @ m.T, period, params.slots)]
     return PlainDesign(
-        tuple(tuple(c) for c in cols), dataset.num_samples, dataset.num_features, period
+        tuple(cols),
+        dataset.num_samples,
+        dataset.num_features,
+        period,
+        dataset.num_outputs,
+        scaler,
+        tuple(raw),
+        tuple(out),
+        tuple(dataset.classes),
     )
 
 
 def encrypt_dataset(
-    dataset: Dataset, key: Key, *, progress: Progress | None = None
+    dataset: Dataset,
+    key: Key,
+    *,
+    standardize: bool = True,
+    progress: Progress | None = None,
 ) -> EncryptedDataset:
     """Encrypt a dataset for training by another party (inverse: decrypting each column).
 
-    Only the signed design ``y' * [1, X]`` is encrypted; labels never appear on their own.
+    Only the signed designs ``y' * [1, X]`` are encrypted (one per class for more than two
+    classes); labels never appear on their own. With ``standardize`` (the default) the
+    features are standardized first and the scaler is encrypted alongside, under the same
+    key: only the key holder can read it, and :func:`decrypt_model` folds it into the model
+    (docs/design.md §4.6).
     """
-    period, cols = _columns(dataset, key.params.slots)
-    total = sum(len(c) for c in cols)
+    scaler = Scaler.fit(dataset.X) if standardize else None
+    data = dataset if scaler is None else scaler.transform(dataset)
+    period = period_for(dataset.num_samples, key.params.slots)
+    cols = [col for z in _designs(data) for col in _layout(z, period, key.params.slots)]
+    total = sum(len(c) for c in cols) + (scaler is not None)
     done = 0
     out: list[tuple[Ciphertext, ...]] = []
     for col in cols:
@@ -250,27 +402,67 @@ def encrypt_dataset(
             if progress is not None:
                 progress(done, total)
         out.append(tuple(enc))
-    meta = {"classes": list(dataset.classes), "created": _now()}
+    encrypted_scaler = None if scaler is None else encrypt_scaler(scaler, key)
+    if progress is not None:
+        progress(total, total)
+    meta = {"created": _now(), "classes": list(dataset.classes)}
     return EncryptedDataset(
-        tuple(out), dataset.num_samples, dataset.num_features, period, key, meta
+        tuple(out),
+        dataset.num_samples,
+        dataset.num_features,
+        period,
+        key,
+        meta,
+        dataset.num_outputs,
+        encrypted_scaler,
     )
 
 
+def _outputs(model: Classifier) -> list[LogisticModel]:
+    return [model] if isinstance(model, LogisticModel) else list(model.models)
+
+
 def encrypt_model(
-    model: LogisticModel, key: Key, *, progress: Progress | None = None
+    model: Classifier,
+    key: Key,
+    *,
+    scaler: crypto.EncryptedArrays | None = None,
+    progress: Progress | None = None,
 ) -> EncryptedModel:
-    """Encrypt a plaintext model (inverse of :func:`decrypt_model`)."""
-    beta = model.to_vector()
+    """Encrypt a plaintext model (inverse of :func:`decrypt_model`).
+
+    ``scaler`` marks the coefficients as standardized coordinates of that encrypted scaler
+    (the zero model a trainer starts from on a standardized encrypted dataset).
+    """
+    beta = np.concatenate([m.to_vector() for m in _outputs(model)])
     cts = []
     for i, value in enumerate(beta):
         cts.append(encrypt_constant(float(value), key))
         if progress is not None:
             progress(i + 1, beta.size)
-    return EncryptedModel(tuple(cts), 1.0, key, {"created": _now(), "trained_iterations": 0})
+    meta: dict[str, Any] = {"created": _now(), "trained_iterations": 0}
+    if isinstance(model, OneVsRestModel) and model.classes is not None:
+        meta["classes"] = list(model.classes)
+    outputs = 1 if isinstance(model, LogisticModel) else model.num_classes
+    return EncryptedModel(tuple(cts), 1.0, key, meta, outputs, scaler)
 
 
-def decrypt_model(enc: EncryptedModel, key: Key) -> LogisticModel:
+def _classes(meta: dict[str, Any], outputs: int) -> tuple[float, ...] | None:
+    raw = meta.get("classes")
+    if (
+        isinstance(raw, list)
+        and len(raw) == outputs
+        and all(isinstance(c, int | float) and not isinstance(c, bool) for c in raw)
+    ):
+        return tuple(float(c) for c in raw)
+    return None
+
+
+def decrypt_model(enc: EncryptedModel, key: Key) -> Classifier:
     """Decrypt with the private key (the slot average reduces CKKS noise).
+
+    When the model carries its data owner's encrypted scaler, the scaler is decrypted and
+    folded in, so the model works on raw rows (docs/design.md §4.6).
 
     Raises
     ------
@@ -279,7 +471,7 @@ def decrypt_model(enc: EncryptedModel, key: Key) -> LogisticModel:
     KeyMismatchError
         When the model was encrypted under another key.
     CiphertextFormatError
-        When the decrypted coefficients are not finite.
+        When the decrypted coefficients are not finite or the scaler is not valid.
 
     """
     key.require_private("decrypt the model")
@@ -291,7 +483,17 @@ def decrypt_model(enc: EncryptedModel, key: Key) -> LogisticModel:
             "the decrypted model holds NaN or infinite coefficients: its ciphertexts or public "
             "scale were altered, or training ran past the parameters' range."
         )
-    return LogisticModel.from_vector(beta)
+    blocks = beta.reshape(enc.outputs, -1)
+    model: Classifier
+    if enc.outputs == 1:
+        model = LogisticModel.from_vector(blocks[0])
+    else:
+        model = OneVsRestModel.from_matrix(
+            blocks[:, 1:], blocks[:, 0], _classes(enc.meta, enc.outputs)
+        )
+    if enc.scaler is not None:
+        model = fold_scaler(model, decrypt_scaler(enc.scaler, key, enc.num_features))
+    return model
 
 
 # ---------------------------------------------------------------------------------- files
@@ -392,15 +594,54 @@ def load_encrypted_dataset(path: str | os.PathLike[str], key: Key) -> EncryptedD
     shape = header.get("shape")
     if shape != [n, d]:
         raise _bad(what, "shape", shape, f"[{n}, {d}] (num_samples, num_features)")
+    outputs = _outputs_field(header, what)
     meta = _meta(header, what)
-    if len(blobs) != (d + 1) * chunks:
+    columns = outputs * (d + 1)
+    blobs, scaler = _split_scaler(header, blobs, key, what, d)
+    if len(blobs) != columns * chunks:
         raise CiphertextFormatError(
-            f"{path}: {len(blobs)} ciphertexts, expected {(d + 1) * chunks} "
-            f"({d + 1} columns x {chunks} chunks)."
+            f"{path}: {len(blobs)} ciphertexts, expected {columns * chunks} "
+            f"({columns} columns x {chunks} chunks)."
         )
     cts = [Ciphertext.from_bytes(b, key, 0) for b in blobs]
-    cols = tuple(tuple(cts[j * chunks : (j + 1) * chunks]) for j in range(d + 1))
-    return EncryptedDataset(cols, n, d, period, key, meta)
+    cols = tuple(tuple(cts[j * chunks : (j + 1) * chunks]) for j in range(columns))
+    return EncryptedDataset(cols, n, d, period, key, meta, outputs, scaler)
+
+
+def _outputs_field(header: dict[str, Any], what: str) -> int:
+    outputs = header.get("outputs", 1)
+    if isinstance(outputs, bool) or not isinstance(outputs, int) or outputs == 2:
+        raise _bad(what, "outputs", outputs, f"1 (binary) or 3..{MAX_CLASSES} (classes)")
+    if not 1 <= outputs <= MAX_CLASSES:
+        raise _bad(what, "outputs", outputs, f"1 (binary) or 3..{MAX_CLASSES} (classes)")
+    return outputs
+
+
+def _split_scaler(
+    header: dict[str, Any], blobs: list[bytes], key: Key, what: str, num_features: int
+) -> tuple[list[bytes], crypto.EncryptedArrays | None]:
+    """Separate and validate the encrypted scaler's ciphertexts (the last blobs)."""
+    if "scaler" not in header:
+        return blobs, None
+    raw = header["scaler"]
+    if not isinstance(raw, dict) or set(raw) != {"header", "chunks"}:
+        raise _bad(what, "scaler", raw, "an object with 'header' and 'chunks'")
+    chunks = raw["chunks"]
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or not 1 <= chunks <= len(blobs):
+        raise _bad(what, "scaler.chunks", chunks, f"an integer in [1, {len(blobs)}]")
+    enc = from_header_and_chunks(
+        raw["header"], blobs[-chunks:], key, what=f"{what}, encrypted scaler"
+    )
+    layout = enc.layout
+    expected = ((SCALER_ARRAY,), ((8 * num_features,),), ("uint16",))
+    if (layout.names, layout.shapes, layout.dtypes) != expected:
+        raise _bad(
+            what,
+            "scaler.header.layout",
+            {"names": layout.names, "shapes": layout.shapes, "dtypes": layout.dtypes},
+            f"one uint16 array {SCALER_ARRAY!r} of {8 * num_features} words",
+        )
+    return blobs[:-chunks], enc
 
 
 def load_encrypted_model(path: str | os.PathLike[str], key: Key) -> EncryptedModel:
@@ -425,9 +666,12 @@ def load_encrypted_model(path: str | os.PathLike[str], key: Key) -> EncryptedMod
     if header.get("order") != "bias,weights":
         raise _bad(what, "order", header.get("order"), "'bias,weights'")
     d = _int_field(header, "num_features", what, 1, MAX_FEATURES)
+    outputs = _outputs_field(header, what)
     shape = header.get("shape")
-    if shape != [d + 1]:
-        raise _bad(what, "shape", shape, f"[{d + 1}] (bias and {d} weights)")
+    if shape != _model_shape(outputs, d):
+        raise _bad(
+            what, "shape", shape, f"{_model_shape(outputs, d)} (outputs x bias and {d} weights)"
+        )
     scale = _field(header, "scale", what)
     if (
         isinstance(scale, bool)
@@ -439,16 +683,24 @@ def load_encrypted_model(path: str | os.PathLike[str], key: Key) -> EncryptedMod
     depth = key.params.depth
     if (
         not isinstance(levels, list)
-        or len(levels) != d + 1
+        or len(levels) != outputs * (d + 1)
         or any(isinstance(lv, bool) or not isinstance(lv, int) for lv in levels)
         or any(not 0 <= lv <= depth for lv in levels)
     ):
-        raise _bad(what, "levels", levels, f"{d + 1} integers in [0, {depth}] (the key's depth)")
+        raise _bad(
+            what,
+            "levels",
+            levels,
+            f"{outputs * (d + 1)} integers in [0, {depth}] (the key's depth)",
+        )
     meta = _meta(header, what)
-    if len(blobs) != d + 1:
-        raise CiphertextFormatError(f"{path}: {len(blobs)} ciphertexts for {d} features + bias.")
+    blobs, scaler = _split_scaler(header, blobs, key, what, d)
+    if len(blobs) != outputs * (d + 1):
+        raise CiphertextFormatError(
+            f"{path}: {len(blobs)} ciphertexts for {outputs} x ({d} features + bias)."
+        )
     cts = tuple(Ciphertext.from_bytes(b, key, lv) for b, lv in zip(blobs, levels, strict=True))
-    return EncryptedModel(cts, float(scale), key, meta)
+    return EncryptedModel(cts, float(scale), key, meta, outputs, scaler)
 
 
 def _read(path: str | os.PathLike[str], kind: str, what: str) -> tuple[dict[str, Any], list[bytes]]:
@@ -481,6 +733,42 @@ def _scaled(column: Column, factor: float) -> list[Any]:
     return [x * factor for x in column]
 
 
+def _linear(cts: Sequence[Ciphertext], matrix: npt.NDArray[np.float64]) -> list[Ciphertext]:
+    """``out_j = sum_k matrix[j, k] cts[k]`` with plaintext scalars (one level)."""
+    return [sum_all([cts[k] * float(v) for k, v in enumerate(row) if v != 0.0]) for row in matrix]
+
+
+def _check_scalers(design: EncryptedDataset | PlainDesign, model: EncryptedModel) -> None:
+    """The model's coordinates must be those the data is in (docs/design.md §4.6)."""
+    if isinstance(design, PlainDesign):
+        if model.scaler is not None:
+            raise UnsupportedOperationError(
+                "this encrypted model is in the standardized coordinates of another data "
+                "owner's encrypted scaler, so it cannot be trained on plaintext data; train it "
+                "on that owner's encrypted dataset, or ask the key holder to decrypt it first."
+            )
+        return
+    if design.scaler is None and model.scaler is None:
+        return
+    if design.scaler is not None and model.scaler is None:
+        raise UnsupportedOperationError(
+            "the encrypted dataset was standardized by its owner with a scaler only the key "
+            "holder can read, so an encrypted model in raw coordinates cannot start from it. "
+            "Train from zero weights (no --encrypted-model), or let the data owner train the "
+            "model on her plaintext data (--dataset) or encrypt her data with "
+            "--no-standardize."
+        )
+    if (
+        design.scaler is None
+        or model.scaler is None
+        or design.scaler.serialized_chunks() != model.scaler.serialized_chunks()
+    ):
+        raise UnsupportedOperationError(
+            "the encrypted model was trained on data standardized with another scaler than "
+            "this encrypted dataset's; continue training only on the dataset it came from."
+        )
+
+
 def train_encrypted(
     design: EncryptedDataset | PlainDesign,
     model: EncryptedModel,
@@ -496,25 +784,30 @@ def train_encrypted(
     design : EncryptedDataset or PlainDesign
         Encrypted data (scenario 1) or the computing party's own plaintext data (scenario 2).
     model : EncryptedModel
-        Starting weights, encrypted under the same key as ``design`` (if encrypted).
+        Starting weights, encrypted under the same key as ``design`` (if encrypted), with
+        one block per output (one-vs-rest).
     iterations : int
         Nesterov iterations; each uses three multiplicative levels.
     learning_rate : float
         Step size.
     on_step : callable, optional
-        ``on_step(iteration, done, total)`` after each coefficient of each iteration.
+        ``on_step(step, done, total)`` after each coefficient of each iteration; ``step``
+        counts iterations over all outputs (``output * iterations + iteration``).
 
     Returns
     -------
     EncryptedModel
-        The trained model, still encrypted; only the key holder can decrypt it.
+        The trained model, still encrypted; only the key holder can decrypt it. Trained on a
+        standardized encrypted dataset it carries the dataset's encrypted scaler; trained on
+        standardized plaintext data it is already mapped back to raw coordinates.
 
     Raises
     ------
     FeatureMismatchError
-        When the model and the data have different numbers of features.
+        When the model and the data have different numbers of features or outputs.
     UnsupportedOperationError
-        When the key's parameters lack the depth for ``iterations``.
+        When the key's parameters lack the depth for ``iterations``, or the model and the
+        data are in different coordinates (see :func:`_check_scalers`).
 
     """
     _check_hyper(iterations, learning_rate)
@@ -523,10 +816,17 @@ def train_encrypted(
             f"the encrypted model has {model.num_features} features but the data has "
             f"{design.num_features}; use data with the columns the model was built for."
         )
+    if model.outputs != design.outputs:
+        raise FeatureMismatchError(
+            f"the encrypted model has {model.outputs} output(s) but the data needs "
+            f"{design.outputs} (1 for two classes, one per class above two); use a model "
+            "built for the data's classes."
+        )
     key = model.key
     encrypted = isinstance(design, EncryptedDataset)
     if isinstance(design, EncryptedDataset) and design.key.fingerprint != key.fingerprint:
         raise KeyMismatchError(design.key.fingerprint, key.fingerprint, "encrypted dataset")
+    _check_scalers(design, model)
     need = levels_needed(iterations, model, encrypted)
     if need > key.params.depth:
         fit = key.params.depth - max(model.level, 1 if encrypted and model.scale != 1 else 0)
@@ -535,53 +835,108 @@ def train_encrypted(
             f"{iterations} iterations need {need} multiplicative levels, but the key's "
             f"parameters ({key.params.name}: N={key.params.poly_modulus_degree}, depth "
             f"{key.params.depth}) allow {key.params.depth} and this model already used "
-            f"{model.level}. Train at most {max(fit, 0)} iterations, or ask the key holder "
-            f"to encrypt again for more (`--iterations {iterations}` on encrypt-dataset / "
-            "encrypt-model) - there is no bootstrapping, so depth cannot be refreshed."
+            f"{model.level}. Train at most {max(fit, 0)} iterations, or {more_depth(iterations)}"
         )
+    fold = None
+    if isinstance(design, PlainDesign) and design.scaler is not None:
+        fold = _folding(design.scaler)
+    coefficients: list[Ciphertext] = []
+    for output in range(design.outputs):
+
+        def step(k: int, done: int, total: int, output: int = output) -> None:
+            if on_step is not None:
+                on_step(output * iterations + k, done, total)
+
+        raw = folded = None
+        if isinstance(design, PlainDesign) and fold is not None:
+            d1 = design.num_features + 1
+            raw = design.raw_columns[output * d1 : (output + 1) * d1]
+            folded = design.folded_columns[output * d1 : (output + 1) * d1]
+        coefficients += _train_block(
+            list(design.design(output)),
+            model.block(output),
+            model.scale,
+            design,
+            iterations,
+            learning_rate,
+            step,
+            fold,
+            raw,
+            folded,
+        )
+    meta: dict[str, Any] = {
+        "created": _now(),
+        "trained_iterations": int(model.meta.get("trained_iterations", 0)) + iterations,
+        "learning_rate": learning_rate,
+        "samples": design.num_samples,
+        "algorithm": "nesterov-logistic-sigmoid3",
+    }
+    classes = design.meta.get("classes") if isinstance(design, EncryptedDataset) else design.classes
+    if design.outputs > 1 and classes is not None:
+        meta["classes"] = list(classes)
+    s = math.sqrt(learning_rate / design.num_samples)
+    scaler = design.scaler if isinstance(design, EncryptedDataset) else None
+    return EncryptedModel(tuple(coefficients), s, key, meta, design.outputs, scaler)
+
+
+def _train_block(
+    columns: list[Column],
+    weights: list[Ciphertext],
+    model_scale: float,
+    design: EncryptedDataset | PlainDesign,
+    iterations: int,
+    learning_rate: float,
+    on_step: Callable[[int, int, int], None],
+    fold: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None,
+    raw: Sequence[Column] | None,
+    folded: Sequence[Column] | None,
+) -> list[Ciphertext]:
+    """Train one output's ``[bias, weight...]``; returns the coefficients divided by ``s``.
+
+    With ``fold = (M, M^-1)`` (standardized plaintext data, a raw-coordinate model) the first
+    scores use the ``raw`` design, the Nesterov point is converted with ``M^-1`` and the last
+    gradient uses the ``folded`` columns, so the result is in raw coordinates again.
+    """
     n, period = design.num_samples, design.period
-    columns: list[Column] = list(design.columns)
     a0, a1, a3 = SIGMOID_COEFFS
     s = math.sqrt(learning_rate / n)
     etas = nesterov_etas(iterations)
     d1 = len(columns)
-
-    weights: list[Ciphertext] = list(model.coefficients)
-    ratio = model.scale / s
-    u = [w * ratio for w in weights]  # Nesterov point v / s
+    ratio = model_scale / s
+    u = [w * ratio for w in weights] if fold is None else _linear(weights, fold[1] * ratio)
     b = u  # current beta / s
     for k, eta in enumerate(etas):
         last = k == iterations - 1
-        if on_step is not None:
-            on_step(k, 0, d1)
-        src, src_scale = (weights, model.scale) if k == 0 else (u, s)
-        zt = [_scaled(col, src_scale) for col in columns]
+        on_step(k, 0, d1)
+        if k == 0:
+            src, src_scale = weights, model_scale
+            inputs = list(raw) if raw is not None else columns
+        else:
+            src, src_scale, inputs = u, s, columns
+        zt = [_scaled(col, src_scale) for col in inputs]
         chunks = len(columns[0])
         t = [sum_all([src[j] * zt[j][c] for j in range(d1)]) for c in range(chunks)]
         t2 = [x.square() for x in t]
         m = 1.0 if last else 1.0 - eta
         c0, c1, c3 = s * m * a0, -s * m * a1, -s * m * a3
+        outs = list(folded) if (last and folded is not None) else columns
         grads: list[Ciphertext] = []
-        for j, col in enumerate(columns):
+        for j, col in enumerate(outs):
             parts = []
             for c in range(chunks):
                 z = col[c]
                 parts.append(t2[c] * (t[c] * (z * c3)) + t[c] * (z * c1) + z * c0)
             grads.append(sum_all(parts).window_sum(period))
-            if on_step is not None:
-                on_step(k, j + 1, d1)
-        if last or eta == 0.0:
+            on_step(k, j + 1, d1)
+        if last:
+            base = _linear(u, fold[0]) if fold is not None else u
+            b = [base[j] + grads[j] for j in range(d1)]
+            u = b
+        elif eta == 0.0:
             new_b = [u[j] + grads[j] for j in range(d1)]
             u, b = new_b, new_b
         else:
             new_u = [u[j] * (1.0 - eta) + grads[j] + b[j] * eta for j in range(d1)]
             b = [u[j] + grads[j] * (1.0 / (1.0 - eta)) for j in range(d1)]
             u = new_u
-    meta = {
-        "created": _now(),
-        "trained_iterations": int(model.meta.get("trained_iterations", 0)) + iterations,
-        "learning_rate": learning_rate,
-        "samples": n,
-        "algorithm": "nesterov-logistic-sigmoid3",
-    }
-    return EncryptedModel(tuple(b), s, key, meta)
+    return b

@@ -35,8 +35,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cifer_flwr.exceptions import FeatureMismatchError, ModelFormatError
-from cifer_flwr.securetrain.data import Dataset
+from cifer_flwr.exceptions import FeatureMismatchError, ModelFormatError, NotLinearModelError
+from cifer_flwr.extras import require
+from cifer_flwr.securetrain.data import Dataset, Scaler
 from cifer_flwr.securetrain.limits import (
     MAX_MODEL_BYTES,
     ZIP_ERRORS,
@@ -46,16 +47,19 @@ from cifer_flwr.securetrain.limits import (
 
 __all__ = [
     "MODEL_EXTENSIONS",
+    "Classifier",
     "LogisticModel",
+    "OneVsRestModel",
     "accuracy",
+    "fold_scaler",
     "evaluate",
     "read_model",
     "roc_auc",
-    "write_arrays",
     "write_model",
 ]
 
-MODEL_EXTENSIONS = (".h5", ".pt", ".npz")
+MODEL_EXTENSIONS = (".h5", ".keras", ".pt", ".npz", ".safetensors")
+_NPZ_LINEAR = frozenset({"weight", "bias", "classes"})
 #: HDF5 filters a weight dataset may use (built into HDF5 / h5py; anything else would load a
 #: filter plugin).
 _H5_FILTERS = frozenset({"gzip", "shuffle", "fletcher32", "lzf"})
@@ -117,10 +121,108 @@ class LogisticModel:
         """Class labels in {0, 1}."""
         return (self.decision_function(x) > 0).astype(np.int64)
 
+    def to_matrix(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """``(weight (1, d), bias (1,))``, the layout of a one-unit linear layer."""
+        return self.weight.reshape(1, -1), np.array([self.bias])
 
-def accuracy(model: LogisticModel, dataset: Dataset) -> float:
+
+@dataclass(frozen=True, eq=False)
+class OneVsRestModel:
+    """``K`` logistic models, one per class; the prediction is the class of highest score.
+
+    Attributes
+    ----------
+    models : tuple of LogisticModel
+        Model ``k`` separates class ``k`` from the others.
+    classes : tuple of float, optional
+        Original label values of the classes (``None`` when the file did not record them:
+        then class ``k`` is the ``k``-th smallest label of the evaluation data).
+
+    """
+
+    models: tuple[LogisticModel, ...]
+    classes: tuple[float, ...] | None = None
+
+    @property
+    def num_features(self) -> int:
+        """Number of input features ``d``."""
+        return self.models[0].num_features
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``K``."""
+        return len(self.models)
+
+    def to_matrix(self) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """``(weight (K, d), bias (K,))``, the layout of a ``K``-unit linear layer."""
+        return (
+            np.stack([m.weight for m in self.models]),
+            np.array([m.bias for m in self.models]),
+        )
+
+    @classmethod
+    def from_matrix(
+        cls,
+        weight: npt.ArrayLike,
+        bias: npt.ArrayLike,
+        classes: tuple[float, ...] | None = None,
+    ) -> OneVsRestModel:
+        """Build from ``weight (K, d)`` and ``bias (K,)`` (inverse of :meth:`to_matrix`)."""
+        w = np.asarray(weight, dtype=np.float64)
+        b = np.asarray(bias, dtype=np.float64).ravel()
+        return cls(tuple(LogisticModel(w[k].copy(), float(b[k])) for k in range(len(b))), classes)
+
+    def decision_function(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """Scores of shape ``(n, K)``."""
+        return np.stack([m.decision_function(x) for m in self.models], axis=1)
+
+    def predict_proba(self, x: npt.ArrayLike) -> npt.NDArray[np.float64]:
+        """One-vs-rest sigmoid probabilities, normalized over the classes, ``(n, K)``."""
+        p = np.stack([m.predict_proba(x) for m in self.models], axis=1)
+        return np.asarray(p / np.maximum(p.sum(axis=1, keepdims=True), 1e-300))
+
+    def predict(self, x: npt.ArrayLike) -> npt.NDArray[np.int64]:
+        """Class indices ``0 .. K-1``."""
+        return np.asarray(np.argmax(self.decision_function(x), axis=1), dtype=np.int64)
+
+
+#: A decrypted securetrain model: binary or one-vs-rest logistic regression.
+Classifier = LogisticModel | OneVsRestModel
+
+
+def fold_scaler(model: Classifier, scaler: Scaler) -> Classifier:
+    """The model on raw rows, from a model trained on ``scaler``-standardized rows."""
+    weight, bias = scaler.fold(*model.to_matrix())
+    if isinstance(model, LogisticModel):
+        return LogisticModel(weight[0].copy(), float(bias[0]))
+    return OneVsRestModel.from_matrix(weight, bias, model.classes)
+
+
+def _targets(model: Classifier, dataset: Dataset) -> npt.NDArray[np.int64]:
+    """The dataset's labels as indices into the model's classes."""
+    if isinstance(model, LogisticModel) or model.classes is None:
+        expected = 2 if isinstance(model, LogisticModel) else model.num_classes
+        if dataset.num_classes > expected:
+            raise FeatureMismatchError(
+                f"the model predicts {expected} classes but the dataset has "
+                f"{dataset.num_classes} labels {list(dataset.classes)[:8]}; evaluate on data "
+                "with the classes the model was trained for."
+            )
+        return dataset.y
+    lookup = {c: i for i, c in enumerate(model.classes)}
+    labels = np.asarray(dataset.classes)[dataset.y]
+    unknown = sorted({float(v) for v in labels} - set(lookup))
+    if unknown:
+        raise FeatureMismatchError(
+            f"the dataset has labels {unknown[:5]} the model was not trained for (its classes "
+            f"are {list(model.classes)[:8]})."
+        )
+    return np.array([lookup[float(v)] for v in labels], dtype=np.int64)
+
+
+def accuracy(model: Classifier, dataset: Dataset) -> float:
     """Fraction of correctly classified samples."""
-    return float(np.mean(model.predict(dataset.X) == dataset.y))
+    return float(np.mean(model.predict(dataset.X) == _targets(model, dataset)))
 
 
 def roc_auc(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
@@ -143,19 +245,34 @@ def roc_auc(scores: npt.ArrayLike, labels: npt.ArrayLike) -> float:
     return float((ranks[y].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
-def evaluate(model: LogisticModel, dataset: Dataset) -> dict[str, float]:
-    """Accuracy, ROC AUC and mean log-loss of ``model`` on ``dataset``."""
+def evaluate(model: Classifier, dataset: Dataset) -> dict[str, float]:
+    """Accuracy, ROC AUC and mean log-loss of ``model`` on ``dataset``.
+
+    For a one-vs-rest model the AUC is the mean of the per-class one-vs-rest AUCs and the
+    log-loss uses the normalized one-vs-rest probabilities.
+    """
     if model.num_features != dataset.num_features:
         raise FeatureMismatchError(
             f"the model has {model.num_features} features but the dataset has "
             f"{dataset.num_features}; use the dataset the model was trained for."
         )
-    p = np.clip(model.predict_proba(dataset.X), 1e-12, 1 - 1e-12)
-    y = dataset.y
+    y = _targets(model, dataset)
+    if isinstance(model, OneVsRestModel):
+        p = np.clip(model.predict_proba(dataset.X), 1e-12, 1.0)
+        scores = model.decision_function(dataset.X)
+        aucs = [roc_auc(scores[:, k], y == k) for k in range(model.num_classes)]
+        finite = [a for a in aucs if np.isfinite(a)]
+        return {
+            "accuracy": accuracy(model, dataset),
+            "auc": float(np.mean(finite)) if finite else float("nan"),
+            "log_loss": float(-np.mean(np.log(p[np.arange(len(y)), y]))),
+            "samples": float(dataset.num_samples),
+        }
+    q = np.clip(model.predict_proba(dataset.X), 1e-12, 1 - 1e-12)
     return {
         "accuracy": accuracy(model, dataset),
         "auc": roc_auc(model.decision_function(dataset.X), y),
-        "log_loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
+        "log_loss": float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q))),
         "samples": float(dataset.num_samples),
     }
 
@@ -164,8 +281,9 @@ def _extension(path: Path) -> str:
     ext = path.suffix.lower()
     if ext not in MODEL_EXTENSIONS:
         raise ModelFormatError(
-            f"unknown model extension {ext or '(none)'!r} for {path}; use .h5 (Keras), "
-            ".pt (PyTorch state dict) or .npz, or .enc for an encrypted model."
+            f"unknown model extension {ext or '(none)'!r} for {path}; use .h5 / .keras "
+            "(Keras), .pt (PyTorch state dict), .npz or .safetensors, or .enc for an "
+            "encrypted model."
         )
     return ext
 
@@ -174,7 +292,8 @@ def _float_array(value: Any, source: str, entry: str) -> npt.NDArray[np.float64]
     """Return a finite float64 copy of a weight entry, or raise naming it."""
     arr = np.asarray(value)
     if arr.dtype.kind != "f" or arr.dtype.fields is not None:
-        raise ModelFormatError(
+        error = NotLinearModelError if arr.dtype.kind in "biu" else ModelFormatError
+        raise error(
             f"{source}: entry {entry!r} holds {arr.dtype} values of shape {arr.shape}; a "
             "weight must be an array of floats."
         )
@@ -188,23 +307,43 @@ def _from_arrays(
     bias: npt.ArrayLike,
     source: str,
     names: tuple[str, str] = ("weight", "bias"),
-) -> LogisticModel:
+    *,
+    kernel: bool = False,
+    classes: tuple[float, ...] | None = None,
+) -> Classifier:
+    """A linear layer's weights as a model: one unit (binary) or ``K`` (one-vs-rest).
+
+    ``kernel`` marks Keras's ``(d, K)`` layout; PyTorch and ``.npz`` use ``(K, d)``.
+    """
     w = _float_array(weight, source, names[0])
-    b = _float_array(bias, source, names[1])
-    shape_w, shape_b = w.shape, b.shape
-    if w.ndim == 2 and 1 in w.shape:
-        w = w.ravel()
-    if w.ndim != 1 or w.size == 0 or b.shape not in ((1,), ()):
-        raise ModelFormatError(
-            f"{source}: expected one output unit (weight (1, d) or (d, 1), bias (1,)), got "
-            f"{names[0]} {shape_w} and {names[1]} {shape_b}. securetrain handles binary "
-            "logistic regression (a single Dense(1, sigmoid) / Linear(d, 1) layer)."
+    b = _float_array(bias, source, names[1]).ravel()
+    shape_w, shape_b = w.shape, np.asarray(bias).shape
+    if w.ndim == 1:
+        w = w.reshape(1, -1)
+    elif w.ndim == 2 and kernel:
+        w = w.T
+    elif w.ndim == 2 and b.size == 1 and w.shape[1] == 1:
+        w = w.T  # a (d, 1) column
+    if w.ndim != 2 or w.size == 0 or b.size == 0 or w.shape[0] != b.size:
+        raise NotLinearModelError(
+            f"{source}: expected one linear layer (weight (K, d) or Keras kernel (d, K), bias "
+            f"(K,)), got {names[0]} {shape_w} and {names[1]} {shape_b}. securetrain trains "
+            "logistic regression (one Dense / nn.Linear layer); `encrypt-model` still encrypts "
+            "any model's tensors for safekeeping."
         )
-    return LogisticModel(w, float(b.ravel()[0]))
+    if b.size == 1:
+        return LogisticModel(w[0].copy(), float(b[0]))
+    if classes is not None and len(classes) != b.size:
+        raise ModelFormatError(f"{source}: {len(classes)} class labels for {b.size} output units.")
+    return OneVsRestModel.from_matrix(w, b, classes)
 
 
-def _check_h5_dataset(dset: Any, source: str, name: str) -> None:
-    """Refuse anything but a small float dataset stored inside the file itself."""
+def _check_h5_dataset(dset: Any, source: str, name: str, *, any_rank: bool = False) -> None:
+    """Refuse anything but a small numeric dataset stored inside the file itself.
+
+    A logistic model's weights are float and of rank 1 or 2; ``any_rank`` (any model's
+    tensors, :mod:`.tensors`) also accepts integer tensors of any rank.
+    """
     if dset.external is not None:
         raise ModelFormatError(
             f"{source}: dataset {name!r} uses HDF5 external storage "
@@ -222,12 +361,14 @@ def _check_h5_dataset(dset: Any, source: str, name: str) -> None:
             f"{', '.join(sorted(_H5_FILTERS))} are accepted (no filter plugins are loaded)."
         )
     dtype = dset.dtype
-    if dtype.kind != "f" or dtype.fields is not None or dtype.subdtype is not None:
-        raise ModelFormatError(
+    kinds = "fiub" if any_rank else "f"
+    if dtype.kind not in kinds or dtype.fields is not None or dtype.subdtype is not None:
+        plain_int = dtype.kind in "biu" and dtype.fields is None and dtype.subdtype is None
+        raise (NotLinearModelError if plain_int else ModelFormatError)(
             f"{source}: dataset {name!r} holds {dtype} values; a weight must be an array of floats."
         )
-    if len(dset.shape) not in (1, 2):
-        raise ModelFormatError(
+    if not any_rank and len(dset.shape) not in (1, 2):
+        raise NotLinearModelError(
             f"{source}: dataset {name!r} has shape {dset.shape}; a kernel is (d, 1) and a "
             "bias (1,)."
         )
@@ -239,9 +380,9 @@ def _check_h5_dataset(dset: Any, source: str, name: str) -> None:
         )
 
 
-def _read_h5(path: Path) -> LogisticModel:
-    import h5py
-    from h5py import h5l
+def _read_h5(path: Path) -> Classifier:
+    h5py = require("h5py", purpose="to read .h5 models")
+    h5l = h5py.h5l
 
     source = str(path)
     found: dict[str, list[str]] = {"kernel": [], "bias": []}
@@ -271,9 +412,11 @@ def _read_h5(path: Path) -> LogisticModel:
                     "external links (they can point into other files)."
                 )
             if len(found["kernel"]) != 1 or len(found["bias"]) != 1:
-                raise ModelFormatError(
+                raise NotLinearModelError(
                     f"{source}: found {len(found['kernel'])} kernels and "
-                    f"{len(found['bias'])} biases; expected a single Dense(1, sigmoid) layer."
+                    f"{len(found['bias'])} biases; securetrain trains a single Dense(K, "
+                    "sigmoid) layer (logistic regression). `encrypt-model` encrypts any "
+                    "model's tensors for safekeeping."
                 )
             arrays = []
             for name in (found["kernel"][0], found["bias"][0]):
@@ -284,7 +427,9 @@ def _read_h5(path: Path) -> LogisticModel:
         raise
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
         raise ModelFormatError(f"{source}: not a readable HDF5 model ({exc}).") from exc
-    return _from_arrays(arrays[0], arrays[1], source, (found["kernel"][0], found["bias"][0]))
+    return _from_arrays(
+        arrays[0], arrays[1], source, (found["kernel"][0], found["bias"][0]), kernel=True
+    )
 
 
 def _check_pt_archive(path: Path) -> None:
@@ -304,9 +449,21 @@ def _check_pt_archive(path: Path) -> None:
         raise ModelFormatError(f"{source}: a corrupted PyTorch archive ({exc}).") from exc
 
 
-def _read_pt(path: Path) -> LogisticModel:
-    import torch
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """Load a PyTorch state dict of dense real tensors, its archive bounded first.
 
+    The one loader of ``.pt`` files (a logistic model here, any model in :mod:`.tensors`).
+
+    Raises
+    ------
+    ModelFormatError
+        For a legacy (non-zip) file, an archive over the limits, anything ``weights_only``
+        refuses, or an entry that is not a dense real tensor under a string name.
+    MissingExtraError
+        Without PyTorch (the ``torch`` extra).
+
+    """
+    torch = require("torch", purpose="to read .pt models")
     source = str(path)
     _check_pt_archive(path)
     try:
@@ -331,44 +488,69 @@ def _read_pt(path: Path) -> LogisticModel:
             )
         if not isinstance(value, torch.Tensor):
             raise ModelFormatError(
-                f"{source}: entry {name!r} is a {type(value).__name__}, not a tensor; expected "
-                "the state dict of one nn.Linear(d, 1)."
+                f"{source}: entry {name!r} is a {type(value).__name__}, not a tensor; a state "
+                "dict maps names to tensors."
             )
-        if value.layout != torch.strided or value.is_quantized or not value.is_floating_point():
+        if value.layout != torch.strided or value.is_quantized or value.is_complex():
             raise ModelFormatError(
-                f"{source}: entry {name!r} is a {value.dtype} tensor ({value.layout}); a weight "
-                "must be a dense float tensor."
+                f"{source}: entry {name!r} is a {value.dtype} tensor ({value.layout}); only "
+                "dense real tensors are accepted."
             )
+    return state
+
+
+def _read_pt(path: Path) -> Classifier:
+    source = str(path)
+    state = load_state_dict(path)
     weights = {k.rsplit(".", 1)[-1]: k for k in state}
     if set(weights) != {"weight", "bias"} or len(state) != 2:
-        raise ModelFormatError(
-            f"{source}: expected the state dict of one nn.Linear(d, 1) (keys weight, bias), "
-            f"found keys {sorted(state)}."
+        raise NotLinearModelError(
+            f"{source}: expected the state dict of one nn.Linear(d, K) (keys weight, bias), "
+            f"found keys {sorted(state)}; securetrain trains logistic regression. "
+            "`encrypt-model` still encrypts any model's tensors for safekeeping."
         )
+    for name in state:
+        if not state[name].is_floating_point():
+            raise NotLinearModelError(
+                f"{source}: entry {name!r} is a {state[name].dtype} tensor; a weight must be a "
+                "dense float tensor."
+            )
     w, b = weights["weight"], weights["bias"]
     return _from_arrays(
         state[w].detach().double().numpy(), state[b].detach().double().numpy(), source, (w, b)
     )
 
 
-def _read_npz(path: Path) -> LogisticModel:
+def _read_npz(path: Path) -> Classifier:
     def pick(names: list[str]) -> list[str]:
-        if "weight" not in names or "bias" not in names:
-            raise ModelFormatError(f"{path}: expected arrays 'weight' and 'bias', found {names}.")
-        return ["weight", "bias"]
+        if "weight" not in names or "bias" not in names or set(names) - _NPZ_LINEAR:
+            raise NotLinearModelError(
+                f"{path}: expected arrays 'weight' and 'bias' (and optionally 'classes') of one "
+                f"linear layer, found {names[:8]}. `encrypt-model` still encrypts any model's "
+                "tensors for safekeeping."
+            )
+        return ["weight", "bias", *(["classes"] if "classes" in names else [])]
 
     _, arrays = read_npz(path, pick, error=ModelFormatError, limit=MAX_MODEL_BYTES)
-    return _from_arrays(arrays["weight"], arrays["bias"], str(path))
+    classes = None
+    if "classes" in arrays:
+        raw = np.asarray(arrays["classes"])
+        if raw.ndim != 1 or raw.dtype.kind not in "biuf" or not np.all(np.isfinite(raw)):
+            raise ModelFormatError(f"{path}: 'classes' must be a 1-D array of numeric labels.")
+        classes = tuple(float(c) for c in raw)
+    return _from_arrays(arrays["weight"], arrays["bias"], str(path), classes=classes)
 
 
-def read_model(path: str | os.PathLike[str]) -> LogisticModel:
+def read_model(path: str | os.PathLike[str]) -> Classifier:
     """Read a plaintext model; the format follows the extension (inverse of :func:`write_model`).
 
     Raises
     ------
     ModelFormatError
-        For an unknown extension, a missing or unreadable file, or a model that is not a
-        single-output linear layer.
+        For an unknown extension, a missing or unreadable file, or a model that is not one
+        linear layer (``K = 1`` output: binary; ``K > 1``: one-vs-rest).
+    MissingExtraError
+        For ``.h5`` without h5py or ``.pt`` without torch (the message names the extra).
 
     """
     p = Path(path)
@@ -379,22 +561,41 @@ def read_model(path: str | os.PathLike[str]) -> LogisticModel:
         return _read_h5(p)
     if ext == ".pt":
         return _read_pt(p)
-    return _read_npz(p)
+    if ext == ".npz":
+        return _read_npz(p)
+    from cifer_flwr.securetrain.tensors import read_tensors
+
+    arrays = read_tensors(p).arrays  # .keras / .safetensors: one kernel (or weight) + bias
+    if len(arrays) != 2:
+        raise NotLinearModelError(
+            f"{p}: {len(arrays)} tensors ({', '.join(list(arrays)[:4])}); "
+            "securetrain trains one linear layer (a weight and a bias). `encrypt-model` still "
+            "encrypts any model's tensors for safekeeping."
+        )
+    (wname, weight), (bname, bias) = sorted(
+        arrays.items(), key=lambda kv: np.asarray(kv[1]).ndim, reverse=True
+    )
+    return _from_arrays(weight, bias, str(p), (wname, bname), kernel=ext == ".keras")
 
 
-def _write_h5(model: LogisticModel, path: Path) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+def _write_h5(model: Classifier, path: Path) -> None:
+    keras = load_keras("to write .h5 models")
+    weight, bias = model.to_matrix()
+    keras_model = keras.Sequential(
+        [
+            keras.Input((model.num_features,)),
+            keras.layers.Dense(bias.size, activation="sigmoid"),
+        ]
+    )
+    keras_model.layers[-1].set_weights([weight.T.astype(np.float32), bias.astype(np.float32)])
+    save_keras(keras_model, path)
+
+
+def save_keras(keras_model: Any, path: Path) -> None:
+    """Save a Keras model quietly (TensorFlow's warnings and absl logs silenced)."""
     import logging
     import warnings
 
-    import keras
-
-    keras_model = keras.Sequential(
-        [keras.Input((model.num_features,)), keras.layers.Dense(1, activation="sigmoid")]
-    )
-    keras_model.layers[-1].set_weights(
-        [model.weight.reshape(-1, 1).astype(np.float32), np.array([model.bias], np.float32)]
-    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         level = logging.getLogger("absl").level
@@ -405,65 +606,54 @@ def _write_h5(model: LogisticModel, path: Path) -> None:
             logging.getLogger("absl").setLevel(level)
 
 
-def _write_pt(model: LogisticModel, path: Path) -> None:
-    import torch
+def load_keras(purpose: str) -> Any:
+    """Import Keras (the ``tensorflow`` extra) with TensorFlow's C++ logs silenced.
 
+    Raises
+    ------
+    MissingExtraError
+        When TensorFlow/Keras is not installed (the message names the extra).
+
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    return require("keras", purpose=purpose)
+
+
+def _write_pt(model: Classifier, path: Path) -> None:
+    torch = require("torch", purpose="to write .pt models")
+    weight, bias = model.to_matrix()
     state = {
-        "weight": torch.tensor(model.weight.reshape(1, -1), dtype=torch.float32),
-        "bias": torch.tensor([model.bias], dtype=torch.float32),
+        "weight": torch.tensor(weight, dtype=torch.float32),
+        "bias": torch.tensor(bias, dtype=torch.float32),
     }
     torch.save(state, path)
 
 
-def write_model(model: LogisticModel, path: str | os.PathLike[str]) -> Path:
-    """Write a plaintext model; the format follows the extension (see module docstring)."""
-    p = Path(path)
-    ext = _extension(p)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.stem}.tmp{ext}")
-    try:
-        if ext == ".h5":
-            _write_h5(model, tmp)
-        elif ext == ".pt":
-            _write_pt(model, tmp)
-        else:
-            with tmp.open("wb") as fh:
-                np.savez(fh, weight=model.weight.reshape(1, -1), bias=np.array([model.bias]))
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return p
+def write_model(model: Classifier, path: str | os.PathLike[str]) -> Path:
+    """Write a plaintext model; the format follows the extension (see module docstring).
 
-
-def write_arrays(arrays: dict[str, npt.NDArray[Any]], path: str | os.PathLike[str]) -> Path:
-    """Write named arrays (a federated model) as ``.npz`` or a PyTorch ``.pt`` state dict.
-
-    Raises
-    ------
-    ModelFormatError
-        For ``.h5``: a Keras file needs the model's architecture, which an encrypted
-        federated model does not carry; write ``.npz`` or ``.pt`` and load the weights
-        into your own model.
-
+    A one-vs-rest model is one ``K``-unit layer (Keras ``Dense(K, sigmoid)``, PyTorch
+    ``nn.Linear(d, K)``); ``.npz`` also records its class labels.
     """
     p = Path(path)
     ext = _extension(p)
-    if ext == ".h5":
-        raise ModelFormatError(
-            f"{p}: a federated model holds named weight arrays, not a Keras architecture, so "
-            "it cannot be written as .h5; use .npz (np.load) or .pt (torch state dict) and "
-            "load the weights into your model."
-        )
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.stem}.tmp{ext}")
     try:
-        if ext == ".pt":
-            import torch
+        if ext in (".h5", ".keras"):
+            _write_h5(model, tmp)
+        elif ext == ".safetensors":
+            from cifer_flwr.securetrain.tensors import write_safetensors
 
-            torch.save(
-                {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}, tmp
-            )
+            weight, bias = model.to_matrix()
+            write_safetensors({"weight": weight, "bias": bias}, tmp)
+        elif ext == ".pt":
+            _write_pt(model, tmp)
         else:
+            weight, bias = model.to_matrix()
+            arrays: dict[str, npt.NDArray[Any]] = {"weight": weight, "bias": bias}
+            if isinstance(model, OneVsRestModel) and model.classes is not None:
+                arrays["classes"] = np.asarray(model.classes)
             with tmp.open("wb") as fh:
                 np.savez(fh, allow_pickle=False, **arrays)
         os.replace(tmp, p)

@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from cifer_flwr.crypto.keys import (
     Key,
+    generate_key,
     key_directory,
     load_key,
     load_public_key,
@@ -24,23 +25,34 @@ from cifer_flwr.exceptions import CiferError, KeyFileError, KeyTypeError, Output
 from cifer_flwr.securetrain.algorithm import (
     DEFAULT_ITERATIONS,
     iterations_for_depth,
+    max_iterations,
     params_for_iterations,
     period_for,
 )
+from cifer_flwr.securetrain.data import DATASET_EXTENSIONS
 from cifer_flwr.securetrain.model import MODEL_EXTENSIONS
+from cifer_flwr.securetrain.tensors import ModelTensors
 
 __all__ = [
     "ENCRYPTED_EXTENSION",
     "KeySetup",
     "check_encrypted_output",
+    "MODEL_PRESET",
     "check_plain_output",
     "decrypt_federated_model",
+    "decrypt_tensors",
+    "encrypt_tensors",
     "is_federated_model",
     "load_training_key",
     "prepare_encryption_key",
 ]
 
 ENCRYPTED_EXTENSION = ".enc"
+#: CKKS preset of a key made for a model that is only stored encrypted (not trained):
+#: values up to 2**18 with about 1e-9 relative error, so tensors round-trip within 1e-6.
+MODEL_PRESET = "precise"
+#: Public ``meta.source`` of a model encrypted by ``encrypt-model`` as tensors.
+TENSORS_SOURCE = "securetrain-model"
 
 
 def _check_exists(path: Path, force: bool) -> None:
@@ -51,8 +63,13 @@ def _check_exists(path: Path, force: bool) -> None:
         )
 
 
-def check_encrypted_output(path: str | os.PathLike[str], *, force: bool = False) -> Path:
+def check_encrypted_output(
+    path: str | os.PathLike[str], *, force: bool = False, dataset: bool = False
+) -> Path:
     """Validate the path of an encrypted result: ``.enc``, and new unless ``force``.
+
+    ``dataset`` names the result an encrypted dataset in the message for a plaintext
+    dataset extension (``.npz``, ``.npy``, ``.csv``).
 
     Raises
     ------
@@ -63,6 +80,12 @@ def check_encrypted_output(path: str | os.PathLike[str], *, force: bool = False)
     """
     p = Path(path)
     ext = p.suffix.lower()
+    if ext in DATASET_EXTENSIONS and dataset:
+        raise OutputPathError(
+            f"{p} names a plaintext {ext} dataset, but the encrypted dataset is a cifer "
+            f"container that no numpy or CSV reader can open; write "
+            f"{p.with_suffix(ENCRYPTED_EXTENSION)} instead (only .enc is accepted)."
+        )
     if ext in MODEL_EXTENSIONS:
         raise OutputPathError(
             f"{p} names a plaintext {ext} model, but this result is encrypted: only the "
@@ -94,7 +117,7 @@ def check_plain_output(path: str | os.PathLike[str], *, force: bool = False) -> 
     if ext not in MODEL_EXTENSIONS:
         raise OutputPathError(
             f"unknown model extension {ext or '(none)'!r} for {p}; a decrypted model is "
-            "written as .h5 (Keras), .pt (PyTorch state dict) or .npz."
+            "written as .h5 / .keras (Keras), .pt (PyTorch state dict), .npz or .safetensors."
         )
     _check_exists(p, force)
     return p
@@ -130,6 +153,7 @@ def prepare_encryption_key(
     keys_dir: str | os.PathLike[str] = "keys",
     iterations: int = DEFAULT_ITERATIONS,
     num_samples: int | None = None,
+    trainable: bool = True,
 ) -> KeySetup:
     """Return the key to encrypt a dataset or model with, creating a key pair if none is given.
 
@@ -147,6 +171,10 @@ def prepare_encryption_key(
     num_samples : int, optional
         Samples of the dataset to encrypt (fixes the rotations needed); rotations for all
         slots when unknown (a model whose training data is not known yet).
+    trainable : bool
+        ``False`` for a model that is only stored encrypted (any architecture): a new pair
+        uses the small :data:`MODEL_PRESET` without evaluation keys, and a reused key needs
+        no training keys.
 
     Raises
     ------
@@ -158,10 +186,11 @@ def prepare_encryption_key(
         When ``iterations`` exceed what a secure ring allows.
 
     """
-    params = params_for_iterations(iterations)
+    params = params_for_iterations(iterations) if trainable else None
     if public_key is not None:
         key = load_key(public_key)
-        _require_training(key, str(public_key), iterations)
+        if trainable:
+            _require_training(key, str(public_key), iterations)
         return KeySetup(key)
     directory = Path(keys_dir) if key_name is None else key_directory(keys_dir, key_name)
     for name in ("private.key", "public.key"):
@@ -171,8 +200,11 @@ def prepare_encryption_key(
                 f"with --public-key {directory / 'public.key'}, or create a new pair with "
                 "--key-name NAME."
             )
-    period = params.slots if num_samples is None else period_for(num_samples, params.slots)
-    key = generate_training_key(params, max_period=period)
+    if params is None:
+        key = generate_key(MODEL_PRESET)
+    else:
+        period = params.slots if num_samples is None else period_for(num_samples, params.slots)
+        key = generate_training_key(params, max_period=period)
     priv, pub = write_key_pair(key, directory)
     return KeySetup(key, priv, pub)
 
@@ -188,7 +220,8 @@ def _require_training(key: Key, source: str, iterations: int) -> None:
         raise KeyFileError(
             f"{source} (parameters {key.params.name}, depth {key.params.depth}) supports at "
             f"most {fit} encrypted iterations, {iterations} were asked. Pass --iterations "
-            f"{fit} or create a new key pair with --key-name NAME --iterations {iterations}."
+            f"{fit}, or create a new key pair with --key-name NAME --iterations "
+            f"{min(iterations, max_iterations())} (at most {max_iterations()} fit any key)."
         )
 
 
@@ -248,3 +281,27 @@ def decrypt_federated_model(path: str | os.PathLike[str], key: Key) -> dict[str,
     parts = crypto.bundle_from_bytes(Path(path).read_bytes(), key)
     arrays, _ = protocol.materialize(parts, key)
     return arrays
+
+
+def encrypt_tensors(tensors: ModelTensors, key: Key) -> bytes:
+    """Encrypt any model's tensors (and Keras architecture) into one container.
+
+    The container is the one a federated strategy saves (``crypto.to_bytes``), so
+    ``decrypt-model`` opens both; tensor names, shapes and dtypes are public, the values and
+    the architecture are encrypted (docs/design.md §4.6). Inverse: :func:`decrypt_tensors`.
+
+    Raises
+    ------
+    ValueRangeError
+        When a value exceeds the key's safe range.
+
+    """
+    from cifer_flwr import crypto
+
+    enc = crypto.encrypt(tensors.to_arrays(), key, meta={"source": TENSORS_SOURCE})
+    return crypto.to_bytes(enc)
+
+
+def decrypt_tensors(path: str | os.PathLike[str], key: Key) -> ModelTensors:
+    """Decrypt a model written by :func:`encrypt_tensors` or a strategy's ``save_path``."""
+    return ModelTensors.from_arrays(decrypt_federated_model(path, key))

@@ -5,7 +5,7 @@ Each class subclasses the class of the same name in ``flwr.serverapp.strategy``.
 write your own encrypted strategy; ``fedavgm.py`` is the worked example.
 """
 
-from cifer_flwr.strategies._base import EncryptedFedAvgBase, EncryptedFedOptBase
+from cifer_flwr.strategies._base import EncryptedFedAvgBase, EncryptedFedOptBase, stream_replies
 from cifer_flwr.strategies.fedadagrad import FedAdagrad
 from cifer_flwr.strategies.fedadam import FedAdam
 from cifer_flwr.strategies.fedavg import FedAvg
@@ -24,4 +24,5 @@ __all__ = [
     "FedProx",
     "FedYogi",
     "SecureFed",
+    "stream_replies",
 ]

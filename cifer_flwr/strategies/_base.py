@@ -3,6 +3,10 @@
 The mixins sit before Flower's class in the MRO, so every Flower code path that would touch
 plaintext (``Array.numpy()``) is replaced; sampling, metrics and messages are Flower's.
 
+Rounds are streamed (docs/design.md §6): replies are pulled as they arrive
+(:func:`stream_replies`) and each valid model is added to a running sum and dropped, so the
+server's memory does not grow with the cohort.
+
 Robustness (docs/design.md §6): one client reply never stops a round. Every reply goes
 through, in this order,
 
@@ -32,11 +36,11 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from logging import INFO
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -53,6 +57,7 @@ from cifer_flwr.constants import (
     CFG_WEIGHT_DIVISOR,
     CFG_WEIGHTED_BY,
     METRIC_AGGREGATE_S,
+    METRIC_CLIPPED,
     METRIC_EXCLUDED,
     METRIC_RELEASED,
     METRIC_VALID_REPLIES,
@@ -93,16 +98,19 @@ from cifer_flwr.strategies._replies import (
 )
 
 __all__ = [
+    "PULL_BATCH",
+    "PULL_INTERVAL",
     "STATE_HOLDERS",
     "Accepted",
     "EncryptedFedAvgBase",
     "EncryptedFedOptBase",
     "Parts",
     "load_server_key",
+    "stream_replies",
 ]
 
 log = logging.getLogger("cifer_flwr.strategies")
-Parts = dict[str, crypto.EncryptedArrays]
+Parts = dict[str, crypto.AnyEncrypted]
 Accepted = list[tuple[Message, Parts]]
 _T = TypeVar("_T")
 
@@ -115,7 +123,102 @@ _KEY_ALLOWANCE = 64
 _MAX_REASON = 500
 
 
-def load_server_key(public_key: str | os.PathLike[str] | crypto.Key) -> crypto.Key:
+#: Most reply ids asked for in one ``pull_messages`` call while streaming a round: the
+#: replies the ServerApp holds at once, whatever the cohort size (docs/design.md §6).
+PULL_BATCH = 2
+#: Seconds between sweeps of ``pull_messages`` when no reply was ready (Flower's
+#: in-memory grid advertises its own ``pull_interval``, which is used instead).
+PULL_INTERVAL = 0.2
+
+
+def stream_replies(
+    grid: Grid,
+    messages: Iterable[Message],
+    timeout: float | None,
+    *,
+    batch: int = PULL_BATCH,
+    interval: float | None = None,
+) -> Iterator[Message]:
+    """Push ``messages`` now and return an iterator over their replies as they arrive.
+
+    The streaming form of Flower 1.41's ``Grid.send_and_receive`` (same timeout
+    semantics: ``timeout`` seconds after the push, ``None`` waits for every reply): the
+    pending reply ids are pulled at most ``batch`` at a time, so the caller holds only
+    the replies it has not consumed yet instead of the whole cohort's.
+
+    Parameters
+    ----------
+    grid : Grid
+        The grid Flower gave the ServerApp.
+    messages : iterable of Message
+        The messages to send (pushed before this function returns).
+    timeout : float or None
+        Seconds to wait for replies, counted from the push.
+    batch : int
+        Most reply ids per ``pull_messages`` call (>= 1).
+    interval : float, optional
+        Sleep between sweeps with no reply (default: the grid's ``pull_interval`` or
+        :data:`PULL_INTERVAL`).
+
+    Returns
+    -------
+    Iterator[Message]
+        The replies, in arrival order; replies that do not arrive in time are not
+        yielded (as with ``send_and_receive``).
+
+    """
+    if batch < 1:
+        raise ConfigError(f"batch must be >= 1, got {batch}.")
+    pending = list(dict.fromkeys(grid.push_messages(list(messages))))
+    end = None if timeout is None else time.time() + timeout  # from the push, as Flower's
+    pause = float(getattr(grid, "pull_interval", PULL_INTERVAL) if interval is None else interval)
+    return _pull(grid, pending, end, batch, pause)
+
+
+def _pull(
+    grid: Grid, pending: list[str], end: float | None, batch: int, pause: float
+) -> Iterator[Message]:
+    waiting = dict.fromkeys(pending)
+    while waiting and (end is None or time.time() < end):
+        got_any = False
+        snapshot = list(waiting)
+        for start in range(0, len(snapshot), batch):
+            window = snapshot[start : start + batch]
+            for reply in grid.pull_messages(window):
+                done = reply.metadata.reply_to_message_id
+                if done in waiting:
+                    del waiting[done]
+                    got_any = True
+                    yield reply
+            if end is not None and time.time() >= end:
+                return
+        if waiting and not got_any:
+            time.sleep(pause)
+
+
+@dataclass
+class _FoldGroup:
+    """Replies that may be added together: their running sum and light members."""
+
+    total: crypto.AnyEncrypted | None = None
+    members: Accepted = field(default_factory=list)
+
+
+@dataclass
+class _RoundFold:
+    """State of one streamed train round (docs/design.md §6)."""
+
+    keep_models: bool = False
+    groups: dict[Hashable, _FoldGroup] = field(default_factory=dict)
+    replied: set[int] = field(default_factory=set)
+    order: dict[int, int] = field(default_factory=dict)
+    received: int = 0
+    errors: int = 0
+    bytes_received: int = 0
+    add_s: float = 0.0
+
+
+def load_server_key(public_key: str | os.PathLike[str] | crypto.AnyKey) -> crypto.AnyKey:
     """Load the server's key; anything that holds a secret key is refused.
 
     Raises
@@ -124,7 +227,7 @@ def load_server_key(public_key: str | os.PathLike[str] | crypto.Key) -> crypto.K
         When the file or object contains a secret key.
 
     """
-    if isinstance(public_key, crypto.Key):
+    if isinstance(public_key, crypto.AnyKey):
         public_key.require_public("a strategy (server side)")
         return public_key
     return crypto.load_public_key(public_key, holder="a strategy (server side)")
@@ -176,7 +279,15 @@ class EncryptedFedAvgBase:
         :class:`~cifer_flwr.exceptions.CiferError` to exclude the reply with its message.
     ``_select_replies(server_round, accepted) -> Accepted``
         Drop replies after the per-reply checks (e.g. a majority vote); excluded ones
-        should be recorded with ``self._exclude(server_round, node, reason)``.
+        should be recorded with ``self._exclude(server_round, node, reason)``. Rounds are
+        streamed (docs/design.md §6): by then each model was added to the running sum of
+        its group and dropped, so keep or drop whole groups (see ``_fold_key``).
+    ``_fold_key(msg) -> Hashable``
+        Replies with different keys are summed apart (default ``None``; FedOpt: the
+        state digest its majority vote selects on).
+    ``_keeps_models(server_round) -> bool``
+        ``True`` keeps every accepted reply's model part for ``_select_replies`` and
+        ``_next_global`` (memory then grows with the cohort); default ``False``.
     ``_next_global(server_round, accepted, aggregate) -> Parts | None``
         The next global parts from the encrypted weighted sum ``aggregate`` (default
         ``{"model": aggregate}``); ``None`` releases nothing this round.
@@ -201,7 +312,7 @@ class EncryptedFedAvgBase:
 
     def _init_encryption(
         self,
-        public_key: str | os.PathLike[str] | crypto.Key,
+        public_key: str | os.PathLike[str] | crypto.AnyKey,
         save_path: str | os.PathLike[str] | None,
         examples_per_client: float,
         *,
@@ -271,9 +382,9 @@ class EncryptedFedAvgBase:
     def _summary_encryption(self) -> None:
         p = self.key.params
         log.info(
-            "\t├──> CKKS encryption: preset %s (N=%d, %d-bit security), key fingerprint %s",
+            "\t├──> %s encryption: preset %s (%d-bit security), key fingerprint %s",
+            p.scheme.upper(),
             p.name,
-            p.poly_modulus_degree,
             p.security_bits,
             self.key.short_fingerprint,
         )
@@ -291,9 +402,10 @@ class EncryptedFedAvgBase:
 
     def _encrypt_initial(self, arrays: Mapping[str, Any]) -> Parts:
         """Encrypt the plaintext initial model into the first global parts."""
-        return {PART_MODEL: crypto.encrypt(arrays, self.key)}
+        weight = protocol.exact_weight(arrays, self.key.params)  # quantized: fit the range
+        return {PART_MODEL: crypto.encrypt(arrays, self.key, weight=weight)}
 
-    def _model_layout(self, parts: Mapping[str, crypto.EncryptedArrays]) -> crypto.Layout:
+    def _model_layout(self, parts: Mapping[str, crypto.AnyEncrypted]) -> crypto.Layout:
         """Layout of the model inside the global parts (replies must match it)."""
         return parts[PART_MODEL].layout
 
@@ -413,9 +525,10 @@ class EncryptedFedAvgBase:
         for current_round in range(done + 1, num_rounds + 1):
             flwr_log(INFO, "")
             flwr_log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
-            train_replies = grid.send_and_receive(
-                messages=self.configure_train(current_round, arrays, train_config, grid),
-                timeout=timeout,
+            # Replies are pulled and folded one by one (docs/design.md §6, streamed
+            # aggregation): the ServerApp never holds the whole cohort's replies.
+            train_replies = self._stream_replies(
+                grid, self.configure_train(current_round, arrays, train_config, grid), timeout
             )
             agg_arrays, agg_train_metrics = self.aggregate_train(current_round, train_replies)
             if agg_arrays is not None:
@@ -483,6 +596,7 @@ class EncryptedFedAvgBase:
             node = msg.metadata.dst_node_id
             cfg = ConfigRecord(dict(msg.content.config_records[self.configrecord_key]))
             cfg[CFG_WEIGHT_DIVISOR] = divisor
+            cfg[CFG_COHORT] = cohort  # packed preset: the sum's headroom (docs/design.md §4.7)
             cfg.update(self._extra_config(index, node, cohort, server_round))
             self._sent_config[int(node)] = dict(cfg)
             self._sent_index[int(node)] = index
@@ -602,7 +716,7 @@ class EncryptedFedAvgBase:
                     f"part {name!r} claims to sum {enc.count} encryptions; a client reply "
                     "holds exactly one."
                 )
-            if name != PART_MODEL and enc.weight != 1.0:
+            if name != PART_MODEL and not protocol.part_weight_ok(enc):
                 raise CiphertextFormatError(
                     f"part {name!r} has weight {enc.weight:g}; expected 1 (only the model "
                     "part is weighted)."
@@ -661,37 +775,131 @@ class EncryptedFedAvgBase:
             )
         return kept
 
-    def _accept_replies(self, server_round: int, replies: Iterable[Message]) -> Accepted:
-        valid, errors = self._check_and_log_replies(replies, is_train=True, validate=False)
-        excluded = self.excluded.setdefault(server_round, [])
-        for msg in errors:
-            excluded.append((_node(msg), f"error reply: {msg.error.reason}"[:_MAX_REASON]))
-        accepted: Accepted = []
-        replied: set[int] = set()
-        for msg in valid:
-            node = _node(msg)
+    # ------------------------------------------------------------------ streamed rounds
+    def _stream_replies(
+        self, grid: Grid, messages: Iterable[Message], timeout: float | None
+    ) -> Iterator[Message]:
+        """Push ``messages`` now; return an iterator pulling the replies as they arrive.
+
+        A grid that offers its own ``stream_replies(messages, timeout)`` (a metering
+        wrapper, say) is used as is; otherwise :func:`stream_replies`.
+        """
+        own = getattr(grid, "stream_replies", None)
+        if callable(own):
+            return cast(Iterator[Message], own(messages, timeout))
+        return stream_replies(grid, messages, timeout)
+
+    def _fold_key(self, msg: Message) -> Hashable:
+        """Replies that may only be added together share a key (FedOpt: the state digest)."""
+        return None
+
+    def _keeps_models(self, server_round: int) -> bool:
+        """Keep every accepted reply's model part (for a ``_next_global`` that needs them).
+
+        ``False`` (the default) folds each model into its group's running sum and drops
+        it, so memory does not grow with the cohort (docs/design.md §6).
+        """
+        return False
+
+    def _fold_reply(self, server_round: int, fold: _RoundFold, msg: Message) -> None:
+        """Check one reply and, if valid, add its model to the running sum of its group."""
+        node = _node(msg)
+        if msg.has_error():
+            fold.errors += 1
+            reason = f"error reply: {msg.error.reason}"[:_MAX_REASON]
+            self.excluded.setdefault(server_round, []).append((node, reason))
+            return
+        fold.received += 1
+        fold.bytes_received += sum(r.count_bytes() for r in msg.content.array_records.values())
+        try:
+            if node not in self._sent_config:
+                raise ReplyError(f"node {node} was not sampled in round {server_round}.")
+            if node in fold.replied:
+                raise ReplyError("a second reply from this node in the same round.")
+            fold.replied.add(node)
+            parts = self._check_reply(msg, server_round)
+            self._fold_parts(server_round, fold, msg, parts)
+        except CiferError as exc:
+            self._exclude(server_round, node, str(exc))
+        except Exception as exc:  # last line of defence: a bug never stops the round
+            self._internal_error(server_round, node, exc)
+
+    def _fold_parts(self, server_round: int, fold: _RoundFold, msg: Message, parts: Parts) -> None:
+        key = (metric_schema(msg.content), self._fold_key(msg))
+        group = fold.groups.setdefault(key, _FoldGroup())
+        model = parts[PART_MODEL]
+        t0 = time.perf_counter()
+        if group.total is None:
+            group.total = model
+        else:
             try:
-                if node not in self._sent_config:
-                    raise ReplyError(f"node {node} was not sampled in round {server_round}.")
-                if node in replied:
-                    raise ReplyError("a second reply from this node in the same round.")
-                replied.add(node)
-                accepted.append((msg, self._check_reply(msg, server_round)))
-            except CiferError as exc:
-                self._exclude(server_round, node, str(exc))
-            except Exception as exc:  # last line of defence: a bug never stops the round
-                self._internal_error(server_round, node, exc)
-        return self._consistent_metrics(server_round, accepted, lambda item: item[0], "")
+                group.total = crypto.aggregate([group.total, model])
+            except Exception:
+                if len(group.members) == 1 and not self._addable(group.total):
+                    # the group's first reply is the one that cannot be added
+                    first, _ = group.members.pop()
+                    self._internal_error(
+                        server_round,
+                        _node(first),
+                        ConfigError("its ciphertexts cannot be added to another update"),
+                    )
+                    group.total = model
+                else:
+                    raise
+        fold.add_s += time.perf_counter() - t0
+        # keep the reply's metrics and config (small) and its other parts; drop the arrays
+        del msg.content[self.arrayrecord_key]
+        kept = parts if fold.keep_models else {k: v for k, v in parts.items() if k != PART_MODEL}
+        group.members.append((msg, kept))
+        fold.order[_node(msg)] = len(fold.order)
+
+    @staticmethod
+    def _addable(enc: crypto.AnyEncrypted) -> bool:
+        try:
+            crypto.aggregate([enc, enc])
+        except Exception:
+            return False
+        return True
+
+    def _fold_total(
+        self, server_round: int, fold: _RoundFold, accepted: Accepted
+    ) -> crypto.AnyEncrypted | None:
+        """Sum of the running sums of the groups whose replies were all kept."""
+        kept = {_node(msg): parts for msg, parts in accepted}
+        sums: list[crypto.AnyEncrypted] = []
+        for group in fold.groups.values():
+            nodes = [_node(msg) for msg, _ in group.members]
+            chosen = [n for n in nodes if n in kept]
+            if not chosen or group.total is None:
+                continue
+            if len(chosen) == len(nodes):
+                sums.append(group.total)
+            elif fold.keep_models:
+                sums.append(crypto.aggregate([kept[n][PART_MODEL] for n in chosen]))
+            else:
+                raise UnsupportedOperationError(
+                    f"_select_replies kept {len(chosen)} of the {len(nodes)} replies folded "
+                    "into one running sum; it can only keep or drop whole groups (same "
+                    "metric schema and _fold_key). Return the selection key from _fold_key, "
+                    "or return True from _keeps_models."
+                )
+        if not sums:
+            return None
+        return sums[0] if len(sums) == 1 else crypto.aggregate(sums)
 
     def _select_replies(self, server_round: int, accepted: Accepted) -> Accepted:
-        """Hook between per-reply checks and aggregation (FedOpt: the digest majority)."""
+        """Hook between per-reply checks and aggregation (FedOpt: the digest majority).
+
+        The messages no longer hold their ``ArrayRecord`` (it was folded into the running
+        sum) and the parts hold the model only when :meth:`_keeps_models` says so.
+        """
         return accepted
 
     def _next_global(
         self,
         server_round: int,
         accepted: Accepted,
-        aggregate: crypto.EncryptedArrays,
+        aggregate: crypto.AnyEncrypted,
     ) -> Parts | None:
         """Next global parts from the encrypted weighted sum of the accepted models.
 
@@ -699,31 +907,6 @@ class EncryptedFedAvgBase:
         nothing this round (the previous global model stays).
         """
         return {PART_MODEL: aggregate}
-
-    def _sum_models(self, server_round: int, accepted: Accepted) -> tuple[Accepted, Any]:
-        """Add the model parts; should the sum fail, isolate the replies that cannot be added."""
-        try:
-            return accepted, crypto.aggregate([parts[PART_MODEL] for _, parts in accepted])
-        except Exception as exc:
-            log.error(
-                "round %d: adding the updates failed (%s: %s); adding them one by one to "
-                "isolate the offending replies",
-                server_round,
-                type(exc).__name__,
-                exc,
-            )
-        kept: Accepted = []
-        total: crypto.EncryptedArrays | None = None
-        for msg, parts in accepted:
-            model = parts[PART_MODEL]
-            try:
-                trial = crypto.aggregate([model, model] if total is None else [total, model])
-            except Exception as exc:
-                self._internal_error(server_round, _node(msg), exc)
-                continue
-            total = model if total is None else trial
-            kept.append((msg, parts))
-        return kept, total
 
     def _cifer_metrics(self, server_round: int, released: bool, valid: int) -> MetricRecord:
         return MetricRecord(
@@ -755,10 +938,11 @@ class EncryptedFedAvgBase:
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Add the valid encrypted updates; exclude every other reply with a reason.
 
-        Releases nothing (and says so in the metrics ``cifer-released``) when fewer than
-        ``min_replies`` valid replies remain.
+        ``replies`` is consumed one reply at a time: each valid model is added to a
+        running sum and its ciphertexts dropped (``start`` passes an iterator that pulls
+        replies as they arrive). Releases nothing (and says so in the metrics
+        ``cifer-released``) when fewer than ``min_replies`` valid replies remain.
         """
-        replies = list(replies)
         stats = self.round_stats.setdefault(server_round, {})
         try:
             return self._aggregate_train(server_round, replies, stats)
@@ -774,23 +958,36 @@ class EncryptedFedAvgBase:
             return None, self._cifer_metrics(server_round, False, 0)
 
     def _aggregate_train(
-        self, server_round: int, replies: list[Message], stats: dict[str, float]
+        self, server_round: int, replies: Iterable[Message], stats: dict[str, float]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        stats["bytes-received"] = float(
-            sum(
-                r.content.array_records[k].count_bytes()
-                for r in replies
-                if not r.has_error()
-                for k in r.content.array_records
-            )
+        fold = _RoundFold(keep_models=self._keeps_models(server_round))
+        self.excluded.setdefault(server_round, [])
+        t_start = time.perf_counter()
+        for msg in replies:
+            self._fold_reply(server_round, fold, msg)
+            del msg  # the running sum holds what counts
+        stats["receive-fold-s"] = time.perf_counter() - t_start
+        stats["bytes-received"] = float(fold.bytes_received)
+        flwr_log(
+            INFO,
+            "aggregate_train: Received %s results and %s failures",
+            fold.received,
+            fold.errors,
         )
-        accepted = self._select_replies(server_round, self._accept_replies(server_round, replies))
+        t0 = time.perf_counter()
+        order = fold.order
+        members = sorted(
+            (item for group in fold.groups.values() for item in group.members),
+            key=lambda item: order[_node(item[0])],
+        )
+        accepted = self._consistent_metrics(server_round, members, lambda item: item[0], "")
+        accepted = self._select_replies(server_round, accepted)
         total = None
         if len(accepted) >= self._min_replies:
-            t0 = time.perf_counter()
-            accepted, total = self._sum_models(server_round, accepted)
-            stats["aggregate-s"] = time.perf_counter() - t0
+            total = self._fold_total(server_round, fold, accepted)
+        stats["aggregate-s"] = fold.add_s + time.perf_counter() - t0
         stats["valid-replies"] = float(len(accepted))
+        del fold
         if total is None or len(accepted) < self._min_replies:
             log.warning(
                 "round %d: %d valid encrypted updates, fewer than the %d required; "
@@ -808,6 +1005,15 @@ class EncryptedFedAvgBase:
         self.examples_per_client = total.weight * stats["weight-divisor"] / len(accepted)
         metrics = self._aggregate_train_metrics(server_round, accepted)
         metrics[METRIC_AGGREGATE_S] = stats["aggregate-s"]
+        clipped = [
+            float(value)
+            for msg, _ in accepted
+            for record in msg.content.metric_records.values()
+            if isinstance(value := record.get(METRIC_CLIPPED), int | float)
+        ]
+        if clipped:  # packed: values clipped by the key holders are counted, not averaged
+            metrics[METRIC_CLIPPED] = sum(clipped)
+            stats["clipped"] = sum(clipped)
         released = new_parts is not None
         metrics.update(self._cifer_metrics(server_round, released, len(accepted)))
         stats["released"] = float(released)
@@ -1036,7 +1242,9 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         )
 
     def _encrypt_initial(self, arrays: Mapping[str, Any]) -> Parts:
-        state = crypto.encrypt(protocol.pack_state(dict(arrays), None, None), self.key)
+        packed = protocol.pack_state(dict(arrays), None, None)
+        weight = protocol.exact_weight(packed, self.key.params)  # quantized: fit the range
+        state = crypto.encrypt(packed, self.key, weight=weight)
         return {PART_STATE: crypto.with_meta(state, fedopt=self.optimizer.to_dict())}
 
     def _to_parts(self, arrays: ArrayRecord) -> Parts:
@@ -1052,7 +1260,7 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         )
         return {PART_STATE: state}
 
-    def _model_layout(self, parts: Mapping[str, crypto.EncryptedArrays]) -> crypto.Layout:
+    def _model_layout(self, parts: Mapping[str, crypto.AnyEncrypted]) -> crypto.Layout:
         return protocol.model_layout(parts[PART_STATE].layout)
 
     def _base_configure_train(
@@ -1088,6 +1296,10 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
                 "the global model's arrays."
             )
         return parts
+
+    def _fold_key(self, msg: Message) -> Hashable:
+        # replies trained from different states are summed apart: the majority picks one
+        return self._digest_of(msg)
 
     @staticmethod
     def _digest_of(msg: Message) -> str | None:
@@ -1145,7 +1357,7 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         self,
         server_round: int,
         accepted: Accepted,
-        aggregate: crypto.EncryptedArrays,
+        aggregate: crypto.AnyEncrypted,
     ) -> Parts | None:
         holders = sorted(
             (self._sent_index.get(_node(msg), len(self._sent_index)), _node(msg), parts)

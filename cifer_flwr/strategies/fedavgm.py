@@ -60,7 +60,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
     def __init__(
         self,
         *,
-        public_key: str | os.PathLike[str] | crypto.Key,
+        public_key: str | os.PathLike[str] | crypto.AnyKey,
         save_path: str | os.PathLike[str] | None = None,
         examples_per_client: float = 1000.0,
         min_replies: int = 2,

@@ -41,7 +41,7 @@ from cifer_flwr.strategies.fedavg import FedAvg
 __all__ = ["SecureFed"]
 
 log = logging.getLogger("cifer_flwr.strategies")
-Parts = dict[str, crypto.EncryptedArrays]
+Parts = dict[str, crypto.AnyEncrypted]
 
 
 @dataclass(eq=False)
@@ -160,7 +160,7 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
     def __init__(
         self,
         *,
-        public_key: str | os.PathLike[str] | crypto.Key,
+        public_key: str | os.PathLike[str] | crypto.AnyKey,
         min_cohort: int = 3,
         clip_norm: float | None = None,
         noise_multiplier: float = 0.0,
@@ -210,6 +210,13 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
             train_metrics_aggr_fn=train_metrics_aggr_fn,
             evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
         )
+        if not isinstance(self.key, crypto.Key):
+            raise ConfigError(
+                f"SecureFed needs a CKKS or packed key: its per-ciphertext integrity values "
+                f"(docs/design.md §4.4) use reserved slots, which the {self.key.params.name!r} "
+                "Paillier key does not have. Use encryption.preset=default (or packed), or "
+                "another strategy (FedAvg, FedProx, FedAdam, ...) with Paillier."
+            )
         self.min_cohort = min_cohort
         self.clip_norm = clip_norm
         self.noise_multiplier = noise_multiplier
@@ -433,7 +440,11 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
             )
         return cfg
 
-    def _parse_reply(self, msg: Message, server_round: int) -> dict[str, crypto.EncryptedArrays]:
+    def _keeps_models(self, server_round: int) -> bool:
+        # candidate groups need each model; a node banned this round is dropped from its sum
+        return self.aggregation_check or any(n in self.banned for n in self._sent_config)
+
+    def _parse_reply(self, msg: Message, server_round: int) -> dict[str, crypto.AnyEncrypted]:
         parts = super()._parse_reply(msg, server_round)
         if not self.aggregation_check:
             return parts
@@ -506,9 +517,9 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
     def _next_global(
         self,
         server_round: int,
-        accepted: list[tuple[Message, dict[str, crypto.EncryptedArrays]]],
-        aggregate: crypto.EncryptedArrays,
-    ) -> dict[str, crypto.EncryptedArrays]:
+        accepted: list[tuple[Message, dict[str, crypto.AnyEncrypted]]],
+        aggregate: crypto.AnyEncrypted,
+    ) -> dict[str, crypto.AnyEncrypted]:
         sent = self._sent.get(server_round)
         base_round = sent.round if sent is not None else 0
         meta = self._meta(server_round, base_round)

@@ -27,15 +27,21 @@ import numpy as np
 
 from cifer_flwr import crypto, protocol
 from cifer_flwr.exceptions import CiferError, ConfigError
+from cifer_flwr.experiments.config import (
+    ExperimentConfig,
+    FederationConfig,
+    check_experiment,
+    strategy_config,
+)
 from cifer_flwr.experiments.data import load_dataset
-from cifer_flwr.experiments.strategy_builder import baseline_name, strategy_name
+from cifer_flwr.experiments.strategy_builder import baseline_name
 from cifer_flwr.tooling.federation.audit import find_secret_key
 from cifer_flwr.tooling.federation.local import Federation, up
 from cifer_flwr.tooling.federation.runs import RunOutcome, run_app
 
 __all__ = [
     "DemoReport",
-    "decrypt_final_model",
+    "demo_experiment",
     "evaluate_with_example",
     "find_example",
     "run_demo",
@@ -94,14 +100,28 @@ def evaluate_with_example(
     return dict(module.evaluate_arrays(arrays, run_config))
 
 
-def decrypt_final_model(
-    model_file: str | os.PathLike[str], private_key_file: str | os.PathLike[str]
-) -> dict[str, np.ndarray]:
-    """Decrypt (and materialize, for FedOpt) an encrypted global model saved by a strategy."""
-    key = crypto.load_private_key(private_key_file)
-    parts = crypto.bundle_from_bytes(Path(model_file).read_bytes(), key)
-    arrays, _ = protocol.materialize(parts, key)
-    return arrays
+def demo_experiment(
+    strategy: str, *, nodes: int, rounds: int, auth: bool, timeout: float
+) -> ExperimentConfig:
+    """The demo's options as an experiment, checked by the one validation path.
+
+    :func:`~cifer_flwr.experiments.config.check_experiment` (as ``cifer run`` and the
+    generic app) runs before anything starts: an unknown strategy, too few nodes, SecureFed's
+    cohort above the node count, ... fail in one line before key generation.
+
+    Raises
+    ------
+    ConfigError
+        Naming the option, the value found and the valid values.
+
+    """
+    return check_experiment(
+        ExperimentConfig(
+            strategy=strategy_config({"name": strategy}),
+            federation=FederationConfig(nodes=nodes, tls=True, auth=auth, timeout=timeout),
+            num_rounds=rounds,
+        )
+    )
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -192,7 +212,7 @@ def run_demo(
     rounds : int
         Federated rounds of each run.
     strategy : str
-        One of :data:`cifer_flwr.experiments.strategy_builder.STRATEGIES`; the plaintext run uses
+        One of :data:`cifer_flwr.experiments.config.STRATEGIES`; the plaintext run uses
         :func:`~cifer_flwr.experiments.strategy_builder.baseline_name` (FedAvg for SecureFed).
     auth : bool
         SuperNode authentication (TLS is always on).
@@ -208,11 +228,16 @@ def run_demo(
 
     Raises
     ------
+    ConfigError
+        For an invalid option (:func:`demo_experiment`), before anything starts.
     CiferError
         When a run fails; every process started is stopped first.
 
     """
-    strategy = strategy_name(strategy).value  # an unknown name fails before anything starts
+    # every option is checked before anything starts (keys, federation)
+    strategy = demo_experiment(
+        strategy, nodes=nodes, rounds=rounds, auth=auth, timeout=timeout
+    ).strategy.name
     say = progress or (lambda _msg: None)
     t_start = time.monotonic()
     d = Path(directory).resolve()
@@ -294,7 +319,7 @@ def run_demo(
     run_config = dict(report.encrypted.get("run-config", {}))
     report.model_file = model_file
     report.model_bytes = model_file.stat().st_size
-    arrays = decrypt_final_model(model_file, private)
+    arrays = protocol.decrypt_global_model(model_file, private)
     report.final_encrypted = evaluate_with_example(example, arrays, run_config)
     report.final_plaintext = evaluate_with_example(example, _load_npz(plain_file), run_config)
     report.total_s = time.monotonic() - t_start

@@ -22,7 +22,7 @@ def test_keygen_inspect(tmp_path):
     assert [i["type"] for i in infos] == ["private", "public"]
     assert infos[0]["fingerprint"] == infos[1]["fingerprint"] == fp_line.split()[-1]
     again = runner.invoke(app, ["keygen", "--name", "fed", "--dir", str(tmp_path)])
-    assert again.exit_code != 0 and "already exists" in again.output
+    assert again.exit_code == 2 and "already holds" in again.output and "--force" in again.output
 
 
 def test_keygen_unknown_preset_and_missing_file(tmp_path):

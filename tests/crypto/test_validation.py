@@ -90,12 +90,21 @@ def run_isolated(code: str) -> subprocess.CompletedProcess[str]:
 # ------------------------------------------------------------------- the 13-byte vector
 
 
+def full_chunk(key: crypto.Key, value: float = 1.0) -> bytes:
+    """A full (not seeded) ciphertext: a sum, or a public-key encryption."""
+    enc = crypto.encrypt({"w": np.full(key.params.slots, value)}, key.public())
+    return enc.serialized_chunks()[0]
+
+
 def test_max_ciphertext_bytes_bounds_real_ciphertexts(key):
-    for preset in ("default", "nvflare"):
+    for preset in ("default", "nvflare", "packed"):
         k = key if preset == "default" else crypto.generate_key(preset)
-        sizes = [len(fresh_chunk(k, v)) for v in (0.0, 1.0, 123.456)]
+        sizes = [len(full_chunk(k, v)) for v in (0.0, 1.0, 123.456)]
         assert max(sizes) <= crypto.max_ciphertext_bytes(k.params)
         assert crypto.max_ciphertext_bytes(k.params) < 1.2 * max(sizes)
+        # a key holder's (seeded) ciphertexts are about half as large, within the bound too
+        seeded = [len(fresh_chunk(k, v)) for v in (0.0, 1.0, 123.456)]
+        assert max(seeded) < 0.55 * min(sizes)
 
 
 def test_empty_vector_message_is_13_bytes_and_refused(key, public_key):

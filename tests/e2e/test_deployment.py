@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from cifer_flwr import crypto
-from cifer_flwr.tooling.demo import decrypt_final_model, evaluate_with_example, find_example
+from cifer_flwr.protocol import decrypt_global_model
+from cifer_flwr.tooling.demo import evaluate_with_example, find_example
 from cifer_flwr.tooling.federation import Federation, up
 from cifer_flwr.tooling.federation.audit import find_secret_key
 from cifer_flwr.tooling.federation.processes import descendants, is_alive
@@ -110,7 +111,7 @@ def test_encrypted_run_matches_plaintext(deployment, keys, strategy):
         encryption=False,
         **{"save-path": str(plain_model)},
     )
-    assert enc["encryption"] and not plain["encryption"]
+    assert enc["encrypted"] and not plain["encrypted"]
     assert enc["strategy-class"].startswith("cifer_flwr.strategies")
     assert plain["strategy-class"].startswith("flwr.serverapp.strategy")
     for rows in (enc["rounds"], plain["rounds"]):
@@ -122,7 +123,7 @@ def test_encrypted_run_matches_plaintext(deployment, keys, strategy):
     assert all(r["aggregate-s"] is not None for r in enc["rounds"])
 
     run_config = enc["run-config"]
-    decrypted = evaluate_with_example(EXAMPLE, decrypt_final_model(model, priv), run_config)
+    decrypted = evaluate_with_example(EXAMPLE, decrypt_global_model(model, priv), run_config)
     baseline = evaluate_with_example(EXAMPLE, _load_npz(plain_model), run_config)
     assert abs(decrypted["accuracy"] - baseline["accuracy"]) <= 0.02, (decrypted, baseline)
     assert decrypted["accuracy"] > 0.5
@@ -164,6 +165,50 @@ def test_wrong_private_key_is_excluded_and_run_completes(deployment, keys):
         assert row["train-replies"] == 3
         assert row["accuracy"] is not None
     assert res["rounds"][-1]["accuracy"] > 0.5
+
+
+def test_failed_server_app_is_reported_and_cifer_runs_lists_the_runs(deployment, keys):
+    """A ServerApp failure reaches the user as its exception line; `cifer runs` reads Flower."""
+    import json
+    import subprocess
+    import sys
+
+    # the completed runs of this module's earlier tests (their results files name the run
+    # ids); run one only when this test runs alone
+    def completed_ids():
+        files = deployment.directory.parent.glob("*.json")
+        found = [json.loads(f.read_text()) for f in files]
+        return {str(r["run-id"]) for r in found if r.get("status") == "ok" and "run-id" in r}
+
+    if not completed_ids():
+        _run(
+            deployment, "listed-ok", strategy="fedavg", encryption=False, **{"num-server-rounds": 1}
+        )
+    ok_ids = completed_ids()
+    bad = run_app(
+        deployment,
+        EXAMPLE,
+        {"num-server-rounds": 1, "public-key": "keys/demo/public.key"},  # relative: refused
+        timeout=300,
+        results_path=deployment.directory.parent / "relative-key.json",
+    )
+    assert bad.status == "finished:failed" and not bad.completed
+    assert "must be an absolute path" in bad.errors[0], bad.errors
+    assert "wrote no results" not in bad.errors[0]
+    assert f"flwr log {bad.run_id} {deployment.connection} --stream" in bad.errors[0]
+
+    cifer = [sys.executable, "-m", "cifer_flwr.cli", "runs", "--dir", str(deployment.directory)]
+    res = subprocess.run([*cifer, "--json"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1, res.stderr  # one listed run failed
+    rows = {r["run-id"]: r for r in json.loads(res.stdout)}
+    assert rows[str(bad.run_id)]["status"] == "finished:failed"
+    assert "absolute path" in rows[str(bad.run_id)]["details"]
+    assert rows[str(bad.run_id)]["app"].startswith("cifer/quickstart-pytorch")
+    assert rows[str(bad.run_id)]["finished-at"]
+    assert ok_ids and {rows[i]["status"] for i in ok_ids} == {"finished:completed"}
+    one = subprocess.run([*cifer, "--run-id", str(bad.run_id)], capture_output=True, text=True)
+    assert one.returncode == 1 and str(bad.run_id) in one.stdout and "absolute path" in one.stdout
+    assert "Traceback" not in one.stderr
 
 
 def test_teardown_stops_every_process(deployment):

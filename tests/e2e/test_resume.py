@@ -32,7 +32,7 @@ import pytest
 from cifer_flwr import crypto, strategies
 from cifer_flwr.experiments.config import compose, overrides_to_string
 from cifer_flwr.experiments.launch import APP_DIR
-from cifer_flwr.tooling.demo import decrypt_final_model
+from cifer_flwr.protocol import decrypt_global_model
 from cifer_flwr.tooling.federation import Federation, up
 from cifer_flwr.tooling.federation.processes import cmdline, descendants, is_alive
 from cifer_flwr.tooling.federation.runs import RunOutcome, run_app
@@ -193,8 +193,8 @@ def test_killed_serverapp_resumes_to_the_same_model_and_rows(fed, keys, strategy
     for row in r_rows[:after]:
         assert row == partial["rounds"][row["round"] - 1] or row["round"] > len(partial["rounds"])
 
-    a = decrypt_final_model(killed_res.with_suffix(".enc"), priv)
-    b = decrypt_final_model(full_res.with_suffix(".enc"), priv)
+    a = decrypt_global_model(killed_res.with_suffix(".enc"), priv)
+    b = decrypt_global_model(full_res.with_suffix(".enc"), priv)
     assert sorted(a) == sorted(b)
     diff = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
     assert diff <= MODEL_TOL, diff

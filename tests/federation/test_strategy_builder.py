@@ -8,7 +8,6 @@ same strategy, and an invalid value must fail the same way, whichever path reads
 
 from __future__ import annotations
 
-from dataclasses import fields
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,15 +17,30 @@ from flwr.app import Context, RecordDict
 from cifer_flwr.exceptions import ConfigError, KeyFileError
 from cifer_flwr.experiments import apps
 from cifer_flwr.experiments.app import client_app
-from cifer_flwr.experiments.config import StrategyConfig, compose, strategy_defaults
+from cifer_flwr.experiments.config import (
+    STRATEGIES,
+    FedAvgConfig,
+    compose,
+    strategy_defaults,
+)
 from cifer_flwr.experiments.strategy_builder import (
     RUN_CONFIG_KEYS,
-    STRATEGIES,
     baseline_name,
     build_strategy,
 )
 from cifer_flwr.experiments.topology import centralized
 
+NODES = 3
+#: Hyperparameters each strategy takes (written out: an oracle for the typed configs).
+TAKES = {
+    "fedavg": set(),
+    "fedprox": {"proximal_mu"},
+    "fedyogi": {"eta", "eta_l", "beta_1", "beta_2", "tau"},
+    "fedadam": {"eta", "eta_l", "beta_1", "beta_2", "tau"},
+    "fedadagrad": {"eta", "eta_l", "tau"},
+    "fedavgm": {"server_learning_rate", "server_momentum"},
+    "securefed": {"min_cohort", "clip_norm", "noise_multiplier", "aggregation_check"},
+}
 #: Attributes a built strategy exposes (those it has are compared).
 ATTRS = (
     "fraction_train",
@@ -34,18 +48,14 @@ ATTRS = (
     "min_train_nodes",
     "min_evaluate_nodes",
     "min_available_nodes",
-    *(f.name for f in fields(StrategyConfig) if f.name != "name"),
+    *sorted(set().union(*TAKES.values())),
 )
-NODES = 3
-#: Hyperparameters each strategy takes.
-TAKES = {
-    "fedavg": set(),
-    "fedprox": {"proximal_mu"},
-    "fedyogi": {"eta", "eta_l", "beta_1", "beta_2", "tau"},
-    "fedadam": {"eta", "eta_l", "beta_1", "beta_2", "tau"},
-    "fedadagrad": {"eta", "eta_l", "tau"},
-    "securefed": {"min_cohort", "clip_norm", "noise_multiplier", "aggregation_check"},
-}
+
+
+def test_typed_configs_take_exactly_their_hyperparameters():
+    assert set(STRATEGIES) == set(TAKES)
+    for name, takes in TAKES.items():
+        assert set(strategy_defaults(name).hyperparameters()) == takes, name
 
 
 def _attrs(strategy: Any) -> dict[str, Any]:
@@ -104,14 +114,18 @@ CHANGED = {
     "clip_norm": (1.5, "1.5", 1.5),
     "noise_multiplier": (0.5, "0.5", 0.5),
     "aggregation_check": (False, "false", False),
+    "server_learning_rate": (0.5, "0.5", 0.5),
+    "server_momentum": (0.3, "0.3", 0.3),
 }
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_both_paths_pass_every_hyperparameter(name, key_files):
     _, pub = key_files
+    # run config declares every key (make_strategy reads the strategy's); Hydra refuses
+    # keys the strategy does not take (test_override_of_a_key_the_strategy_lacks_fails)
     rc = {RUN_CONFIG_KEYS[f]: v for f, (v, _, _) in CHANGED.items()}
-    hydra = [f"++strategy.{f}={h}" for f, (_, h, _) in CHANGED.items()]
+    hydra = [f"strategy.{f}={h}" for f, (_, h, _) in CHANGED.items() if f in TAKES[name]]
     rc |= {"fraction-train": 0.5}
     hydra += ["fraction_train=0.5"]
     from_rc, from_exp = _both(name, str(pub), encrypted=True, rc=rc, hydra=hydra)
@@ -161,7 +175,21 @@ INVALID = [
     ("fedprox", "proximal_mu", -1.0, "strategy.proximal_mu (run config 'proximal-mu') must"),
     ("securefed", "clip_norm", -2.0, "strategy.clip_norm (run config 'clip-norm') must be > 0"),
     ("securefed", "noise_multiplier", -1.0, "run config 'noise-multiplier') must be >= 0"),
-    ("securefed", "min_cohort", 0, "strategy.min_cohort (run config 'min-cohort') must be >= 1"),
+    ("securefed", "min_cohort", 1, "strategy.min_cohort (run config 'min-cohort') must be >= 2"),
+    ("fedyogi", "eta", -1.0, "strategy.eta (run config 'server-lr') must be > 0, got -1.0"),
+    ("fedadam", "tau", float("nan"), "strategy.tau (run config 'tau') must be > 0, got nan"),
+    (
+        "fedavgm",
+        "server_momentum",
+        1.0,
+        "strategy.server_momentum (run config 'server-momentum') must be in [0, 1)",
+    ),
+    (
+        "fedavgm",
+        "server_learning_rate",
+        0.0,
+        "strategy.server_learning_rate (run config 'server-learning-rate') must be > 0",
+    ),
 ]
 
 
@@ -191,7 +219,7 @@ def test_invalid_fraction_fails_the_same_way(fraction, key_files):
     with pytest.raises(ConfigError, match=r"fraction_train must be in \(0, 1\]"):
         compose([f"fraction_train={fraction}"])
     with pytest.raises(ConfigError, match=r"fraction_train must be in \(0, 1\]"):
-        build_strategy(StrategyConfig(), encrypted=False, fraction_train=fraction)
+        build_strategy(FedAvgConfig(), encrypted=False, fraction_train=fraction)
 
 
 def test_noise_needs_clipping_in_both_paths(key_files):
@@ -225,6 +253,9 @@ def test_examples_declare_every_hyperparameter_key():
         assert declared["clip-norm"] == 0.0 and securefed.clip_norm is None
         assert declared["noise-multiplier"] == securefed.noise_multiplier
         assert declared["aggregation-check"] is securefed.aggregation_check
+        fedavgm = strategy_defaults("fedavgm")
+        assert declared["server-learning-rate"] == fedavgm.server_learning_rate
+        assert declared["server-momentum"] == fedavgm.server_momentum
 
 
 def _context(run_config: dict[str, Any], node_config: dict[str, Any]) -> Context:

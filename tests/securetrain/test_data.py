@@ -57,10 +57,10 @@ def test_signed_design_round_trip():
     [
         (np.array([[np.nan, 1.0], [1.0, 2.0]]), np.array([0, 1]), "NaN"),
         (np.array([[1.0, 1.0], [1.0, 2.0]]), np.array([1, 1]), "both classes"),
-        (np.array([[1.0], [2.0], [3.0]]), np.array([0, 1, 2]), "one-vs-rest"),
+        (np.arange(130.0)[:, None], np.arange(130), "--label-column"),
         (np.array([["a", "1"], ["b", "2"]]), np.array([0, 1]), "text"),
     ],
-    ids=["nan", "one-class", "multiclass", "strings"],
+    ids=["nan", "one-class", "too-many-classes", "strings"],
 )
 def test_bad_datasets(tmp_path, features, labels, match):
     np.savez(tmp_path / "bad.npz", X=features, y=labels)

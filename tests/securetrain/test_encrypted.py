@@ -26,7 +26,7 @@ def test_model_encrypt_decrypt_round_trip(tmp_path, train_key, train_public):
 
 
 def test_dataset_file_round_trip(tmp_path, small_cancer, train_key, train_public):
-    enc = st.encrypt_dataset(small_cancer, train_key)
+    enc = st.encrypt_dataset(small_cancer, train_key, standardize=False)
     path = st.save_encrypted(enc, tmp_path / "d.enc")
     back = st.load_encrypted_dataset(path, train_public)
     assert (back.num_samples, back.num_features, back.period) == (200, 8, 256)
@@ -39,11 +39,12 @@ def test_dataset_file_round_trip(tmp_path, small_cancer, train_key, train_public
 def test_one_encrypted_iteration_matches_oracle(
     small_cancer, train_key, train_public, encrypted_data
 ):
+    # Without standardization (the owner's scaling is covered by test_scaling.py).
     init = st.LogisticModel(np.full(8, 0.05), -0.1)
     design = (
-        st.encrypt_dataset(small_cancer, train_public)
+        st.encrypt_dataset(small_cancer, train_public, standardize=False)
         if encrypted_data
-        else st.plain_design(small_cancer, train_public.params)
+        else st.plain_design(small_cancer, train_public.params, standardize=False)
     )
     steps = []
     trained = st.train_encrypted(

@@ -7,18 +7,32 @@ import importlib.util
 import numpy as np
 import pytest
 
-from cifer_flwr.exceptions import FeatureMismatchError, ModelFormatError
-from cifer_flwr.securetrain import LogisticModel, evaluate, read_model, roc_auc, write_model
+from cifer_flwr.exceptions import FeatureMismatchError, ModelFormatError, NotLinearModelError
+from cifer_flwr.securetrain import (
+    LogisticModel,
+    OneVsRestModel,
+    evaluate,
+    read_model,
+    roc_auc,
+    write_model,
+)
 
 MODEL = LogisticModel(np.array([0.5, -1.25, 2.0]), -0.3)
 
 
-@pytest.mark.parametrize("ext", [".npz", ".pt", ".h5"])
+@pytest.mark.parametrize("ext", [".npz", ".pt", ".h5", ".keras", ".safetensors"])
 def test_model_file_round_trip(tmp_path, ext):
     path = write_model(MODEL, tmp_path / f"m{ext}")
     back = read_model(path)
     np.testing.assert_allclose(back.weight, MODEL.weight, rtol=1e-6)
     assert back.bias == pytest.approx(MODEL.bias, rel=1e-6)
+    ovr = OneVsRestModel.from_matrix(np.arange(12.0).reshape(3, 4) / 7, [0.5, -1.0, 2.0])
+    back = read_model(write_model(ovr, tmp_path / f"ovr{ext}"))
+    assert isinstance(back, OneVsRestModel)
+    for got, want in zip(back.to_matrix(), ovr.to_matrix(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    x = np.random.default_rng(0).normal(size=(20, 4))
+    np.testing.assert_array_equal(back.predict(x), ovr.predict(x))
 
 
 def test_vector_round_trip():
@@ -56,8 +70,8 @@ def test_bad_model_files(tmp_path):
         read_model(tmp_path / "m.joblib")
     with pytest.raises(ModelFormatError, match="does not exist"):
         read_model(tmp_path / "m.npz")
-    np.savez(tmp_path / "two.npz", weight=np.ones((2, 3)), bias=np.ones(2))
-    with pytest.raises(ModelFormatError, match="one output"):
+    np.savez(tmp_path / "two.npz", weight=np.ones((2, 3)), bias=np.ones(3))
+    with pytest.raises(NotLinearModelError, match="one linear layer"):
         read_model(tmp_path / "two.npz")
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(ModelFormatError):

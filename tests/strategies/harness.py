@@ -84,6 +84,10 @@ class InProcessGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
         return self.pull_messages(self.push_messages(list(messages)))
 
+    def stream_replies(self, messages: Iterable[Message], timeout: float | None = None):
+        # the encrypted strategies stream through this; a dropped reply never waits
+        return iter(self.send_and_receive(messages, timeout=timeout))
+
 
 INITIAL = {
     "w": np.random.default_rng(0).normal(0, 0.3, (20, 10)).astype(np.float32),
@@ -165,3 +169,32 @@ def run_encrypted(key_files, name, rounds, nodes, common, tamper=None, **kwargs)
     strategy = getattr(strategies, name)(public_key=pub, **common, **kwargs)
     result = strategy.start(grid=grid, initial_arrays=plain_initial(), num_rounds=rounds)
     return strategy, seen, result
+
+
+def generic_app_grid(exp, private_key) -> InProcessGrid:
+    """An in-process Grid of ``exp.federation.nodes`` nodes running the generic ClientApp."""
+    from cifer_flwr.experiments.app.client_app import app as client_app
+    from cifer_flwr.experiments.config import overrides_to_string
+
+    nodes = exp.federation.nodes
+    grid = InProcessGrid(
+        client_app,
+        {
+            n + 1: {"partition-id": n, "num-partitions": nodes, "private-key": str(private_key)}
+            for n in range(nodes)
+        },
+    )
+    run_config = {"hydra-overrides": overrides_to_string(exp)}
+    for ctx in grid.contexts.values():
+        ctx.run_config = run_config
+    return grid
+
+
+def run_generic_app(exp, private_key, public_key, tamper: Tamper | None = None):
+    """Run experiment ``exp`` through the generic ServerApp code; (results, grid)."""
+    from cifer_flwr.experiments.experiment import run_on_grid
+
+    grid = generic_app_grid(exp, private_key)
+    grid.tamper = tamper
+    pub = str(public_key) if public_key else None
+    return run_on_grid(grid, exp, public_key=pub), grid

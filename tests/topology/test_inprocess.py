@@ -3,43 +3,25 @@
 import numpy as np
 import pytest
 
-from cifer_flwr.experiments.app.client_app import app as client_app
-from cifer_flwr.experiments.config import compose, overrides_to_string
-from cifer_flwr.experiments.experiment import run_on_grid
-from tests.strategies.harness import InProcessGrid
-
-
-def grid_for(exp, priv):
-    nodes = exp.federation.nodes
-    grid = InProcessGrid(
-        client_app,
-        {
-            n + 1: {"partition-id": n, "num-partitions": nodes, "private-key": str(priv)}
-            for n in range(nodes)
-        },
-    )
-    run_config = {"hydra-overrides": overrides_to_string(exp)}
-    for ctx in grid.contexts.values():
-        ctx.run_config = run_config
-    return grid
+from cifer_flwr.experiments.config import compose
+from tests.strategies.harness import run_generic_app
 
 
 def run(overrides, key_files, tamper=None):
     priv, pub = key_files
-    exp = compose(overrides)
-    grid = grid_for(exp, priv)
-    grid.tamper = tamper
-    return run_on_grid(grid, exp, public_key=str(pub)), grid
+    return run_generic_app(compose(overrides), priv, pub, tamper)
 
 
-COMMON = "federation.nodes=4 seed=1"
+#: The fastest task that still shows gossip at work: logistic regression on digits, one
+#: local epoch per round (so that mixing, not local training, drives consensus).
+COMMON = "task=digits-sklearn task.epochs=1 federation.nodes=4 seed=1"
 
 
 @pytest.mark.parametrize("encryption", ["ckks", "none"])
 def test_p2p_reaches_centralized_accuracy_and_consensus_shrinks(key_files, encryption):
-    central, _ = run(f"num_rounds=5 encryption={encryption} {COMMON}", key_files)
+    central, _ = run(f"num_rounds=6 encryption={encryption} {COMMON}", key_files)
     p2p, grid = run(
-        f"topology=p2p topology.graph=ring num_rounds=5 encryption={encryption} {COMMON}", key_files
+        f"topology=p2p topology.graph=ring num_rounds=6 encryption={encryption} {COMMON}", key_files
     )
     acc_c = central["rounds"][-1]["accuracy"]
     acc_p = p2p["rounds"][-1]["accuracy"]

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from cifer_flwr.experiments.apps import (
     checkpoint_path,
+    path_option,
     previous_rows,
     resume_requested,
-    write_json_atomic,
 )
 from cifer_flwr.experiments.config import compose
 from cifer_flwr.experiments.experiment import (
@@ -22,6 +19,10 @@ from cifer_flwr.experiments.experiment import (
     RC_SAVE,
     run_on_grid,
 )
+from cifer_flwr.experiments.results import ResultsWriter
+
+#: ``app`` field of the results this app writes.
+APP_NAME = "cifer_flwr/experiments/app"
 
 app = ServerApp()
 
@@ -30,41 +31,34 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run the experiment; write results JSON to run config ``results-path`` every round.
 
-    The ServerApp receives only the public key path (``public-key``); it never sees a
-    private key or a plaintext model. Encrypted centralized runs checkpoint after every
-    round next to the results file (or to ``checkpoint-path``); ``resume = true`` (or the
-    Hydra override ``resume=true``) continues a killed run from that checkpoint, keeping
-    the killed run's rows of the restored rounds.
+    The results follow the one schema (``cifer.results/1``,
+    :mod:`cifer_flwr.experiments.results`), as the examples'; each round is logged as one
+    line (``flwr log RUN_ID`` shows it). An invalid Hydra override fails before the first
+    round, with status ``error`` in the results. The ServerApp receives only the public key
+    path (``public-key``); it never sees a private key or a plaintext model. Encrypted
+    centralized runs checkpoint after every round next to the results file (or to
+    ``checkpoint-path``); ``resume = true`` (or the Hydra override ``resume=true``)
+    continues a killed run from that checkpoint, keeping the killed run's rows of the
+    restored rounds.
     """
     cfg = context.run_config
-    results_path = str(cfg.get(RC_RESULTS) or "")
-    run_id = context.run_id
-
-    last: dict[str, Any] = {}
-
-    def write(results: dict[str, Any]) -> None:
-        last.update(results)
-        if results_path:
-            # the one results writer (atomic, stale temp files removed), as the examples'
-            write_json_atomic(Path(results_path), {"run-id": run_id, **results})
-
+    writer = ResultsWriter(
+        path_option(cfg, RC_RESULTS), app=APP_NAME, run_id=context.run_id, run_config=cfg
+    )
     try:
-        exp = compose(str(cfg.get(RC_OVERRIDES, "")))
+        exp = compose(str(cfg.get(RC_OVERRIDES, "")))  # the one validation path
         resume = resume_requested(cfg) or exp.resume
         ckpt = checkpoint_path(cfg)
-        restored = previous_rows(Path(results_path)) if resume and results_path else []
-        results = run_on_grid(
+        run_on_grid(
             grid,
             exp,
             public_key=str(cfg[RC_PUBLIC_KEY]) if cfg.get(RC_PUBLIC_KEY) else None,
             save_path=str(cfg[RC_SAVE]) if cfg.get(RC_SAVE) else None,
             checkpoint_path=str(ckpt) if ckpt is not None else None,
             resume=resume,
-            restored_rows=restored,
-            on_round=write,
+            restored_rows=previous_rows(writer.path) if resume else [],
+            writer=writer,
         )
     except Exception as exc:
-        # keep the rows of the rounds that completed
-        write({**last, "status": "error", "error": f"{type(exc).__name__}: {exc}"})
+        writer.fail(exc)  # keeps the rows of the rounds that completed
         raise
-    write(results)

@@ -17,8 +17,17 @@ TASKS: dict[str, tuple[str, str]] = {
 }
 
 
-def get_task(model: str, dataset: str) -> Task:
-    """Return the task for a model family (``torch``, ``tensorflow``, ``sklearn``) and dataset."""
+def get_task(model: str, dataset: str, *, model_path: str = "", model_class: str = "") -> Task:
+    """Return the task for a model family (``torch``, ``tensorflow``, ``sklearn``) and dataset.
+
+    With ``model_path`` the user's own model file is trained instead (the family is then
+    the file's: see :func:`cifer_flwr.experiments.tasks.model_files.model_task`);
+    ``model_class`` is the ``package.module:Class`` of a PyTorch state dict.
+    """
+    if model_path:
+        from cifer_flwr.experiments.tasks.model_files import model_task
+
+        return model_task(model_path, model_class, dataset)
     if model == "torch":
         from cifer_flwr.experiments.tasks.torch_mlp import TorchMLP
 

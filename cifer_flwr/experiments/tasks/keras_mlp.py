@@ -8,8 +8,13 @@ import numpy as np
 
 from cifer_flwr.experiments.data import Partition
 from cifer_flwr.experiments.tasks.base import Arrays, TrainSettings
+from cifer_flwr.extras import require
 
 __all__ = ["KerasMLP"]
+
+
+#: For the missing-extra message (cifer_flwr.extras.require).
+PURPOSE = "task=digits-tensorflow trains a Keras model"
 
 
 class KerasMLP:
@@ -24,7 +29,7 @@ class KerasMLP:
 
     def _model(self, num_features: int, num_classes: int, lr: float = 0.1):  # type: ignore[no-untyped-def]
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        import keras
+        keras = require("keras", purpose=PURPOSE)
 
         model = keras.Sequential(
             [
@@ -42,7 +47,7 @@ class KerasMLP:
 
     def init_arrays(self, num_features: int, num_classes: int, seed: int) -> Arrays:
         """Initial parameters, seeded."""
-        import keras
+        keras = require("keras", purpose=PURPOSE)
 
         keras.utils.set_random_seed(seed)
         model = self._model(num_features, num_classes)
@@ -58,7 +63,7 @@ class KerasMLP:
         self, arrays: Arrays, data: Partition, settings: TrainSettings
     ) -> tuple[Arrays, float]:
         """Train locally from ``arrays``; return new arrays and the mean training loss."""
-        import keras
+        keras = require("keras", purpose=PURPOSE)
 
         keras.utils.set_random_seed(settings.seed)
         model = self._load(arrays, settings.learning_rate)

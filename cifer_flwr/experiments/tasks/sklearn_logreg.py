@@ -8,6 +8,7 @@ import numpy as np
 
 from cifer_flwr.experiments.data import Partition
 from cifer_flwr.experiments.tasks.base import Arrays, TrainSettings, accuracy_and_loss
+from cifer_flwr.extras import require
 
 __all__ = ["SklearnLogReg"]
 
@@ -30,9 +31,9 @@ class SklearnLogReg:
         }
 
     def _model(self, arrays: Arrays, classes: int, settings: TrainSettings):  # type: ignore[no-untyped-def]
-        from sklearn.linear_model import SGDClassifier
+        linear_model = require("sklearn.linear_model", purpose="task=*-sklearn")
 
-        model = SGDClassifier(
+        model = linear_model.SGDClassifier(
             loss="log_loss",
             learning_rate="constant",
             eta0=settings.learning_rate,

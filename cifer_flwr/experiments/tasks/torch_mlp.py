@@ -8,8 +8,13 @@ import numpy as np
 
 from cifer_flwr.experiments.data import Partition
 from cifer_flwr.experiments.tasks.base import Arrays, TrainSettings
+from cifer_flwr.extras import require
 
 __all__ = ["TorchMLP"]
+
+
+#: For the missing-extra message (cifer_flwr.extras.require).
+PURPOSE = "task=*-torch trains a PyTorch model"
 
 
 class TorchMLP:
@@ -20,7 +25,7 @@ class TorchMLP:
         self.hidden = hidden
 
     def _net(self, num_features: int, num_classes: int):  # type: ignore[no-untyped-def]
-        import torch
+        torch = require("torch", purpose=PURPOSE)
 
         return torch.nn.Sequential(
             OrderedDict(
@@ -32,14 +37,14 @@ class TorchMLP:
 
     def init_arrays(self, num_features: int, num_classes: int, seed: int) -> Arrays:
         """Initial parameters, seeded."""
-        import torch
+        torch = require("torch", purpose=PURPOSE)
 
         torch.manual_seed(seed)
         net = self._net(num_features, num_classes)
         return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
 
     def _load(self, arrays: Arrays):  # type: ignore[no-untyped-def]
-        import torch
+        torch = require("torch", purpose=PURPOSE)
 
         features, classes = arrays["fc1.weight"].shape[1], arrays["fc2.weight"].shape[0]
         net = self._net(features, classes)
@@ -50,7 +55,7 @@ class TorchMLP:
         self, arrays: Arrays, data: Partition, settings: TrainSettings
     ) -> tuple[Arrays, float]:
         """Train locally from ``arrays``; return new arrays and the mean training loss."""
-        import torch
+        torch = require("torch", purpose=PURPOSE)
 
         torch.manual_seed(settings.seed)
         net = self._load(arrays)
@@ -78,7 +83,7 @@ class TorchMLP:
 
     def evaluate(self, arrays: Arrays, data: Partition) -> tuple[float, float]:
         """``(loss, accuracy)`` on the test split."""
-        import torch
+        torch = require("torch", purpose=PURPOSE)
 
         net = self._load(arrays)
         with torch.no_grad():

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from cifer_flwr.experiments.apps import MeteredGrid, RoundRecorder
+from cifer_flwr.experiments.apps import run_metered
 from cifer_flwr.experiments.config import ExperimentConfig
+from cifer_flwr.experiments.results import ResultsWriter
 from cifer_flwr.experiments.strategy_builder import build_strategy
 
 __all__ = ["make_strategy", "run_centralized"]
@@ -60,18 +61,18 @@ def run_centralized(
     initial_arrays: ArrayRecord,
     *,
     public_key: str | None,
+    writer: ResultsWriter,
     save_path: str | None = None,
     timeout: float = 3600.0,
     checkpoint_path: str | None = None,
     resume: bool = False,
     restored_rows: Iterable[Mapping[str, Any]] = (),
-    on_round: Callable[[list[dict[str, Any]], int], None] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Run ``exp.num_rounds`` rounds.
+    """Run ``exp.num_rounds`` rounds with :func:`~cifer_flwr.experiments.apps.run_metered`.
 
-    ``on_round`` gets the rows so far and the last restored round after every round
-    (restored rows of a resumed run first); ``restored_rows`` are the rows of the killed
-    run's results file, kept for the rounds the checkpoint restores.
+    ``writer`` gets the rows after every round (restored rows of a resumed run first) and
+    logs one line per round; ``restored_rows`` are the rows of the killed run's results
+    file, kept for the rounds the checkpoint restores.
 
     Returns
     -------
@@ -87,12 +88,13 @@ def run_centralized(
         checkpoint_path=checkpoint_path,
         resume=resume,
     )
-    metered = MeteredGrid(grid)
-    recorder = RoundRecorder(strategy, metered, exp.num_rounds, restored=restored_rows)
-    if on_round is not None:
-        report = on_round
-        recorder.on_round = lambda _r: report(recorder.rows(), recorder.resumed_after)
-    result = strategy.start(
-        grid=metered, initial_arrays=initial_arrays, num_rounds=exp.num_rounds, timeout=timeout
+    _, rows, resumed_after = run_metered(
+        strategy,
+        grid,
+        initial_arrays,
+        num_rounds=exp.num_rounds,
+        writer=writer,
+        restored=restored_rows,
+        timeout=timeout,
     )
-    return recorder.rows(result), recorder.resumed_after
+    return rows, resumed_after

@@ -20,8 +20,9 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from cifer_flwr import crypto
+from cifer_flwr import crypto, protocol
 from cifer_flwr.experiments.data import Partition
+from cifer_flwr.experiments.results import round_row
 from cifer_flwr.experiments.tasks import Task, TrainSettings
 from cifer_flwr.experiments.topology.graph import build_graph, mix, mixing_weights
 
@@ -44,19 +45,20 @@ class PeerRuntime:
     task: Task
     data: Partition
     settings: TrainSettings
-    key: crypto.Key | None
+    key: crypto.AnyKey | None
     init: Callable[[], Arrays]
 
 
-def _to_record(arrays: Arrays, key: crypto.Key | None) -> tuple[ArrayRecord, float]:
+def _to_record(arrays: Arrays, key: crypto.AnyKey | None) -> tuple[ArrayRecord, float]:
     t0 = time.perf_counter()
     if key is None:
         return ArrayRecord({k: ArrayRecord([np.asarray(v)])["0"] for k, v in arrays.items()}), 0.0
-    record = crypto.to_array_record(crypto.encrypt(arrays, key))
+    weight = protocol.exact_weight(arrays, key.params)  # quantized schemes: fit the range
+    record = crypto.to_array_record(crypto.encrypt(arrays, key, weight=weight))
     return record, time.perf_counter() - t0
 
 
-def _from_record(record: ArrayRecord, key: crypto.Key | None) -> Arrays:
+def _from_record(record: ArrayRecord, key: crypto.AnyKey | None) -> Arrays:
     if key is None:
         return {k: a.numpy() for k, a in record.items()}
     enc = crypto.from_array_record(record, key)
@@ -149,13 +151,15 @@ def run_p2p(
     mixing: str = "metropolis",
     seed: int = 0,
     timeout: float = 600.0,
-    on_round: Callable[[dict[str, Any]], None] | None = None,
+    on_round: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Schedule gossip rounds; relay the peers' (encrypted) models between neighbours.
 
     The server never decrypts, averages or keeps a global model: it stores each peer's
     latest reply only to forward it. A peer whose reply is missing or an error is skipped by
     its neighbours in the next round (gossip weights are recomputed without it).
+    ``on_round`` gets the rows so far after every round (the generic app writes them and
+    logs the round, :class:`~cifer_flwr.experiments.results.ResultsWriter`).
 
     Returns
     -------
@@ -220,24 +224,30 @@ def run_p2p(
         )
         evals = [e for e in evals if not e.has_error()]
         weights_n = [(_metric(e, "num-examples") or 1.0) for e in evals]
-        row: dict[str, Any] = {
-            "round": rnd,
-            "accuracy": _weighted(evals, "accuracy", weights_n),
-            "loss": _weighted(evals, "loss", weights_n),
-            "train-loss": _mean([_metric(r, "train-loss") for r in train_replies]),
-            "consensus-distance": _mean([_metric(r, "consensus-distance") for r in train_replies]),
-            "client-encrypt-s": _mean([_metric(r, "cifer-encrypt-s") for r in train_replies]),
-            "client-decrypt-s": _mean([_metric(r, "cifer-decrypt-s") for r in train_replies]),
-            "aggregate-s": None,
-            "bytes-sent": sent,
-            "bytes-received": received,
-            "round-s": time.perf_counter() - t0,
-            "peers": len(latest),
-            "dropped": dropped,
-            "errors": errors,
-        }
-        log.info("p2p round %d: %s", rnd, {k: v for k, v in row.items() if k != "dropped"})
+        enc_s = _mean([_metric(r, "cifer-encrypt-s") for r in train_replies])
+        dec_s = _mean([_metric(r, "cifer-decrypt-s") for r in train_replies])
+        row = round_row(
+            {
+                "round": rnd,
+                "accuracy": _weighted(evals, "accuracy", weights_n),
+                "loss": _weighted(evals, "loss", weights_n),
+                "train-loss": _mean([_metric(r, "train-loss") for r in train_replies]),
+                "consensus-distance": _mean(
+                    [_metric(r, "consensus-distance") for r in train_replies]
+                ),
+                "client-encrypt-s": enc_s,
+                "client-decrypt-s": dec_s,
+                "client-crypto-s": None if enc_s is None else enc_s + (dec_s or 0.0),
+                "bytes-sent": sent,
+                "bytes-received": received,
+                "round-s": time.perf_counter() - t0,
+                "train-replies": len(train_replies),
+                "peers": len(latest),
+                "dropped": dropped,
+                "errors": errors,
+            }
+        )
         history.append(row)
         if on_round is not None:
-            on_round(row)
+            on_round(list(history))
     return history

@@ -34,7 +34,7 @@ from typing import Any
 from cifer_flwr.constants import ENV_PRIVATE_KEY, NODE_CONFIG_PRIVATE_KEY
 from cifer_flwr.exceptions import CiferError
 from cifer_flwr.tooling.federation import processes
-from cifer_flwr.tooling.federation.certs import make_node_auth_key, make_tls_files
+from cifer_flwr.tooling.federation.certs import TlsFiles, make_node_auth_key, make_tls_files
 
 __all__ = [
     "DEFAULT_CONNECTION",
@@ -282,6 +282,7 @@ class Federation:
         role: str | None = None,
         auth_key: str | os.PathLike[str] | None = None,
         register: bool = True,
+        node_config: dict[str, str] | None = None,
     ) -> ProcessInfo:
         """Start one SuperNode (and record it in the state file).
 
@@ -300,14 +301,18 @@ class Federation:
         register : bool
             Register the new auth key with the SuperLink first (``False`` starts a node the
             SuperLink must refuse).
+        node_config : dict of str to str, optional
+            More node config entries (``dataset-path``, ``model-path``, ...).
 
         """
         role = role or f"supernode-{partition_id}"
         num_partitions = self.num_partitions if num_partitions is None else num_partitions
         key = private_key if private_key is not None else self.private_key
-        node_config = f"partition-id={partition_id} num-partitions={num_partitions}"
+        config = f"partition-id={partition_id} num-partitions={num_partitions}"
+        for name, value in (node_config or {}).items():  # e.g. dataset-path (fedlearn), quoted
+            config += f" {name}={json.dumps(str(value))}"
         if key:
-            node_config += f' {NODE_CONFIG_PRIVATE_KEY}="{Path(key).resolve()}"'
+            config += f' {NODE_CONFIG_PRIVATE_KEY}="{Path(key).resolve()}"'
         port = _free_port()
         args = [
             _exe("flower-supernode"),
@@ -318,7 +323,7 @@ class Federation:
             "--port",
             str(port),
             "--node-config",
-            node_config,
+            config,
         ]
         if self.tls:
             args += ["--root-certificates", str(self.ca_cert)]
@@ -439,6 +444,8 @@ def up(
     connection: str = DEFAULT_CONNECTION,
     timeout: float = 60.0,
     detached: bool = False,
+    port: int | None = None,
+    tls_files: TlsFiles | None = None,
 ) -> Federation:
     """Start a SuperLink and ``nodes`` SuperNodes on 127.0.0.1 and wait until all are online.
 
@@ -467,6 +474,11 @@ def up(
         :meth:`Federation.stop` / ``cifer federation down``). By default they are tied to
         the calling process: the kernel sends them SIGTERM when it dies, SIGKILL included,
         and Flower's helpers follow their parents (no orphans). Call from the main thread.
+    port : int, optional
+        The SuperLink's port (default: a free one); with a port, ``nodes=0`` starts the
+        SuperLink alone (SuperNodes join by themselves, as with ``cifer_flwr.fedlearn``).
+    tls_files : TlsFiles, optional
+        The SuperLink's own CA / certificate / key (default: freshly made ones).
 
     Returns
     -------
@@ -490,13 +502,13 @@ def up(
             )
     if auth and not tls:
         raise FederationError("SuperNode authentication needs TLS: pass --tls with --auth.")
-    if nodes < 1:
+    if nodes < (0 if port is not None else 1):  # fedlearn.Server: clients join by themselves
         raise FederationError(f"--nodes must be at least 1, got {nodes}.")
     for sub in ("logs", "home", "auth", "tls", "flwr-home"):
         shutil.rmtree(d / sub, ignore_errors=True)
     d.mkdir(parents=True, exist_ok=True)
 
-    port = _free_port()
+    port = _free_port() if port is None else port
     fed = Federation(
         directory=d,
         address=f"{_HOST}:{port}",
@@ -517,7 +529,7 @@ def up(
         "--disable-runtime-dependency-installation",
     ]
     if tls:
-        files = make_tls_files(d / "tls")
+        files = tls_files or make_tls_files(d / "tls")
         fed.ca_cert = str(files.ca_cert)
         args += [
             "--ssl-ca-certfile",

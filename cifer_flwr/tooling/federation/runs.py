@@ -7,15 +7,19 @@ exits 0 on failure), and a run below ``min_available_nodes`` waits forever. So:
 2. ``flwr log RUN_ID CONN --stream`` under an outer timeout (``flwr stop`` when it fires),
    saving the log;
 3. ``flwr ls CONN --run-id RUN_ID --format json`` for the final status
-   (``finished:completed|failed|stopped``);
+   (``finished:completed|failed|stopped``) and its ``status-details`` (a failed ServerApp's
+   exception, which is otherwise only in ``flwr log``);
 4. the results file the ServerApp wrote (run config ``results-path``), because a run can
    "complete" while every client failed.
+
+:func:`list_runs` (``cifer runs``) reads every run of a federation from ``flwr ls``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -26,7 +30,7 @@ from typing import Any
 
 from cifer_flwr.tooling.federation.local import Federation, FederationError, _exe
 
-__all__ = ["RunOutcome", "run_app", "to_toml"]
+__all__ = ["RunInfo", "RunOutcome", "list_runs", "run_app", "server_app_error", "to_toml"]
 
 RunConfigValue = bool | int | float | str
 
@@ -48,8 +52,10 @@ class RunOutcome:
     seconds : float
         Wall time from submission to the final status.
     errors : list of str
-        What went wrong: no results, a failed ServerApp, or client error replies per round
-        (a run whose clients all fail still ends ``finished:completed`` in Flower).
+        What went wrong: no results, a failed ServerApp (its exception line), or client error
+        replies per round (a run whose clients all fail still ends ``finished:completed``).
+    details : str
+        Flower's ``status-details`` (a failed ServerApp's exception), empty when none.
 
     """
 
@@ -59,6 +65,7 @@ class RunOutcome:
     log_path: Path
     seconds: float
     errors: list[str] = field(default_factory=list)
+    details: str = ""
 
     @property
     def clean(self) -> bool:
@@ -88,13 +95,111 @@ def to_toml(config: Mapping[str, RunConfigValue]) -> str:
     return "".join(f"{json.dumps(k)} = {_toml_value(v)}\n" for k, v in config.items())
 
 
-def _status(fed: Federation, run_id: int) -> str:
+@dataclass(frozen=True)
+class RunInfo:
+    """One run of a federation as Flower records it (a row of ``flwr ls --format json``).
+
+    Attributes
+    ----------
+    run_id : int
+        Flower's run id (``flwr log RUN_ID CONNECTION --stream`` follows it).
+    app : str
+        The app (FAB) id, ``publisher/name``, and its version.
+    status : str
+        ``pending``, ``starting``, ``running`` or ``finished:completed|failed|stopped``.
+    details : str
+        Flower's ``status-details``: a failed ServerApp's exception; empty when none.
+    pending_at, running_at, finished_at : str
+        Times Flower recorded (UTC, ``YYYY-MM-DD HH:MM:SSZ``), empty until reached.
+    elapsed : float
+        Seconds the run has been running (Flower's ``elapsed``).
+
+    """
+
+    run_id: int
+    app: str
+    status: str
+    details: str = ""
+    pending_at: str = ""
+    running_at: str = ""
+    finished_at: str = ""
+    elapsed: float = 0.0
+
+    @classmethod
+    def from_flwr(cls, row: Mapping[str, Any]) -> RunInfo:
+        """Parse one entry of ``flwr ls --format json``'s ``runs``."""
+        app = str(row.get("fab-id") or row.get("fab-name") or "")
+        if row.get("fab-version"):
+            app += f" {row['fab-version']}"
+        return cls(
+            run_id=int(row["run-id"]),
+            app=app,
+            status=str(row.get("status", "unknown")),
+            details=str(row.get("status-details") or ""),
+            pending_at=str(row.get("pending-at") or ""),
+            running_at=str(row.get("running-at") or ""),
+            finished_at=str(row.get("finished-at") or ""),
+            elapsed=float(row.get("elapsed") or 0.0),
+        )
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether Flower says the run finished and completed (not failed or stopped)."""
+        return self.status == "finished:completed"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly row (``cifer runs --json``)."""
+        return {
+            "run-id": str(self.run_id),
+            "app": self.app,
+            "status": self.status,
+            "details": self.details,
+            "pending-at": self.pending_at,
+            "running-at": self.running_at,
+            "finished-at": self.finished_at,
+            "elapsed-s": self.elapsed,
+        }
+
+
+def list_runs(fed: Federation, run_id: int | None = None) -> list[RunInfo]:
+    """Every run of ``fed`` (or the one ``run_id``), oldest first, read from ``flwr ls``.
+
+    Raises
+    ------
+    FederationError
+        When the SuperLink does not answer (the federation is down) or refuses.
+
+    """
+    args = ["ls", fed.connection] + (["--run-id", str(run_id)] if run_id is not None else [])
+    data = fed.flwr_json(*args, timeout=30)
+    runs = [RunInfo.from_flwr(r) for r in data.get("runs", [])]
+    return sorted(runs, key=lambda r: (r.pending_at, r.run_id))
+
+
+def _status(fed: Federation, run_id: int) -> RunInfo | None:
     try:
-        data = fed.flwr_json("ls", fed.connection, "--run-id", str(run_id), timeout=30)
+        runs = list_runs(fed, run_id)
     except FederationError:
-        return "unknown"
-    runs = data.get("runs", [])
-    return str(runs[0].get("status", "unknown")) if runs else "unknown"
+        return None
+    return runs[0] if runs else None
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$")
+
+
+def server_app_error(log_text: str) -> str | None:
+    """The exception line (``module.SomeError: message``) of a failed ServerApp in its log.
+
+    ``flwr log --stream`` prints the ServerApp's traceback; the last line of it is what a
+    user needs (e.g. ``ConfigError: run config 'public-key' must be an absolute path``).
+    """
+    found = None
+    for raw in _ANSI.sub("", log_text).splitlines():
+        m = _EXCEPTION_LINE.match(raw.strip())
+        if m:
+            found = f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2)}"
+    return found
 
 
 def run_app(
@@ -193,17 +298,26 @@ def run_app(
             fed.flwr("stop", str(run_id), fed.connection, "--format", "json", timeout=30)
             raise
 
-    status = _status(fed, run_id)
+    info = _status(fed, run_id)
     deadline = time.monotonic() + 30
-    while not status.startswith("finished") and time.monotonic() < deadline:
+    while (info is None or not info.status.startswith("finished")) and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.5)
-        status = _status(fed, run_id)
+        info = _status(fed, run_id)
+    status = info.status if info else "unknown"
+    details = info.details if info else ""
     payload = json.loads(results.read_text()) if results.is_file() else None
     if payload is not None and str(payload.get("run-id", run_id)) != str(run_id):
         payload = None  # an earlier run's file: this run wrote nothing
     errors: list[str] = []
-    if payload is None:
-        errors.append(f"the ServerApp wrote no results to {results}; see {log}.")
+    follow = f"flwr log {run_id} {fed.connection} --stream (saved in {log})"
+    if status == "finished:failed" and payload is None:
+        reason = server_app_error(log.read_text(errors="replace")) if log.is_file() else None
+        detail = details.removeprefix("ServerApp failed with exception: ") or reason
+        errors.append(f"the ServerApp failed: {detail or 'no reason recorded'}; see {follow}.")
+    elif payload is None:
+        errors.append(f"the ServerApp wrote no results to {results}; see {follow}.")
     elif payload.get("status") == "running":
         done = len(payload.get("rounds") or [])
         errors.append(
@@ -220,4 +334,4 @@ def run_app(
                     f"round {row['round']}: {len(row['errors'])} client error replies (node "
                     f"{first['node']}, {first['phase']}: {first['reason']})"
                 )
-    return RunOutcome(run_id, status, payload, log, time.monotonic() - t0, errors)
+    return RunOutcome(run_id, status, payload, log, time.monotonic() - t0, errors, details)

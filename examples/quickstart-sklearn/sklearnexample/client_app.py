@@ -22,7 +22,7 @@ def _params(msg: Message) -> dict:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = context.run_config
-    _, classes = task.SHAPES[str(cfg["dataset"])]
+    _, classes = task.dataset_shape(cfg)
     model = task.make_model(cfg)
     task.set_params(model, _params(msg), classes)
     data = task.load_data(cfg, context.node_config)
@@ -36,7 +36,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     cfg = context.run_config
-    _, classes = task.SHAPES[str(cfg["dataset"])]
+    _, classes = task.dataset_shape(cfg)
     model = task.make_model(cfg)
     task.set_params(model, _params(msg), classes)
     data = task.load_data(cfg, context.node_config)

@@ -10,14 +10,18 @@ import numpy as np
 from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import log_loss
 
-from cifer_flwr.experiments.data import Partition, cached_dataset, node_partition
+from cifer_flwr.experiments.data import Partition, cached_dataset, is_dataset_file, node_partition
 
 # (num features, num classes) of the datasets this example knows
 SHAPES = {"breast-cancer": (30, 2), "digits": (64, 10), "mnist": (784, 10)}
 
 
-def _shape(run_config: Mapping[str, Any]) -> tuple[int, int]:
+def dataset_shape(run_config: Mapping[str, Any]) -> tuple[int, int]:
+    """(features, classes) of run config ``dataset``: a known name or your own file."""
     name = str(run_config.get("dataset", "breast-cancer"))
+    if is_dataset_file(name):  # .npz / .npy / .csv / .tfrecord (absolute path)
+        ds = cached_dataset(name, int(run_config.get("seed", 42)))
+        return ds.num_features, ds.num_classes
     if name not in SHAPES:
         raise ValueError(f"dataset {name!r} is not one of {list(SHAPES)}")
     return SHAPES[name]
@@ -36,7 +40,7 @@ def make_model(run_config: Mapping[str, Any]) -> SGDClassifier:
 
 def initial_params(run_config: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Zero weights (binary problems have one row of coefficients, as in scikit-learn)."""
-    features, classes = _shape(run_config)
+    features, classes = dataset_shape(run_config)
     rows = 1 if classes == 2 else classes
     return {
         "coef": np.zeros((rows, features), dtype=np.float64),
@@ -81,7 +85,7 @@ def evaluate_arrays(
     arrays: Mapping[str, np.ndarray], run_config: Mapping[str, Any]
 ) -> dict[str, float]:
     """Evaluate plaintext parameters (e.g. a decrypted final model) on the global test set."""
-    _, classes = _shape(run_config)
+    _, classes = dataset_shape(run_config)
     model = make_model(run_config)
     set_params(model, arrays, classes)
     ds = cached_dataset(

@@ -1,0 +1,39 @@
+"""ServerApp of the fedlearn API.
+
+The strategy specification comes from run config and is built by the one strategy builder;
+the initial model comes from the specification's model file.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from cifer_flwr.experiments.apps import checkpoint_path, run_strategy
+from cifer_flwr.fedlearn.strategy import Strategy
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the specified strategy for ``num-server-rounds`` rounds and write the results."""
+    cfg = context.run_config
+    spec = Strategy.from_run_config(cfg)
+    save = str(cfg.get("save-path", "") or "") or None
+    ckpt = checkpoint_path(cfg)
+    strategy = spec.build(
+        public_key=str(cfg.get("public-key", "") or "") or None,
+        save_path=save,
+        checkpoint_path=str(ckpt) if ckpt is not None else None,
+        min_nodes=int(cfg.get("min-nodes", 2)),
+    )
+    initial = ArrayRecord({k: Array(v) for k, v in spec.initial_arrays().items()})
+    run_strategy(
+        strategy,
+        grid,
+        context,
+        initial,
+        train_config=ConfigRecord(dict(spec.train_config())),
+        app_name="cifer-fedlearn",
+    )
