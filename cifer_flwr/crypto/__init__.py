@@ -35,6 +35,7 @@ from cifer_flwr.crypto.records import (
     bundle_to_record,
     from_array_record,
     is_encrypted_record,
+    record_ciphertexts,
     record_headers,
     to_array_record,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "generate_key_pair",
     "get_preset",
     "is_encrypted_record",
+    "record_ciphertexts",
     "key_directory",
     "load_key",
     "load_private_key",

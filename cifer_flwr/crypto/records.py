@@ -1,15 +1,33 @@
 """Encrypted arrays <-> Flower ``ArrayRecord``.
 
 An encrypted record is a *bundle* of named parts (``model``, ``state``, ``check``...). Each
-part has one header ``Array`` (JSON: layout, fingerprint, parameters, weight) and one
-``Array`` per ciphertext, all with custom ``stype`` values, so calling ``Array.numpy()`` on
-them raises instead of yielding meaningless numbers.
+part has one header ``Array`` (JSON: layout, fingerprint, parameters, weight, ``num_chunks``)
+and one or more *pack* ``Array`` s ``PART.ct.NNNNNN`` (numbered 0, 1, ... without gaps), each
+holding several serialized ciphertexts in a length-prefixed framing (:func:`pack_ciphertexts`)
+of at most :data:`PACK_BYTES`. All carry custom ``stype`` values, so calling ``Array.numpy()``
+on them raises instead of yielding meaningless numbers.
+
+Why packs (docs/design.md §5): Flower 1.41 moves every ``Array`` of a message as one object,
+one object per RPC (two at a time), split into 5 MB ``ArrayChunk`` s. One ``Array`` per
+ciphertext (118-236 KB) made a 25M-parameter model ~12,000 objects, i.e. ~24,000 RPCs per
+message and node; packs of up to 4 MB make it ~50 objects of one chunk each.
+
+Framing of one pack (big-endian)::
+
+    b"CFP1" | count: u32 | count x length: u32 | payload 0 | payload 1 | ...
+
+Every length is in ``1 .. max_ciphertext_bytes(key.params)``, ``count >= 1``, the payloads
+fill the rest of the pack exactly (no trailing bytes, no overlaps: offsets are implied), and
+the packs of a part together hold exactly the header's ``num_chunks`` ciphertexts. All of it
+is checked before any payload reaches TenSEAL or phe; each payload then goes through the
+scheme's validated loader (crypto/validation.py ``load_vector`` for CKKS/BFV).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import struct
+from collections.abc import Mapping, Sequence
 from typing import Any, overload
 
 from flwr.app import Array, ArrayRecord
@@ -19,21 +37,33 @@ from cifer_flwr.crypto.ckks import EncryptedArrays
 from cifer_flwr.crypto.headers import check_part_name
 from cifer_flwr.crypto.keys import Key
 from cifer_flwr.crypto.paillier import PaillierArrays, PaillierKey
-from cifer_flwr.crypto.schemes import from_header_and_chunks
+from cifer_flwr.crypto.schemes import from_header_and_chunks, max_ciphertext_bytes
 from cifer_flwr.exceptions import CiphertextFormatError, ConfigError, LayoutMismatchError
 
 __all__ = [
+    "PACK_BYTES",
     "bundle_from_record",
     "bundle_to_record",
     "from_array_record",
     "is_encrypted_record",
+    "pack_ciphertexts",
+    "record_ciphertexts",
     "record_headers",
     "to_array_record",
+    "unpack_ciphertexts",
 ]
 
 #: Most parts an encrypted record may hold, and the largest JSON header of one part.
 MAX_PARTS = 64
 MAX_HEADER_BYTES = 16 * 1024 * 1024
+
+#: Target size of one pack ``Array``: below Flower 1.41's 5 MB ``ArrayChunk``, so a pack
+#: travels as one object in one RPC (docs/design.md §5). A ciphertext larger than this
+#: gets a pack of its own.
+PACK_BYTES = 4 * 1024 * 1024
+PACK_MAGIC = b"CFP1"
+_U32 = struct.Struct(">I")
+_PACK_HEAD = len(PACK_MAGIC) + _U32.size
 
 
 def _header_key(part: str) -> str:
@@ -44,10 +74,115 @@ def _chunk_key(part: str, index: int) -> str:
     return f"{RECORD_PREFIX}{part}.ct.{index:06d}"
 
 
-def bundle_to_record(parts: Mapping[str, EncryptedArrays | PaillierArrays]) -> ArrayRecord:
+def pack_ciphertexts(blobs: Sequence[bytes]) -> bytes:
+    """Frame serialized ciphertexts into one pack (inverse of :func:`unpack_ciphertexts`)."""
+    if not blobs or any(len(b) == 0 for b in blobs):
+        raise ConfigError(
+            f"pack_ciphertexts: got {len(blobs)} ciphertexts (some empty?); expected at least "
+            "one, each non-empty."
+        )
+    lengths = b"".join(_U32.pack(len(b)) for b in blobs)
+    return b"".join([PACK_MAGIC, _U32.pack(len(blobs)), lengths, *blobs])
+
+
+def unpack_ciphertexts(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_items: int,
+    max_item_bytes: int,
+    what: str = "ciphertext pack",
+) -> list[bytes]:
+    """Split one pack into its serialized ciphertexts, checking the framing first.
+
+    Parameters
+    ----------
+    data : bytes
+        The pack (another party's bytes: hostile).
+    max_items : int
+        Most ciphertexts this pack may hold (what the part's header still expects).
+    max_item_bytes : int
+        Largest serialized ciphertext of the key's scheme
+        (:func:`~cifer_flwr.crypto.max_ciphertext_bytes`).
+    what : str
+        Name of the pack in error messages.
+
+    Returns
+    -------
+    list of bytes
+        The payloads, in order; not yet deserialized.
+
+    Raises
+    ------
+    CiphertextFormatError
+        On a wrong magic, a count of 0 or above ``max_items``, a length of 0 or above
+        ``max_item_bytes``, lengths that overrun the pack, or trailing bytes.
+
+    """
+    view = memoryview(data)
+    size = len(view)
+    if size < _PACK_HEAD or bytes(view[: len(PACK_MAGIC)]) != PACK_MAGIC:
+        raise CiphertextFormatError(
+            f"{what}: {size} bytes starting {bytes(view[:8])!r}; expected a cifer ciphertext "
+            f"pack starting {PACK_MAGIC!r} (is the sender running this cifer-flwr version?)."
+        )
+    (count,) = _U32.unpack_from(view, len(PACK_MAGIC))
+    if not 1 <= count <= max_items:
+        raise CiphertextFormatError(
+            f"{what}: declares {count} ciphertexts; expected 1..{max_items} (what the part's "
+            "header num_chunks still allows)."
+        )
+    body = _PACK_HEAD + _U32.size * count
+    if body > size:
+        raise CiphertextFormatError(
+            f"{what}: {count} lengths need {body} bytes of framing, the pack has {size}."
+        )
+    lengths = [_U32.unpack_from(view, _PACK_HEAD + _U32.size * i)[0] for i in range(count)]
+    if 0 in lengths:
+        raise CiphertextFormatError(
+            f"{what}: ciphertext {lengths.index(0)} declares 0 bytes; expected >= 1."
+        )
+    declared = body + sum(lengths)
+    if declared != size:
+        problem = "truncated pack" if declared > size else "trailing bytes after the last"
+        raise CiphertextFormatError(
+            f"{what}: {problem}: {body} bytes of framing + {sum(lengths)} bytes of "
+            f"ciphertexts declared, the pack has {size} bytes."
+        )
+    for i, n in enumerate(lengths):
+        if n > max_item_bytes:
+            raise CiphertextFormatError(
+                f"{what}: ciphertext {i} declares {n} bytes; expected 1..{max_item_bytes} "
+                "(the largest ciphertext of the key's preset)."
+            )
+    out, pos = [], body
+    for n in lengths:
+        out.append(bytes(view[pos : pos + n]))
+        pos += n
+    return out
+
+
+def _groups(blobs: Sequence[bytes], limit: int) -> list[list[bytes]]:
+    """Consecutive runs of ``blobs`` whose pack stays within ``limit`` bytes (>= 1 each)."""
+    groups: list[list[bytes]] = []
+    size = limit + 1
+    for blob in blobs:
+        grown = size + _U32.size + len(blob)
+        if groups and grown <= limit:
+            groups[-1].append(blob)
+            size = grown
+        else:
+            groups.append([blob])
+            size = _PACK_HEAD + _U32.size + len(blob)
+    return groups
+
+
+def bundle_to_record(
+    parts: Mapping[str, EncryptedArrays | PaillierArrays], *, pack_bytes: int = PACK_BYTES
+) -> ArrayRecord:
     """Pack named encrypted parts into an ``ArrayRecord`` (inverse of :func:`bundle_from_record`).
 
-    Each part contributes a JSON header ``Array`` and one ``Array`` per ciphertext.
+    Each part contributes a JSON header ``Array`` and its ciphertexts in packs of at most
+    ``pack_bytes`` (:data:`PACK_BYTES`; a larger ciphertext gets a pack of its own).
     """
     arrays: dict[str, Array] = {}
     for part, enc in parts.items():
@@ -60,9 +195,12 @@ def bundle_to_record(parts: Mapping[str, EncryptedArrays | PaillierArrays]) -> A
             dtype="json", shape=(len(head),), stype=STYPE_HEADER, data=head
         )
         dtype = "paillier" if isinstance(enc, PaillierArrays) else "ckks"
-        for i, blob in enumerate(enc.serialized_chunks()):
+        for i, group in enumerate(_groups(enc.serialized_chunks(), pack_bytes)):
             arrays[_chunk_key(part, i)] = Array(
-                dtype=dtype, shape=(enc.params.slots,), stype=STYPE_CIPHERTEXT, data=blob
+                dtype=dtype,
+                shape=(len(group),),
+                stype=STYPE_CIPHERTEXT,
+                data=pack_ciphertexts(group),
             )
     return ArrayRecord(arrays)
 
@@ -77,6 +215,37 @@ def is_encrypted_record(record: ArrayRecord) -> bool:
     return any(
         name.startswith(RECORD_PREFIX) and arr.stype == STYPE_HEADER for name, arr in record.items()
     )
+
+
+def record_ciphertexts(record: ArrayRecord) -> list[bytes]:
+    """Every serialized ciphertext of every pack of ``record``, in record order (no key).
+
+    Structural framing checks only (bounded by each pack's own size); for the server's
+    duplicate/replay digests, which are per ciphertext, not per pack.
+
+    Raises
+    ------
+    CiphertextFormatError
+        When a pack's framing is malformed.
+
+    """
+    out: list[bytes] = []
+    for name, arr in record.items():
+        if arr.stype == STYPE_CIPHERTEXT:
+            out += unpack_ciphertexts(
+                arr.data, max_items=len(arr.data), max_item_bytes=len(arr.data), what=name
+            )
+    return out
+
+
+def _num_chunks(header: Mapping[str, Any], what: str) -> int:
+    n = header.get("num_chunks")
+    if type(n) is not int or n < 0:
+        raise CiphertextFormatError(
+            f"{what}: header num_chunks {n!r:.40}; expected the number of ciphertexts (an "
+            "integer >= 0) in every encrypted record header."
+        )
+    return n
 
 
 def _decode_json(data: bytes, what: str) -> Any:
@@ -157,9 +326,10 @@ def bundle_from_record(
 def bundle_from_record(record: ArrayRecord, key: Key | PaillierKey) -> dict[str, Any]:
     """Rebuild every encrypted part of an ``ArrayRecord``; ``key`` (either scheme) may be public.
 
-    Every entry must be a part header or a ciphertext ``PART.ct.NNNNNN`` of a part that
-    has a header, numbered 0, 1, ... without gaps; every header field and ciphertext is
-    validated (docs/design.md §5).
+    Every entry must be a part header or a ciphertext pack ``PART.ct.NNNNNN`` of a part that
+    has a header, numbered 0, 1, ... without gaps; the packs' framing is checked against the
+    header's ``num_chunks`` and the key's largest ciphertext before any ciphertext is
+    deserialized; every header field and ciphertext is validated (docs/design.md §5).
 
     Raises
     ------
@@ -189,8 +359,28 @@ def bundle_from_record(record: ArrayRecord, key: Key | PaillierKey) -> dict[str,
                 f"part {part!r}: ciphertexts numbered {sorted(got)[:5]}...; expected 0.."
                 f"{len(got) - 1} without gaps (missing {missing[:5]})."
             )
-        blobs = [got[i] for i in range(len(got))]
-        out[part] = from_header_and_chunks(header, blobs, key, what=f"part {part!r}")
+        what = f"part {part!r}"
+        needed = _num_chunks(header, what)
+        limit = max_ciphertext_bytes(key.params)
+        blobs: list[bytes] = []
+        for i in range(len(got)):
+            if len(blobs) == needed:
+                raise LayoutMismatchError(
+                    f"{what}: the header needs {needed} ciphertexts, but packs {i}.."
+                    f"{len(got) - 1} remain after them; drop the extra packs."
+                )
+            blobs += unpack_ciphertexts(
+                got[i],
+                max_items=needed - len(blobs),
+                max_item_bytes=limit,
+                what=f"{what}, pack {i} of {len(got)}",
+            )
+        if len(blobs) != needed:
+            raise LayoutMismatchError(
+                f"{what}: the header needs {needed} ciphertexts, the packs hold {len(blobs)}."
+            )
+        out[part] = from_header_and_chunks(header, blobs, key, what=what)
+        del blobs
     return out
 
 

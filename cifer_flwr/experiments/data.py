@@ -37,7 +37,10 @@ from cifer_flwr.extras import require
 
 __all__ = [
     "cached_dataset",
+    "check_partition",
     "node_partition",
+    "run_dataset",
+    "run_dataset_shape",
     "DATASETS",
     "DATASET_SUFFIXES",
     "PARTITIONERS",
@@ -593,8 +596,8 @@ def node_partition(
 ) -> Partition:
     """Return this SuperNode's partition, as the examples configure it.
 
-    Run config: ``dataset`` (a built-in name or a dataset file every node reads and
-    partitions), ``seed`` (default 42), ``partitioner``, ``dirichlet-alpha``; node config:
+    Run config: ``dataset-path`` or ``dataset`` (see :func:`run_dataset`), ``seed`` (default
+    42), ``partitioner``, ``dirichlet-alpha``; node config:
     ``partition-id``, ``num-partitions``, and ``dataset-path``: this node's own dataset file,
     used whole (each node brings its own data, nothing is partitioned).
     """
@@ -603,10 +606,79 @@ def node_partition(
     if own:
         return whole(cached_dataset(own, seed))
     return load_partition(
-        cached_dataset(str(run_config.get("dataset", default_dataset)), seed),
+        cached_dataset(run_dataset(run_config, default_dataset), seed),
         int(node_config.get("partition-id", 0)),
         int(node_config.get("num-partitions", 1)),
         partitioner=str(run_config.get("partitioner", "iid")),
         alpha=float(run_config.get("dirichlet-alpha", 0.5)),
         seed=seed,
     )
+
+
+def run_dataset(run_config: Mapping[str, Any], default_dataset: str = "digits") -> str:
+    """The dataset every node reads and partitions, as the examples configure it.
+
+    Run config ``dataset-path`` (the user's own file) when it is set, else ``dataset`` (a
+    built-in name or a file), else ``default_dataset``.
+    """
+    path = str(run_config.get(DATASET_PATH_KEY, "") or "")
+    return path or str(run_config.get("dataset", "") or default_dataset)
+
+
+def run_dataset_shape(
+    run_config: Mapping[str, Any],
+    known: Mapping[str, tuple[int, int]],
+    default_dataset: str = "digits",
+) -> tuple[int, int]:
+    """``(num features, num classes)`` of the model an example builds for its run config.
+
+    Run config ``num-features`` and ``num-classes`` when both are > 0 (every node holds its
+    own file, node config ``dataset-path``, so the server has no dataset to look at); else
+    those of :func:`run_dataset`: ``known[name]`` for a built-in name, read from a file.
+
+    Raises
+    ------
+    ConfigError
+        For a name that is neither in ``known`` nor a dataset file.
+
+    """
+    features = int(run_config.get("num-features", 0) or 0)
+    classes = int(run_config.get("num-classes", 0) or 0)
+    if features > 0 and classes > 0:
+        return features, max(2, classes)
+    name = run_dataset(run_config, default_dataset)
+    if is_dataset_file(name):
+        ds = cached_dataset(name, int(run_config.get("seed", 42)))
+        return ds.num_features, ds.num_classes
+    if name not in known:
+        raise ConfigError(
+            f"dataset {name!r} is not one of {', '.join(known)}; give your own file as run "
+            f"config dataset-path ({', '.join(DATASET_SUFFIXES)}, absolute path)."
+        )
+    return known[name]
+
+
+def check_partition(part: Partition, num_features: int, num_classes: int, source: str) -> Partition:
+    """``part`` when its examples fit a model of ``num_features`` inputs and ``num_classes``.
+
+    Raises
+    ------
+    DatasetError
+        When a node's file has another number of features or a label ``>= num_classes``
+        (the fix: run config ``num-features`` / ``num-classes`` matching every node's file).
+
+    """
+    features = int(np.prod(part.x_train.shape[1:]))
+    if features != num_features:
+        raise DatasetError(
+            f"{source}: {features} features per example, the federated model takes "
+            f"{num_features}; every node's file needs the same columns (set run config "
+            "num-features / num-classes to match them)."
+        )
+    top = max(int(part.y_train.max(initial=0)), int(part.y_test.max(initial=0)))
+    if top >= num_classes:
+        raise DatasetError(
+            f"{source}: label {top}, the federated model has {num_classes} classes "
+            f"(0 .. {num_classes - 1}); set run config num-classes to at least {top + 1}."
+        )
+    return part

@@ -17,11 +17,11 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import ArrayRecord, RecordDict
 
+from cifer_flwr import crypto
 from cifer_flwr.constants import (
     REPLY_FAILED_GROUPS,
     REPLY_STATE_DIGEST,
     REPLY_UPDATE_NORM,
-    STYPE_CIPHERTEXT,
 )
 from cifer_flwr.exceptions import CiferError
 
@@ -203,12 +203,8 @@ def check_reply_info(info: Mapping[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- digests
 def chunk_digests(record: ArrayRecord) -> list[bytes]:
-    """SHA-256 of every ciphertext ``Array`` of an encrypted record, in record order."""
-    return [
-        hashlib.sha256(arr.data).digest()
-        for arr in record.values()
-        if arr.stype == STYPE_CIPHERTEXT
-    ]
+    """SHA-256 of every ciphertext of an encrypted record (inside its packs), in record order."""
+    return [hashlib.sha256(blob).digest() for blob in crypto.record_ciphertexts(record)]
 
 
 class DigestMemory:

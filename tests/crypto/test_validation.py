@@ -489,7 +489,7 @@ def test_record_keys_are_validated(key, public_key):
     from flwr.app import Array, ArrayRecord
 
     enc = crypto.encrypt({"w": np.ones(5000)}, key)
-    record = crypto.to_array_record(enc)
+    record = crypto.bundle_to_record({"model": enc}, pack_bytes=1)  # a pack per ciphertext
     assert crypto.from_array_record(record, public_key).layout == enc.layout
     items = dict(record.items())
     chunk = items["cifer.model.ct.000001"]

@@ -7,11 +7,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 from flwr.serverapp import strategy as flwr_strategy
 
 from cifer_flwr import crypto, protocol, strategies
 from cifer_flwr.constants import CFG_CLIP_NORM, CHECK_FAILED
+from cifer_flwr.crypto.records import pack_ciphertexts, unpack_ciphertexts
 from cifer_flwr.exceptions import ConfigError
 from tests.strategies.harness import (
     INITIAL,
@@ -121,6 +122,20 @@ def no_clipping_app(attacker=ATTACKER):
 def swap_arrays(a: ArrayRecord, key_a: str, b: ArrayRecord, key_b: str) -> None:
     a_arr, b_arr = a[key_a], b[key_b]
     a[key_a], b[key_b] = b_arr, a_arr
+
+
+def swap_ciphertexts(a: ArrayRecord, i: int, b: ArrayRecord, j: int, pack: str) -> None:
+    """Swap ciphertext ``i`` of pack ``pack`` of ``a`` with ciphertext ``j`` of ``b``'s."""
+    items = []
+    for rec in (a, b):
+        data = rec[pack].data
+        items.append(unpack_ciphertexts(data, max_items=len(data), max_item_bytes=len(data)))
+    items[0][i], items[1][j] = items[1][j], items[0][i]
+    for rec, blobs in zip((a, b), items, strict=True):
+        arr = rec[pack]
+        rec[pack] = Array(
+            dtype=arr.dtype, shape=arr.shape, stype=arr.stype, data=pack_ciphertexts(blobs)
+        )
 
 
 # ----------------------------------------------------------------------------- oracles
@@ -440,12 +455,13 @@ def test_swapped_chunks_between_two_replies_are_refused(key_files):
     initial = ArrayRecord({"w": ArrayRecord([BIG["w"]])["0"]})
 
     def swap(call, replies):
-        if call == 1:  # chunk 0 of node A's reply <-> chunk 1 of node B's reply
-            swap_arrays(
+        if call == 1:  # chunk 0 of node A's reply <-> chunk 1 of node B's reply (one pack)
+            swap_ciphertexts(
                 replies[0].content["arrays"],
-                "cifer.model.ct.000000",
+                0,
                 replies[1].content["arrays"],
-                "cifer.model.ct.000001",
+                1,
+                "cifer.model.ct.000000",
             )
         return replies
 
@@ -473,7 +489,7 @@ def test_substituted_chunk_is_refused_even_when_rerandomized(key_files, key):
             )
             fresh = crypto.aggregate([b, zero])
             blob = crypto.bundle_to_record({"model": fresh})["cifer.model.ct.000000"]
-            replies[0].content["arrays"]["cifer.model.ct.000000"] = blob
+            replies[0].content["arrays"]["cifer.model.ct.000000"] = blob  # the whole pack
         return replies
 
     strategy, grid, seen, _ = run(key_files, tamper=substitute, rounds=1, min_cohort=3)

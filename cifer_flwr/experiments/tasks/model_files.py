@@ -45,6 +45,7 @@ __all__ = [
     "FileArraysTask",
     "KerasFileTask",
     "TorchModuleTask",
+    "check_model_arrays",
     "model_task",
     "read_model_arrays",
 ]
@@ -147,8 +148,15 @@ def read_model_arrays(path: str | os.PathLike[str], model_class: str = "") -> Ar
     return _float_arrays({f"layer{i}": w for i, w in enumerate(weights)}, str(p))
 
 
-def _check_like(arrays: Arrays, expected: Arrays, source: str) -> Arrays:
-    """``arrays`` when they have the names and shapes of ``expected``, cast to its dtypes."""
+def check_model_arrays(arrays: Arrays, expected: Arrays, source: str) -> Arrays:
+    """``arrays`` when they have the names and shapes of ``expected``, cast to its dtypes.
+
+    Raises
+    ------
+    ModelFormatError
+        Naming the first weight whose name set or shape differs from ``expected``.
+
+    """
     if set(arrays) != set(expected):
         raise ModelFormatError(
             f"{source}: weights {sorted(arrays)} do not match the model's {sorted(expected)}."
@@ -178,7 +186,7 @@ class FileArraysTask:
     def init_arrays(self, num_features: int, num_classes: int, seed: int) -> Arrays:
         """The file's weights, checked against the model for ``num_features``/``num_classes``."""
         expected = self.inner.init_arrays(num_features, num_classes, seed)
-        return _check_like(self.arrays, expected, self.source)
+        return check_model_arrays(self.arrays, expected, self.source)
 
     def train(
         self, arrays: Arrays, data: Partition, settings: TrainSettings
@@ -262,7 +270,7 @@ class TorchModuleTask(TorchMLP):
 
         net = self._module()
         expected = {k: v.detach().numpy() for k, v in net.state_dict().items()}
-        checked = _check_like(arrays, expected, self.source)
+        checked = check_model_arrays(arrays, expected, self.source)
         net.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in checked.items()})
         return net
 
@@ -305,7 +313,7 @@ class KerasFileTask(KerasMLP):
 
         model = keras.models.clone_model(self._file_model())
         expected = {f"layer{i}": w for i, w in enumerate(model.get_weights())}
-        checked = _check_like(arrays, expected, str(self.path))
+        checked = check_model_arrays(arrays, expected, str(self.path))
         model.set_weights([checked[f"layer{i}"] for i in range(len(checked))])
         last = model.layers[-1]
         softmax = getattr(getattr(last, "activation", None), "__name__", "") == "softmax"

@@ -16,7 +16,8 @@ def main(grid: Grid, context: Context) -> None:
     # e.g. cifer_flwr.strategies.FedAvg(public_key=".../public.key", save_path=...),
     # or flwr.serverapp.strategy.FedAvg when run config says encryption = false
     strategy = make_strategy(context.run_config)
-    model = task.make_model(context.run_config)
+    # run config model-path: your own initial Net weights (.pt state dict), checked
+    model = task.initial_model(context.run_config)
     # plaintext initial weights: the strategy encrypts them with the public key before round 1
     run_strategy(
         strategy,

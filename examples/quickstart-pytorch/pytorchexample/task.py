@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,10 +10,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifer_flwr.experiments.data import Partition, cached_dataset, node_partition
+from cifer_flwr.exceptions import ConfigError
+from cifer_flwr.experiments.data import (
+    DATASET_PATH_KEY,
+    Partition,
+    cached_dataset,
+    check_partition,
+    node_partition,
+    run_dataset,
+    run_dataset_shape,
+)
+from cifer_flwr.experiments.tasks.model_files import check_model_arrays, read_model_arrays
 
-# (num classes, image side) of the datasets this example knows
-SHAPES = {"digits": (10, 8), "mnist": (10, 28)}
+# (num features, num classes) of the datasets this example knows: square grey images
+SHAPES = {"digits": (64, 10), "mnist": (784, 10)}
+#: Run config key of the initial model file: a state dict of :class:`Net` (.pt or .npz).
+MODEL_PATH_KEY = "model-path"
 
 
 class Net(nn.Module):
@@ -33,21 +46,50 @@ class Net(nn.Module):
         return self.fc(x.flatten(1))
 
 
-def make_model(run_config: Mapping[str, Any]) -> Net:
-    """The model for run config ``dataset``, with deterministic initial weights (``seed``)."""
-    name = str(run_config.get("dataset", "digits"))
-    if name not in SHAPES:
-        raise ValueError(
-            f"dataset {name!r} is not an image dataset this example supports: {list(SHAPES)}"
+def image_shape(run_config: Mapping[str, Any]) -> tuple[int, int]:
+    """(num classes, image side) for run config ``num-features``/``num-classes``,
+    ``dataset-path`` (your own file: each row a flattened square image) or ``dataset``."""
+    features, classes = run_dataset_shape(run_config, SHAPES, "digits")
+    side = math.isqrt(features)
+    if side * side != features or side < 4:
+        raise ConfigError(
+            f"{run_dataset(run_config, 'digits')}: {features} features; this example's CNN "
+            "(task.Net) takes square grey images of side >= 4 (16, 25, 64, ... pixels per row). "
+            "For tabular data use quickstart-sklearn or quickstart-tensorflow."
         )
+    return classes, side
+
+
+def make_model(run_config: Mapping[str, Any]) -> Net:
+    """The model for the run config's dataset, with deterministic initial weights (``seed``)."""
+    classes, side = image_shape(run_config)
     torch.manual_seed(int(run_config.get("seed", 42)))
-    classes, side = SHAPES[name]
     return Net(classes, side)
 
 
+def initial_model(run_config: Mapping[str, Any]) -> Net:
+    """:func:`make_model`, with the weights of run config ``model-path`` when it is set.
+
+    The file is a state dict of :class:`Net` (``torch.save(net.state_dict(), "net.pt")``),
+    read as hostile input: bounded, ``torch.load(weights_only=True)`` (no pickle code runs),
+    finite float tensors only, every name and shape checked against this run's ``Net``.
+    """
+    model = make_model(run_config)
+    path = str(run_config.get(MODEL_PATH_KEY, "") or "")
+    if path:
+        expected = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        state = check_model_arrays(read_model_arrays(path), expected, path)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+    return model
+
+
 def load_data(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Partition:
-    """This SuperNode's partition (node config ``partition-id`` / ``num-partitions``)."""
-    return node_partition(run_config, node_config, default_dataset="digits")
+    """This SuperNode's data: node config ``dataset-path`` (its own file, used whole), else its
+    partition (``partition-id`` / ``num-partitions``) of run config ``dataset-path``/``dataset``."""
+    part = node_partition(run_config, node_config, default_dataset="digits")
+    classes, side = image_shape(run_config)
+    source = str(node_config.get(DATASET_PATH_KEY, "") or run_dataset(run_config, "digits"))
+    return check_partition(part, side * side, classes, source)
 
 
 def train(
@@ -104,6 +146,6 @@ def evaluate_arrays(
     """Evaluate plaintext model arrays (e.g. a decrypted final model) on the global test set."""
     model = make_model(run_config)
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
-    ds = cached_dataset(str(run_config.get("dataset", "digits")), int(run_config.get("seed", 42)))
+    ds = cached_dataset(run_dataset(run_config, "digits"), int(run_config.get("seed", 42)))
     loss, accuracy = test(model, ds.x_test, ds.y_test)
     return {"loss": loss, "accuracy": accuracy, "num-examples": float(len(ds.y_test))}

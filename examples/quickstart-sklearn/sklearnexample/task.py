@@ -10,21 +10,29 @@ import numpy as np
 from sklearn.linear_model import SGDClassifier
 from sklearn.metrics import log_loss
 
-from cifer_flwr.experiments.data import Partition, cached_dataset, is_dataset_file, node_partition
+from cifer_flwr.experiments.data import (
+    DATASET_PATH_KEY,
+    Partition,
+    cached_dataset,
+    check_partition,
+    node_partition,
+    run_dataset,
+    run_dataset_shape,
+)
+from cifer_flwr.experiments.tasks.model_files import check_model_arrays, read_model_arrays
 
 # (num features, num classes) of the datasets this example knows
 SHAPES = {"breast-cancer": (30, 2), "digits": (64, 10), "mnist": (784, 10)}
 
 
+#: Run config key of the initial model file (.npz with ``coef`` and ``intercept``).
+MODEL_PATH_KEY = "model-path"
+
+
 def dataset_shape(run_config: Mapping[str, Any]) -> tuple[int, int]:
-    """(features, classes) of run config ``dataset``: a known name or your own file."""
-    name = str(run_config.get("dataset", "breast-cancer"))
-    if is_dataset_file(name):  # .npz / .npy / .csv / .tfrecord (absolute path)
-        ds = cached_dataset(name, int(run_config.get("seed", 42)))
-        return ds.num_features, ds.num_classes
-    if name not in SHAPES:
-        raise ValueError(f"dataset {name!r} is not one of {list(SHAPES)}")
-    return SHAPES[name]
+    """(features, classes): run config ``num-features``/``num-classes``, ``dataset-path``
+    (your own .npz/.npy/.csv file) or ``dataset`` (a known name)."""
+    return run_dataset_shape(run_config, SHAPES, "breast-cancer")
 
 
 def make_model(run_config: Mapping[str, Any]) -> SGDClassifier:
@@ -39,13 +47,21 @@ def make_model(run_config: Mapping[str, Any]) -> SGDClassifier:
 
 
 def initial_params(run_config: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Zero weights (binary problems have one row of coefficients, as in scikit-learn)."""
+    """Run config ``model-path`` (an .npz of ``coef``/``intercept``), else zero weights.
+
+    Binary problems have one row of coefficients, as in scikit-learn.
+    """
     features, classes = dataset_shape(run_config)
     rows = 1 if classes == 2 else classes
-    return {
+    zeros = {
         "coef": np.zeros((rows, features), dtype=np.float64),
         "intercept": np.zeros(rows, dtype=np.float64),
     }
+    path = str(run_config.get(MODEL_PATH_KEY, "") or "")
+    if not path:
+        return zeros
+    # your initial model: an .npz read without pickle, names and shapes checked (hostile file)
+    return check_model_arrays(read_model_arrays(path), zeros, path)
 
 
 def set_params(model: SGDClassifier, params: Mapping[str, np.ndarray], classes: int) -> None:
@@ -61,8 +77,11 @@ def get_params(model: SGDClassifier) -> dict[str, np.ndarray]:
 
 
 def load_data(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Partition:
-    """This SuperNode's partition (node config ``partition-id`` / ``num-partitions``)."""
-    return node_partition(run_config, node_config, default_dataset="breast-cancer")
+    """This SuperNode's data: node config ``dataset-path`` (its own file, used whole), else its
+    partition (``partition-id`` / ``num-partitions``) of run config ``dataset-path``/``dataset``."""
+    part = node_partition(run_config, node_config, default_dataset="breast-cancer")
+    source = str(node_config.get(DATASET_PATH_KEY, "") or run_dataset(run_config, "breast-cancer"))
+    return check_partition(part, *dataset_shape(run_config), source)
 
 
 def train(model: SGDClassifier, x: np.ndarray, y: np.ndarray, epochs: int, classes: int) -> None:
@@ -88,8 +107,6 @@ def evaluate_arrays(
     _, classes = dataset_shape(run_config)
     model = make_model(run_config)
     set_params(model, arrays, classes)
-    ds = cached_dataset(
-        str(run_config.get("dataset", "breast-cancer")), int(run_config.get("seed", 42))
-    )
+    ds = cached_dataset(run_dataset(run_config, "breast-cancer"), int(run_config.get("seed", 42)))
     loss, accuracy = test(model, ds.x_test, ds.y_test, classes)
     return {"loss": loss, "accuracy": accuracy, "num-examples": float(len(ds.y_test))}

@@ -16,7 +16,8 @@ def main(grid: Grid, context: Context) -> None:
     # cifer_flwr.strategies.<Strategy>(public_key=..., save_path=...), or Flower's own class
     # when run config says encryption = false
     strategy = make_strategy(context.run_config)
-    model = task.make_model(context.run_config)
+    # run config model-path: your own initial weights (.keras / .h5), checked
+    model = task.initial_model(context.run_config)
     # plaintext initial weights: the strategy encrypts them with the public key before round 1
     run_strategy(
         strategy, grid, context, ArrayRecord(model.get_weights()), app_name="quickstart-tensorflow"

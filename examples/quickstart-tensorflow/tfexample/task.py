@@ -11,18 +11,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras
 import numpy as np
 
-from cifer_flwr.experiments.data import Partition, cached_dataset, node_partition
+from cifer_flwr.experiments.data import (
+    DATASET_PATH_KEY,
+    Partition,
+    cached_dataset,
+    check_partition,
+    node_partition,
+    run_dataset,
+    run_dataset_shape,
+)
+from cifer_flwr.experiments.tasks.model_files import check_model_arrays, read_model_arrays
 
 # (num features, num classes) of the datasets this example knows
 SHAPES = {"digits": (64, 10), "breast-cancer": (30, 2), "mnist": (784, 10)}
+#: Run config key of the initial model file: .keras / .h5 (or .npz ``layer0`` ..).
+MODEL_PATH_KEY = "model-path"
 
 
 def make_model(run_config: Mapping[str, Any]) -> keras.Model:
-    """A small MLP for run config ``dataset``; deterministic initial weights (``seed``)."""
-    name = str(run_config.get("dataset", "digits"))
-    if name not in SHAPES:
-        raise ValueError(f"dataset {name!r} is not one of {list(SHAPES)}")
-    features, classes = SHAPES[name]
+    """A small MLP for the run config's dataset; deterministic initial weights (``seed``).
+
+    Its shape: run config ``num-features``/``num-classes``, ``dataset-path`` (your own file)
+    or ``dataset`` (a known name).
+    """
+    features, classes = run_dataset_shape(run_config, SHAPES, "digits")
     keras.utils.set_random_seed(int(run_config.get("seed", 42)))
     model = keras.Sequential(
         [
@@ -42,8 +54,31 @@ def make_model(run_config: Mapping[str, Any]) -> keras.Model:
 
 
 def load_data(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Partition:
-    """This SuperNode's partition (node config ``partition-id`` / ``num-partitions``)."""
-    return node_partition(run_config, node_config, default_dataset="digits")
+    """This SuperNode's data: node config ``dataset-path`` (its own file, used whole), else its
+    partition (``partition-id`` / ``num-partitions``) of run config ``dataset-path``/``dataset``."""
+    part = node_partition(run_config, node_config, default_dataset="digits")
+    source = str(node_config.get(DATASET_PATH_KEY, "") or run_dataset(run_config, "digits"))
+    return check_partition(part, *run_dataset_shape(run_config, SHAPES, "digits"), source)
+
+
+def model_weights(model: keras.Model) -> dict[str, np.ndarray]:
+    """The model's weights named ``layer0``, ``layer1``, ... (``get_weights()`` order)."""
+    return {f"layer{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
+
+
+def initial_model(run_config: Mapping[str, Any]) -> keras.Model:
+    """:func:`make_model`, with the weights of run config ``model-path`` when it is set.
+
+    The file (``model.save("model.keras")``, ``.h5``, or an ``.npz`` of ``layer0`` ..) is
+    hostile input: size-bounded, loaded with ``safe_mode=True`` (no Lambda-layer code), finite
+    floats only, and every weight's shape checked against this run's MLP.
+    """
+    model = make_model(run_config)
+    path = str(run_config.get(MODEL_PATH_KEY, "") or "")
+    if path:
+        weights = check_model_arrays(read_model_arrays(path), model_weights(model), path)
+        set_weights(model, [weights[f"layer{i}"] for i in range(len(weights))])
+    return model
 
 
 def set_seed(seed: int) -> None:
@@ -62,6 +97,6 @@ def evaluate_arrays(
     """Evaluate plaintext model arrays (e.g. a decrypted final model) on the global test set."""
     model = make_model(run_config)
     set_weights(model, [arrays[k] for k in sorted(arrays, key=int)])
-    ds = cached_dataset(str(run_config.get("dataset", "digits")), int(run_config.get("seed", 42)))
+    ds = cached_dataset(run_dataset(run_config, "digits"), int(run_config.get("seed", 42)))
     loss, accuracy = model.evaluate(ds.x_test, ds.y_test, verbose=0)
     return {"loss": float(loss), "accuracy": float(accuracy), "num-examples": float(len(ds.y_test))}
