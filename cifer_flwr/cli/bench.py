@@ -22,17 +22,20 @@ def crypto_cmd(
     params: Annotated[int, typer.Option(min=1, help="Model parameters (fp32).")] = 1_000_000,
     clients: Annotated[int, typer.Option(min=1, help="Clients whose updates are summed.")] = 10,
     preset: Annotated[str, typer.Option(help="Preset to measure.")] = "default",
-    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON line.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object only.")] = False,
 ) -> None:
     """Measure a preset against NVIDIA FLARE's parameters and plaintext numpy, in one run.
 
     Example: cifer bench crypto --params 1000000 --clients 10 --json
     """
     try:
-        with status(quiet=False) as progress:
+        with status(quiet=as_json) as progress:
             result = bench_crypto(params, clients, preset, progress=progress)
     except CiferError as exc:
         raise fail(exc) from exc
+    if as_json:
+        print(json.dumps(result))
+        return
     base = result["baseline"]
     table = Table(
         title=f"{params:,} fp32 parameters, {clients} clients "
@@ -54,8 +57,6 @@ def crypto_cmd(
         table.add_row(k, fmt.format(result[k]), fmt.format(result[f"{k}_{base}"]))
     table.add_row("plaintext numpy sum (s)", f"{result['plain_aggregate_s']:.4f}", "")
     console.print(table)
-    if as_json:
-        print(json.dumps(result))
 
 
 @app.command("round")

@@ -202,6 +202,7 @@ class Federation:
                 timeout=timeout,
                 check=False,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=processes.cli_preexec(),
             )
         except subprocess.TimeoutExpired as exc:
             raise FederationError(

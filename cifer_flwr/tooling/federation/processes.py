@@ -34,6 +34,7 @@ __all__ = [
     "TIED_GRACE",
     "TIED_SIGNAL",
     "Terminated",
+    "cli_preexec",
     "descendants",
     "is_alive",
     "spawn",
@@ -82,6 +83,20 @@ def _die_with_owner(sig: signal.Signals) -> Callable[[], None]:
             os.kill(os.getpid(), sig)
 
     return hook
+
+
+def cli_preexec() -> Callable[[], None] | None:
+    """A ``preexec_fn`` for short-lived CLI children (``flwr run``, ``flwr log --stream``).
+
+    They start no processes of their own, so the kernel's parent-death signal (SIGKILL) is
+    enough to take them down with their owner; without it a killed ``cifer run`` would
+    leave ``flwr log --stream`` retrying against a SuperLink that is gone (docs/design.md
+    §7). The caller waits for the child in the thread that started it, so the signal (sent
+    when that *thread* exits) cannot fire early. None where prctl does not exist.
+    """
+    if _prctl() is None:
+        return None
+    return _die_with_owner(signal.SIGKILL)
 
 
 def spawn(

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cifer_flwr.tooling.federation import processes
 from cifer_flwr.tooling.federation.local import Federation, FederationError, _exe
 
 __all__ = ["RunInfo", "RunOutcome", "list_runs", "run_app", "server_app_error", "to_toml"]
@@ -277,6 +278,7 @@ def run_app(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=fed.env(),
+            preexec_fn=processes.cli_preexec(),
         )
         try:
             streamer.wait(timeout=remaining)
