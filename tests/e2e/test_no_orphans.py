@@ -2,7 +2,7 @@
 
 The test starts the real console script, waits until the federation is running a round
 (SuperLink + SuperNodes + the ServerApp and ClientApp processes exist), records every
-descendant through /proc, signals `cifer run`, and checks 10 s later that each is gone.
+descendant through /proc, signals `cifer run`, and checks that each is gone within 30 s.
 SIGTERM exercises the Ctrl-C teardown; SIGKILL the parent-death-signal supervisors.
 """
 
@@ -31,6 +31,22 @@ ARGS = [
     "federation.nodes=2",
     "num_rounds=200",
 ]
+
+
+#: How long the tree may take to go: the supervisors' grace (3 s) plus, on a loaded machine,
+#: Flower's own helpers noticing that their parent is gone. A process still alive after this
+#: is an orphan.
+ORPHAN_DEADLINE = 30.0
+
+
+def _survivors(family: list[int], *, within: float) -> list[int]:
+    """The processes of ``family`` still alive once ``within`` seconds have passed."""
+    deadline = time.monotonic() + within
+    left = [p for p in family if is_alive(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = [p for p in left if is_alive(p)]
+    return left
 
 
 def _names(pids: list[int]) -> list[str]:
@@ -65,8 +81,7 @@ def test_signalled_cifer_run_leaves_no_process(tmp_path, sig):
         assert len(family) >= 6, _names(family)
         proc.send_signal(sig)
         proc.wait(timeout=30)
-        time.sleep(10.0)
-        left = [p for p in family if is_alive(p)]
+        left = _survivors(family, within=ORPHAN_DEADLINE)
         assert left == [], _names(left)
         if sig == signal.SIGTERM:  # the Ctrl-C teardown ran and said so
             assert proc.returncode == 128 + signal.SIGTERM
@@ -123,8 +138,7 @@ def test_signalled_pytest_session_stops_its_federation(tmp_path, sig):
         assert len(family) >= 3, _names(family)
         proc.send_signal(sig)
         rest, _ = proc.communicate(timeout=60)
-        time.sleep(10.0)
-        left = [p for p in family if is_alive(p)]
+        left = _survivors(family, within=ORPHAN_DEADLINE)
         assert left == [], _names(left)
         if sig == signal.SIGTERM:  # the fixture-style teardown ran, not only the kernel
             assert b"FEDERATION-STOPPED" in rest, rest[-2000:]
