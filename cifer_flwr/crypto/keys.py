@@ -18,7 +18,7 @@ import shlex
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import tenseal as ts
 
@@ -490,15 +490,38 @@ def load_key(path: str | os.PathLike[str]) -> Key:
     return _parse(data, str(p), p)
 
 
-def load_private_key(path: str | os.PathLike[str]) -> Key:
-    """Load a private key file; a public key file raises :class:`KeyTypeError`."""
-    key = load_key(path)
+class KeyFileLike(Protocol):
+    """What the key-file helpers need of a key (a CKKS/BFV :class:`Key` or a Paillier key)."""
+
+    @property
+    def is_private(self) -> bool: ...
+
+    @property
+    def short_fingerprint(self) -> str: ...
+
+    def require_private(self, purpose: str) -> None: ...
+
+    def to_bytes(self) -> bytes: ...
+
+    def public(self) -> KeyFileLike: ...
+
+
+_K = TypeVar("_K", bound=KeyFileLike)
+
+
+def require_private_file(key: _K, path: str | os.PathLike[str]) -> _K:
+    """Return ``key`` (read from ``path``) if private; a public key raises KeyTypeError."""
     if not key.is_private:
         raise KeyTypeError(
             f"{str(path)!r} is a public key (fingerprint {key.short_fingerprint}); decrypting "
             "needs the matching private.key, which stays with the key holder."
         )
     return key
+
+
+def load_private_key(path: str | os.PathLike[str]) -> Key:
+    """Load a private key file; a public key file raises :class:`KeyTypeError`."""
+    return require_private_file(load_key(path), path)
 
 
 def load_public_key(path: str | os.PathLike[str], *, holder: str = "the server") -> Key:
@@ -509,7 +532,7 @@ def load_public_key(path: str | os.PathLike[str], *, holder: str = "the server")
 
 
 def write_key_pair(
-    key: Key, directory: str | os.PathLike[str], *, force: bool = False
+    key: KeyFileLike, directory: str | os.PathLike[str], *, force: bool = False
 ) -> tuple[Path, Path]:
     """Write ``private.key`` (mode 0600) and ``public.key`` (mode 0644) into ``directory``.
 

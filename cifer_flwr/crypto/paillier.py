@@ -39,7 +39,6 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import json
-import logging
 import math
 import os
 import secrets
@@ -60,11 +59,10 @@ from cifer_flwr.constants import (
     KIND_PAILLIER_KEY,
 )
 from cifer_flwr.crypto import container
+from cifer_flwr.crypto import keys as _keys
 from cifer_flwr.crypto.encoding import Layout, flatten, unflatten
 from cifer_flwr.crypto.headers import check_fingerprint, check_meta, parse_layout
 from cifer_flwr.crypto.keys import (
-    PRIVATE_KEY_FILE,
-    PUBLIC_KEY_FILE,
     _check_permissions,
     fingerprint_of,
 )
@@ -72,7 +70,6 @@ from cifer_flwr.exceptions import (
     CiferError,
     CiphertextFormatError,
     ConfigError,
-    KeyExistsError,
     KeyFileError,
     KeyMismatchError,
     KeyTypeError,
@@ -129,7 +126,6 @@ __all__ = [
     "write_key_pair",
 ]
 
-log = logging.getLogger(__name__)
 
 #: Whether gmpy2 accelerates the big-integer arithmetic.
 HAVE_GMPY2 = _gmpy2 is not None
@@ -647,13 +643,7 @@ def load_key_bytes(data: bytes, *, source: str = "Paillier key") -> PaillierKey:
 
 def load_private_key(path: str | os.PathLike[str]) -> PaillierKey:
     """Load a private Paillier key file; a public key file raises :class:`KeyTypeError`."""
-    key = load_key(path)
-    if not key.is_private:
-        raise KeyTypeError(
-            f"{str(path)!r} is a public key (fingerprint {key.short_fingerprint}); decrypting "
-            "needs the matching private.key, which stays with the key holder."
-        )
-    return key
+    return _keys.require_private_file(load_key(path), path)
 
 
 def load_public_key(path: str | os.PathLike[str], *, holder: str = "the server") -> PaillierKey:
@@ -668,25 +658,15 @@ def write_key_pair(
 ) -> tuple[Path, Path]:
     """Write ``private.key`` (mode 0600) and ``public.key`` (mode 0644) into ``directory``.
 
+    The same writer as CKKS keys (:func:`cifer_flwr.crypto.keys.write_key_pair`).
+
     Raises
     ------
     KeyExistsError
         A ``FileExistsError``: either file exists and ``force`` is false.
 
     """
-    key.require_private("write a key pair")
-    d = Path(directory)
-    priv, pub = d / PRIVATE_KEY_FILE, d / PUBLIC_KEY_FILE
-    for p in (priv, pub):
-        if p.exists() and not force:
-            raise KeyExistsError(
-                f"{p} already exists; refusing to overwrite a key (pass force=True to replace it)."
-            )
-    d.mkdir(parents=True, exist_ok=True)
-    container.write_file_atomic(priv, key.to_bytes(), mode=0o600)
-    container.write_file_atomic(pub, key.public().to_bytes(), mode=0o644)
-    log.info("wrote Paillier key pair %s (fingerprint %s)", d, key.short_fingerprint)
-    return priv, pub
+    return _keys.write_key_pair(key, directory, force=force)
 
 
 # --------------------------------------------------------------------------- encoding
