@@ -10,8 +10,9 @@ ServerApp runs cifer's encrypted FedAvg for one round (train + federated evaluat
 ClientApp (with ``ckks_mod``) adds a node-specific offset to the model it decrypted. Reported
 per preset: the round's wall time, the bytes the ServerApp sent and received, the peak RSS of
 the ServerApp (its own ``ru_maxrss``) and, sampled from /proc every 0.5 s, of the SuperLink,
-the SuperNodes and the ClientApp processes; and the largest error of the decrypted model vs
-numpy's FedAvg. Prints one JSON object. A benchmark, not a test.
+the SuperNodes, the ClientApp processes and cifer's crypto worker processes (attributed to the
+app that started them; also summed with it at each sampling instant); and the largest error
+of the decrypted model vs numpy's FedAvg. Prints one JSON object. A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ APP = textwrap.dedent(
         except Exception as exc:
             out.update(status="error", error=f"{type(exc).__name__}: {exc}")
         out["serverapp_s"] = time.time() - t0
+        out["cifer_flwr"] = cifer_flwr.__file__
         out["serverapp_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         with open(str(cfg["results-path"]), "w") as f:
             json.dump(out, f)
@@ -169,33 +171,80 @@ ROLES = {
 }
 
 
-def _vm_hwm_mb(pid: int) -> float | None:
+#: Command-line mark of cifer's crypto worker processes (cifer_flwr/crypto/workers.py): they
+#: are counted with the app process that started them (docs/design.md §6).
+WORKER_MARK = "cifer_flwr.crypto.workers"
+
+
+def _status_mb(pid: int) -> dict[str, float]:
+    """``VmRSS`` and ``VmHWM`` of ``pid`` in MB (empty when the process is gone)."""
+    out: dict[str, float] = {}
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024.0
+            if line.startswith(("VmHWM:", "VmRSS:")):
+                out[line[:5]] = int(line.split()[1]) / 1024.0
+    except OSError:
+        return {}
+    return out
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return None
+    return int(raw[raw.rfind(")") + 2 :].split()[1])
 
 
 class RssSampler(threading.Thread):
-    """Peak RSS (VmHWM) per role of the federation's processes and their descendants."""
+    """Peak RSS per role of the federation's processes and their descendants.
+
+    ``peaks[role]``: the largest ``VmHWM`` of one process of that role. Crypto worker
+    processes are attributed to the app that started them (role ``serverapp-workers``,
+    ``clientapp-workers``), and ``with_workers[role]`` is the largest sum, at one sampling
+    instant (every 0.5 s), of one app process's RSS and its workers' RSS.
+    """
 
     def __init__(self, roots: list[int]) -> None:
         super().__init__(daemon=True)
         self.roots = roots
         self.peaks: dict[str, float] = {}
+        self.with_workers: dict[str, float] = {}
         self.halt = threading.Event()
+
+    def _sample(self) -> None:
+        roles: dict[int, str] = {}
+        workers: dict[int, int] = {}  # worker pid -> its app's pid
+        for pid in set(self.roots) | set(procs.descendants(self.roots)):
+            cmd = " ".join(procs.cmdline(pid))
+            if WORKER_MARK in cmd:
+                parent = _ppid(pid)
+                if parent is not None:
+                    workers[pid] = parent
+                continue
+            role = next((r for k, r in ROLES.items() if k in cmd), None)
+            if role:
+                roles[pid] = role
+        totals: dict[int, float] = {}
+        for pid, role in roles.items():
+            mem = _status_mb(pid)
+            if mem:
+                self.peaks[role] = max(self.peaks.get(role, 0.0), mem["VmHWM"])
+                totals[pid] = mem["VmRSS"]
+        for pid, app in workers.items():
+            mem = _status_mb(pid)
+            if not mem or app not in roles:
+                continue
+            role = f"{roles[app]}-workers"
+            self.peaks[role] = max(self.peaks.get(role, 0.0), mem["VmHWM"])
+            totals[app] = totals.get(app, 0.0) + mem["VmRSS"]
+        for pid, total in totals.items():
+            role = roles[pid]
+            self.with_workers[role] = max(self.with_workers.get(role, 0.0), total)
 
     def run(self) -> None:
         while not self.halt.is_set():
-            for pid in set(self.roots) | set(procs.descendants(self.roots)):
-                cmd = " ".join(procs.cmdline(pid))
-                role = next((r for k, r in ROLES.items() if k in cmd), None)
-                hwm = _vm_hwm_mb(pid)
-                if role and hwm is not None:
-                    self.peaks[role] = max(self.peaks.get(role, 0.0), hwm)
+            self._sample()
             self.halt.wait(0.5)
 
 
@@ -246,8 +295,10 @@ def run_preset(preset: str, params: int, nodes: int, timeout: float, root: Path)
         "global_bytes": res.get("global_bytes"),
         "serverapp_peak_rss_mb": res.get("serverapp_peak_rss_mb"),
         "sampled_peak_rss_mb": sampler.peaks,
+        "sampled_peak_rss_with_workers_mb": sampler.with_workers,
         "evaluate_metrics": res.get("evaluate"),
         "error": res.get("error"),
+        "cifer_flwr": res.get("cifer_flwr"),
     }
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "UnknownPresetError",
     "UnsupportedOperationError",
     "ValueRangeError",
+    "WorkerError",
 ]
 
 
@@ -74,6 +75,10 @@ class UnknownPresetError(CiferError, ValueError):
 
 class UnsupportedOperationError(CiferError):
     """An operation the chosen scheme, parameters or setting cannot perform."""
+
+
+class WorkerError(CiferError):
+    """A crypto worker process failed, died, or broke its frame protocol (docs/design.md §6.1)."""
 
 
 class ConfigError(CiferError, ValueError):

@@ -18,7 +18,7 @@ if "tenseal" not in _sys.modules and {"tensorflow", "keras"} & set(_sys.modules)
         "cifer_flwr.crypto) at the top of your module, before tensorflow or keras."
     )
 
-from cifer_flwr.crypto.ckks import EncryptedArrays, decrypt_chunks
+from cifer_flwr.crypto.ckks import EncryptedArrays, decrypt_chunks, deferred_blobs, with_wire
 from cifer_flwr.crypto.encoding import Layout, decode, encode, flatten, unflatten
 from cifer_flwr.crypto.keys import (
     PRIVATE_KEY_FILE,
@@ -58,7 +58,8 @@ from cifer_flwr.crypto.schemes import (
     to_bytes,
     with_meta,
 )
-from cifer_flwr.crypto.validation import load_vector
+from cifer_flwr.crypto.validation import load_chunk, load_vector
+from cifer_flwr.crypto.workers import CryptoWorkers, default_processes, shared_workers
 
 __all__ = [
     "PRESETS",
@@ -71,6 +72,7 @@ __all__ = [
     "PRIVATE_KEY_FILE",
     "PUBLIC_KEY_FILE",
     "CkksParams",
+    "CryptoWorkers",
     "EncryptedArrays",
     "Key",
     "Layout",
@@ -83,6 +85,8 @@ __all__ = [
     "decode",
     "decrypt",
     "decrypt_chunks",
+    "default_processes",
+    "deferred_blobs",
     "encode",
     "encrypt",
     "flatten",
@@ -98,12 +102,15 @@ __all__ = [
     "load_key",
     "load_private_key",
     "load_public_key",
+    "load_chunk",
     "load_vector",
     "max_ciphertext_bytes",
     "record_headers",
+    "shared_workers",
     "to_array_record",
     "to_bytes",
     "unflatten",
     "with_meta",
+    "with_wire",
     "write_key_pair",
 ]

@@ -17,7 +17,12 @@ from cifer_flwr.crypto.encoding import Layout, decode, encode, set_reserved
 from cifer_flwr.crypto.headers import parse_arrays_header
 from cifer_flwr.crypto.keys import Key
 from cifer_flwr.crypto.params import CkksParams
-from cifer_flwr.crypto.validation import load_vector, max_ciphertext_bytes
+from cifer_flwr.crypto.validation import (
+    load_chunk,
+    load_vector,
+    max_ciphertext_bytes,
+)
+from cifer_flwr.crypto.workers import shared_workers
 from cifer_flwr.exceptions import (
     ConfigError,
     KeyMismatchError,
@@ -32,6 +37,7 @@ __all__ = [
     "aggregate",
     "decrypt",
     "decrypt_chunks",
+    "deferred_blobs",
     "dequantize",
     "encrypt",
     "from_bytes",
@@ -40,6 +46,7 @@ __all__ = [
     "max_ciphertext_bytes",
     "quantize",
     "to_bytes",
+    "with_wire",
 ]
 
 
@@ -108,17 +115,23 @@ class EncryptedArrays:
         return [v.serialize() for v in self.vectors]
 
 
-class _LazyVectors(Sequence[Any]):
-    """Vectors parsed on first access from the sender's own seeded bytes (trusted: ours)."""
+class _CachedVectors(Sequence[Any]):
+    """Vectors made from serialized bytes on first access, then kept."""
 
-    def __init__(self, blobs: Sequence[bytes], ctx: ts.Context, *, bfv: bool = False) -> None:
-        self._blobs = blobs
-        self._ctx = ctx
-        self._load = ts.bfv_vector_from if bfv else ts.ckks_vector_from
-        self._cache: list[Any] = [None] * len(blobs)
+    def __init__(self, blobs: Sequence[bytes]) -> None:
+        self.blobs = tuple(blobs)
+        self._cache: list[Any] = [None] * len(self.blobs)
+
+    def _load(self, index: int) -> Any:
+        raise NotImplementedError
+
+    @property
+    def touched(self) -> bool:
+        """Whether some vector was already made in this process."""
+        return any(v is not None for v in self._cache)
 
     def __len__(self) -> int:
-        return len(self._blobs)
+        return len(self.blobs)
 
     @overload
     def __getitem__(self, index: int) -> Any: ...
@@ -128,11 +141,53 @@ class _LazyVectors(Sequence[Any]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         if self._cache[index] is None:
-            self._cache[index] = self._load(self._ctx, self._blobs[index])
+            self._cache[index] = self._load(index)
         return self._cache[index]
 
     def __iter__(self) -> Iterator[Any]:
         return (self[i] for i in range(len(self)))
+
+
+class _LazyVectors(_CachedVectors):
+    """Vectors parsed on first access from the sender's own seeded bytes (trusted: ours)."""
+
+    def __init__(self, blobs: Sequence[bytes], ctx: ts.Context, *, bfv: bool = False) -> None:
+        super().__init__(blobs)
+        self._ctx = ctx
+        self._from = ts.bfv_vector_from if bfv else ts.ckks_vector_from
+
+    def _load(self, index: int) -> Any:
+        return self._from(self._ctx, self.blobs[index])
+
+
+class _DeferredVectors(_CachedVectors):
+    """Foreign vectors whose framing was checked but whose SEAL load is deferred.
+
+    Any access validates the ciphertext with :func:`load_chunk` (the same checks as an
+    eager parse); :func:`decrypt_chunks` instead hands the untouched bytes to the crypto
+    workers, which validate and decrypt them in parallel (docs/design.md §6.1).
+    """
+
+    def __init__(self, blobs: Sequence[bytes], key: Key, what: str) -> None:
+        super().__init__(blobs)
+        self.what = what
+        self._key = key
+
+    def _load(self, index: int) -> Any:
+        what = f"{self.what}, ciphertext {index} of {len(self.blobs)}"
+        return load_chunk(self.blobs[index], self._key, what=what)
+
+
+def deferred_blobs(enc: object) -> tuple[bytes, ...] | None:
+    """The still unvalidated ciphertext bytes of a deferred parse, else ``None``.
+
+    Set when :func:`from_header_and_chunks` was asked to ``defer`` the SEAL load (the
+    server's parallel validate-and-sum takes them, docs/design.md §6.1).
+    """
+    vecs = enc.vectors if isinstance(enc, EncryptedArrays) else None
+    if isinstance(vecs, _DeferredVectors) and not vecs.touched:
+        return vecs.blobs
+    return None
 
 
 def _check_key(fingerprint: str, key: Key, what: str) -> None:
@@ -214,16 +269,26 @@ def encrypt(
             "(e.g. a smaller weight) or choose a preset with a larger range ('precise')."
         )
     ctx = key.encryption_context()
-    if key.is_private:
+    workers = shared_workers(key, len(chunks))
+    if workers is not None:  # large models: every core (docs/design.md §6.1)
+        wire = tuple(workers.encrypt(chunks))
+    elif key.is_private:
         # a key holder's ciphertexts travel seeded: half the bytes (docs/design.md §4.7)
         wire = tuple(seeded_vectors(ctx, chunks, params))
-        vectors: Sequence[Any] = _LazyVectors(wire, ctx)
+    else:
+        vectors = tuple(ts.ckks_vector(ctx, c.tolist()) for c in chunks)
         return EncryptedArrays(
-            layout, vectors, key.fingerprint, params, float(weight), 1, dict(meta or {}), wire
+            layout, vectors, key.fingerprint, params, float(weight), 1, dict(meta or {})
         )
-    vectors = tuple(ts.ckks_vector(ctx, c.tolist()) for c in chunks)
     return EncryptedArrays(
-        layout, vectors, key.fingerprint, params, float(weight), 1, dict(meta or {})
+        layout,
+        _LazyVectors(wire, ctx),
+        key.fingerprint,
+        params,
+        float(weight),
+        1,
+        dict(meta or {}),
+        wire,
     )
 
 
@@ -250,14 +315,18 @@ def _encrypt_bfv(
         ints.append(q)
         clipped += n
     ctx = key.encryption_context()
-    if key.is_private:
+    workers = shared_workers(key, len(ints))
+    if workers is not None:  # large models: every core (docs/design.md §6.1)
+        wire = tuple(workers.encrypt(ints))
+    elif key.is_private:
         wire = tuple(seeded_bfv_vectors(ctx, ints))
-        lazy = _LazyVectors(wire, ctx, bfv=True)
+    else:
+        vectors = tuple(ts.bfv_vector(ctx, q.tolist()) for q in ints)
         return EncryptedArrays(
-            layout, lazy, key.fingerprint, params, weight, 1, meta, wire, clipped
+            layout, vectors, key.fingerprint, params, weight, 1, meta, None, clipped
         )
-    vectors = tuple(ts.bfv_vector(ctx, q.tolist()) for q in ints)
-    return EncryptedArrays(layout, vectors, key.fingerprint, params, weight, 1, meta, None, clipped)
+    lazy = _LazyVectors(wire, ctx, bfv=True)
+    return EncryptedArrays(layout, lazy, key.fingerprint, params, weight, 1, meta, wire, clipped)
 
 
 def decrypt(enc: EncryptedArrays, key: Key, *, divisor: float = 1.0) -> dict[str, npt.NDArray[Any]]:
@@ -290,6 +359,14 @@ def decrypt_chunks(enc: EncryptedArrays, key: Key) -> list[npt.NDArray[np.float6
     """
     key.require_private("decrypt")
     _check_key(enc.fingerprint, key, "encrypted arrays")
+    blobs = deferred_blobs(enc)
+    workers = None if blobs is None else shared_workers(key, len(blobs))
+    if blobs is not None and workers is not None:
+        assert isinstance(enc.vectors, _DeferredVectors)
+        raw = workers.decrypt(blobs, what=enc.vectors.what)
+        if enc.params.is_bfv:
+            return [dequantize(r, enc.params) for r in raw]
+        return raw
     ctx = key.context()
     plain = []
     for vec in enc.vectors:
@@ -392,6 +469,7 @@ def from_header_and_chunks(
     *,
     what: str = "encrypted arrays",
     container: bool = False,
+    defer: bool | None = None,
 ) -> EncryptedArrays:
     """Rebuild encrypted arrays from their public header and ciphertext bytes.
 
@@ -400,6 +478,14 @@ def from_header_and_chunks(
     ciphertext goes through :func:`~cifer_flwr.crypto.validation.load_vector`
     (docs/design.md §5). ``what`` names the object in error messages; ``container`` allows
     the container fields ``kind`` and ``blobs_sha256`` in the header.
+
+    ``defer=True`` leaves every check of the ciphertexts (after the header's) to the first
+    access of a vector, to :func:`decrypt_chunks` (which then validates and decrypts in the
+    crypto workers) or to a server's parallel validate-and-sum (:func:`deferred_blobs`,
+    docs/design.md §6.1): each of them validates with
+    :func:`~cifer_flwr.crypto.validation.load_chunk` before using a ciphertext.
+    ``defer=None`` defers when a private key opens enough ciphertexts for the workers to
+    pay (:func:`~cifer_flwr.crypto.workers.shared_workers`).
 
     Raises
     ------
@@ -423,23 +509,50 @@ def from_header_and_chunks(
             f"{what}: the layout ({head.layout.total} values) needs {head.num_chunks} "
             f"ciphertexts of {head.params.slots} slots, but {len(chunks)} were received."
         )
-    vectors = []
-    for i, blob in enumerate(chunks):
-        vec = load_vector(blob, key, what=f"{what}, ciphertext {i} of {len(chunks)}")
-        if vec.size() != head.params.slots:
-            raise LayoutMismatchError(
-                f"{what}: ciphertext {i} holds {vec.size()} values, expected {head.params.slots}."
-            )
-        vectors.append(vec)
+    if defer is None:
+        defer = key.is_private and shared_workers(key, len(chunks)) is not None
+    vectors: Sequence[Any]
+    if defer:
+        vectors = _DeferredVectors(chunks, key, what)
+    else:
+        vectors = tuple(
+            load_chunk(blob, key, what=f"{what}, ciphertext {i} of {len(chunks)}")
+            for i, blob in enumerate(chunks)
+        )
     layout, fingerprint, params = head.layout, head.fingerprint, head.params
     weight, count, meta = head.weight, head.count, head.meta
-    return EncryptedArrays(layout, tuple(vectors), fingerprint, params, weight, count, meta)
+    return EncryptedArrays(layout, vectors, fingerprint, params, weight, count, meta)
 
 
 def from_bytes(data: bytes, key: Key) -> EncryptedArrays:
     """Parse :func:`to_bytes` output with ``key`` (public suffices)."""
     header, chunks = container.unpack(data, kind=KIND_ENCRYPTED_ARRAYS)
     return from_header_and_chunks(header, chunks, key, container=True)
+
+
+def with_wire(enc: EncryptedArrays, blobs: Sequence[bytes], key: Key) -> EncryptedArrays:
+    """``enc`` (its header) with ciphertexts this party made: serialized bytes it trusts.
+
+    For the sums a party's own crypto workers return (docs/design.md §6.1): the bytes
+    travel as they are and are parsed only if an operation needs the vectors. Never for
+    bytes another party sent (those go through :func:`from_header_and_chunks`).
+
+    Raises
+    ------
+    LayoutMismatchError
+        When the number of ciphertexts does not fit the layout.
+
+    """
+    _check_key(enc.fingerprint, key, "encrypted arrays")
+    expected = enc.layout.num_chunks(enc.params.slots)
+    if len(blobs) != expected:
+        raise LayoutMismatchError(
+            f"{len(blobs)} ciphertexts for a layout of {enc.layout.total} values; expected "
+            f"{expected}."
+        )
+    wire = tuple(blobs)
+    lazy = _LazyVectors(wire, key.context(), bfv=enc.params.is_bfv)
+    return replace(enc, vectors=lazy, wire=wire)
 
 
 def with_meta(enc: EncryptedArrays, **meta: Any) -> EncryptedArrays:

@@ -19,29 +19,106 @@ import json
 import os
 import struct
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cifer_flwr.constants import CONTAINER_MAGIC
 from cifer_flwr.exceptions import CiphertextFormatError
 
-__all__ = ["MAX_BLOBS", "MAX_HEADER_BYTES", "pack", "read_file", "unpack", "write_file_atomic"]
+__all__ = [
+    "MAX_BLOBS",
+    "MAX_HEADER_BYTES",
+    "StreamedBlob",
+    "iter_pack",
+    "pack",
+    "read_file",
+    "streamed_pack",
+    "unpack",
+    "write_file_atomic",
+]
 
 #: Largest JSON header and most blobs a container may declare (docs/design.md §5).
 MAX_HEADER_BYTES = 16 * 1024 * 1024
 MAX_BLOBS = 1 << 21
 
 
-def _digest(blobs: Sequence[bytes]) -> str:
+Bytes = bytes | bytearray | memoryview
+
+
+@dataclass(frozen=True)
+class StreamedBlob:
+    """A blob given in pieces, never held whole (a large model inside a checkpoint).
+
+    Attributes
+    ----------
+    size : int
+        Total length of the pieces.
+    pieces : callable
+        Returns a fresh iterator over the pieces each time it is called.
+
+    """
+
+    size: int
+    pieces: Callable[[], Iterable[Bytes]]
+
+
+def _pieces(blob: Bytes | StreamedBlob) -> Iterable[Bytes]:
+    return blob.pieces() if isinstance(blob, StreamedBlob) else (blob,)
+
+
+def _size(blob: Bytes | StreamedBlob) -> int:
+    return blob.size if isinstance(blob, StreamedBlob) else len(blob)
+
+
+def _digest(blobs: Iterable[Bytes | StreamedBlob]) -> str:
     h = hashlib.sha256()
     for blob in blobs:
-        h.update(struct.pack(">Q", len(blob)))
-        h.update(blob)
+        h.update(struct.pack(">Q", _size(blob)))
+        for piece in _pieces(blob):
+            h.update(piece)
     return h.hexdigest()
 
 
-def pack(kind: str, header: dict[str, Any], blobs: Sequence[bytes]) -> bytes:
+def _head(kind: str, header: dict[str, Any], count: int, digest: str) -> bytes:
+    full = {**header, "kind": kind, "blobs_sha256": digest}
+    head = json.dumps(full, sort_keys=True).encode("utf-8")
+    return b"".join([CONTAINER_MAGIC, struct.pack(">I", len(head)), head, struct.pack(">I", count)])
+
+
+def _body(blobs: Iterable[Bytes | StreamedBlob]) -> Iterator[Bytes]:
+    for blob in blobs:
+        yield struct.pack(">Q", _size(blob))
+        yield from _pieces(blob)
+
+
+def iter_pack(
+    kind: str, header: dict[str, Any], blobs: Sequence[Bytes | StreamedBlob]
+) -> Iterator[Bytes]:
+    """:func:`pack`'s bytes in pieces, so that a large container is never held whole.
+
+    ``blobs`` are read twice (the digest, then the output); a :class:`StreamedBlob` is
+    produced piece by piece each time. ``b"".join(iter_pack(...)) == pack(...)``.
+    """
+    yield _head(kind, header, len(blobs), _digest(blobs))
+    yield from _body(blobs)
+
+
+def streamed_pack(
+    kind: str, header: dict[str, Any], blobs: Sequence[Bytes | StreamedBlob]
+) -> StreamedBlob:
+    """:func:`pack`'s bytes as a :class:`StreamedBlob` (to nest a large container in another).
+
+    The digest is computed once, here; the pieces are the blobs themselves (memoryviews
+    into a record's packs are not copied).
+    """
+    head = _head(kind, header, len(blobs), _digest(blobs))
+    size = len(head) + sum(8 + _size(blob) for blob in blobs)
+    return StreamedBlob(size, lambda: [head, *_body(blobs)])
+
+
+def pack(kind: str, header: dict[str, Any], blobs: Sequence[Bytes]) -> bytes:
     """Serialize a header and blobs into container bytes (inverse of :func:`unpack`).
 
     Parameters
@@ -54,13 +131,7 @@ def pack(kind: str, header: dict[str, Any], blobs: Sequence[bytes]) -> bytes:
         Binary payloads, e.g. serialized ciphertexts.
 
     """
-    full = {**header, "kind": kind, "blobs_sha256": _digest(blobs)}
-    head = json.dumps(full, sort_keys=True).encode("utf-8")
-    parts = [CONTAINER_MAGIC, struct.pack(">I", len(head)), head, struct.pack(">I", len(blobs))]
-    for blob in blobs:
-        parts.append(struct.pack(">Q", len(blob)))
-        parts.append(bytes(blob))
-    return b"".join(parts)
+    return b"".join(iter_pack(kind, header, blobs))
 
 
 def unpack(data: bytes, *, kind: str | None = None) -> tuple[dict[str, Any], list[bytes]]:
@@ -132,12 +203,15 @@ def unpack(data: bytes, *, kind: str | None = None) -> tuple[dict[str, Any], lis
 
 def write_file_atomic(
     path: str | os.PathLike[str],
-    data: bytes,
+    data: Bytes | Iterable[Bytes],
     *,
     mode: int = 0o644,
     temp_prefix: str | None = None,
 ) -> Path:
     """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync of the directory).
+
+    ``data`` is bytes or an iterable of byte pieces written in order (e.g.
+    :func:`iter_pack`), so a large file is never held in memory whole.
 
     The file is created with ``mode`` from the start, so a secret never exists with
     looser permissions, and a crash never leaves a half-written file at ``path``. The
@@ -151,7 +225,8 @@ def write_file_atomic(
     try:
         os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            for piece in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
+                fh.write(piece)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)

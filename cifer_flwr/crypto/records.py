@@ -27,12 +27,18 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping, Sequence
-from typing import Any, overload
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal, overload
 
 from flwr.app import Array, ArrayRecord
 
-from cifer_flwr.constants import RECORD_PREFIX, STYPE_CIPHERTEXT, STYPE_HEADER
+from cifer_flwr.constants import (
+    KIND_ENCRYPTED_BUNDLE,
+    RECORD_PREFIX,
+    STYPE_CIPHERTEXT,
+    STYPE_HEADER,
+)
+from cifer_flwr.crypto import container
 from cifer_flwr.crypto.ckks import EncryptedArrays
 from cifer_flwr.crypto.headers import check_part_name
 from cifer_flwr.crypto.keys import Key
@@ -47,6 +53,8 @@ __all__ = [
     "from_array_record",
     "is_encrypted_record",
     "pack_ciphertexts",
+    "record_bundle_stream",
+    "record_ciphertext_views",
     "record_ciphertexts",
     "record_headers",
     "to_array_record",
@@ -85,13 +93,32 @@ def pack_ciphertexts(blobs: Sequence[bytes]) -> bytes:
     return b"".join([PACK_MAGIC, _U32.pack(len(blobs)), lengths, *blobs])
 
 
+@overload
+def unpack_ciphertexts(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_items: int,
+    max_item_bytes: int,
+    what: str = ...,
+    views: Literal[False] = ...,
+) -> list[bytes]: ...
+@overload
+def unpack_ciphertexts(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_items: int,
+    max_item_bytes: int,
+    what: str = ...,
+    views: Literal[True],
+) -> list[memoryview]: ...
 def unpack_ciphertexts(
     data: bytes | bytearray | memoryview,
     *,
     max_items: int,
     max_item_bytes: int,
     what: str = "ciphertext pack",
-) -> list[bytes]:
+    views: bool = False,
+) -> list[bytes] | list[memoryview]:
     """Split one pack into its serialized ciphertexts, checking the framing first.
 
     Parameters
@@ -105,10 +132,12 @@ def unpack_ciphertexts(
         (:func:`~cifer_flwr.crypto.max_ciphertext_bytes`).
     what : str
         Name of the pack in error messages.
+    views : bool
+        Return read-only memoryviews into ``data`` instead of copies (no extra memory).
 
     Returns
     -------
-    list of bytes
+    list of bytes (or memoryview)
         The payloads, in order; not yet deserialized.
 
     Raises
@@ -154,26 +183,43 @@ def unpack_ciphertexts(
                 f"{what}: ciphertext {i} declares {n} bytes; expected 1..{max_item_bytes} "
                 "(the largest ciphertext of the key's preset)."
             )
-    out, pos = [], body
+    offsets, pos = [], body
     for n in lengths:
-        out.append(bytes(view[pos : pos + n]))
+        offsets.append(pos)
         pos += n
-    return out
+    if views:
+        ro = view.toreadonly()
+        return [ro[pos : pos + n] for pos, n in zip(offsets, lengths, strict=True)]
+    return [bytes(view[pos : pos + n]) for pos, n in zip(offsets, lengths, strict=True)]
 
 
-def _groups(blobs: Sequence[bytes], limit: int) -> list[list[bytes]]:
-    """Consecutive runs of ``blobs`` whose pack stays within ``limit`` bytes (>= 1 each)."""
-    groups: list[list[bytes]] = []
-    size = limit + 1
+def _groups(blobs: Iterable[bytes], limit: int) -> Iterator[list[bytes]]:
+    """Consecutive runs of ``blobs`` whose pack stays within ``limit`` bytes (>= 1 each).
+
+    Lazy: a run is yielded as soon as the next blob would not fit, so only one pack's
+    ciphertexts are held at a time.
+    """
+    group: list[bytes] = []
+    size = 0
     for blob in blobs:
         grown = size + _U32.size + len(blob)
-        if groups and grown <= limit:
-            groups[-1].append(blob)
+        if group and grown <= limit:
+            group.append(blob)
             size = grown
         else:
-            groups.append([blob])
+            if group:
+                yield group
+            group = [blob]
             size = _PACK_HEAD + _U32.size + len(blob)
-    return groups
+    if group:
+        yield group
+
+
+def _serialized(enc: EncryptedArrays | PaillierArrays) -> Iterable[bytes]:
+    """The part's ciphertexts as bytes, serialized one at a time when they live in SEAL."""
+    if isinstance(enc, EncryptedArrays) and enc.wire is None:
+        return (v.serialize() for v in enc.vectors)  # as serialized_chunks(), lazily
+    return enc.serialized_chunks()
 
 
 def bundle_to_record(
@@ -183,6 +229,8 @@ def bundle_to_record(
 
     Each part contributes a JSON header ``Array`` and its ciphertexts in packs of at most
     ``pack_bytes`` (:data:`PACK_BYTES`; a larger ciphertext gets a pack of its own).
+    Ciphertexts are serialized pack by pack: besides the record, only one pack's worth
+    is held at a time (docs/design.md §6).
     """
     arrays: dict[str, Array] = {}
     for part, enc in parts.items():
@@ -195,7 +243,7 @@ def bundle_to_record(
             dtype="json", shape=(len(head),), stype=STYPE_HEADER, data=head
         )
         dtype = "paillier" if isinstance(enc, PaillierArrays) else "ckks"
-        for i, group in enumerate(_groups(enc.serialized_chunks(), pack_bytes)):
+        for i, group in enumerate(_groups(_serialized(enc), pack_bytes)):
             arrays[_chunk_key(part, i)] = Array(
                 dtype=dtype,
                 shape=(len(group),),
@@ -229,13 +277,73 @@ def record_ciphertexts(record: ArrayRecord) -> list[bytes]:
         When a pack's framing is malformed.
 
     """
-    out: list[bytes] = []
+    return [bytes(view) for view in record_ciphertext_views(record)]
+
+
+def record_ciphertext_views(record: ArrayRecord) -> Iterator[memoryview]:
+    """As :func:`record_ciphertexts`, lazily and without copies: read-only views into the packs.
+
+    Raises
+    ------
+    CiphertextFormatError
+        When a pack's framing is malformed (when that pack is reached).
+
+    """
     for name, arr in record.items():
         if arr.stype == STYPE_CIPHERTEXT:
-            out += unpack_ciphertexts(
-                arr.data, max_items=len(arr.data), max_item_bytes=len(arr.data), what=name
+            size = len(arr.data)
+            yield from unpack_ciphertexts(
+                arr.data, max_items=size, max_item_bytes=size, what=name, views=True
             )
-    return out
+
+
+def record_bundle_stream(record: ArrayRecord) -> container.StreamedBlob:
+    """The bytes :func:`~cifer_flwr.crypto.bundle_to_bytes` gives for ``record``'s parts, in pieces.
+
+    For writing a large encrypted model (checkpoint, saved global model) without TenSEAL
+    and without a second copy of it in memory: the pieces are memoryviews into the
+    record's packs. ``bundle_from_bytes`` reads the result. Structure only is checked
+    (part names, packs numbered without gaps, ``num_chunks``): meant for records this
+    process built with :func:`bundle_to_record`.
+
+    Raises
+    ------
+    CiphertextFormatError
+        When ``record`` is not an encrypted record, or its packs do not hold the number
+        of ciphertexts its headers declare.
+
+    """
+    headers = record_headers(record)
+    packs: dict[str, dict[int, bytes]] = {part: {} for part in headers}
+    for name, arr in record.items():
+        part, index = _split_name(name)
+        if index is not None:
+            if part not in packs:
+                raise CiphertextFormatError(f"ciphertext pack {name!r} belongs to no header.")
+            packs[part][index] = arr.data
+    parts: list[dict[str, Any]] = []
+    blobs: list[memoryview] = []
+    for part, header in headers.items():
+        got = packs[part]
+        if sorted(got) != list(range(len(got))):
+            raise CiphertextFormatError(
+                f"part {part!r}: packs numbered {sorted(got)[:5]}...; expected 0.."
+                f"{len(got) - 1} without gaps."
+            )
+        chunks: list[memoryview] = []
+        for i in range(len(got)):
+            data = got[i]
+            chunks += unpack_ciphertexts(
+                data, max_items=len(data), max_item_bytes=len(data), what=f"{part}/{i}", views=True
+            )
+        if len(chunks) != _num_chunks(header, f"part {part!r}"):
+            raise CiphertextFormatError(
+                f"part {part!r}: the header declares {header.get('num_chunks')} ciphertexts, "
+                f"the packs hold {len(chunks)}."
+            )
+        parts.append({"name": part, "header": header, "chunks": len(chunks)})
+        blobs += chunks
+    return container.streamed_pack(KIND_ENCRYPTED_BUNDLE, {"parts": parts}, blobs)
 
 
 def _num_chunks(header: Mapping[str, Any], what: str) -> int:
@@ -316,20 +424,28 @@ def record_headers(record: ArrayRecord) -> dict[str, dict[str, Any]]:
 
 
 @overload
-def bundle_from_record(record: ArrayRecord, key: Key) -> dict[str, EncryptedArrays]: ...
-@overload
-def bundle_from_record(record: ArrayRecord, key: PaillierKey) -> dict[str, PaillierArrays]: ...
+def bundle_from_record(
+    record: ArrayRecord, key: Key, *, defer: bool | None = ...
+) -> dict[str, EncryptedArrays]: ...
 @overload
 def bundle_from_record(
-    record: ArrayRecord, key: Key | PaillierKey
+    record: ArrayRecord, key: PaillierKey, *, defer: bool | None = ...
+) -> dict[str, PaillierArrays]: ...
+@overload
+def bundle_from_record(
+    record: ArrayRecord, key: Key | PaillierKey, *, defer: bool | None = ...
 ) -> dict[str, EncryptedArrays | PaillierArrays]: ...
-def bundle_from_record(record: ArrayRecord, key: Key | PaillierKey) -> dict[str, Any]:
+def bundle_from_record(
+    record: ArrayRecord, key: Key | PaillierKey, *, defer: bool | None = None
+) -> dict[str, Any]:
     """Rebuild every encrypted part of an ``ArrayRecord``; ``key`` (either scheme) may be public.
 
     Every entry must be a part header or a ciphertext pack ``PART.ct.NNNNNN`` of a part that
     has a header, numbered 0, 1, ... without gaps; the packs' framing is checked against the
     header's ``num_chunks`` and the key's largest ciphertext before any ciphertext is
     deserialized; every header field and ciphertext is validated (docs/design.md §5).
+    ``defer`` as in :func:`~cifer_flwr.crypto.schemes.from_header_and_chunks` (SEAL loads
+    of large parts may happen later, in the crypto workers, docs/design.md §6.1).
 
     Raises
     ------
@@ -379,7 +495,7 @@ def bundle_from_record(record: ArrayRecord, key: Key | PaillierKey) -> dict[str,
             raise LayoutMismatchError(
                 f"{what}: the header needs {needed} ciphertexts, the packs hold {len(blobs)}."
             )
-        out[part] = from_header_and_chunks(header, blobs, key, what=what)
+        out[part] = from_header_and_chunks(header, blobs, key, what=what, defer=defer)
         del blobs
     return out
 

@@ -313,6 +313,7 @@ def from_header_and_chunks(
     *,
     what: str = ...,
     container: bool = ...,
+    defer: bool | None = ...,
 ) -> EncryptedArrays: ...
 @overload
 def from_header_and_chunks(
@@ -322,6 +323,7 @@ def from_header_and_chunks(
     *,
     what: str = ...,
     container: bool = ...,
+    defer: bool | None = ...,
 ) -> PaillierArrays: ...
 @overload
 def from_header_and_chunks(
@@ -331,6 +333,7 @@ def from_header_and_chunks(
     *,
     what: str = ...,
     container: bool = ...,
+    defer: bool | None = ...,
 ) -> EncryptedArrays | PaillierArrays: ...
 def from_header_and_chunks(
     header: Mapping[str, Any],
@@ -339,15 +342,19 @@ def from_header_and_chunks(
     *,
     what: str = "encrypted arrays",
     container: bool = False,
+    defer: bool | None = None,
 ) -> EncryptedArrays | PaillierArrays:
     """Rebuild one encrypted part from its header and ciphertext bytes (either scheme).
 
     The parser of ``key``'s scheme validates every field and ciphertext before any of it
-    reaches TenSEAL or the big-integer arithmetic (docs/design.md §5).
+    reaches TenSEAL or the big-integer arithmetic (docs/design.md §5). ``defer``: see
+    :func:`cifer_flwr.crypto.ckks.from_header_and_chunks` (Paillier parses eagerly).
     """
     if isinstance(key, PaillierKey):
         return paillier.from_header_and_chunks(header, chunks, key, what=what, container=container)
-    return ckks.from_header_and_chunks(header, chunks, key, what=what, container=container)
+    return ckks.from_header_and_chunks(
+        header, chunks, key, what=what, container=container, defer=defer
+    )
 
 
 # --------------------------------------------------------------------------- bundles

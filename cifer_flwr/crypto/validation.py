@@ -37,10 +37,11 @@ from cifer_flwr.crypto._protobuf import varint
 from cifer_flwr.crypto._seal import SEAL_HEADER_SIZE, check_seal_blob
 from cifer_flwr.crypto.keys import Key
 from cifer_flwr.crypto.params import CkksParams
-from cifer_flwr.exceptions import CiferError, CiphertextFormatError
+from cifer_flwr.exceptions import CiferError, CiphertextFormatError, LayoutMismatchError
 
 __all__ = [
     "check_seal_blob",
+    "load_chunk",
     "load_vector",
     "max_ciphertext_bytes",
     "max_raw_ciphertext_bytes",
@@ -230,6 +231,23 @@ def load_vector(
         raise _fail(what, f"{len(cts)} SEAL ciphertexts, expected 1.")
     ct = cts[0]
     _check_seal_ciphertext(ct, key, level, what)
+    return vec
+
+
+def load_chunk(blob: bytes | bytearray | memoryview, key: Key, *, what: str = "ciphertext") -> Any:
+    """:func:`load_vector` of a fresh (level 0) ciphertext that must fill all the key's slots.
+
+    Raises
+    ------
+    CiphertextFormatError, LayoutMismatchError
+        When the ciphertext fails validation or holds another number of values.
+
+    """
+    vec = load_vector(blob, key, what=what)
+    if vec.size() != key.params.slots:
+        raise LayoutMismatchError(
+            f"{what}: holds {vec.size()} values, expected {key.params.slots}."
+        )
     return vec
 
 

@@ -276,11 +276,9 @@ def decrypt_federated_model(path: str | os.PathLike[str], key: Key) -> dict[str,
     For FedYogi / FedAdam / FedAdagrad the last round's pending server step is applied
     first (docs/design.md §4.3), so the result is the model Flower's plaintext strategy returns.
     """
-    from cifer_flwr import crypto, protocol
+    from cifer_flwr import protocol
 
-    parts = crypto.bundle_from_bytes(Path(path).read_bytes(), key)
-    arrays, _ = protocol.materialize(parts, key)
-    return arrays
+    return protocol.decrypt_global_model(Path(path), key)
 
 
 def encrypt_tensors(tensors: ModelTensors, key: Key) -> bytes:

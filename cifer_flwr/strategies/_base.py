@@ -69,6 +69,7 @@ from cifer_flwr.constants import (
     REPLY_STATE_DIGEST,
     STYPE_HEADER,
 )
+from cifer_flwr.crypto import records as crypto_records
 from cifer_flwr.crypto.container import write_file_atomic
 from cifer_flwr.exceptions import (
     CiferError,
@@ -77,6 +78,7 @@ from cifer_flwr.exceptions import (
     KeyMismatchError,
     LayoutMismatchError,
     UnsupportedOperationError,
+    WorkerError,
 )
 from cifer_flwr.strategies._checkpoint import (
     Checkpoint,
@@ -86,6 +88,7 @@ from cifer_flwr.strategies._checkpoint import (
     result_to_json,
     write_checkpoint,
 )
+from cifer_flwr.strategies._memory import release_large_buffers
 from cifer_flwr.strategies._replies import (
     HEADER_ALLOWANCE,
     DigestMemory,
@@ -99,6 +102,7 @@ from cifer_flwr.strategies._replies import (
 
 __all__ = [
     "PULL_BATCH",
+    "PULL_BYTES",
     "PULL_INTERVAL",
     "STATE_HOLDERS",
     "Accepted",
@@ -126,6 +130,9 @@ _MAX_REASON = 500
 #: Most reply ids asked for in one ``pull_messages`` call while streaming a round: the
 #: replies the ServerApp holds at once, whatever the cohort size (docs/design.md §6).
 PULL_BATCH = 2
+#: Largest model reply (bound from its layout) pulled together with another: larger ones
+#: are pulled one id per call, so only one is held at a time (docs/design.md §6, memory).
+PULL_BYTES = 256 * 1024 * 1024
 #: Seconds between sweeps of ``pull_messages`` when no reply was ready (Flower's
 #: in-memory grid advertises its own ``pull_interval``, which is used instead).
 PULL_INTERVAL = 0.2
@@ -198,7 +205,11 @@ def _pull(
 
 @dataclass
 class _FoldGroup:
-    """Replies that may be added together: their running sum and light members."""
+    """Replies that may be added together: their running sum and light members.
+
+    With crypto workers the sum lives in the workers; ``total`` then holds the header
+    only (layout, summed weight and count, no ciphertexts, docs/design.md §6.1).
+    """
 
     total: crypto.AnyEncrypted | None = None
     members: Accepted = field(default_factory=list)
@@ -209,6 +220,8 @@ class _RoundFold:
     """State of one streamed train round (docs/design.md §6)."""
 
     keep_models: bool = False
+    workers: crypto.CryptoWorkers | None = None
+    staged: tuple[Hashable, Message, Parts] | None = None
     groups: dict[Hashable, _FoldGroup] = field(default_factory=dict)
     replied: set[int] = field(default_factory=set)
     order: dict[int, int] = field(default_factory=dict)
@@ -231,6 +244,11 @@ def load_server_key(public_key: str | os.PathLike[str] | crypto.AnyKey) -> crypt
         public_key.require_public("a strategy (server side)")
         return public_key
     return crypto.load_public_key(public_key, holder="a strategy (server side)")
+
+
+def _header_only(enc: crypto.AnyEncrypted) -> bool:
+    """A running sum whose ciphertexts are held by the crypto workers (docs/design.md §6.1)."""
+    return isinstance(enc, crypto.EncryptedArrays) and len(enc.vectors) == 0
 
 
 def _node(msg: Message) -> int:
@@ -346,6 +364,7 @@ class EncryptedFedAvgBase:
 
         """
         self.key = load_server_key(public_key)
+        release_large_buffers()  # freed ciphertext buffers go back to the OS (§6, memory)
         self.save_path = Path(save_path) if save_path is not None else None
         if not examples_per_client > 0:
             raise ConfigError(f"examples_per_client must be > 0, got {examples_per_client}.")
@@ -375,8 +394,9 @@ class EncryptedFedAvgBase:
         self._sent_config: dict[int, dict[str, Any]] = {}
         self._sent_index: dict[int, int] = {}
         self._global_parts: Parts | None = None
-        self._global_blob: bytes | None = None
+        self._global_arrays: ArrayRecord | None = None
         self._layout_json = 0
+        self._defer = False
 
     # ------------------------------------------------------------------ helpers
     def _summary_encryption(self) -> None:
@@ -423,20 +443,33 @@ class EncryptedFedAvgBase:
         return {}
 
     def _set_global(self, parts: Parts) -> None:
+        """Make ``parts`` the global model (serialized on first use: :meth:`_global_record`)."""
         self._global_parts = parts
-        self._global_blob = None
+        self._global_arrays = None
 
-    def _global_bytes(self) -> bytes:
-        if self._global_blob is None:
+    def _global_record(self) -> ArrayRecord:
+        """The global model as the record sent to clients: the one copy the strategy keeps.
+
+        Built once from the parts given to :meth:`_set_global`, pack by pack; the parts
+        (SEAL objects of the size of the model) are then dropped, and saving and
+        checkpoints stream from this record (docs/design.md §6, memory).
+        """
+        if self._global_arrays is None:
             if self._global_parts is None:
                 raise ConfigError("no global model yet; call start() first.")
-            self._global_blob = crypto.bundle_to_bytes(self._global_parts)
-        return self._global_blob
+            self._global_arrays = crypto.bundle_to_record(self._global_parts)
+            self._global_parts = None
+        return self._global_arrays
 
     def _save(self, parts: Parts, server_round: int) -> None:
+        """Write the global model just set with ``_set_global(parts)`` to ``save_path``.
+
+        Streamed from :meth:`_global_record` (the bytes of ``crypto.bundle_to_bytes``).
+        """
         if self.save_path is None:
             return
-        write_file_atomic(self.save_path, self._global_bytes())
+        stream = crypto_records.record_bundle_stream(self._global_record())
+        write_file_atomic(self.save_path, stream.pieces())
         log.info("saved encrypted global model of round %d to %s", server_round, self.save_path)
 
     def _require_layout(self) -> crypto.Layout:
@@ -511,7 +544,8 @@ class EncryptedFedAvgBase:
             parts, result, done = self._to_parts(initial_arrays), Result(), 0
             self._set_layout(self._model_layout(parts))
         self._set_global(parts)
-        arrays = crypto.bundle_to_record(parts)
+        arrays = self._global_record()  # the one copy of the global model (§6.2)
+        del parts, restored
 
         flwr_log(INFO, "Starting %s strategy:", type(self).__name__)
         log_strategy_start_info(num_rounds, arrays, train_config, evaluate_config)
@@ -608,6 +642,8 @@ class EncryptedFedAvgBase:
             "bytes-sent": float(arrays.count_bytes() * cohort),
             "weight-divisor": divisor,
         }
+        # large rounds: the crypto workers start while the clients train (§6.1)
+        self._round_workers(server_round, self._keeps_models(server_round))
         return out
 
     # ------------------------------------------------------------------ reply checks
@@ -708,9 +744,14 @@ class EncryptedFedAvgBase:
         content = msg.content
         if self.arrayrecord_key not in content.array_records:
             raise CiphertextFormatError(f"reply has no ArrayRecord '{self.arrayrecord_key}'.")
-        parts = crypto.bundle_from_record(content.array_records[self.arrayrecord_key], self.key)
+        # with crypto workers the model's SEAL loads happen there, in _fold_parts (§6.1)
+        parts = crypto.bundle_from_record(
+            content.array_records[self.arrayrecord_key], self.key, defer=self._defer
+        )
         self._check_part_set(parts, self._expected_parts(server_round, _node(msg)))
         for name, enc in parts.items():
+            if name != PART_MODEL and isinstance(enc, crypto.EncryptedArrays):
+                tuple(enc.vectors)  # only the model is summed in the workers: validate now
             if enc.count != 1:
                 raise CiphertextFormatError(
                     f"part {name!r} claims to sum {enc.count} encryptions; a client reply "
@@ -787,7 +828,15 @@ class EncryptedFedAvgBase:
         own = getattr(grid, "stream_replies", None)
         if callable(own):
             return cast(Iterator[Message], own(messages, timeout))
-        return stream_replies(grid, messages, timeout)
+        return stream_replies(grid, messages, timeout, batch=self._pull_batch())
+
+    def _pull_batch(self) -> int:
+        """Reply ids per pull: :data:`PULL_BATCH`, or 1 for replies above :data:`PULL_BYTES`."""
+        if self.layout is None:
+            return PULL_BATCH
+        params = self.key.params
+        reply = self.layout.num_chunks(params.slots) * crypto.max_ciphertext_bytes(params)
+        return max(1, min(PULL_BATCH, PULL_BYTES // max(1, reply)))
 
     def _fold_key(self, msg: Message) -> Hashable:
         """Replies that may only be added together share a key (FedOpt: the state digest)."""
@@ -819,6 +868,8 @@ class EncryptedFedAvgBase:
             fold.replied.add(node)
             parts = self._check_reply(msg, server_round)
             self._fold_parts(server_round, fold, msg, parts)
+        except WorkerError:
+            raise  # the workers' running sums are lost: the round fails (aggregate_train)
         except CiferError as exc:
             self._exclude(server_round, node, str(exc))
         except Exception as exc:  # last line of defence: a bug never stops the round
@@ -826,8 +877,18 @@ class EncryptedFedAvgBase:
 
     def _fold_parts(self, server_round: int, fold: _RoundFold, msg: Message, parts: Parts) -> None:
         key = (metric_schema(msg.content), self._fold_key(msg))
-        group = fold.groups.setdefault(key, _FoldGroup())
         model = parts[PART_MODEL]
+        blobs = crypto.deferred_blobs(model)
+        if fold.workers is not None and blobs is not None:
+            # validated and added in the workers while the next reply is pulled and
+            # checked here; _settle_staged commits it or excludes it (§6.1)
+            self._settle_staged(server_round, fold)
+            t0 = time.perf_counter()
+            fold.workers.stage(key, blobs, what=f"node {_node(msg)}'s part 'model'")
+            fold.add_s += time.perf_counter() - t0
+            fold.staged = (key, msg, parts)
+            return
+        group = fold.groups.get(key, _FoldGroup())
         t0 = time.perf_counter()
         if group.total is None:
             group.total = model
@@ -847,11 +908,44 @@ class EncryptedFedAvgBase:
                 else:
                     raise
         fold.add_s += time.perf_counter() - t0
-        # keep the reply's metrics and config (small) and its other parts; drop the arrays
+        self._add_member(fold, key, group, msg, parts)
+
+    def _add_member(
+        self, fold: _RoundFold, key: Hashable, group: _FoldGroup, msg: Message, parts: Parts
+    ) -> None:
+        """Record an added reply: keep its metrics and config (small), drop its arrays."""
+        fold.groups[key] = group
         del msg.content[self.arrayrecord_key]
         kept = parts if fold.keep_models else {k: v for k, v in parts.items() if k != PART_MODEL}
         group.members.append((msg, kept))
         fold.order[_node(msg)] = len(fold.order)
+
+    def _settle_staged(self, server_round: int, fold: _RoundFold) -> None:
+        """Commit the reply staged in the workers, or exclude it with their reason (§6.1)."""
+        if fold.staged is None or fold.workers is None:
+            return
+        key, msg, parts = fold.staged
+        fold.staged = None
+        t0 = time.perf_counter()
+        try:
+            fold.workers.commit()
+        except WorkerError:
+            raise  # the running sums are lost: the round fails (aggregate_train)
+        except CiferError as exc:
+            self._exclude(server_round, _node(msg), str(exc))
+            return
+        finally:
+            fold.add_s += time.perf_counter() - t0
+        model = parts[PART_MODEL]
+        assert isinstance(model, crypto.EncryptedArrays)  # deferred: a CKKS/packed part
+        group = fold.groups.get(key, _FoldGroup())
+        head = replace(model, vectors=(), meta={})  # the sum itself is in the workers
+        if group.total is not None:
+            head = replace(
+                head, weight=group.total.weight + model.weight, count=group.total.count + 1
+            )
+        group.total = head
+        self._add_member(fold, key, group, msg, {**parts, PART_MODEL: head})
 
     @staticmethod
     def _addable(enc: crypto.AnyEncrypted) -> bool:
@@ -867,12 +961,16 @@ class EncryptedFedAvgBase:
         """Sum of the running sums of the groups whose replies were all kept."""
         kept = {_node(msg): parts for msg, parts in accepted}
         sums: list[crypto.AnyEncrypted] = []
-        for group in fold.groups.values():
+        for key, group in fold.groups.items():
             nodes = [_node(msg) for msg, _ in group.members]
             chosen = [n for n in nodes if n in kept]
             if not chosen or group.total is None:
                 continue
-            if len(chosen) == len(nodes):
+            total = group.total
+            if len(chosen) == len(nodes) and fold.workers is not None and _header_only(total):
+                assert isinstance(total, crypto.EncryptedArrays)
+                sums.append(self._workers_total(fold.workers, key, total))
+            elif len(chosen) == len(nodes):
                 sums.append(group.total)
             elif fold.keep_models:
                 sums.append(crypto.aggregate([kept[n][PART_MODEL] for n in chosen]))
@@ -886,6 +984,21 @@ class EncryptedFedAvgBase:
         if not sums:
             return None
         return sums[0] if len(sums) == 1 else crypto.aggregate(sums)
+
+    def _workers_total(
+        self, workers: crypto.CryptoWorkers, key: Hashable, head: crypto.EncryptedArrays
+    ) -> crypto.EncryptedArrays:
+        """The running sum the workers hold for ``key``, under ``head``'s header."""
+        assert isinstance(self.key, crypto.Key)
+        # the workers validated every summand: their sum's bytes are ours (no SEAL load here)
+        return crypto.with_wire(head, workers.total(key), self.key)
+
+    def _round_workers(self, server_round: int, keep_models: bool) -> crypto.CryptoWorkers | None:
+        """Crypto workers for this round's validate-and-sum, or None (small rounds, §6.1)."""
+        if keep_models or not isinstance(self.key, crypto.Key) or self.layout is None:
+            return None
+        chunks = self.layout.num_chunks(self.key.params.slots) * max(1, len(self._sent_config))
+        return crypto.shared_workers(self.key, chunks)
 
     def _select_replies(self, server_round: int, accepted: Accepted) -> Accepted:
         """Hook between per-reply checks and aggregation (FedOpt: the digest majority).
@@ -960,12 +1073,20 @@ class EncryptedFedAvgBase:
     def _aggregate_train(
         self, server_round: int, replies: Iterable[Message], stats: dict[str, float]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        fold = _RoundFold(keep_models=self._keeps_models(server_round))
+        keep = self._keeps_models(server_round)
+        fold = _RoundFold(keep_models=keep, workers=self._round_workers(server_round, keep))
+        if fold.workers is not None:
+            fold.workers.reset()  # this round's running sums start empty
         self.excluded.setdefault(server_round, [])
         t_start = time.perf_counter()
-        for msg in replies:
-            self._fold_reply(server_round, fold, msg)
-            del msg  # the running sum holds what counts
+        self._defer = fold.workers is not None
+        try:
+            for msg in replies:
+                self._fold_reply(server_round, fold, msg)
+                del msg  # the running sum holds what counts
+            self._settle_staged(server_round, fold)
+        finally:
+            self._defer = False
         stats["receive-fold-s"] = time.perf_counter() - t_start
         stats["bytes-received"] = float(fold.bytes_received)
         flwr_log(
@@ -1021,7 +1142,7 @@ class EncryptedFedAvgBase:
             return None, metrics
         self._set_global(new_parts)
         self._save(new_parts, server_round)
-        return crypto.bundle_to_record(new_parts), metrics
+        return self._global_record(), metrics
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -1114,7 +1235,7 @@ class EncryptedFedAvgBase:
             "result": result_to_json(result),
             "extra": self._checkpoint_extra(),
         }
-        return Checkpoint(state, self._global_bytes(), digests)
+        return Checkpoint(state, self._global_record(), digests)
 
     def _write_checkpoint(self, server_round: int, num_rounds: int, result: Result) -> None:
         if self.checkpoint_path is None:
@@ -1178,7 +1299,12 @@ class EncryptedFedAvgBase:
             )
         if done < 1:
             raise CiphertextFormatError(f"checkpoint {path} holds round {done}; expected >= 1.")
-        parts = crypto.bundle_from_bytes(ckpt.model, self.key)
+        model = ckpt.model
+        parts = (
+            crypto.bundle_from_record(model, self.key)
+            if isinstance(model, ArrayRecord)
+            else crypto.bundle_from_bytes(model, self.key)
+        )
         if self._model_layout(parts) != layout:
             raise LayoutMismatchError(
                 f"checkpoint {path}: the encrypted model's layout does not match the layout "

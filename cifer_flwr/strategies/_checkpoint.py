@@ -4,7 +4,10 @@ Layout (docs/design.md §6): a cifer container of kind ``cifer.strategy-checkpoi
 JSON header holds the round state (round number, layout, exclusions, statistics, the
 metrics history of Flower's ``Result``, the replay-memory index, the optimizer spec) and two
 blobs: the encrypted global model (:func:`cifer_flwr.crypto.bundle_to_bytes`) and the
-concatenated 32-byte chunk digests. No pickle. Written to a temporary file in the same
+concatenated 32-byte chunk digests. No pickle. The file is written in pieces straight from
+the strategy's encrypted global record (:func:`cifer_flwr.crypto.records.record_bundle_stream`),
+so a checkpoint never holds a second copy of the model in memory (docs/design.md §6).
+Written to a temporary file in the same
 directory (name ``.NAME.cifer-tmp-XXXX``), fsynced, then renamed over the checkpoint, and
 the directory fsynced: a crash leaves either the previous or the new checkpoint, plus at
 worst a temporary file that the next start removes.
@@ -19,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flwr.app import MetricRecord
+from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import Result
 
 from cifer_flwr.constants import CHECKPOINT_TMP_MARK, KIND_STRATEGY_CHECKPOINT
 from cifer_flwr.crypto import container
+from cifer_flwr.crypto.records import record_bundle_stream
 from cifer_flwr.exceptions import CiphertextFormatError
 
 __all__ = [
@@ -50,15 +54,16 @@ class Checkpoint:
     ----------
     state : dict
         JSON round state (see :meth:`EncryptedFedAvgBase._checkpoint_state`).
-    model : bytes
-        The encrypted global model (``crypto.bundle_to_bytes``).
+    model : bytes or ArrayRecord
+        The encrypted global model: ``crypto.bundle_to_bytes`` output (as read), or the
+        encrypted record (when writing: the same bytes are streamed from its packs).
     digests : bytes
         The replay memory's concatenated chunk digests.
 
     """
 
     state: dict[str, Any]
-    model: bytes
+    model: bytes | ArrayRecord
     digests: bytes
 
 
@@ -72,12 +77,20 @@ def remove_temp_files(path: str | os.PathLike[str]) -> list[Path]:
 
 
 def write_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Path:
-    """Write ``checkpoint`` to ``path`` atomically (temp file, fsync, rename, fsync dir)."""
+    """Write ``checkpoint`` to ``path`` atomically (temp file, fsync, rename, fsync dir).
+
+    The file is written in pieces; a model given as an ``ArrayRecord`` is never copied
+    whole (the bytes equal those of its ``crypto.bundle_to_bytes``).
+    """
     target = Path(path)
-    data = container.pack(
+    model = checkpoint.model
+    data = container.iter_pack(
         KIND_STRATEGY_CHECKPOINT,
         {"state": checkpoint.state, "format": CHECKPOINT_FORMAT},
-        [checkpoint.model, checkpoint.digests],
+        [
+            record_bundle_stream(model) if isinstance(model, ArrayRecord) else model,
+            checkpoint.digests,
+        ],
     )
     return container.write_file_atomic(target, data, mode=0o600, temp_prefix=_temp_prefix(target))
 

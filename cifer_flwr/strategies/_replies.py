@@ -17,12 +17,12 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import ArrayRecord, RecordDict
 
-from cifer_flwr import crypto
 from cifer_flwr.constants import (
     REPLY_FAILED_GROUPS,
     REPLY_STATE_DIGEST,
     REPLY_UPDATE_NORM,
 )
+from cifer_flwr.crypto.records import record_ciphertext_views
 from cifer_flwr.exceptions import CiferError
 
 __all__ = [
@@ -204,7 +204,8 @@ def check_reply_info(info: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- digests
 def chunk_digests(record: ArrayRecord) -> list[bytes]:
     """SHA-256 of every ciphertext of an encrypted record (inside its packs), in record order."""
-    return [hashlib.sha256(blob).digest() for blob in crypto.record_ciphertexts(record)]
+    # views into the packs: no copy of the model (docs/design.md §6, memory)
+    return [hashlib.sha256(blob).digest() for blob in record_ciphertext_views(record)]
 
 
 class DigestMemory:

@@ -225,6 +225,22 @@ class _FileGrid:
         return list(stream_replies(self, messages, timeout))  # type: ignore[arg-type]
 
 
+def _children_peak_rss_kb(parent: int) -> int:
+    """Sum of the peak RSS (``VmHWM``) of ``parent``'s live children: its crypto workers."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) != parent:
+                continue
+            for line in (stat.parent / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended meanwhile
+    return total
+
+
 def _serve(workdir: str) -> None:
     """Entry point of the server subprocess: one round of the configured strategy."""
     import resource
@@ -265,6 +281,7 @@ def _serve(workdir: str) -> None:
     initial = ArrayRecord({"weights": Array(np.zeros(num_params, dtype=np.float32))})
     result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=1)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    workers_kb = _children_peak_rss_kb(os.getpid())
     if grid.go is None or not ends:
         raise ConfigError("bench server: the round did not run.")
     arrays = result.arrays
@@ -278,7 +295,8 @@ def _serve(workdir: str) -> None:
         (wd / "global.pb").write_bytes(message_to_proto(msg).SerializeToString())
     report = {
         "server_s": ends[0] - grid.go,
-        "server_peak_rss_mb": peak_kb / 1024.0,
+        "server_peak_rss_mb": (peak_kb + workers_kb) / 1024.0,
+        "server_workers_rss_mb": workers_kb / 1024.0,
         "download_bytes": arrays.count_bytes(),
         "released": len(arrays) > 0,
     }
@@ -415,6 +433,7 @@ def _round_variant(
         "client_decrypt_s": 0.0,
         "server_s": report["server_s"],
         "server_peak_rss_mb": report["server_peak_rss_mb"],
+        "server_workers_rss_mb": report["server_workers_rss_mb"],
     }
     if variant == "plaintext":
         out["client_other_s"] = app_s / clients
@@ -467,7 +486,8 @@ def bench_round(
         ``{"clients", "params", "variants": {name: figures}}`` with per variant:
         ``upload_x`` / ``download_x`` (bytes per client / fp32 bytes), ``client_encrypt_s``
         (mean per client), ``client_decrypt_s`` (one key holder opens the aggregate),
-        ``server_s`` (receive + parse + aggregate), ``server_peak_rss_mb`` and
+        ``server_s`` (receive + parse + aggregate), ``server_peak_rss_mb`` (the server
+        process plus its crypto workers, ``server_workers_rss_mb``) and
         ``max_abs_error`` of the new global model vs Flower's plaintext FedAvg (vs the
         numpy FedAvg oracle when ``plaintext`` is not among ``variants``).
 

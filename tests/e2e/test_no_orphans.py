@@ -2,7 +2,9 @@
 
 The test starts the real console script, waits until the federation is running a round
 (SuperLink + SuperNodes + the ServerApp and ClientApp processes exist), records every
-descendant through /proc, signals `cifer run`, and checks that each is gone within 30 s.
+descendant through /proc, signals `cifer run`, and checks that each is gone within 30 s
+and that none was ever orphaned on the way (handed to init because the supervisor above it
+had already exited: Flower's helpers then only stop when they notice their parent is gone).
 SIGTERM exercises the Ctrl-C teardown; SIGKILL the parent-death-signal supervisors.
 """
 
@@ -33,20 +35,40 @@ ARGS = [
 ]
 
 
-#: How long the tree may take to go: the supervisors' grace (3 s) plus, on a loaded machine,
-#: Flower's own helpers noticing that their parent is gone. A process still alive after this
-#: is an orphan.
+#: How long the tree may take to go on a loaded machine: the supervisors' grace (3 s), then
+#: their SIGKILL. A process still alive after this is an orphan.
 ORPHAN_DEADLINE = 30.0
 
 
-def _survivors(family: list[int], *, within: float) -> list[int]:
-    """The processes of ``family`` still alive once ``within`` seconds have passed."""
+def _parent(pid: int) -> int | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(raw[raw.rfind(")") + 2 :].split()[1])
+
+
+def _survivors(
+    family: list[int], *, within: float, roots: frozenset[int] = frozenset()
+) -> tuple[list[int], dict[int, str]]:
+    """The processes of ``family`` still alive once ``within`` seconds have passed.
+
+    Also returns the orphans seen meanwhile: processes of ``family`` (other than ``roots``,
+    the direct children of the signalled process) whose parent was outside ``family``.
+    """
     deadline = time.monotonic() + within
+    orphans: dict[int, str] = {}
     left = [p for p in family if is_alive(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.5)
+    while left:
+        for pid in left:
+            parent = _parent(pid)
+            if pid not in roots and parent is not None and parent not in family:
+                orphans.setdefault(pid, f"{_names([pid])[0]} (parent {parent})")
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
         left = [p for p in left if is_alive(p)]
-    return left
+    return left, orphans
 
 
 def _names(pids: list[int]) -> list[str]:
@@ -79,10 +101,12 @@ def test_signalled_cifer_run_leaves_no_process(tmp_path, sig):
         roles = " ".join(_names(family))
         assert "flower-superlink" in roles and "flower-superexec" in roles, roles
         assert len(family) >= 6, _names(family)
+        roots = frozenset(p for p in family if _parent(p) == proc.pid)
         proc.send_signal(sig)
         proc.wait(timeout=30)
-        left = _survivors(family, within=ORPHAN_DEADLINE)
+        left, orphans = _survivors(family, within=ORPHAN_DEADLINE, roots=roots)
         assert left == [], _names(left)
+        assert orphans == {}, orphans
         if sig == signal.SIGTERM:  # the Ctrl-C teardown ran and said so
             assert proc.returncode == 128 + signal.SIGTERM
             assert "stopping the federation" in (tmp_path / "out.log").read_text()
@@ -136,10 +160,12 @@ def test_signalled_pytest_session_stops_its_federation(tmp_path, sig):
             raise AssertionError("the inner session never started its federation")
         family = descendants([proc.pid])
         assert len(family) >= 3, _names(family)
+        roots = frozenset(p for p in family if _parent(p) == proc.pid)
         proc.send_signal(sig)
         rest, _ = proc.communicate(timeout=60)
-        left = _survivors(family, within=ORPHAN_DEADLINE)
+        left, orphans = _survivors(family, within=ORPHAN_DEADLINE, roots=roots)
         assert left == [], _names(left)
+        assert orphans == {}, orphans
         if sig == signal.SIGTERM:  # the fixture-style teardown ran, not only the kernel
             assert b"FEDERATION-STOPPED" in rest, rest[-2000:]
     finally:

@@ -102,6 +102,21 @@ def garbage_chunk(reply: Message, ctx: Ctx) -> Message:
     return reply
 
 
+def corrupt_seal_body(reply: Message, ctx: Ctx) -> Message:
+    # the pack and the vector's framing stay valid; 16 bytes inside the SEAL body flip,
+    # so only the SEAL load (in-process or in a crypto worker) can refuse it
+    record = _record(reply)
+    name = _first_chunk(record)
+    blobs = crypto.records.unpack_ciphertexts(
+        record[name].data, max_items=10**6, max_item_bytes=10**9
+    )
+    blob = blobs[0]
+    mid = len(blob) // 2
+    blobs[0] = blob[:mid] + bytes(b ^ 0xFF for b in blob[mid : mid + 16]) + blob[mid + 16 :]
+    _set_data(record, name, crypto.records.pack_ciphertexts(blobs))
+    return reply
+
+
 def vector_13_bytes(reply: Message, ctx: Ctx) -> Message:
     # a TenSEAL CKKSVector message: sizes=[2048] and a scale, but no SEAL ciphertext at all
     scale = float(2**ctx.pub.params.scale_bits)
@@ -242,6 +257,7 @@ class Attack:
 ATTACKS: dict[str, Attack] = {
     "garbage-bytes-in-chunk": Attack(garbage_chunk, "ciphertext", isolate=True),
     "13-byte-vector-message": Attack(vector_13_bytes, "ciphertext", isolate=True),
+    "corrupt-seal-body": Attack(corrupt_seal_body, "ciphertext", isolate=True),
     "missing-chunk": Attack(missing_chunk, "ciphertexts"),
     "extra-chunk": Attack(extra_chunk, ("ciphertexts", "before parsing")),
     "extra-part": Attack(extra_part, ("unexpected ['extra']", "before parsing")),

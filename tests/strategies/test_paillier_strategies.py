@@ -14,6 +14,7 @@ from flwr.serverapp import strategy as flwr_strategy
 from cifer_flwr import crypto, protocol, strategies
 from cifer_flwr.constants import CFG_WEIGHT_DIVISOR, METRIC_CLIPPED, STYPE_CIPHERTEXT
 from cifer_flwr.crypto import paillier as pl
+from cifer_flwr.crypto.records import record_bundle_stream
 from cifer_flwr.exceptions import ConfigError, KeyTypeError
 from tests.strategies.harness import (
     INITIAL,
@@ -95,7 +96,8 @@ def test_paillier_decrypted_models_match_flower_plaintext(name, paillier_files):
     for rnd in range(1, ROUNDS + 1):
         assert result.train_metrics_clientapp[rnd][METRIC_CLIPPED] == 0
     # the saved global decrypts with the private key file to the last model sent
-    final = protocol.decrypt_global_model(crypto.bundle_to_bytes(ours._global_parts), priv)
+    saved = b"".join(record_bundle_stream(ours._global_record()).pieces())
+    final = protocol.decrypt_global_model(saved, priv)
     assert set(final) == set(INITIAL)
 
 

@@ -171,18 +171,34 @@ def spawn(
     return proc.pid
 
 
-def _stat(pid: int) -> tuple[str, int] | None:
-    """``(state, ppid)`` of ``pid`` from ``/proc``, or None when it does not exist."""
+def _stat(pid: int, task: int | None = None) -> tuple[str, int] | None:
+    """``(state, ppid)`` of ``pid`` (or of its thread ``task``) from ``/proc``, or None."""
+    path = f"/proc/{pid}/stat" if task is None else f"/proc/{pid}/task/{task}/stat"
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
+        raw = Path(path).read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     rest = raw[raw.rfind(")") + 2 :].split()
     return rest[0], int(rest[1])
 
 
+def _any_thread_runs(pid: int) -> bool:
+    """Whether a thread of process ``pid`` has not exited yet (from ``/proc/PID/task``)."""
+    try:
+        tasks = [int(t.name) for t in Path(f"/proc/{pid}/task").iterdir()]
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    states = (_stat(pid, task) for task in tasks)
+    return any(s is not None and s[0] not in ("Z", "X") for s in states)
+
+
 def is_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie counts as gone; our own zombies are reaped here)."""
+    """Whether ``pid`` runs (a zombie counts as gone; our own zombies are reaped here).
+
+    A process whose main thread has ended shows ``Z`` while its other threads still run
+    (``exit_group`` under way, or a main thread that called ``pthread_exit``); it counts
+    as running until its last thread is gone (docs/design.md §7).
+    """
     proc = _CHILDREN.get(pid)
     if proc is not None:
         if proc.poll() is not None:
@@ -191,7 +207,7 @@ def is_alive(pid: int) -> bool:
         return True
     stat = _stat(pid)
     if stat is not None:
-        return stat[0] not in ("Z", "X")
+        return stat[0] not in ("Z", "X") or _any_thread_runs(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
