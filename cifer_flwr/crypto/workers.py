@@ -30,7 +30,7 @@ import sys
 import tempfile
 import threading
 import weakref
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -100,8 +100,8 @@ def encode_frame(tag: bytes, parts: Sequence[bytes | memoryview]) -> bytes:
     return b"".join([_HEAD.pack(tag, len(parts)), lengths, *parts])
 
 
-def decode_frame(data: bytes) -> tuple[bytes, list[bytes]]:
-    """Split :func:`encode_frame` output back into its tag and parts.
+def decode_frame(data: bytes | bytearray | memoryview) -> tuple[bytes, list[memoryview]]:
+    """Split :func:`encode_frame` output back into its tag and parts (views into ``data``).
 
     Raises
     ------
@@ -110,21 +110,22 @@ def decode_frame(data: bytes) -> tuple[bytes, list[bytes]]:
 
     """
     pos = 0
+    view = memoryview(data)
 
-    def take(n: int) -> bytes:
+    def take(n: int) -> memoryview:
         nonlocal pos
-        if pos + n > len(data):
-            raise WorkerError(f"truncated worker frame ({len(data)} bytes).")
+        if pos + n > len(view):
+            raise WorkerError(f"truncated worker frame ({len(view)} bytes).")
         pos += n
-        return data[pos - n : pos]
+        return view[pos - n : pos]
 
     tag, parts = _parse_frame(take)
-    if pos != len(data):
-        raise WorkerError(f"{len(data) - pos} bytes after a worker frame.")
+    if pos != len(view):
+        raise WorkerError(f"{len(view) - pos} bytes after a worker frame.")
     return tag, parts
 
 
-def _parse_frame(take: Any) -> tuple[bytes, list[bytes]]:
+def _parse_frame(take: Any) -> tuple[bytes, list[memoryview]]:
     tag, count = _HEAD.unpack(take(_HEAD.size))
     if count > MAX_PARTS:
         raise WorkerError(f"a worker frame of {count} parts (at most {MAX_PARTS}).")
@@ -147,28 +148,60 @@ def _read_exact(stream: IO[bytes], size: int) -> bytes | None:
     return data
 
 
-def _put(fd: int, tag: bytes, parts: Sequence[bytes | memoryview]) -> bytes:
-    """Write a frame into the shared buffer ``fd``; return the notice for the pipe."""
-    frame = encode_frame(tag, parts)
-    done = 0
-    while done < len(frame):
-        done += os.pwrite(fd, memoryview(frame)[done:], done)
-    return _LEN.pack(len(frame))
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view, done = memoryview(data), 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
 
 
-def _get(fd: int, notice: bytes) -> tuple[bytes, list[bytes]]:
-    """Read the frame a pipe ``notice`` announced from the shared buffer ``fd``."""
+def _put(
+    fd: int, tag: bytes, parts: Iterable[bytes | memoryview], count: int | None = None
+) -> bytes:
+    """Write the frame of :func:`encode_frame` into the shared buffer ``fd``, part by part.
+
+    No joined copy of the frame is made; ``parts`` may be a generator when ``count`` says
+    how many it yields (one part is then held at a time). Returns the pipe's notice.
+    """
+    if count is None:
+        parts = list(parts)
+        count = len(parts)
+    head = _HEAD.size + _LEN.size * count
+    lengths: list[int] = []
+    offset = head
+    for part in parts:
+        _pwrite_all(fd, part, offset)
+        offset += len(part)
+        lengths.append(len(part))
+    if len(lengths) != count:
+        raise WorkerError(f"a frame announced {count} parts and got {len(lengths)}.")
+    _pwrite_all(fd, _HEAD.pack(tag, count) + b"".join(_LEN.pack(n) for n in lengths), 0)
+    return _LEN.pack(offset)
+
+
+def _get(fd: int, notice: bytes) -> tuple[bytes, list[memoryview]]:
+    """Read the frame a pipe ``notice`` announced from the shared buffer ``fd``.
+
+    One buffer, read in place; the parts are views into it (no copy per part).
+    """
     (size,) = _LEN.unpack(notice)
     if size > MAX_PART_BYTES:
         raise WorkerError(f"a worker frame of {size} bytes (at most {MAX_PART_BYTES}).")
-    chunks, done = [], 0
+    buf = bytearray(size)
+    view, done = memoryview(buf), 0
     while done < size:
-        chunk = os.pread(fd, size - done, done)
-        if not chunk:
+        got = os.preadv(fd, [view[done:]], done)
+        if got <= 0:
             raise WorkerError(f"a worker frame of {size} bytes ends after {done}.")
-        chunks.append(chunk)
-        done += len(chunk)
-    return decode_frame(b"".join(chunks))
+        done += got
+    return decode_frame(view)
+
+
+def _text(part: bytes | memoryview) -> str:
+    return bytes(part).decode("utf-8", "replace")
+
+
+def _int(part: bytes | memoryview) -> int:
+    return int(bytes(part))
 
 
 def _shared_buffer() -> int:
@@ -219,12 +252,12 @@ class _Worker:
         self.sums: dict[int, list[Any]] = {}
         self.pending: tuple[int, list[Any]] | None = None
 
-    def _load(self, blob: bytes, what: str) -> Any:
+    def _load(self, blob: bytes | memoryview, what: str) -> Any:
         from cifer_flwr.crypto.validation import load_chunk
 
         return load_chunk(blob, self.key, what=what)
 
-    def encrypt(self, parts: list[bytes]) -> list[bytes]:
+    def encrypt(self, parts: list[memoryview]) -> list[bytes]:
         from cifer_flwr.crypto._seal import seeded_bfv_vectors, seeded_vectors
 
         params = self.key.params
@@ -241,8 +274,8 @@ class _Worker:
         make = ts.bfv_vector if params.is_bfv else ts.ckks_vector
         return [make(ctx, c.tolist()).serialize() for c in chunks]
 
-    def decrypt(self, parts: list[bytes]) -> list[bytes]:
-        what, first, total = parts[0].decode(), int(parts[1]), int(parts[2])
+    def decrypt(self, parts: list[memoryview]) -> list[bytes]:
+        what, first, total = _text(parts[0]), _int(parts[1]), _int(parts[2])
         self.key.require_private("decrypt")
         dtype = np.int64 if self.key.params.is_bfv else np.float64
         out = []
@@ -251,10 +284,10 @@ class _Worker:
             out.append(np.asarray(vec.decrypt(), dtype=dtype).tobytes())
         return [b"".join(out)]
 
-    def stage(self, parts: list[bytes]) -> list[bytes]:
-        if parts[0] == b"1":  # the owner's commit of the previous reply rides along
+    def stage(self, parts: list[memoryview]) -> list[bytes]:
+        if bytes(parts[0]) == b"1":  # the owner's commit of the previous reply rides along
             self.commit()
-        group, what, first, total = int(parts[1]), parts[2].decode(), int(parts[3]), int(parts[4])
+        group, what, first, total = _int(parts[1]), _text(parts[2]), _int(parts[3]), _int(parts[4])
         self.pending = None
         vecs = [
             self._load(blob, f"{what}, ciphertext {first + i} of {total}")
@@ -289,18 +322,20 @@ class _Worker:
         self.pending = None
         return []
 
-    def total(self, parts: list[bytes]) -> list[bytes]:
-        vecs = self.sums.get(int(parts[0]))
+    def total(self, parts: list[memoryview]) -> tuple[Iterator[bytes], int]:
+        vecs = self.sums.get(_int(parts[0]))
         if vecs is None:
-            raise WorkerError(f"no running sum for group {int(parts[0])}.")
-        return [v.serialize() for v in vecs]
+            raise WorkerError(f"no running sum for group {_int(parts[0])}.")
+        return (v.serialize() for v in vecs), len(vecs)  # serialized one at a time
 
     def reset(self) -> list[bytes]:
         self.sums.clear()
         self.pending = None
         return []
 
-    def handle(self, tag: bytes, parts: list[bytes]) -> list[bytes]:
+    def handle(
+        self, tag: bytes, parts: list[memoryview]
+    ) -> list[bytes] | tuple[Iterator[bytes], int]:
         if tag == _ENCRYPT:
             return self.encrypt(parts)
         if tag == _DECRYPT:
@@ -338,20 +373,25 @@ def serve(buffer_fd: int) -> None:
             tag, parts = _get(buffer_fd, notice)
         except (WorkerError, OSError):
             return
+        result: list[bytes] | tuple[Iterator[bytes], int]
         try:
             if tag == _KEY:
-                worker = _Worker(parts[0])
-                status, result = _OK, []
+                worker = _Worker(bytes(parts[0]))
+                result = []
             elif worker is None:
                 raise WorkerError("a crypto worker got work before its key.")
             else:
-                status, result = _OK, worker.handle(tag, parts)
+                result = worker.handle(tag, parts)
+            del parts
+            if isinstance(result, tuple):
+                notice = _put(buffer_fd, _OK, result[0], result[1])
+            else:
+                notice = _put(buffer_fd, _OK, result)
         except Exception as exc:  # reported to the owner, who raises it
             message = str(exc)[:2000].encode("utf-8", "replace")
-            status, result = _ERR, [type(exc).__name__.encode(), message]
-        del parts
+            notice = _put(buffer_fd, _ERR, [type(exc).__name__.encode(), message])
         try:
-            out.write(_put(buffer_fd, status, result))
+            out.write(notice)
             out.flush()
         except (BrokenPipeError, OSError):
             return
@@ -472,7 +512,7 @@ class CryptoWorkers:
         except (BrokenPipeError, OSError) as exc:
             raise self._fail(f"crypto worker {index} is gone ({exc}).") from exc
 
-    def _receive(self, index: int) -> tuple[bytes, list[bytes]]:
+    def _receive(self, index: int) -> tuple[bytes, list[memoryview]]:
         stdout = self._procs[index].stdout
         assert stdout is not None
         try:
@@ -488,7 +528,7 @@ class CryptoWorkers:
 
     def _exchange(
         self, requests: dict[int, tuple[bytes, Sequence[bytes | memoryview]]]
-    ) -> dict[int, list[bytes]]:
+    ) -> dict[int, list[memoryview]]:
         """Send one request to each named worker, then collect every reply (:meth:`_collect`)."""
         self._post(requests)
         replies, error = self._collect(list(requests))
@@ -509,27 +549,29 @@ class CryptoWorkers:
         for index, (tag, parts) in requests.items():
             self._send(index, tag, parts)
 
-    def _collect(self, indices: Sequence[int]) -> tuple[dict[int, list[bytes]], CiferError | None]:
+    def _collect(
+        self, indices: Sequence[int]
+    ) -> tuple[dict[int, list[memoryview]], CiferError | None]:
         """Read the reply of every worker in ``indices``; the error of the lowest index.
 
         Every reply is read even after an error, so the protocol stays in step.
         """
-        replies: dict[int, list[bytes]] = {}
+        replies: dict[int, list[memoryview]] = {}
         error: CiferError | None = None
         for index in indices:
             status, parts = self._receive(index)
             if status == _OK:
                 replies[index] = parts
             elif error is None:
-                name = parts[0].decode(errors="replace") if parts else "?"
-                text = parts[1].decode(errors="replace") if len(parts) > 1 else ""
+                name = _text(parts[0]) if parts else "?"
+                text = _text(parts[1]) if len(parts) > 1 else ""
                 cls = _ERRORS.get(name)
                 error = cls(text) if cls is not None else WorkerError(f"{name}: {text}")
         return replies, error
 
     def _map(
         self, tag: bytes, batches: Sequence[Sequence[bytes | memoryview]]
-    ) -> Iterator[list[bytes]]:
+    ) -> Iterator[list[memoryview]]:
         """Run one request per batch over the workers (one in flight each), in order."""
         with self._lock:
             self._settle()
@@ -556,7 +598,7 @@ class CryptoWorkers:
                     f"chunks of {block.shape[1]} values; the workers encrypt {params.slots}."
                 )
             batches.append([block.tobytes()])
-        return [blob for reply in self._map(_ENCRYPT, batches) for blob in reply]
+        return [bytes(blob) for reply in self._map(_ENCRYPT, batches) for blob in reply]
 
     def decrypt(self, blobs: Sequence[bytes], *, what: str) -> list[npt.NDArray[Any]]:
         """Validate and decrypt foreign ciphertexts in the workers.
@@ -692,7 +734,7 @@ class CryptoWorkers:
             gid, count = self._groups[group]
             ranges = chunk_ranges(count, self.processes)
             replies = self._exchange({i: (_TOTAL, [str(gid).encode()]) for i in range(len(ranges))})
-            return [blob for i in range(len(ranges)) for blob in replies[i]]
+            return [bytes(blob) for i in range(len(ranges)) for blob in replies[i]]
 
     def reset(self) -> None:
         """Forget every running sum and what is staged (start of a round)."""
