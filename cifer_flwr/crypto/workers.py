@@ -424,7 +424,8 @@ class CryptoWorkers:
     ----------
     key : Key
         The key (public for the server's sums, private for a key holder's encryption and
-        decryption). It travels to the workers as key-file bytes through a pipe.
+        decryption). It travels to the workers as key-file bytes through their shared
+        in-memory buffers, which are emptied once the workers loaded it.
     processes : int, optional
         Number of workers (default :func:`default_processes`; at least 1).
 
@@ -544,6 +545,8 @@ class CryptoWorkers:
         if self._starting:
             starting, self._starting = self._starting, []
             _, error = self._collect(starting)
+            for fd in self._buffers:  # the key's bytes leave the shared buffers
+                os.ftruncate(fd, 0)
             if error is not None:
                 raise self._fail(f"a crypto worker could not load the key: {error}")
         for index, (tag, parts) in requests.items():

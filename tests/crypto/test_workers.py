@@ -237,3 +237,14 @@ def test_a_deferred_part_is_validated_before_any_use_in_process(keys) -> None:
         crypto.aggregate([bad, bad])
     good = ckks.from_header_and_chunks(enc.header(), [blob], key, defer=True)
     assert np.abs(crypto.decrypt(good, key)["w"]).max() < 1e-6
+
+
+def test_the_secret_key_does_not_stay_in_the_shared_buffers(keys) -> None:
+    key = keys["default"]
+    secret = key._private_bytes
+    assert secret is not None
+    with crypto.CryptoWorkers(key, 2) as pool:
+        pool.reset()  # the first request collects the workers' start-up
+        for fd in pool._buffers:
+            left = os.pread(fd, os.fstat(fd).st_size, 0)
+            assert secret[-256:] not in left and len(left) < 1024
