@@ -94,10 +94,14 @@ def encode_frame(tag: bytes, parts: Sequence[bytes | memoryview]) -> bytes:
 
     Inverse: :func:`decode_frame`.
     """
+    return b"".join([_frame_head(tag, [len(p) for p in parts]), *parts])
+
+
+def _frame_head(tag: bytes, lengths: Sequence[int]) -> bytes:
+    """The tag, the number of parts and their lengths: what precedes the parts."""
     if len(tag) != 1:
         raise ConfigError(f"a frame tag is one byte, got {tag!r}.")
-    lengths = b"".join(_LEN.pack(len(p)) for p in parts)
-    return b"".join([_HEAD.pack(tag, len(parts)), lengths, *parts])
+    return _HEAD.pack(tag, len(lengths)) + b"".join(_LEN.pack(n) for n in lengths)
 
 
 def decode_frame(data: bytes | bytearray | memoryview) -> tuple[bytes, list[memoryview]]:
@@ -174,7 +178,7 @@ def _put(
         lengths.append(len(part))
     if len(lengths) != count:
         raise WorkerError(f"a frame announced {count} parts and got {len(lengths)}.")
-    _pwrite_all(fd, _HEAD.pack(tag, count) + b"".join(_LEN.pack(n) for n in lengths), 0)
+    _pwrite_all(fd, _frame_head(tag, lengths), 0)
     return _LEN.pack(offset)
 
 

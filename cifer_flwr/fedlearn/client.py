@@ -59,11 +59,7 @@ class CiferClient:
         **options: Any,
     ) -> None:
         if config_path is not None:
-            from cifer_flwr.fedlearn.config import read_json_config
-
-            path = Path(config_path).expanduser().resolve()
-            data = {**read_json_config(path), **options}
-            self.config = ClientConfig.from_mapping(data, base=path.parent, what=str(path))
+            self.config = ClientConfig.from_file(config_path, overrides=options)
         else:
             self.config = ClientConfig.from_mapping(options, what="CiferClient")
         default = DEFAULT_DIR / (

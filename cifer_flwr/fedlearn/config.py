@@ -98,6 +98,14 @@ def read_json_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def _file_data(
+    path: str | os.PathLike[str], overrides: Mapping[str, Any] | None
+) -> tuple[dict[str, Any], Path, str]:
+    """A config file's keys with ``overrides`` on top, its directory and its name."""
+    p = Path(path).expanduser().resolve()
+    return {**read_json_config(p), **(overrides or {})}, p.parent, str(p)
+
+
 def _checked(
     data: Mapping[str, Any], schema: Mapping[str, tuple[tuple[type, ...], str]], what: str
 ) -> dict[str, Any]:
@@ -263,10 +271,15 @@ class ClientConfig:
         )
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> ClientConfig:
-        """Read and validate a JSON client config (relative paths: next to the file)."""
-        p = Path(path).expanduser().resolve()
-        return cls.from_mapping(read_json_config(p), base=p.parent, what=str(p))
+    def from_file(
+        cls, path: str | os.PathLike[str], *, overrides: Mapping[str, Any] | None = None
+    ) -> ClientConfig:
+        """Read and validate a JSON client config (relative paths: next to the file).
+
+        ``overrides`` replace the file's values of the same keys.
+        """
+        data, base, what = _file_data(path, overrides)
+        return cls.from_mapping(data, base=base, what=what)
 
 
 @dataclass(frozen=True)
@@ -338,7 +351,12 @@ class ServerConfig:
         )
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> ServerConfig:
-        """Read and validate a JSON server config (relative paths: next to the file)."""
-        p = Path(path).expanduser().resolve()
-        return cls.from_mapping(read_json_config(p), base=p.parent, what=str(p))
+    def from_file(
+        cls, path: str | os.PathLike[str], *, overrides: Mapping[str, Any] | None = None
+    ) -> ServerConfig:
+        """Read and validate a JSON server config (relative paths: next to the file).
+
+        ``overrides`` replace the file's values of the same keys.
+        """
+        data, base, what = _file_data(path, overrides)
+        return cls.from_mapping(data, base=base, what=what)

@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Any
 
 from cifer_flwr.exceptions import CiferError, ConfigError
-from cifer_flwr.fedlearn.config import ServerConfig, read_json_config
+from cifer_flwr.fedlearn.config import ServerConfig
 from cifer_flwr.fedlearn.strategy import Strategy
 from cifer_flwr.tooling.federation.certs import TlsFiles
 from cifer_flwr.tooling.federation.local import Federation, up
@@ -88,9 +88,7 @@ class Server:
         **options: Any,
     ) -> None:
         if config_path is not None:
-            path = Path(config_path).expanduser().resolve()
-            data = {**read_json_config(path), **options}
-            self.config = ServerConfig.from_mapping(data, base=path.parent, what=str(path))
+            self.config = ServerConfig.from_file(config_path, overrides=options)
         else:
             self.config = ServerConfig.from_mapping(options, what="Server")
         self.directory = Path(directory or DEFAULT_SERVER_DIR).resolve()
