@@ -34,7 +34,6 @@ EXTRAS: dict[str, str] = {
     "matplotlib": "plot",
     "ray": "simulation",
     "phe": "paillier",
-    "cupy": "gpu",
 }
 
 

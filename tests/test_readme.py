@@ -63,7 +63,6 @@ DIST_MODULES = {
     "scikit-learn": {"sklearn"},
     "phe": {"phe"},
     "gmpy2": {"gmpy2"},
-    "cupy-cuda12x": {"cupy"},
     "flwr[simulation]": {"ray"},
     "matplotlib": {"matplotlib"},
     "pytest": {"pytest"},
