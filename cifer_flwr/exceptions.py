@@ -21,6 +21,7 @@ __all__ = [
     "NotLinearModelError",
     "NonFiniteError",
     "OutputPathError",
+    "RunFailedError",
     "UnknownPresetError",
     "UnsupportedOperationError",
     "ValueRangeError",
@@ -75,6 +76,10 @@ class UnknownPresetError(CiferError, ValueError):
 
 class UnsupportedOperationError(CiferError):
     """An operation the chosen scheme, parameters or setting cannot perform."""
+
+
+class RunFailedError(CiferError):
+    """A federated run ended without releasing an aggregate (no round, or its last rounds)."""
 
 
 class WorkerError(CiferError):

@@ -41,8 +41,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore.run import Run
 
+from cifer_flwr.constants import METRIC_VALID_REPLIES
 from cifer_flwr.crypto.container import write_file_atomic
-from cifer_flwr.exceptions import ConfigError
+from cifer_flwr.exceptions import ConfigError, RunFailedError
 from cifer_flwr.experiments.config import (
     STRATEGIES,
     STRATEGY_CONFIGS,
@@ -54,6 +55,7 @@ from cifer_flwr.experiments.results import (
     ROUND_KEYS,
     ResultsWriter,
     round_row,
+    run_failure,
     write_json_atomic,
 )
 from cifer_flwr.experiments.strategy_builder import (
@@ -390,11 +392,15 @@ def round_rows(
     num_rounds: int,
     *,
     only: Iterable[int] | None = None,
+    released: Mapping[int, tuple[bool, int | None]] | None = None,
 ) -> list[dict[str, Any]]:
     """Per-round rows of the results file from a metered grid and Flower's result.
 
-    ``only`` restricts the rows to these rounds (default: 1 to ``num_rounds``).
+    ``only`` restricts the rows to these rounds (default: 1 to ``num_rounds``);
+    ``released`` maps a round to (whether ``aggregate_train`` returned a model, the number
+    of replies it aggregated or ``None`` when the strategy does not say).
     """
+    released = released or {}
     round_stats = getattr(strategy, "round_stats", {})
     excluded = getattr(strategy, "excluded", {})
     events = getattr(strategy, "integrity_events", [])
@@ -424,6 +430,8 @@ def round_rows(
             "client-decrypt-s": dec_s,
             "client-crypto-s": None if enc_s is None else enc_s + (dec_s or 0.0),
             "train-replies": g.get("train-replies"),
+            "accepted": released.get(r, (None, None))[1],
+            "released": released.get(r, (None, None))[0],
             "errors": g.get("errors", []),
             "excluded": [{"node": n, "reason": why} for n, why in excluded.get(r, [])],
             # SecureFed: refused releases, failing groups, suspects, excluded nodes (§4.4.3)
@@ -499,12 +507,19 @@ class RoundRecorder:
         self.on_round = on_round
         self.result = Result()
         self.completed: list[int] = []
+        #: round -> (an aggregate was released, replies aggregated or None), for run_failure
+        self.released: dict[int, tuple[bool, int | None]] = {}
         train, evaluate = strategy.aggregate_train, strategy.aggregate_evaluate
 
         def aggregate_train(server_round: int, replies: Iterable[Message]) -> Any:
             arrays, metrics = train(server_round, replies)
             if metrics is not None:
                 self.result.train_metrics_clientapp[server_round] = metrics
+            valid = None if metrics is None else metrics.get(METRIC_VALID_REPLIES)
+            self.released[server_round] = (
+                arrays is not None,
+                int(valid) if isinstance(valid, int | float) else None,
+            )
             return arrays, metrics
 
         def aggregate_evaluate(server_round: int, replies: Iterable[Message]) -> Any:
@@ -536,11 +551,19 @@ class RoundRecorder:
         if final is None:
             kept = [self.restored[r] for r in sorted(self.restored) if r < first]
             fresh = round_rows(
-                self.grid, self.result, self.strategy, self.num_rounds, only=self.completed
+                self.grid,
+                self.result,
+                self.strategy,
+                self.num_rounds,
+                only=self.completed,
+                released=self.released,
             )
             return kept + fresh
         rows = []
-        for row in round_rows(self.grid, final, self.strategy, self.num_rounds):
+        rows_final = round_rows(
+            self.grid, final, self.strategy, self.num_rounds, released=self.released
+        )
+        for row in rows_final:
             r = row["round"]
             rows.append(self.restored[r] if r < first and r in self.restored else row)
         return rows
@@ -599,7 +622,13 @@ def run_metered(
     except BaseException as exc:
         writer.fail(exc, recorder.rows(), resumed_after=recorder.resumed_after)
         raise
-    return result, recorder.rows(result), recorder.resumed_after
+    rows = recorder.rows(result)
+    cause = run_failure(rows, num_rounds)
+    if cause is not None:  # a run that aggregated nothing is a failure, not "ok" (issue 22)
+        failure = RunFailedError(cause)
+        writer.fail(failure, rows, resumed_after=recorder.resumed_after)
+        raise failure
+    return result, rows, recorder.resumed_after
 
 
 def run_strategy(

@@ -30,6 +30,7 @@ __all__ = [
     "ResultsWriter",
     "format_round",
     "round_row",
+    "run_failure",
     "write_json_atomic",
     "write_results",
 ]
@@ -81,6 +82,8 @@ ROUND_DEFAULTS: Final[Mapping[str, Any]] = {
     "client-decrypt-s": None,
     "client-crypto-s": None,
     "train-replies": None,
+    "accepted": None,
+    "released": None,
     "errors": [],
     "excluded": [],
     "integrity-events": [],
@@ -158,12 +161,107 @@ def _num(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def format_round(row: Mapping[str, Any], num_rounds: int) -> str:
-    """The progress line of one round: round, accuracy, loss, bytes and seconds."""
+#: A run whose last this-many rounds (all of them, when fewer) released nothing failed.
+FAILED_TAIL: Final = 2
+
+
+def _rounds_text(numbers: list[int]) -> str:
+    if len(numbers) == 1:
+        return f"round {numbers[0]}"
+    return f"rounds {numbers[0]}-{numbers[-1]}"
+
+
+def _failure_cause(failed: list[Mapping[str, Any]]) -> str:
+    """Why the ``failed`` rounds released nothing, from their client errors and exclusions."""
+    errors = [e for r in failed for e in (r.get("errors") or []) if e.get("phase") == "train"]
+    excluded = [e for r in failed for e in (r.get("excluded") or [])]
+    replies = sum(int(r.get("train-replies") or 0) for r in failed)
+    if errors and len(errors) >= replies:
+        first = errors[0]
+        reason = str(first.get("reason", "")).rstrip(". ")
+        who = (
+            "every client refused the server's key"
+            if "key mismatch" in reason.lower() or "fingerprint" in reason.lower()
+            else "every client replied with an error"
+        )
+        return (
+            f"{who} (node {first.get('node')}: {reason}); check that the ServerApp's "
+            "public-key and the SuperNodes' private-key are one key pair "
+            "(`cifer keys inspect FILE` prints a key's fingerprint)"
+        )
+    if excluded:
+        first = excluded[0]
+        return (
+            f"the server excluded {len(excluded)} replies (node {first.get('node')}: "
+            f"{str(first.get('reason')).rstrip('. ')}) and {len(errors)} clients replied "
+            "with an error; the results' 'excluded' and 'errors' of each round say why"
+        )
+    if replies == 0:
+        return (
+            "no client replied in time; check that the SuperNodes are up and connected "
+            "(`cifer federation status`) and raise the round timeout if they are slow"
+        )
+    accepted = sum(int(r.get("accepted") or 0) for r in failed)
     return (
-        f"[cifer] round {row['round']}/{num_rounds}: accuracy {_num(row.get('accuracy'), '.4f')}, "
-        f"loss {_num(row.get('loss'), '.4f')}, sent {_mb(row.get('bytes-sent'))}, "
-        f"received {_mb(row.get('bytes-received'))}, {_num(row.get('round-s'), '.2f')} s"
+        f"{accepted} valid updates in {len(failed)} rounds, fewer than the strategy's "
+        "minimum per round; lower min_replies / min_cohort or add clients"
+    )
+
+
+def run_failure(rows: Iterable[Mapping[str, Any]], num_rounds: int) -> str | None:
+    """Why a finished run failed, or ``None`` when it released an aggregate as it should.
+
+    A run failed when none of its rounds released an aggregate, or when its last
+    :data:`FAILED_TAIL` rounds released nothing (the final model is then an older one).
+    Rows without ``released`` (plaintext Flower strategies, p2p, older files) are not judged.
+    The text names the rounds and the cause (e.g. every client refused the key).
+    """
+    judged = [r for r in rows if r.get("released") is not None]
+    if not judged:
+        return None
+    failed = [r for r in judged if not r["released"]]
+    if len(failed) == len(judged):
+        return (
+            f"no round released an aggregate ({len(failed)} of {len(judged)} rounds released "
+            f"nothing; expected at least one aggregate): {_failure_cause(failed)}."
+        )
+    tail: list[Mapping[str, Any]] = []
+    for row in reversed(judged):
+        if row["released"]:
+            break
+        tail.insert(0, row)
+    if len(tail) >= min(FAILED_TAIL, num_rounds) and tail:
+        numbers = [int(r["round"]) for r in tail]
+        last_ok = numbers[0] - 1
+        return (
+            f"{_rounds_text(numbers)} released nothing (the last {len(tail)} of {num_rounds}; "
+            f"expected an aggregate every round), so the final model is the one of round "
+            f"{last_ok}: {_failure_cause(tail)}."
+        )
+    return None
+
+
+def format_round(row: Mapping[str, Any], num_rounds: int) -> str:
+    """The progress line of one round: replies, accuracy, loss, bytes and seconds.
+
+    ``replies 3 accepted, 1 excluded`` counts the train replies the strategy aggregated
+    and those it refused or that were errors (``replies 3`` when the strategy does not say
+    which it aggregated: Flower's plaintext ones, p2p); ``released nothing`` marks a round
+    whose aggregate was withheld.
+    """
+    accepted, received = row.get("accepted"), row.get("train-replies")
+    if accepted is not None:
+        refused = max(0, int(received or 0) - int(accepted))
+        replies = f"replies {accepted} accepted, {refused} excluded"
+    else:
+        replies = f"replies {_num(row.get('train-replies'), 'd')}"
+    if row.get("released") is False:
+        replies += ", released nothing"
+    return (
+        f"[cifer] round {row['round']}/{num_rounds}: {replies}, "
+        f"accuracy {_num(row.get('accuracy'), '.4f')}, loss {_num(row.get('loss'), '.4f')}, "
+        f"sent {_mb(row.get('bytes-sent'))}, received {_mb(row.get('bytes-received'))}, "
+        f"{_num(row.get('round-s'), '.2f')} s"
     )
 
 

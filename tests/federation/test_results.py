@@ -123,7 +123,10 @@ def test_examples_and_generic_app_write_one_schema_and_log_each_round(tmp_path, 
     # one line per round, on Flower's logger (what `flwr log RUN_ID` shows)
     for lines, doc in ((example_lines, example), (generic_lines, generic)):
         assert lines == [format_round(r, ROUNDS) for r in doc["rounds"]]
-    assert generic_lines[0].startswith(f"[cifer] round 1/{ROUNDS}: accuracy 0.")
+    assert generic_lines[0].startswith(
+        f"[cifer] round 1/{ROUNDS}: replies 3 accepted, 0 excluded, accuracy 0."
+    )
+    assert all(r["released"] is True and r["accepted"] == 3 for r in generic["rounds"])
     assert " MB, " in generic_lines[0] and generic_lines[0].endswith(" s")
 
 
@@ -199,3 +202,56 @@ def test_decrypt_global_model_applies_the_deferred_step(tmp_path, key, key_files
         assert not np.allclose(got[name], INITIAL[name], atol=1e-3)  # it trained
     with pytest.raises(KeyMismatchError):
         protocol.decrypt_global_model(save, other_key)
+
+
+# ------------------------------------------------------------------ failures are failures
+def _foreign_key_run(tmp_path, key_files, other_key, *, generic: bool) -> tuple[dict, Exception]:
+    """Every node holds another key pair's private key than the server's public key."""
+    foreign, _ = crypto.write_key_pair(other_key, tmp_path / "foreign")
+    _, pub = key_files
+    with pytest.raises(CiferError) as info:
+        if generic:
+            _generic_run(
+                tmp_path,
+                (foreign, pub),
+                f"task=digits-sklearn strategy=fedavg num_rounds={ROUNDS} federation.nodes=3",
+            )
+        else:
+            _example_run(tmp_path, (foreign, pub), encrypted=True)
+    name = "generic.json" if generic else "example-True.json"
+    return json.loads((tmp_path / name).read_text()), info.value
+
+
+@pytest.mark.parametrize("generic", [False, True], ids=["example", "generic-app"])
+def test_a_run_that_released_nothing_is_an_error_naming_the_cause(
+    tmp_path, key_files, other_key, generic
+):
+    doc, exc = _foreign_key_run(tmp_path, key_files, other_key, generic=generic)
+    assert doc["status"] == "error"
+    assert [r["released"] for r in doc["rounds"]] == [False] * ROUNDS
+    assert all(r["accepted"] == 0 for r in doc["rounds"])
+    for text in (doc["error"], str(exc)):
+        assert "no round released an aggregate" in text
+        assert "every client refused" in text and "key" in text.lower()
+    assert f"{ROUNDS} of {ROUNDS} rounds" in doc["error"]
+
+
+def test_a_run_whose_last_rounds_released_nothing_is_an_error():
+    from cifer_flwr.experiments.results import run_failure
+
+    ok = {"released": True, "train-replies": 3, "accepted": 3, "errors": [], "excluded": []}
+    bad = {
+        "released": False,
+        "train-replies": 3,
+        "accepted": 1,
+        "errors": [],
+        "excluded": [{"node": 2, "reason": "stale round"}, {"node": 3, "reason": "stale round"}],
+    }
+    rows = [round_row({"round": r, **(ok if r <= 2 else bad)}) for r in range(1, 5)]
+    cause = run_failure(rows, 4)
+    assert cause is not None and "rounds 3-4 released nothing" in cause
+    assert "stale round" in cause
+    assert run_failure(rows[:3], 3) is None  # one failed round at the end is a warning only
+    assert run_failure([round_row({"round": 1, **ok})], 1) is None
+    # plaintext / p2p rows (no 'released'): no verdict
+    assert run_failure([round_row({"round": 1})], 1) is None
