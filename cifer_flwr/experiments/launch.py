@@ -4,11 +4,21 @@ Each experiment writes into Hydra's output directory: ``config.yaml`` (the resol
 validated config; Hydra's own copy is in ``.hydra/``), ``metrics.json`` (per round: accuracy,
 loss, bytes, encryption and aggregation seconds), ``metrics.png`` and, for encrypted
 centralized runs, ``final_model.enc``. Key pairs go to ``keys/`` (private key 0600).
+
+An output directory belongs to one run: it is claimed with an exclusive lock
+(:func:`claim_output_dir`, ``flock`` on ``.cifer-run.lock``) before anything is written into
+it, even before Hydra writes ``.hydra/``, and held for the run's life. A second run into a
+claimed directory stops at once and touches nothing; a new run (without ``resume=true``)
+into a directory that already holds a run's key pair or checkpoint is refused too, because
+regenerating ``keys/`` would make that run's ``final_model.enc`` and checkpoint undecryptable
+(docs/design.md §7).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
+import fcntl
 import itertools
 import json
 import logging
@@ -22,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from cifer_flwr import crypto
-from cifer_flwr.exceptions import CiferError, ConfigError
+from cifer_flwr.exceptions import CiferError, ConfigError, OutputPathError
 from cifer_flwr.experiments.config import (
     CONF_DIR,
     ExperimentConfig,
@@ -37,8 +47,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APP_DIR",
+    "LOCK_FILE",
     "RESULTS_FILE",
     "check_deployable",
+    "claim_output_dir",
     "expand_sweep",
     "hydra_entry",
     "run_experiment",
@@ -157,6 +169,97 @@ def _federation(
 
 #: Results file of a run inside its output directory; the checkpoint sits next to it.
 RESULTS_FILE = "results.json"
+#: The lock file that claims an output directory for one run (:func:`claim_output_dir`).
+LOCK_FILE = ".cifer-run.lock"
+
+#: Output directories this process holds (resolved path -> lock descriptor): a run's own
+#: nested claims (hydra_entry, then run_experiment on the same directory) do not conflict.
+_CLAIMED: dict[Path, int] = {}
+
+
+@contextlib.contextmanager
+def claim_output_dir(directory: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive lock on ``directory`` for one run, before anything is written in it.
+
+    The directory is created if needed and ``LOCK_FILE`` opened inside it (never through a
+    symlink, close-on-exec so the federation's processes do not inherit it) and locked with
+    ``flock(LOCK_EX | LOCK_NB)``; the lock holds the run's PID and goes with the process
+    (the kernel releases it even after ``SIGKILL``, so a killed run can be resumed). Nested
+    claims of the same directory by the same process are free.
+
+    Raises
+    ------
+    OutputPathError
+        Another run holds the directory; names its PID. Nothing was written.
+
+    """
+    path = Path(directory).resolve()
+    if path in _CLAIMED:
+        yield path
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / LOCK_FILE
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise OutputPathError(
+            f"cannot open the run lock {lock} ({exc.strerror}); expected a regular file cifer "
+            "can create; choose another output directory (hydra.run.dir=...)."
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise OutputPathError(
+            f"output directory {path} is in use by another cifer run (PID {holder}, holding "
+            f"{LOCK_FILE}); expected a directory no run is using. Nothing was written: wait "
+            "for that run to finish, or choose another output directory (hydra.run.dir=...)."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _CLAIMED[path] = fd
+    try:
+        yield path
+    finally:
+        del _CLAIMED[path]
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)
+
+
+def _check_fresh(exp: ExperimentConfig, out_dir: Path) -> None:
+    """Refuse a new run (no ``resume``) into a directory that holds a run's key pair.
+
+    Regenerating ``keys/`` there would orphan that run's ``final_model.enc`` and checkpoint
+    (encrypted under the old key).
+
+    Raises
+    ------
+    OutputPathError
+        ``out_dir`` holds a key pair or a checkpoint and ``resume`` is false.
+
+    """
+    from cifer_flwr.experiments.apps import CHECKPOINT_SUFFIX
+
+    if exp.resume:
+        return
+    found = [
+        p
+        for p in (
+            out_dir / "keys" / crypto.PRIVATE_KEY_FILE,
+            out_dir / "keys" / crypto.PUBLIC_KEY_FILE,
+            (out_dir / RESULTS_FILE).with_suffix(CHECKPOINT_SUFFIX),
+        )
+        if os.path.lexists(p)
+    ]
+    if found:
+        raise OutputPathError(
+            f"output directory {out_dir} already holds {found[0].relative_to(out_dir)} of an "
+            "earlier run; expected a new directory. A new run would regenerate its key pair "
+            "and make that run's final_model.enc and checkpoint undecryptable: choose another "
+            "hydra.run.dir, or continue that run with resume=true."
+        )
 
 
 def _check_resumable(exp: ExperimentConfig, out_dir: Path) -> None:
@@ -209,14 +312,31 @@ def run_experiment(
 
     On a fresh local deployment (``federation=local``) or in Flower's simulation runtime
     (``federation=simulation``, docs/design.md §7.1), both on 127.0.0.1 and stopped afterwards.
-    """
-    from cifer_flwr.tooling.federation.runs import run_app
+    ``out_dir`` is claimed first (:func:`claim_output_dir`).
 
+    Raises
+    ------
+    OutputPathError
+        Another run holds ``out_dir``, or (without ``resume``) it holds an earlier run's key
+        pair or checkpoint. Nothing was written.
+    CiferError
+        The run failed.
+
+    """
     say = progress or (lambda msg: log.info("%s", msg))
     check_deployable(exp)  # before any key pair or process (issue 12)
     if exp.resume:
         _check_resumable(exp, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # the directory is this run's before anything is written into it (issue 18)
+    with claim_output_dir(out_dir):
+        _check_fresh(exp, out_dir)
+        return _run_claimed(exp, out_dir, say)
+
+
+def _run_claimed(exp: ExperimentConfig, out_dir: Path, say: Progress) -> dict[str, Any]:
+    """:func:`run_experiment` in an output directory this process has claimed."""
+    from cifer_flwr.tooling.federation.runs import run_app
+
     (out_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(exp)))
     private = public = None
     if exp.resume:
@@ -225,9 +345,8 @@ def run_experiment(
         public = out_dir / "keys" / crypto.PUBLIC_KEY_FILE
     elif exp.encryption.enabled:
         say(f"generating a key pair (preset {exp.encryption.preset})")
-        private, public = crypto.generate_key_pair(
-            exp.encryption.preset, out_dir / "keys", force=True
-        )
+        # never force: a key pair here belongs to another run (_check_fresh refused it)
+        private, public = crypto.generate_key_pair(exp.encryption.preset, out_dir / "keys")
     with _federation(exp, out_dir / "federation", private, public, say) as fed:
         run_config: dict[str, str | bool] = {
             "hydra-overrides": overrides_to_string(exp),
@@ -305,9 +424,9 @@ def hydra_entry(
     sweep goes on; then :class:`CiferError` names every failure.
     """
     exps = validate_sweep(overrides, multirun)
+    key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith(key)]
     if any(e.resume for e in exps):
-        key = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
-        given = [o.split("=", 1)[1] for o in overrides if o.lstrip("+").startswith(key)]
         if not given:
             raise ConfigError(
                 f"resume=true needs the killed run's output directory: add "
@@ -315,14 +434,24 @@ def hydra_entry(
             )
         if not multirun:
             _check_resumable(exps[0], Path(given[0]))
+    if given:
+        out_dir = Path(given[-1])
+    else:  # Hydra's default, fixed here so that the directory we lock is the one it uses
+        stamp = _dt.datetime.now().strftime("%Y-%m-%d/%H-%M-%S")
+        out_dir = Path("multirun" if multirun else "outputs") / stamp
+        overrides = [*overrides, f"{key}{out_dir}"]
     argv = sys.argv
-    sys.argv = ["cifer run", *(["--multirun"] if multirun else []), *overrides]
-    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     failures: list[str] = []
-    try:
-        _hydra_main(failures, on_done)
-    finally:
-        sys.argv = argv
+    # claimed before Hydra writes .hydra/ into it, held until every experiment ended
+    with claim_output_dir(out_dir) as claimed:
+        if not multirun:
+            _check_fresh(exps[0], claimed)
+        sys.argv = ["cifer run", *(["--multirun"] if multirun else []), *overrides]
+        os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+        try:
+            _hydra_main(failures, on_done)
+        finally:
+            sys.argv = argv
     if failures:
         raise CiferError(
             f"{len(failures)} of {len(exps)} experiments failed: {'; '.join(failures)}"
