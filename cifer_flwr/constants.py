@@ -78,6 +78,9 @@ META_SESSION: Final = "session"
 META_CLIP_NORM: Final = "clip_norm"
 META_NOISE_STD: Final = "noise_std"
 META_GROUP: Final = "group"
+#: SecureFed: the cohort slots an aggregate sums, a hex bitmask (bit ``s`` = slot ``s``); key
+#: holders require exactly these slots in its check part (docs/design.md §4.4.2).
+META_SLOTS: Final = "slots"
 
 #: SecureFed: keys in a key holder's ``Context.state`` for the last global it accepted.
 STATE_BASE_ARRAYS: Final = "cifer.securefed.base"
@@ -104,3 +107,17 @@ METRIC_EXCLUDED: Final = "cifer-excluded"
 METRIC_AGGREGATE_S: Final = "cifer-aggregate-s"
 #: Train-reply metric: values a ``packed`` client clipped to its share of the range (§4.7).
 METRIC_CLIPPED: Final = "cifer-clipped"
+
+# --- secure aggregation: pairwise masks inside packed sums (docs/design.md §4.9) ---------------
+#: ConfigRecord of a masking message (request and reply); its one value is the JSON payload.
+MASK_RECORD: Final = "cifer.mask"
+#: Key of the JSON payload (bytes) inside :data:`MASK_RECORD`.
+MASK_PAYLOAD: Final = "payload"
+#: ConfigRecord in the key holder's ``Context.state`` with the masking secrets of one round.
+MASK_STATE: Final = "cifer.mask-state"
+#: Node-config key of a key holder's Ed25519 identity key file (signs its advertisements).
+NODE_IDENTITY_KEY: Final = "identity-key"
+#: Node-config key of the roster file (the identity public keys every client accepts).
+NODE_ROSTER: Final = "roster"
+#: Train metric: 1 when the round's aggregate was masked (and unmasked before release).
+METRIC_MASKED: Final = "cifer-masked"

@@ -15,6 +15,7 @@ __all__ = [
     "KeyExistsError",
     "KeyMismatchError",
     "KeyTypeError",
+    "MaskingError",
     "LayoutMismatchError",
     "MissingExtraError",
     "ModelFormatError",
@@ -119,4 +120,12 @@ class MissingExtraError(CiferError, ImportError):
 
     Raised by :func:`cifer_flwr.extras.require`; also an ``ImportError``, so code written
     against a plain failed import still catches it.
+    """
+
+
+class MaskingError(CiferError):
+    """A secure-aggregation (masking) message or step that must be refused (docs/design.md §4.9).
+
+    Raised on the key holder for an advertisement, share or unmask request it will not
+    answer, and on the server for a round whose masks cannot be removed.
     """

@@ -18,7 +18,13 @@ if "tenseal" not in _sys.modules and {"tensorflow", "keras"} & set(_sys.modules)
         "cifer_flwr.crypto) at the top of your module, before tensorflow or keras."
     )
 
-from cifer_flwr.crypto.ckks import EncryptedArrays, decrypt_chunks, deferred_blobs, with_wire
+from cifer_flwr.crypto.ckks import (
+    EncryptedArrays,
+    decrypt_chunks,
+    deferred_blobs,
+    subtract_mask,
+    with_wire,
+)
 from cifer_flwr.crypto.encoding import Layout, decode, encode, flatten, unflatten
 from cifer_flwr.crypto.keys import (
     PRIVATE_KEY_FILE,
@@ -77,6 +83,7 @@ __all__ = [
     "Key",
     "Layout",
     "add",
+    "subtract_mask",
     "aggregate",
     "bundle_from_bytes",
     "bundle_from_record",

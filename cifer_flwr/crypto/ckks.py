@@ -45,6 +45,7 @@ __all__ = [
     "load_vector",
     "max_ciphertext_bytes",
     "quantize",
+    "subtract_mask",
     "to_bytes",
     "with_wire",
 ]
@@ -228,6 +229,7 @@ def encrypt(
     reserved: int = 0,
     fill: npt.ArrayLike | None = None,
     summands: int = 1,
+    mask: npt.ArrayLike | None = None,
 ) -> EncryptedArrays:
     """Encrypt named arrays, multiplied by ``weight``, into one chunked ciphertext stream.
 
@@ -245,6 +247,11 @@ def encrypt(
     that many never wraps; values beyond are clipped and counted in the result's
     ``clipped`` (docs/design.md §4.7). ``summands`` is ignored by CKKS.
 
+    ``mask`` (``packed`` only; ``num_chunks * slots`` integers in ``[0, t)``, chunk by chunk)
+    is added to the quantized integers modulo the plain modulus ``t`` after clipping: the
+    secure-aggregation masks of docs/design.md §4.9. Inverse on the sum:
+    :func:`subtract_mask`.
+
     Raises
     ------
     NonFiniteError
@@ -260,7 +267,13 @@ def encrypt(
     layout, chunks = encode(arrays, params.slots, reserved=reserved)
     chunks = set_reserved(layout, [c * weight for c in chunks], fill)
     if params.is_bfv:
-        return _encrypt_bfv(layout, chunks, key, float(weight), dict(meta or {}), summands)
+        masked = None if mask is None else _mask_rows(mask, len(chunks), params)
+        return _encrypt_bfv(layout, chunks, key, float(weight), dict(meta or {}), summands, masked)
+    if mask is not None:
+        raise UnsupportedOperationError(
+            f"preset {params.name!r} is CKKS, whose sums are approximate: masks need the exact "
+            "sums of preset 'packed' (docs/design.md §4.9)."
+        )
     peak = max((float(np.abs(c).max()) for c in chunks), default=0.0)
     if peak > params.max_abs:
         raise ValueRangeError(
@@ -299,6 +312,7 @@ def _encrypt_bfv(
     weight: float,
     meta: dict[str, Any],
     summands: int,
+    mask: npt.NDArray[np.int64] | None = None,
 ) -> EncryptedArrays:
     params = key.params
     count = int(summands)
@@ -310,9 +324,9 @@ def _encrypt_bfv(
     bound = params.summand_bound(count)
     rng = np.random.default_rng()
     ints, clipped = [], 0
-    for chunk in chunks:
+    for index, chunk in enumerate(chunks):
         q, n = quantize(chunk, params, bound, rng)
-        ints.append(q)
+        ints.append(q if mask is None else _centered(q + mask[index], params.plain_modulus))
         clipped += n
     ctx = key.encryption_context()
     workers = shared_workers(key, len(ints))
@@ -327,6 +341,45 @@ def _encrypt_bfv(
         )
     lazy = _LazyVectors(wire, ctx, bfv=True)
     return EncryptedArrays(layout, lazy, key.fingerprint, params, weight, 1, meta, wire, clipped)
+
+
+def _centered(values: npt.NDArray[np.int64], modulus: int) -> npt.NDArray[np.int64]:
+    """``values mod modulus`` as the signed representatives in ``(-modulus/2, modulus/2]``."""
+    rem = np.remainder(values, modulus)
+    return np.where(rem > modulus // 2, rem - modulus, rem).astype(np.int64)
+
+
+def _mask_rows(mask: npt.ArrayLike, chunks: int, params: CkksParams) -> npt.NDArray[np.int64]:
+    """A mask as ``(chunks, slots)`` integers in ``[0, t)``; any other shape is refused."""
+    arr = np.asarray(mask)
+    if arr.dtype.kind not in "iu" or arr.size != chunks * params.slots:
+        raise ConfigError(
+            f"a mask must be {chunks} x {params.slots} integers (one per slot of every "
+            f"ciphertext), got {arr.size} values of dtype {arr.dtype}."
+        )
+    rows = arr.astype(np.int64).reshape(chunks, params.slots)
+    if rows.size and (rows.min() < 0 or rows.max() >= params.plain_modulus):
+        raise ConfigError(f"mask values must lie in [0, {params.plain_modulus}).")
+    return rows
+
+
+def subtract_mask(enc: EncryptedArrays, residual: npt.ArrayLike) -> EncryptedArrays:
+    """The encrypted sum minus the plaintext ``residual`` mask (``packed`` only; exact).
+
+    ``residual`` holds ``num_chunks * slots`` integers mod ``t`` (docs/design.md §4.9); each
+    ciphertext gets one plaintext subtraction (no noise added, no key needed). Inverse of
+    adding the masks in :func:`encrypt`; the input is not modified.
+    """
+    if not enc.params.is_bfv:
+        raise UnsupportedOperationError(
+            f"preset {enc.params.name!r} has no exact sums; masks need preset 'packed'."
+        )
+    rows = _mask_rows(residual, len(enc.vectors), enc.params)
+    modulus = enc.params.plain_modulus
+    vectors = tuple(
+        vec - _centered(row, modulus).tolist() for vec, row in zip(enc.vectors, rows, strict=True)
+    )
+    return replace(enc, vectors=vectors, wire=None)
 
 
 def decrypt(enc: EncryptedArrays, key: Key, *, divisor: float = 1.0) -> dict[str, npt.NDArray[Any]]:

@@ -129,6 +129,7 @@ def encrypt(
     reserved: int = ...,
     fill: npt.ArrayLike | None = ...,
     summands: int = ...,
+    mask: npt.ArrayLike | None = ...,
 ) -> EncryptedArrays: ...
 @overload
 def encrypt(
@@ -140,6 +141,7 @@ def encrypt(
     reserved: int = ...,
     fill: npt.ArrayLike | None = ...,
     summands: int = ...,
+    mask: npt.ArrayLike | None = ...,
 ) -> PaillierArrays: ...
 @overload
 def encrypt(
@@ -151,6 +153,7 @@ def encrypt(
     reserved: int = ...,
     fill: npt.ArrayLike | None = ...,
     summands: int = ...,
+    mask: npt.ArrayLike | None = ...,
 ) -> EncryptedArrays | PaillierArrays: ...
 def encrypt(
     arrays: Mapping[str, npt.ArrayLike],
@@ -161,6 +164,7 @@ def encrypt(
     reserved: int = 0,
     fill: npt.ArrayLike | None = None,
     summands: int = 1,
+    mask: npt.ArrayLike | None = None,
 ) -> EncryptedArrays | PaillierArrays:
     """Encrypt named arrays multiplied by ``weight`` under ``key`` (either scheme).
 
@@ -182,7 +186,19 @@ def encrypt(
     """
     if not isinstance(key, PaillierKey):
         return ckks.encrypt(
-            arrays, key, weight=weight, meta=meta, reserved=reserved, fill=fill, summands=summands
+            arrays,
+            key,
+            weight=weight,
+            meta=meta,
+            reserved=reserved,
+            fill=fill,
+            summands=summands,
+            mask=mask,
+        )
+    if mask is not None:
+        raise UnsupportedOperationError(
+            "masks (secure aggregation) need the exact packed sums of preset 'packed'; "
+            "Paillier keys cannot carry them (docs/design.md §4.9)."
         )
     if reserved or fill is not None:
         raise UnsupportedOperationError(
