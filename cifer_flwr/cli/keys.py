@@ -11,6 +11,7 @@ import typer
 from cifer_flwr import crypto
 from cifer_flwr.cli._common import console, fail, progress
 from cifer_flwr.crypto import paillier
+from cifer_flwr.crypto.keys import check_key_directory
 from cifer_flwr.exceptions import CiferError, ConfigError, OutputPathError
 
 keys_app = typer.Typer(
@@ -42,7 +43,7 @@ def keygen(
     Example: cifer keygen --name hospital-fl
     """
     try:
-        target = crypto.key_directory(directory, name)
+        target = check_key_directory(crypto.key_directory(directory, name))
         existing = [
             f.name
             for f in (target / crypto.PRIVATE_KEY_FILE, target / crypto.PUBLIC_KEY_FILE)

@@ -13,10 +13,13 @@ No pickle is involved anywhere.
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import hashlib
 import json
 import os
+import secrets
+import stat
 import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cifer_flwr.constants import CONTAINER_MAGIC
-from cifer_flwr.exceptions import CiphertextFormatError
+from cifer_flwr.exceptions import CiphertextFormatError, OutputPathError
 
 __all__ = [
     "MAX_BLOBS",
@@ -207,6 +210,7 @@ def write_file_atomic(
     *,
     mode: int = 0o644,
     temp_prefix: str | None = None,
+    follow_symlinks: bool = True,
 ) -> Path:
     """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync of the directory).
 
@@ -217,10 +221,25 @@ def write_file_atomic(
     looser permissions, and a crash never leaves a half-written file at ``path``. The
     temporary file is named ``temp_prefix`` + random (default ``.NAME.``), so a caller can
     find and remove what a killed writer left behind.
+
+    With ``follow_symlinks=False`` (key files), neither the file's directory nor the file
+    may be a symbolic link: the directory is opened with ``O_NOFOLLOW`` and every step
+    (create, rename, fsync) goes through that descriptor, so a link swapped in after the
+    check is not followed either.
+
+    Raises
+    ------
+    OutputPathError
+        ``follow_symlinks`` is false and the directory or the file is a symbolic link.
+
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{target.name}." if temp_prefix is None else temp_prefix
+    if not follow_symlinks:
+        if not os.path.lexists(target.parent):  # a (dangling) link is refused, not followed
+            target.parent.mkdir(parents=True, exist_ok=True)
+        return _write_nofollow(target, data, mode, prefix)
+    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=prefix, dir=target.parent)
     try:
         os.fchmod(fd, mode)
@@ -236,6 +255,63 @@ def write_file_atomic(
     dir_fd = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # the rename itself survives a power loss
+    finally:
+        os.close(dir_fd)
+    return target
+
+
+def _write_nofollow(target: Path, data: Bytes | Iterable[Bytes], mode: int, prefix: str) -> Path:
+    """:func:`write_file_atomic` through a directory descriptor opened without following links."""
+    fix = (
+        "cifer writes key files only into a real directory, never through a symbolic link "
+        "(it could point at another user's or another run's files); remove the link or "
+        "choose another --dir/--name"
+    )
+    try:
+        dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if target.parent.is_symlink() or exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise OutputPathError(
+                f"{target.parent} is a symbolic link (to {os.path.realpath(target.parent)}); "
+                f"expected a directory. {fix}."
+            ) from None
+        raise
+    try:
+        try:
+            st = os.stat(target.name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISLNK(st.st_mode):
+            raise OutputPathError(
+                f"{target} is a symbolic link; expected a regular file or nothing. {fix}."
+            )
+        for _ in range(100):
+            tmp = f"{prefix}{secrets.token_hex(6)}"
+            try:
+                fd = os.open(
+                    tmp,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    mode,
+                    dir_fd=dir_fd,
+                )
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 100 random 48-bit names taken
+            raise FileExistsError(f"no free temporary name {prefix}* in {target.parent}")
+        try:
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "wb") as fh:
+                for piece in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
+                    fh.write(piece)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
+        os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
     return target

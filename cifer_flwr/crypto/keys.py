@@ -34,6 +34,7 @@ from cifer_flwr.exceptions import (
     KeyExistsError,
     KeyFileError,
     KeyTypeError,
+    OutputPathError,
 )
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "load_key",
     "load_private_key",
     "load_public_key",
+    "check_key_directory",
     "write_key_pair",
 ]
 
@@ -531,28 +533,60 @@ def load_public_key(path: str | os.PathLike[str], *, holder: str = "the server")
     return key
 
 
+def check_key_directory(directory: str | os.PathLike[str]) -> Path:
+    """Refuse a key pair directory, or key file in it, that is a symbolic link.
+
+    Called before a (slow) key generation and again by :func:`write_key_pair`.
+
+    Raises
+    ------
+    OutputPathError
+        ``directory``, ``private.key`` or ``public.key`` in it is a symbolic link.
+
+    """
+    d = Path(directory)
+    for p in (d, d / PRIVATE_KEY_FILE, d / PUBLIC_KEY_FILE):
+        if p.is_symlink():
+            raise OutputPathError(
+                f"{p} is a symbolic link (to {os.readlink(p)!r:.200}); expected a real "
+                f"{'directory' if p == d else 'file'} or nothing. cifer never writes key files "
+                "through a link (it could point at another user's or another run's files): "
+                "remove the link or choose another --dir/--name."
+            )
+    return d
+
+
 def write_key_pair(
     key: KeyFileLike, directory: str | os.PathLike[str], *, force: bool = False
 ) -> tuple[Path, Path]:
     """Write ``private.key`` (mode 0600) and ``public.key`` (mode 0644) into ``directory``.
+
+    Nothing is written through a symbolic link: ``directory`` (``keys/NAME``) and the two
+    files must not be links (checked before anything is written, and again by the writer,
+    which creates and renames through a descriptor of the directory opened with
+    ``O_NOFOLLOW``).
 
     Raises
     ------
     KeyExistsError
         A ``FileExistsError``: either file exists and ``force`` is false (keys are never
         overwritten silently).
+    OutputPathError
+        ``directory`` or one of the files is a symbolic link.
 
     """
     key.require_private("write a key pair")
     d = Path(directory)
     priv, pub = d / PRIVATE_KEY_FILE, d / PUBLIC_KEY_FILE
+    check_key_directory(d)
     for p in (priv, pub):
-        if p.exists() and not force:
+        if os.path.lexists(p) and not force:
             raise KeyExistsError(
                 f"{p} already exists; refusing to overwrite a key (pass force=True to replace it)."
             )
-    d.mkdir(parents=True, exist_ok=True)
-    container.write_file_atomic(priv, key.to_bytes(), mode=0o600)
-    container.write_file_atomic(pub, key.public().to_bytes(), mode=0o644)
+    if not os.path.lexists(d):
+        d.mkdir(parents=True)
+    container.write_file_atomic(priv, key.to_bytes(), mode=0o600, follow_symlinks=False)
+    container.write_file_atomic(pub, key.public().to_bytes(), mode=0o644, follow_symlinks=False)
     log.info("wrote key pair %s (fingerprint %s)", d, key.short_fingerprint)
     return priv, pub
