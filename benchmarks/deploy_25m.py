@@ -41,7 +41,7 @@ name = "cifer-deploy-bench"
 version = "1.0.0"
 description = "25M-parameter encrypted round (cifer-flwr benchmark)"
 license = "Apache-2.0"
-dependencies = ["cifer-flwr", "flwr==1.41.0"]
+dependencies = ["cifer-flwr", "flwr>=1.41.0,<1.43"]
 
 [tool.hatch.build.targets.wheel]
 packages = ["."]

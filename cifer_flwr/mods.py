@@ -17,10 +17,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType
-from flwr.app.error import Error
-from flwr.clientapp.typing import ClientAppCallable
-from flwr.common.constant import ErrorCode
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType
+from flwr.common.constant import ErrorCode  # no public error codes (tests/test_flower_api.py)
 
 from cifer_flwr import crypto, protocol
 from cifer_flwr.constants import (
@@ -48,6 +46,7 @@ from cifer_flwr.constants import (
 )
 from cifer_flwr.crypto.encoding import count_chunks
 from cifer_flwr.exceptions import CiferError, KeyFileError
+from cifer_flwr.flower_types import ClientAppCallable
 
 __all__ = ["ckks_mod", "private_key_for"]
 

@@ -32,14 +32,12 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
-from flwr.supercore.run import Run
 
 from cifer_flwr.constants import METRIC_VALID_REPLIES
 from cifer_flwr.crypto.container import write_file_atomic
@@ -65,7 +63,11 @@ from cifer_flwr.experiments.strategy_builder import (
     build_strategy,
     checkpoint_options,
 )
+from cifer_flwr.flower_types import ClientAppCallable, Mod
 from cifer_flwr.mods import ckks_mod
+
+if TYPE_CHECKING:  # the type Flower's public Grid declares for set_run / run; type only
+    from flwr.supercore.run import Run
 
 __all__ = [
     "CHECKPOINT_SUFFIX",

@@ -12,16 +12,18 @@ seconds). The README's "Results" section documents every field.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from logging import INFO
 from pathlib import Path
 from typing import Any, Final
 
-from flwr.common.logger import log as flwr_log
-
 from cifer_flwr.crypto.container import remove_temp_files, write_file_atomic
 from cifer_flwr.exceptions import CiferError
+
+#: Flower's logger: ``flwr log RUN_ID`` shows what goes there from the ServerApp.
+flwr_log = logging.getLogger("flwr").log
 
 __all__ = [
     "RESULTS_FORMAT",

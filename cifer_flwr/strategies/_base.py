@@ -47,7 +47,6 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlwrFedAvg
 from flwr.serverapp.strategy import Result
 from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
-from flwr.supercore import log as flwr_log
 
 from cifer_flwr import crypto, protocol
 from cifer_flwr.constants import (
@@ -114,6 +113,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("cifer_flwr.strategies")
+#: Flower's own logger (its round banners go there, as Flower's strategies' do)
+flwr_log = logging.getLogger("flwr").log
 Parts = dict[str, crypto.AnyEncrypted]
 Accepted = list[tuple[Message, Parts]]
 _T = TypeVar("_T")

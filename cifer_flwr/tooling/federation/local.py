@@ -83,7 +83,10 @@ def _exe(name: str) -> str:
         return str(local)
     found = shutil.which(name)
     if found is None:
-        raise FederationError(f"'{name}' not found; install Flower: pip install flwr==1.41.0.")
+        raise FederationError(
+            f"'{name}' not found on PATH; install Flower into this environment: "
+            "pip install 'flwr>=1.41,<1.43'."
+        )
     return found
 
 

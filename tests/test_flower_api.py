@@ -1,0 +1,118 @@
+"""cifer_flwr and the examples use Flower's public API only, so a new Flower does not break them.
+
+Public means a name in the ``__all__`` of Flower's public namespaces (the ones Flower's API
+reference documents for the Message API). Every other Flower import must be in
+:data:`ALLOWED`, with the reason it cannot be avoided; the allow-listed names must still
+exist in the installed Flower (so an upgrade that moves one fails here, not in a run).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = [ROOT / "cifer_flwr", ROOT / "examples"]
+
+#: Flower's public namespaces; a name imported from them must be in their ``__all__``.
+PUBLIC = (
+    "flwr.app",
+    "flwr.clientapp",
+    "flwr.clientapp.mod",
+    "flwr.serverapp",
+    "flwr.serverapp.strategy",
+    "flwr.simulation",
+)
+
+#: (module, name) -> why it cannot be avoided. Keep this short.
+ALLOWED: dict[tuple[str, str], str] = {
+    ("flwr.common.constant", "ErrorCode"): (
+        "mods.py replies with Flower's MOD_FAILED_PRECONDITION code, as Flower's own mods "
+        "do; Flower exports no public error codes"
+    ),
+    ("flwr.serverapp.strategy.strategy_utils", "log_strategy_start_info"): (
+        "strategies/_base.py prints Flower's own strategy-start lines so that our logs read "
+        "like Flower's strategies'; logging only (owner: strategies)"
+    ),
+    ("flwr.supercore.run", "Run"): (
+        "apps.MeteredGrid wraps Flower's Grid, whose public abstract set_run/run are typed "
+        "with this class; imported under TYPE_CHECKING only"
+    ),
+    ("flwr.common.serde", "message_to_proto"): (
+        "cifer bench round plays the SuperLink between processes: Flower's own protobuf "
+        "serialization is the only faithful wire size (benchmark tooling, not the library)"
+    ),
+    ("flwr.common.serde", "message_from_proto"): "as message_to_proto (cifer bench round)",
+    ("flwr.proto.message_pb2", "Message"): "as message_to_proto (cifer bench round)",
+    ("flwr.supercore.task_identity", "TaskIdentity"): (
+        "cifer bench round makes Flower Messages outside a Flower process, which needs the "
+        "task identity Flower otherwise sets (benchmark tooling)"
+    ),
+}
+
+
+def flower_imports(sources: list[Path] = SOURCES) -> list[tuple[str, str, str]]:
+    """(file, module, name) of every ``from flwr... import name`` / ``import flwr...``."""
+    found = []
+    for base in sources:
+        for path in sorted(base.rglob("*.py")):
+            if "build" in path.parts:
+                continue
+            tree = ast.parse(path.read_text(), filename=str(path))
+            rel = str(path.relative_to(base.parent))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    if node.module == "flwr" or node.module.startswith("flwr."):
+                        found += [(rel, node.module, a.name) for a in node.names]
+                elif isinstance(node, ast.Import):
+                    found += [
+                        (rel, a.name, "")
+                        for a in node.names
+                        if a.name == "flwr" or a.name.startswith("flwr.")
+                    ]
+    return found
+
+
+def _public(module: str, name: str) -> bool:
+    if module == "flwr" and name in {m.split(".")[1] for m in PUBLIC}:
+        return True
+    if module not in PUBLIC:
+        return not name and module in PUBLIC
+    exported = getattr(importlib.import_module(module), "__all__", ())
+    return name in exported and not name.startswith("_")
+
+
+def test_the_package_imports_only_public_or_allow_listed_flower_names():
+    imports = flower_imports()
+    assert len(imports) > 20  # the scan sees the package and the examples
+    private = sorted(
+        f"{rel}: from {module} import {name}"
+        for rel, module, name in imports
+        if not _public(module, name) and (module, name) not in ALLOWED
+    )
+    assert not private, (
+        "Flower names outside its public API (use flwr.app / flwr.clientapp / flwr.serverapp "
+        "/ flwr.serverapp.strategy, or allow-list with a reason):\n" + "\n".join(private)
+    )
+
+
+def test_the_allow_list_is_used_and_exists_in_this_flower():
+    used = {(m, n) for _, m, n in flower_imports()}
+    assert set(ALLOWED) <= used, f"allow-listed but no longer imported: {set(ALLOWED) - used}"
+    for module, name in ALLOWED:
+        assert hasattr(importlib.import_module(module), name), (module, name)
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["from flwr.supercore import log", "from flwr.app.error import Error", "import flwr.common"],
+)
+def test_a_private_flower_import_is_caught(tmp_path, source):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "bad.py").write_text(source + "\nfrom flwr.app import Message\n")
+    found = flower_imports([tmp_path / "pkg"])
+    bad = [(m, n) for _, m, n in found if not _public(m, n)]
+    assert len(found) == 2 and len(bad) == 1 and bad[0] not in ALLOWED
