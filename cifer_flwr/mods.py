@@ -17,10 +17,19 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MessageType
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    RecordDict,
+)
 from flwr.common.constant import ErrorCode  # no public error codes (tests/test_flower_api.py)
 
-from cifer_flwr import crypto, protocol
+from cifer_flwr import crypto, masking, protocol
 from cifer_flwr.constants import (
     CFG_CHECK,
     CFG_CLIP_NORM,
@@ -32,8 +41,13 @@ from cifer_flwr.constants import (
     CFG_WEIGHT_DIVISOR,
     CFG_WEIGHTED_BY,
     ENV_PRIVATE_KEY,
+    MASK_PAYLOAD,
+    MASK_RECORD,
+    MASK_STATE,
     METRIC_CLIPPED,
     NODE_CONFIG_PRIVATE_KEY,
+    NODE_IDENTITY_KEY,
+    NODE_ROSTER,
     PART_CHECK,
     PART_MODEL,
     PART_STATE,
@@ -45,7 +59,7 @@ from cifer_flwr.constants import (
     STATE_BASE_INFO,
 )
 from cifer_flwr.crypto.encoding import count_chunks
-from cifer_flwr.exceptions import CiferError, KeyFileError
+from cifer_flwr.exceptions import CiferError, KeyFileError, MaskingError
 from cifer_flwr.flower_types import ClientAppCallable
 
 __all__ = ["ckks_mod", "private_key_for"]
@@ -173,6 +187,7 @@ def _encrypt_reply(
     received: Mapping[str, Mapping[str, np.ndarray]],
     opt_state: Mapping[str, Any],
     report: ConfigRecord,
+    masker: _TrainMasker | None = None,
 ) -> None:
     weighted_by = str(config.get(CFG_WEIGHTED_BY, "num-examples"))
     divisor = float(config.get(CFG_WEIGHT_DIVISOR, 1.0))
@@ -182,6 +197,11 @@ def _encrypt_reply(
     summands = _summands(config, key)
     clipped = 0
     t0 = time.perf_counter()
+    if masker is not None and len(reply.content.array_records) != 1:
+        raise MaskingError(
+            f"a masked round needs exactly one ArrayRecord in the train reply, got "
+            f"{len(reply.content.array_records)}."
+        )
     for name, record in list(reply.content.array_records.items()):
         arrays = {k: a.numpy() for k, a in record.items()}
         base = received.get(name)
@@ -193,9 +213,11 @@ def _encrypt_reply(
         if noise > 0:
             arrays = protocol.add_noise(arrays, noise, np.random.default_rng())
         if config.get(CFG_CHECK):
-            parts = _encrypt_checked(arrays, key, config, weight)
+            parts = _encrypt_checked(arrays, key, config, weight, masker)
         else:
-            parts = {PART_MODEL: crypto.encrypt(arrays, key, weight=weight, summands=summands)}
+            mask = None if masker is None else masker(count_chunks(arrays, key.params.slots))
+            model = crypto.encrypt(arrays, key, weight=weight, summands=summands, mask=mask)
+            parts = {PART_MODEL: model}
         clipped += sum(p.clipped for p in parts.values())
         if name in opt_state:
             x, m, v = opt_state[name]
@@ -219,7 +241,11 @@ def _encrypt_reply(
 
 
 def _encrypt_checked(
-    arrays: Mapping[str, np.ndarray], key: crypto.AnyKey, config: Mapping[str, Any], weight: float
+    arrays: Mapping[str, np.ndarray],
+    key: crypto.AnyKey,
+    config: Mapping[str, Any],
+    weight: float,
+    masker: _TrainMasker | None = None,
 ) -> dict[str, crypto.AnyEncrypted]:
     """SecureFed: the model with integrity values in every ciphertext, plus the check part."""
     slot, cohort = int(config[CFG_SLOT]), int(config[CFG_COHORT])
@@ -239,8 +265,9 @@ def _encrypt_checked(
     num_chunks = count_chunks(arrays, key.params.slots, reserved)
     fill = protocol.integrity_fill(session, server_round, slot, cohort, num_chunks, key.params)
     summands = _summands(config, key)
+    mask = None if masker is None else masker(num_chunks)
     model = crypto.encrypt(
-        arrays, key, weight=weight, reserved=reserved, fill=fill, summands=summands
+        arrays, key, weight=weight, reserved=reserved, fill=fill, summands=summands, mask=mask
     )
     check = protocol.check_arrays(slot, cohort, server_round, weight)
     return {PART_MODEL: model, PART_CHECK: crypto.encrypt(check, key, summands=summands)}
@@ -273,8 +300,15 @@ def ckks_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
     become error replies with the reason, which the server logs.
     """
     try:
+        mask_request = _pop_mask_request(msg)
+        if mask_request is not None and mask_request[0] != "train":
+            return _answer_mask_stage(msg, context, *mask_request)
+    except CiferError as exc:
+        return _error_reply(msg, f"masking refused: {exc}")
+    try:
         key = private_key_for(context)
         config = _config(msg)
+        masker = None if mask_request is None else _TrainMasker(context, key, mask_request[1])
         t0 = time.perf_counter()
         received, opt_state, report = _decrypt_incoming(msg, key, config, context)
         decrypt_s = time.perf_counter() - t0
@@ -288,7 +322,99 @@ def ckks_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
         return reply
     _report_seconds(reply, "cifer-decrypt-s", decrypt_s)
     try:
-        _encrypt_reply(reply, key, config, received, opt_state, report)
+        _encrypt_reply(reply, key, config, received, opt_state, report, masker)
     except CiferError as exc:
         return _error_reply(msg, f"cannot encrypt the reply: {exc}")
+    finally:
+        if masker is not None:
+            masker.save()
     return reply
+
+
+# ------------------------------------------------------------------ masking (§4.9)
+def _pop_mask_request(msg: Message) -> tuple[str, bytes] | None:
+    """Take the masking payload out of ``msg`` (the user's ClientApp never sees it)."""
+    record = msg.content.config_records.get(MASK_RECORD)
+    if record is None:
+        return None
+    del msg.content[MASK_RECORD]
+    payload = record.get(MASK_PAYLOAD)
+    if not isinstance(payload, bytes) or len(record) != 1:
+        raise MaskingError(
+            f"the {MASK_RECORD!r} record must hold one bytes value {MASK_PAYLOAD!r}."
+        )
+    return masking.request_stage(payload), payload
+
+
+def _identity_and_roster(
+    context: Context,
+) -> tuple[masking.Identity | None, masking.Roster | None]:
+    """The node's identity key and roster, from node config ``identity-key`` / ``roster``."""
+    ident_path = context.node_config.get(NODE_IDENTITY_KEY)
+    roster_path = context.node_config.get(NODE_ROSTER)
+    identity = masking.load_identity(str(ident_path)) if ident_path else None
+    roster = masking.load_roster(str(roster_path)) if roster_path else None
+    if roster is not None and identity is None:
+        raise MaskingError(
+            f"this node has a roster but no identity key: set --node-config "
+            f'"{NODE_IDENTITY_KEY}=keys/NAME/identity.key" (cifer keygen --identity NAME).'
+        )
+    return identity, roster
+
+
+def _session(context: Context) -> tuple[masking.ClientSession | None, int]:
+    record = context.state.config_records.get(MASK_STATE)
+    if record is None:
+        return None, 0
+    raw, last = record.get("session"), record.get("last-round", 0)
+    session = masking.ClientSession.from_bytes(raw) if isinstance(raw, bytes) and raw else None
+    return session, int(last) if isinstance(last, int) else 0
+
+
+def _store_session(context: Context, session: masking.ClientSession | None, last: int) -> None:
+    raw = b"" if session is None or session.stage == "answered" else session.to_bytes()
+    context.state.config_records[MASK_STATE] = ConfigRecord({"session": raw, "last-round": last})
+
+
+def _answer_mask_stage(msg: Message, context: Context, stage: str, payload: bytes) -> Message:
+    """Answer an advertise, share or unmask request itself (no user code runs)."""
+    session, last = _session(context)
+    if stage == "advertise":
+        identity, _ = _identity_and_roster(context)
+        session, answer = masking.ClientSession.advertise(
+            payload, int(context.node_id), identity, last
+        )
+        last = session.server_round
+    elif session is None:
+        raise MaskingError(f"a {stage} request arrived, but this client advertised no keys.")
+    elif stage == "share":
+        answer = session.share(payload, _identity_and_roster(context)[1])
+    else:
+        answer = session.unmask(payload)
+    _store_session(context, session, last)
+    content = RecordDict({MASK_RECORD: ConfigRecord({MASK_PAYLOAD: answer})})
+    return Message(content, reply_to=msg)
+
+
+class _TrainMasker:
+    """The train stage's mask, computed once for the model part's ciphertext count."""
+
+    def __init__(self, context: Context, key: crypto.AnyKey, payload: bytes) -> None:
+        session, self.last = _session(context)
+        if session is None:
+            raise MaskingError("a masked train message arrived, but this client shared no keys.")
+        if not isinstance(key, crypto.Key) or not key.params.is_bfv:
+            raise MaskingError(
+                f"masking needs preset 'packed' (exact sums); this client's key is "
+                f"{key.params.name!r}."
+            )
+        self.context, self.session, self.payload = context, session, payload
+        self.slots, self.modulus = key.params.slots, key.params.plain_modulus
+
+    def __call__(self, num_chunks: int) -> np.ndarray:
+        """``num_chunks * slots`` mask integers in ``[0, t)`` (once per round)."""
+        return self.session.mask(self.payload, num_chunks * self.slots, self.modulus)
+
+    def save(self) -> None:
+        """Keep the session (now holding the shares addressed to this client) for unmask."""
+        _store_session(self.context, self.session, self.last)

@@ -10,10 +10,10 @@ import hashlib
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,7 @@ from cifer_flwr.constants import (
     META_NOISE_STD,
     META_ROUND,
     META_SESSION,
+    META_SLOTS,
     PART_CHECK,
     PART_GROUP_SUFFIX,
     PART_MODEL,
@@ -33,6 +34,9 @@ from cifer_flwr.constants import (
 )
 from cifer_flwr.crypto.encoding import decode, reserved_values
 from cifer_flwr.exceptions import CiferError, ConfigError
+
+if TYPE_CHECKING:
+    from flwr.app import ArrayRecord
 
 __all__ = [
     "AVGM_BETA_2",
@@ -58,12 +62,15 @@ __all__ = [
     "materialize",
     "model_layout",
     "open_global",
+    "open_reply",
     "pack_state",
+    "parse_slots_mask",
     "part_weight_ok",
     "state_digest",
     "state_layout",
     "state_names",
     "unpack_state",
+    "slots_mask",
     "update_norm_allowance",
     "verify_check",
     "weight_divisor",
@@ -431,21 +438,79 @@ def _check_vectors(check: Mapping[str, npt.NDArray[Any]]) -> tuple[FloatArray, F
     return part, weights
 
 
+def slots_mask(slots: Iterable[int]) -> str:
+    """The public ``slots`` metadata of an aggregate: a hex bitmask of its cohort slots."""
+    mask = 0
+    for slot in slots:
+        mask |= 1 << int(slot)
+    return format(mask, "x")
+
+
+def parse_slots_mask(value: Any, cohort: int) -> frozenset[int]:
+    """Inverse of :func:`slots_mask` for a cohort of ``cohort`` slots.
+
+    Raises
+    ------
+    AggregationCheckError
+        For anything but a lowercase hex string naming slots below ``cohort``.
+
+    """
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= cohort // 4 + 1
+        or not re.fullmatch(r"[0-9a-f]+", value)
+    ):
+        raise AggregationCheckError(
+            f"the aggregate's public metadata {META_SLOTS!r} is {value!r:.40}; expected a hex "
+            f"bitmask of the slots of a cohort of {cohort}."
+        )
+    mask = int(value, 16)
+    if mask >> cohort:
+        raise AggregationCheckError(
+            f"the aggregate's {META_SLOTS!r} {value:.40} names slots beyond the cohort of {cohort}."
+        )
+    return frozenset(s for s in range(cohort) if mask >> s & 1)
+
+
 def verify_check(
-    check: Mapping[str, npt.NDArray[Any]], model: crypto.EncryptedArrays, server_round: int
+    check: Mapping[str, npt.NDArray[Any]],
+    model: crypto.EncryptedArrays,
+    server_round: int,
+    slots: frozenset[int] | None = None,
 ) -> None:
     """Verify a decrypted aggregation check against the aggregate it came with.
+
+    ``slots``: the cohort slots the server summed (metadata ``slots``). With it, the check
+    part must hold a contribution in exactly these slots and nothing (participation or
+    weight) in any other: a client's contribution then shows only in the sums that hold
+    it, so a client claiming another's slot fails its own group, never another's
+    (docs/design.md §4.4.3).
 
     Raises
     ------
     AggregationCheckError
         When a slot holds two contributions (duplicate), a tag from another round (replay),
-        or the number of contributions / their weights differ from what the aggregate claims.
+        slots other than ``slots`` carry a contribution, or the number of contributions /
+        their weights differ from what the aggregate claims.
 
     """
     tag = _round_tag(server_round)
     part, weights = _check_vectors(check)
     tol = 1e-3
+    if slots is not None:
+        expected = np.zeros(part.size, dtype=bool)
+        expected[sorted(s for s in slots if s < part.size)] = True
+        foreign = np.flatnonzero(
+            ~expected & ((np.abs(part) > 0.5) | ~np.isclose(weights, 0.0, rtol=0, atol=1e-6))
+        )
+        absent = np.flatnonzero(expected & ~(part > 0.5))
+        if foreign.size or absent.size or len(slots) != int(expected.sum()):
+            raise AggregationCheckError(
+                f"slots {foreign.tolist()[:10]} carry a contribution and slots "
+                f"{absent.tolist()[:10]} none, but the aggregate sums the updates of slots "
+                f"{sorted(slots)[:10]}{'...' if len(slots) > 10 else ''} (a client that "
+                "claimed another client's slot, or a dropped update)."
+            )
     present = part > 0.5
     if np.any(part > tag + 0.5):
         slots = np.flatnonzero(part > tag + 0.5).tolist()
@@ -665,7 +730,9 @@ def _verify_integrity(
             f"expected {INTEGRITY_SLOTS}; it cannot be verified."
         )
     part, weights = _check_vectors(crypto.decrypt(check, key))
-    verify_check({"participation": part, "weights": weights}, model, rnd)
+    slots = model.meta.get(META_SLOTS)
+    expected = None if slots is None else parse_slots_mask(slots, part.size)
+    verify_check({"participation": part, "weights": weights}, model, rnd, expected)
     present = np.flatnonzero(part > 0.5)
     chunks = crypto.decrypt_chunks(model, key)
     found = reserved_values(model.layout, chunks)
@@ -996,3 +1063,42 @@ def decrypt_global_model(
     data = bytes(model) if isinstance(model, bytes | bytearray) else Path(model).read_bytes()
     arrays, _ = materialize(crypto.bundle_from_bytes(data, key), key)
     return arrays
+
+
+def open_reply(
+    record: ArrayRecord,
+    private_key: str | os.PathLike[str] | crypto.AnyKey,
+) -> Arrays:
+    """Decrypt one client's train reply as any key holder could: its model update.
+
+    The way to check the masking guarantee (docs/design.md §4.9) from the attacker's side:
+    without masking the result is the client's (weighted, then unweighted here) update; with
+    masking it is uniform noise over the ``packed`` range, and only the sum of the survivors
+    with the residual mask removed carries information.
+
+    Parameters
+    ----------
+    record : ArrayRecord
+        The encrypted ``ArrayRecord`` of a train reply (``ckks_mod``'s output).
+    private_key : str, path or Key
+        A key holder's ``private.key`` (file or loaded key).
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The model part decrypted and divided by the reply's own weight ``n_i / B``.
+
+    Raises
+    ------
+    KeyTypeError, KeyMismatchError, CiphertextFormatError
+        For a public key, another key pair, or a malformed record.
+
+    """
+    key = (
+        private_key
+        if isinstance(private_key, crypto.AnyKey)
+        else crypto.load_private_key(private_key)
+    )
+    key.require_private("open a reply")
+    model = crypto.bundle_from_record(record, key)[PART_MODEL]
+    return crypto.decrypt(model, key, divisor=model.weight)

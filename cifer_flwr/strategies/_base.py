@@ -58,6 +58,7 @@ from cifer_flwr.constants import (
     METRIC_AGGREGATE_S,
     METRIC_CLIPPED,
     METRIC_EXCLUDED,
+    METRIC_MASKED,
     METRIC_RELEASED,
     METRIC_VALID_REPLIES,
     PART_CHECK,
@@ -87,15 +88,18 @@ from cifer_flwr.strategies._checkpoint import (
     result_to_json,
     write_checkpoint,
 )
+from cifer_flwr.strategies._masking import RoundMasking, check_masking_key
 from cifer_flwr.strategies._memory import release_large_buffers
 from cifer_flwr.strategies._replies import (
     HEADER_ALLOWANCE,
+    REPLY_CONFIG_BYTES,
     DigestMemory,
     ReplyError,
     check_metrics,
     check_reply_info,
     chunk_digests,
     describe_schema,
+    drop_foreign_config_records,
     metric_schema,
 )
 
@@ -326,8 +330,11 @@ class EncryptedFedAvgBase:
     train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord]
     evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord]
     _check_and_log_replies: Callable[..., tuple[list[Message], list[Message]]]
-    configure_evaluate: Callable[[int, ArrayRecord, ConfigRecord, Grid], Iterable[Message]]
     summary: Callable[[], None]
+    #: ConfigRecords a reply may carry, with the most bytes each may take; any other is
+    #: dropped before the reply is kept (docs/design.md §6). A subclass whose client side
+    #: adds another record extends this mapping.
+    reply_config_records: Mapping[str, int] = {REPLY_RECORD: REPLY_CONFIG_BYTES}
 
     def _init_encryption(
         self,
@@ -338,6 +345,7 @@ class EncryptedFedAvgBase:
         min_replies: int = 2,
         checkpoint_path: str | os.PathLike[str] | None = None,
         resume: bool = False,
+        masking: bool = False,
     ) -> None:
         """Set up the encryption; call it from ``__init__`` after Flower's ``__init__``.
 
@@ -355,11 +363,17 @@ class EncryptedFedAvgBase:
             Checkpoint written after every round.
         resume : bool
             Continue from ``checkpoint_path`` if it exists.
+        masking : bool
+            Secure aggregation inside the sums (docs/design.md §4.9): pairwise and self masks
+            that only the sum of at least ``max(3, min_replies)`` clients removes. Needs
+            preset ``packed``.
 
         Raises
         ------
         ConfigError
             For an out-of-range setting.
+        MaskingError
+            For ``masking=True`` with a key other than ``packed``.
         KeyTypeError
             When ``public_key`` holds a secret key.
 
@@ -384,6 +398,10 @@ class EncryptedFedAvgBase:
         self._min_replies = min_replies
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
         self.resume = bool(resume)
+        self.masking = bool(masking)
+        if self.masking:
+            check_masking_key(self.key)
+        self._masking = RoundMasking(min_cohort=max(3, min_replies)) if self.masking else None
         self.layout: crypto.Layout | None = None
         self.excluded: dict[int, list[tuple[int, str]]] = {}
         self.round_stats: dict[int, dict[str, float]] = {}
@@ -394,6 +412,8 @@ class EncryptedFedAvgBase:
         self._round_origin: dict[bytes, str] = {}
         self._sent_config: dict[int, dict[str, Any]] = {}
         self._sent_index: dict[int, int] = {}
+        self._sent_msgs: dict[int, Message] = {}  # the train message each node was sent
+        self._eval_msgs: dict[int, Message] = {}  # the evaluate message each node was sent
         self._global_parts: Parts | None = None
         self._global_arrays: ArrayRecord | None = None
         self._layout_json = 0
@@ -415,6 +435,12 @@ class EncryptedFedAvgBase:
             self._min_replies,
         )
         log.info("\t│\t├── replayed / duplicated / echoed ciphertexts are refused (SHA-256)")
+        if self.masking:
+            log.info(
+                "\t│\t├── masking on: pairwise + self masks inside the sums; the server and "
+                "colluding clients below the threshold see only sums of >= %d clients (§4.9)",
+                max(3, self._min_replies),
+            )
         log.info(
             "\t│\t└── checkpoint: %s%s",
             self.checkpoint_path or "off",
@@ -562,9 +588,12 @@ class EncryptedFedAvgBase:
             flwr_log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
             # Replies are pulled and folded one by one (docs/design.md §6, streamed
             # aggregation): the ServerApp never holds the whole cohort's replies.
-            train_replies = self._stream_replies(
-                grid, self.configure_train(current_round, arrays, train_config, grid), timeout
-            )
+            messages = self.configure_train(current_round, arrays, train_config, grid)
+            if self._masking is not None:  # advertise + share first (docs/design.md §4.9)
+                messages = self._masking.setup(
+                    grid, current_round, list(messages), timeout, self._exclude
+                )
+            train_replies = self._stream_replies(grid, messages, timeout)
             agg_arrays, agg_train_metrics = self.aggregate_train(current_round, train_replies)
             if agg_arrays is not None:
                 result.arrays = agg_arrays
@@ -607,7 +636,7 @@ class EncryptedFedAvgBase:
         """
         config[CFG_WEIGHTED_BY] = self.weighted_by_key
         messages = list(self._base_configure_train(server_round, arrays, config, grid))
-        self._sent_config, self._sent_index = {}, {}
+        self._sent_config, self._sent_index, self._sent_msgs = {}, {}, {}
         self._seen.freeze(before=server_round)
         digests = chunk_digests(arrays)
         self._seen.add(server_round, digests)
@@ -636,9 +665,14 @@ class EncryptedFedAvgBase:
             self._sent_config[int(node)] = dict(cfg)
             self._sent_index[int(node)] = index
             content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg})
-            out.append(
-                Message(content=content, message_type=msg.metadata.message_type, dst_node_id=node)
+            sent = Message(
+                content=content,
+                message_type=msg.metadata.message_type,
+                dst_node_id=node,
+                group_id=msg.metadata.group_id,
             )
+            self._sent_msgs[int(node)] = sent  # its reply's metadata must match (§6)
+            out.append(sent)
         self.round_stats[server_round] = {
             "bytes-sent": float(arrays.count_bytes() * cohort),
             "weight-divisor": divisor,
@@ -647,7 +681,44 @@ class EncryptedFedAvgBase:
         self._round_workers(server_round, self._keeps_models(server_round))
         return out
 
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Flower's evaluate messages; each node's is remembered to check its reply (§6)."""
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
+        self._eval_msgs = {int(m.metadata.dst_node_id): m for m in messages}
+        return messages
+
     # ------------------------------------------------------------------ reply checks
+    @staticmethod
+    def _metadata_problem(msg: Message, sent: Mapping[int, Message]) -> str | None:
+        """Why ``msg`` is not a reply to the message its node was sent, or ``None``.
+
+        The run id, group id and message type must be those of the message sent to the
+        node, and ``reply_to_message_id`` its id (once the grid assigned one); a node that
+        was sent nothing is left to the caller.
+        """
+        request = sent.get(_node(msg))
+        if request is None:
+            return None
+        got, want = msg.metadata, request.metadata
+        for what, found, expected in (
+            ("run id", got.run_id, want.run_id),
+            ("group id", got.group_id, want.group_id),
+            ("message type", got.message_type, want.message_type),
+        ):
+            if found != expected:
+                return (
+                    f"reply has {what} {found!r:.60}, but the message sent to this node has "
+                    f"{expected!r:.60}; a reply to another run, round or message is refused."
+                )
+        if want.message_id and got.reply_to_message_id != want.message_id:
+            return (
+                f"reply has reply_to_message_id {got.reply_to_message_id!r:.70}, but the "
+                f"message sent to this node has id {want.message_id!r:.70}; refused."
+            )
+        return None
+
     def _expected_parts(self, server_round: int, node_id: int) -> dict[str, int]:
         """Parts the reply of ``node_id`` must hold, with the most chunks each may have.
 
@@ -779,8 +850,23 @@ class EncryptedFedAvgBase:
             )
         return parts
 
+    def _drop_records(self, msg: Message, server_round: int, what: str = "") -> None:
+        """Drop the ConfigRecords the strategy does not read; bound those it does (§6)."""
+        for name, size in drop_foreign_config_records(msg.content, self.reply_config_records):
+            log.warning(
+                "round %d: dropped the %sConfigRecord %r (%d bytes) of node %d's reply; only "
+                "%s are read",
+                server_round,
+                what,
+                name,
+                size,
+                _node(msg),
+                sorted(self.reply_config_records),
+            )
+
     def _check_reply(self, msg: Message, server_round: int) -> Parts:
         """Every check of one train reply, cheapest first; returns its parsed parts."""
+        self._drop_records(msg, server_round)
         check_metrics(msg.content, self.weighted_by_key)
         info = msg.content.config_records.get(REPLY_RECORD)
         if info is not None:
@@ -854,6 +940,10 @@ class EncryptedFedAvgBase:
     def _fold_reply(self, server_round: int, fold: _RoundFold, msg: Message) -> None:
         """Check one reply and, if valid, add its model to the running sum of its group."""
         node = _node(msg)
+        problem = self._metadata_problem(msg, self._sent_msgs)
+        if problem is not None:
+            self._exclude(server_round, node, problem)
+            return
         if msg.has_error():
             fold.errors += 1
             reason = f"error reply: {msg.error.reason}"[:_MAX_REASON]
@@ -1025,6 +1115,7 @@ class EncryptedFedAvgBase:
     def _cifer_metrics(self, server_round: int, released: bool, valid: int) -> MetricRecord:
         return MetricRecord(
             {
+                METRIC_MASKED: int(self.masking),
                 METRIC_RELEASED: int(released),
                 METRIC_VALID_REPLIES: valid,
                 METRIC_EXCLUDED: len(self.excluded.get(server_round, [])),
@@ -1110,6 +1201,15 @@ class EncryptedFedAvgBase:
         stats["aggregate-s"] = fold.add_s + time.perf_counter() - t0
         stats["valid-replies"] = float(len(accepted))
         del fold
+        if total is not None and self._masking is not None:
+            # survivors reveal what removes the residual mask (docs/design.md §4.9)
+            total = self._masking.unmask(
+                server_round, [_node(msg) for msg, _ in accepted], total, self._exclude
+            )
+            stats.update(self._masking.stats.pop(server_round, {}))
+            if total is None:
+                stats["released"] = 0.0
+                return None, self._cifer_metrics(server_round, False, len(accepted))
         if total is None or len(accepted) < self._min_replies:
             log.warning(
                 "round %d: %d valid encrypted updates, fewer than the %d required; "
@@ -1155,10 +1255,18 @@ class EncryptedFedAvgBase:
         ``evaluate_metrics_aggr_fn`` sees them.
         """
         try:
-            valid, _ = self._check_and_log_replies(list(replies), is_train=False, validate=False)
+            matching = []
+            for msg in replies:
+                why = self._metadata_problem(msg, self._eval_msgs)
+                if why is None:
+                    matching.append(msg)
+                else:
+                    self._exclude(server_round, _node(msg), f"evaluate reply: {why}")
+            valid, _ = self._check_and_log_replies(matching, is_train=False, validate=False)
             good = []
             for msg in valid:
                 try:
+                    self._drop_records(msg, server_round, "evaluate reply's ")
                     check_metrics(msg.content, self.weighted_by_key)
                     good.append(msg)
                 except CiferError as exc:

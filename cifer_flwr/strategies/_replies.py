@@ -31,11 +31,15 @@ __all__ = [
     "MAX_METRIC_ABS",
     "MAX_METRIC_KEYS",
     "MAX_METRIC_LIST",
+    "MAX_METRIC_VALUES",
     "MAX_REMEMBERED_CHUNKS",
+    "REPLY_CONFIG_BYTES",
     "DigestMemory",
     "ReplyError",
     "check_metrics",
     "check_reply_info",
+    "config_record_bytes",
+    "drop_foreign_config_records",
     "chunk_digests",
     "describe_schema",
     "metric_schema",
@@ -51,6 +55,11 @@ MAX_METRIC_ABS = 1e15
 MAX_METRIC_LIST = 100_000
 #: Most metric keys in one reply.
 MAX_METRIC_KEYS = 1_000
+#: Most metric values in one reply, all lists together (a list of 100 000 floats is 800 kB).
+MAX_METRIC_VALUES = 100_000
+#: Largest ``cifer`` ConfigRecord a reply may carry (its entries: a 64-character digest, a
+#: number and at most 64 group indices, about 500 bytes; docs/design.md §6).
+REPLY_CONFIG_BYTES = 2_048
 #: Bytes allowed per encrypted part for its JSON header and the ``Array`` key names, on top
 #: of ``4 x`` the JSON size of the layout the server expects.
 HEADER_ALLOWANCE = 64 * 1024
@@ -120,6 +129,12 @@ def check_metrics(content: RecordDict, weighted_by_key: str) -> float:
     record = records[0]
     if len(record) > MAX_METRIC_KEYS:
         raise ReplyError(f"reply carries {len(record)} metrics, more than {MAX_METRIC_KEYS}.")
+    values = sum(len(v) if isinstance(v, list) else 1 for v in record.values())
+    if values > MAX_METRIC_VALUES:
+        raise ReplyError(
+            f"reply carries {values} metric values in all, more than {MAX_METRIC_VALUES}; "
+            "report fewer or shorter list metrics."
+        )
     for name, value in record.items():
         if not isinstance(name, str) or len(name) > 256:
             raise ReplyError(f"metric name {str(name)[:40]!r} is not a string of <= 256 chars.")
@@ -165,6 +180,61 @@ def describe_schema(schema: tuple[tuple[str, int], ...], limit: int = 10) -> str
     items = [f"{k!r}: {'number' if n < 0 else f'list of {n}'}" for k, n in schema[:limit]]
     more = ", ..." if len(schema) > limit else ""
     return "{" + ", ".join(items) + more + "}"
+
+
+def config_record_bytes(record: Mapping[str, Any]) -> int:
+    """Bytes a ConfigRecord's keys and values take (strings and bytes by length, 8 per number)."""
+
+    def size(value: Any) -> int:
+        if isinstance(value, str | bytes):
+            return len(value)
+        if isinstance(value, list):
+            return sum(size(v) for v in value)
+        return 8
+
+    return sum(len(str(k)) + size(v) for k, v in record.items())
+
+
+def drop_foreign_config_records(
+    content: RecordDict, allowed: Mapping[str, int]
+) -> list[tuple[str, int]]:
+    """Remove every ConfigRecord of a reply but the ``allowed`` ones; bound those.
+
+    Another party controls a reply's records: a ConfigRecord the strategy does not read is
+    dropped before the reply is kept (only metrics and these records are kept per reply,
+    docs/design.md §6), so its size never adds up over a round.
+
+    Parameters
+    ----------
+    content : RecordDict
+        The reply's content (changed in place).
+    allowed : mapping of str to int
+        Name of each ConfigRecord the strategy reads, with the most bytes it may take
+        (:func:`config_record_bytes`).
+
+    Returns
+    -------
+    list of (str, int)
+        Name and size of every ConfigRecord dropped.
+
+    Raises
+    ------
+    ReplyError
+        When an allowed record is larger than its bound.
+
+    """
+    dropped = []
+    for name in list(content.config_records):
+        size = config_record_bytes(content.config_records[name])
+        if name not in allowed:
+            dropped.append((str(name)[:40], size))
+            del content[name]
+        elif size > allowed[name]:
+            raise ReplyError(
+                f"the reply's {name!r} ConfigRecord takes {size} bytes; at most "
+                f"{allowed[name]} expected (the client mod writes a few hundred)."
+            )
+    return dropped
 
 
 def check_reply_info(info: Mapping[str, Any]) -> None:

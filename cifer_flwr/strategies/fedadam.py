@@ -27,7 +27,7 @@ class FedAdam(EncryptedFedOptBase, FlwrFedAdam):
 
     Parameters
     ----------
-    public_key, save_path, examples_per_client, min_replies, checkpoint_path, resume
+    public_key, save_path, examples_per_client, min_replies, checkpoint_path, resume, masking
         As in :class:`cifer_flwr.strategies.FedAvg`.
     eta, eta_l, beta_1, beta_2, tau
         As in Flower's FedAdam.
@@ -49,6 +49,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         min_replies: int = 2,
         checkpoint_path: str | os.PathLike[str] | None = None,
         resume: bool = False,
+        masking: bool = False,
         fraction_train: float = 1.0,
         fraction_evaluate: float = 1.0,
         min_train_nodes: int = 2,
@@ -90,6 +91,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
             min_replies=min_replies,
             checkpoint_path=checkpoint_path,
             resume=resume,
+            masking=masking,
         )
 
     def summary(self) -> None:

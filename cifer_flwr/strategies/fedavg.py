@@ -43,6 +43,11 @@ class FedAvg(EncryptedFedAvgBase, FlwrFedAvg):
         Continue from the checkpoint at ``checkpoint_path`` when there is one (from the round
         after it; ``initial_arrays`` is then ignored). A checkpoint of another key, strategy
         or optimizer is refused.
+    masking : bool (default: False)
+        Secure aggregation inside the encrypted sums (docs/design.md §4.9): each client adds
+        pairwise and self masks to its quantized update, so a single reply decrypts to
+        uniform noise and only the sum of at least ``max(3, min_replies)`` clients can be
+        unmasked. Needs preset ``packed``; anything else is refused here.
     fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, \
 min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key, \
 train_metrics_aggr_fn, evaluate_metrics_aggr_fn
@@ -59,6 +64,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         min_replies: int = 2,
         checkpoint_path: str | os.PathLike[str] | None = None,
         resume: bool = False,
+        masking: bool = False,
         fraction_train: float = 1.0,
         fraction_evaluate: float = 1.0,
         min_train_nodes: int = 2,
@@ -90,6 +96,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
             min_replies=min_replies,
             checkpoint_path=checkpoint_path,
             resume=resume,
+            masking=masking,
         )
 
     def summary(self) -> None:

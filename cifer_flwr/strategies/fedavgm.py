@@ -37,7 +37,7 @@ class FedAvgM(EncryptedFedOptBase, FlwrFedAvgM):
 
     Parameters
     ----------
-    public_key, save_path, examples_per_client, min_replies, checkpoint_path, resume
+    public_key, save_path, examples_per_client, min_replies, checkpoint_path, resume, masking
         As in :class:`cifer_flwr.strategies.FedAvg`.
     server_learning_rate : float
         As in Flower's FedAvgM; must be finite and > 0.
@@ -66,6 +66,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         min_replies: int = 2,
         checkpoint_path: str | os.PathLike[str] | None = None,
         resume: bool = False,
+        masking: bool = False,
         fraction_train: float = 1.0,
         fraction_evaluate: float = 1.0,
         min_train_nodes: int = 2,
@@ -103,6 +104,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
             min_replies=min_replies,
             checkpoint_path=checkpoint_path,
             resume=resume,
+            masking=masking,
         )
 
     @property

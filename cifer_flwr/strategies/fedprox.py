@@ -23,7 +23,7 @@ class FedProx(EncryptedFedAvgBase, FlwrFedProx):
 
     Parameters
     ----------
-    public_key, save_path, examples_per_client, min_replies, checkpoint_path, resume
+    public_key, save_path, examples_per_client, min_replies, checkpoint_path, resume, masking
         As in :class:`cifer_flwr.strategies.FedAvg`.
     proximal_mu : float (default: 0.0)
         Weight of the proximal term, sent to clients as ``proximal-mu``.
@@ -43,6 +43,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
         min_replies: int = 2,
         checkpoint_path: str | os.PathLike[str] | None = None,
         resume: bool = False,
+        masking: bool = False,
         fraction_train: float = 1.0,
         fraction_evaluate: float = 1.0,
         min_train_nodes: int = 2,
@@ -76,6 +77,7 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
             min_replies=min_replies,
             checkpoint_path=checkpoint_path,
             resume=resume,
+            masking=masking,
         )
 
     def summary(self) -> None:

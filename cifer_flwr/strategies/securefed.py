@@ -30,12 +30,18 @@ from cifer_flwr.constants import (
     META_NOISE_STD,
     META_ROUND,
     META_SESSION,
+    META_SLOTS,
     PART_CHECK,
     PART_MODEL,
     REPLY_FAILED_GROUPS,
     REPLY_RECORD,
 )
-from cifer_flwr.exceptions import CiphertextFormatError, ConfigError, LayoutMismatchError
+from cifer_flwr.exceptions import (
+    CiphertextFormatError,
+    ConfigError,
+    LayoutMismatchError,
+    UnsupportedOperationError,
+)
 from cifer_flwr.strategies.fedavg import FedAvg
 
 __all__ = ["SecureFed"]
@@ -169,6 +175,7 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
         examples_per_client: float = 1000.0,
         checkpoint_path: str | os.PathLike[str] | None = None,
         resume: bool = False,
+        masking: bool = False,
         fraction_train: float = 1.0,
         fraction_evaluate: float = 1.0,
         min_train_nodes: int = 3,
@@ -185,6 +192,13 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
                 f"min_cohort must be >= 2 (an aggregate of one update is that update), "
                 f"got {min_cohort}."
             )
+        if masking:
+            raise UnsupportedOperationError(
+                "SecureFed with masking=True is not supported yet: its clean-cohort recovery "
+                "releases sums of candidate groups, and masks would have to cancel inside each "
+                "group (docs/design.md §4.9, limits). Use FedAvg/FedProx/FedOpt with masking, or "
+                "SecureFed without it."
+            )
         if clip_norm is not None and not clip_norm > 0:
             raise ConfigError(f"clip_norm must be > 0 or None, got {clip_norm}.")
         if noise_multiplier < 0 or (noise_multiplier > 0 and clip_norm is None):
@@ -199,6 +213,7 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
             min_replies=min_cohort,
             checkpoint_path=checkpoint_path,
             resume=resume,
+            masking=masking,
             fraction_train=fraction_train,
             fraction_evaluate=fraction_evaluate,
             min_train_nodes=max(min_train_nodes, min_cohort),
@@ -465,7 +480,9 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
             )
         return parts
 
-    def _refusals(self, replies: list[Message]) -> tuple[int, int]:
+    def _refusals(self, replies: list[Message], sent: Mapping[int, Message]) -> tuple[int, int]:
+        """Refusals and successes among the replies to the messages in ``sent`` (§6)."""
+        replies = [r for r in replies if self._metadata_problem(r, sent) is None]
         refused = sum(
             1 for r in replies if r.has_error() and CHECK_FAILED in str(r.error.reason or "")
         )
@@ -484,7 +501,7 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
         sent = self._sent.get(server_round)
         if sent is not None and sent.rejected:
             self._collect_verdicts(server_round, sent, replies)
-        refused, accepted = self._refusals(replies)
+        refused, accepted = self._refusals(replies, self._sent_msgs)
         if sent is not None and refused and refused > accepted:
             self._reject(server_round, sent, "train", refused, accepted)
             return None, None
@@ -496,7 +513,7 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
         """Aggregate evaluation metrics; a refusal by the majority triggers recovery."""
         replies = list(replies)
         sent = self._eval_sent.get(server_round)
-        refused, accepted = self._refusals(replies)
+        refused, accepted = self._refusals(replies, self._eval_msgs)
         if sent is not None and refused and refused > accepted:
             self._reject(server_round, sent, "evaluate", refused, accepted)
         return super().aggregate_evaluate(server_round, replies)
@@ -525,19 +542,29 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
         meta = self._meta(server_round, base_round)
         if not self.aggregation_check:
             return {PART_MODEL: replace(aggregate, meta=meta)}
-        parts: Parts = {
-            PART_MODEL: replace(aggregate, meta=meta),
-            PART_CHECK: crypto.aggregate([p[PART_CHECK] for _, p in accepted]),
-        }
         by_node = {msg.metadata.src_node_id: p for msg, p in accepted}
         slots = self._slots.get(server_round, {})
+        # each sum names the cohort slots it holds: key holders require exactly those in its
+        # check part, so a client's claim on another's slot fails its own group (§4.4.3)
+        parts: Parts = {
+            PART_MODEL: replace(
+                aggregate,
+                meta={**meta, META_SLOTS: protocol.slots_mask(slots[n] for n in by_node)},
+            ),
+            PART_CHECK: crypto.aggregate([p[PART_CHECK] for _, p in accepted]),
+        }
         groups = self._partition(sorted(by_node, key=lambda n: slots.get(n, n)))
         for g, members in enumerate(groups):
             if len(members) < self.min_cohort:  # pragma: no cover - _partition guarantees it
                 raise AssertionError("a candidate group below the minimum cohort")
             model = crypto.aggregate([by_node[n][PART_MODEL] for n in members])
             check = crypto.aggregate([by_node[n][PART_CHECK] for n in members])
-            parts[protocol.group_part(PART_MODEL, g)] = replace(model, meta={**meta, META_GROUP: g})
+            group_meta = {
+                **meta,
+                META_GROUP: g,
+                META_SLOTS: protocol.slots_mask(slots[n] for n in members),
+            }
+            parts[protocol.group_part(PART_MODEL, g)] = replace(model, meta=group_meta)
             parts[protocol.group_part(PART_CHECK, g)] = check
         if sent is not None:
             sent.base = None  # keep one level of fallback only
@@ -584,7 +611,7 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
         voters = 0
         votes: dict[int, int] = {}
         for msg in replies:
-            if msg.has_error():
+            if msg.has_error() or self._metadata_problem(msg, self._sent_msgs) is not None:
                 continue
             info = msg.content.config_records.get(REPLY_RECORD)
             value = None if info is None else info.get(REPLY_FAILED_GROUPS)
