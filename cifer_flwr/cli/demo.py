@@ -10,7 +10,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from cifer_flwr.cli._common import console, err_console, fail, status
+from cifer_flwr.cli._common import console, err_console, fail, interactive, status
 from cifer_flwr.exceptions import CiferError
 from cifer_flwr.extras import check
 
@@ -20,6 +20,14 @@ DEMO_MODULES = ("torch", "sklearn")
 
 def _kb(value: Any) -> str:
     return "-" if value is None else f"{value / 1024:,.0f}"
+
+
+def _print_line(line: str) -> None:
+    print(line, flush=True)
+
+
+def _print_step(message: str) -> None:
+    print(f"[cifer] {message}", flush=True)
 
 
 def _rel(path: Path | None) -> str:
@@ -73,7 +81,9 @@ def demo(
     try:
         check(DEMO_MODULES, purpose="the demo runs examples/quickstart-pytorch on digits")
         # SIGTERM / SIGHUP tear down like Ctrl-C: the runs, the federation, their descendants
-        with terminate_as_interrupt(), status(quiet=as_json) as say:
+        with terminate_as_interrupt(), status(quiet=as_json) as spinner:
+            # in a pipe (no spinner) every step and round is one flushed stdout line
+            say = spinner if as_json or interactive() else _print_step
             report = run_demo(
                 directory,
                 nodes=nodes,
@@ -81,6 +91,7 @@ def demo(
                 strategy=strategy,
                 timeout=timeout,
                 progress=say,
+                on_round=None if as_json else _print_line,
             )
     except CiferError as exc:
         raise fail(exc) from exc

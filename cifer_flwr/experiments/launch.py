@@ -365,6 +365,7 @@ def _run_claimed(exp: ExperimentConfig, out_dir: Path, say: Progress) -> dict[st
             timeout=exp.federation.timeout,
             results_path=out_dir / RESULTS_FILE,
             log_path=out_dir / "run.log",
+            on_round=lambda line: say(line.removeprefix("[cifer] ")),  # per round, as it ends
         )
     if not outcome.completed:
         raise CiferError(

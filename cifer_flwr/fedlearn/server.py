@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -21,6 +22,11 @@ __all__ = ["APP_DIR", "FedLearnError", "RunResult", "Server"]
 APP_DIR = Path(__file__).resolve().parent / "app"
 #: Default directory of the server's state file, logs, results and model.
 DEFAULT_SERVER_DIR = Path(".cifer/fedlearn/server")
+
+
+def print_line(line: str) -> None:
+    """Print one progress line on stdout, flushed (it shows at once in a pipe or a log)."""
+    print(line, flush=True)
 
 
 class FedLearnError(CiferError):
@@ -65,6 +71,10 @@ class Server:
         Seconds a run may take.
     client_timeout : float (default: 120)
         Seconds to wait for ``n_round_clients`` clients to connect.
+    on_round : callable or None (default: print on stdout)
+        Called with each round's progress line as the round ends (``[cifer] round 2/3:
+        replies 2 accepted, 0 excluded, accuracy ...``); the default prints it, flushed, so
+        it shows in a pipe too; ``None`` keeps the run quiet.
     **options
         The config keys as keyword arguments (``port=9092, n_round_clients=2,
         num_rounds=3, public_key="keys/NAME/public.key", use_secure=..., certfile=...,
@@ -85,6 +95,7 @@ class Server:
         directory: str | os.PathLike[str] | None = None,
         timeout: float = 600.0,
         client_timeout: float = 120.0,
+        on_round: Callable[[str], None] | None = print_line,
         **options: Any,
     ) -> None:
         if config_path is not None:
@@ -94,6 +105,7 @@ class Server:
         self.directory = Path(directory or DEFAULT_SERVER_DIR).resolve()
         self.timeout = float(timeout)
         self.client_timeout = float(client_timeout)
+        self.on_round = on_round
         self.federation: Federation | None = None
 
     def start(self) -> Federation:
@@ -178,6 +190,7 @@ class Server:
                 run_config,
                 timeout=self.timeout,
                 results_path=self.directory / "results.json",
+                on_round=self.on_round,
             )
         finally:
             if started and not keep_running:

@@ -200,6 +200,7 @@ def run_demo(
     auth: bool = True,
     timeout: float = 600.0,
     progress: Callable[[str], None] | None = None,
+    on_round: Callable[[str], None] | None = None,
 ) -> DemoReport:
     """Run the encrypted demo and return what it measured.
 
@@ -220,6 +221,9 @@ def run_demo(
         Outer timeout of each run in seconds.
     progress : callable, optional
         Called with a short message before each step.
+    on_round : callable, optional
+        Called with each round's progress line as the round ends, prefixed with the run
+        (``encrypted: [cifer] round 1/3: replies 3 accepted, ...``).
 
     Returns
     -------
@@ -279,6 +283,7 @@ def run_demo(
             },
             timeout=timeout,
             results_path=d / "results-encrypted.json",
+            on_round=None if on_round is None else (lambda line: on_round(f"encrypted: {line}")),
         )
         report.encrypted = _check(enc, "encrypted")
         report.encrypted_run_s = enc.seconds
@@ -295,6 +300,7 @@ def run_demo(
             },
             timeout=timeout,
             results_path=d / "results-plaintext.json",
+            on_round=None if on_round is None else (lambda line: on_round(f"plaintext: {line}")),
         )
         report.plaintext = _check(pla, "plaintext")
         report.plaintext_run_s = pla.seconds

@@ -64,6 +64,9 @@ def test_centralized_fedyogi_writes_config_metrics_plot_and_model(tmp_path):
     assert metrics["encrypted"] and metrics["strategy"] == "fedyogi"
     assert all(r["bytes-sent"] > 0 and r["errors"] == [] for r in rows)
     assert rows[-1]["accuracy"] > 0.8
+    # one line per round on stdout as the run goes (issue 22), not only in run.log
+    for r in (1, 2, 3):
+        assert f"[cifer] round {r}/3: replies 2 accepted, 0 excluded, accuracy " in res.stdout
     # the saved model is encrypted; the key holder materializes the pending FedYogi step
     key = crypto.load_private_key(run_dir / "keys" / "private.key")
     parts = crypto.bundle_from_bytes((run_dir / "final_model.enc").read_bytes(), key)

@@ -59,15 +59,23 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
 
 def _run(fed: Federation, name: str, **config):
     out = fed.directory.parent / name
+    lines: list[str] = []
     outcome = run_app(
         fed,
         EXAMPLE,
         {"num-server-rounds": ROUNDS, **config},
         timeout=400,
         results_path=out.with_suffix(".json"),
+        on_round=lines.append,
     )
     assert outcome.status == "finished:completed", (outcome.status, outcome.log_path)
     assert outcome.completed, outcome.errors
+    # one progress line per round reached the caller while the run went on (issue 22)
+    n = len(outcome.results["rounds"])
+    assert [line.split(":")[0] for line in lines] == [
+        f"[cifer] round {r}/{n}" for r in range(1, n + 1)
+    ], lines
+    assert all(" accepted, " in line or "replies " in line for line in lines), lines
     return outcome.results
 
 
@@ -165,6 +173,30 @@ def test_wrong_private_key_is_excluded_and_run_completes(deployment, keys):
         assert row["train-replies"] == 3
         assert row["accuracy"] is not None
     assert res["rounds"][-1]["accuracy"] > 0.5
+
+
+def test_another_key_pairs_public_key_fails_the_run_naming_the_cause(deployment, keys):
+    """Every node refuses the server's key: nothing is released, so the run failed (issue 22)."""
+    _, _, wrong = keys
+    lines: list[str] = []
+    bad = run_app(
+        deployment,
+        EXAMPLE,
+        {
+            "num-server-rounds": 2,
+            "encryption": True,
+            "public-key": str(wrong.parent / crypto.PUBLIC_KEY_FILE),  # not the nodes' pair
+        },
+        timeout=300,
+        results_path=deployment.directory.parent / "foreign-key.json",
+        on_round=lines.append,
+    )
+    assert bad.status == "finished:failed" and not bad.completed
+    assert bad.results is not None and bad.results["status"] == "error"
+    assert "no round released an aggregate" in bad.results["error"]
+    assert "every client refused the server's key" in bad.results["error"]
+    assert "no round released an aggregate" in bad.errors[0], bad.errors
+    assert len(lines) == 2 and all("released nothing" in line for line in lines), lines
 
 
 def test_failed_server_app_is_reported_and_cifer_runs_lists_the_runs(deployment, keys):

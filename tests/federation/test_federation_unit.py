@@ -142,3 +142,27 @@ def test_tied_process_tree_dies_with_its_owner(tmp_path):
     while time.monotonic() < deadline and any(is_alive(p) for p in [tied, *family]):
         time.sleep(0.1)
     assert [p for p in [tied, *family] if is_alive(p)] == []
+
+
+def test_round_lines_are_picked_from_flwr_log_and_the_log_is_kept_whole(tmp_path):
+    """run_app hands each `[cifer] round` line to on_round while copying the stream (issue 22)."""
+    import io
+
+    from cifer_flwr.tooling.federation.runs import _copy_log, round_line
+
+    stream = (
+        b"\x1b[92mINFO \x1b[0m:      Starting FedAvg strategy:\n"
+        b"\x1b[92mINFO \x1b[0m:      [cifer] round 1/2: replies 2 accepted, 0 excluded, "
+        b"accuracy 0.9000, loss 0.3000, sent 0.01 MB, received 0.01 MB, 1.00 s\x1b[0m\n"
+        b"INFO :      [cifer] round 2/2: replies 0 accepted, 2 excluded, released nothing\n"
+        b"\xff not utf-8\n"
+    )
+    out, lines = io.BytesIO(), []
+    _copy_log(io.BytesIO(stream), out, lines.append)
+    assert out.getvalue() == stream
+    assert lines == [
+        "[cifer] round 1/2: replies 2 accepted, 0 excluded, accuracy 0.9000, loss 0.3000, "
+        "sent 0.01 MB, received 0.01 MB, 1.00 s",
+        "[cifer] round 2/2: replies 0 accepted, 2 excluded, released nothing",
+    ]
+    assert round_line("INFO : Starting FedAvg strategy") is None

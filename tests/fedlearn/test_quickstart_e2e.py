@@ -43,7 +43,7 @@ def _write_csv(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     np.savetxt(path, np.c_[x, y], delimiter=",", header=header, comments="", fmt="%.17g")
 
 
-def test_cifer_quick_start_from_the_readme(tmp_path, monkeypatch):
+def test_cifer_quick_start_from_the_readme(tmp_path, monkeypatch, capfd):
     from sklearn.datasets import load_breast_cancer
 
     monkeypatch.chdir(tmp_path)
@@ -80,6 +80,10 @@ def test_cifer_quick_start_from_the_readme(tmp_path, monkeypatch):
 
     result = ns["result"]
     assert result.encrypted and result.model_path.is_file()
+    # the quick start shows each round on stdout as it ends (issue 22)
+    printed = capfd.readouterr().out
+    for r in (1, 2):
+        assert f"[cifer] round {r}/2: replies 2 accepted, 0 excluded, accuracy " in printed
     rows = result.results["rounds"]
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["errors"] == [] and r["excluded"] == [] for r in rows)

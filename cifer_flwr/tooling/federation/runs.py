@@ -22,16 +22,25 @@ import os
 import re
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from cifer_flwr.tooling.federation import processes
 from cifer_flwr.tooling.federation.local import Federation, FederationError, _exe
 
-__all__ = ["RunInfo", "RunOutcome", "list_runs", "run_app", "server_app_error", "to_toml"]
+__all__ = [
+    "RunInfo",
+    "RunOutcome",
+    "list_runs",
+    "round_line",
+    "run_app",
+    "server_app_error",
+    "to_toml",
+]
 
 RunConfigValue = bool | int | float | str
 
@@ -186,6 +195,30 @@ def _status(fed: Federation, run_id: int) -> RunInfo | None:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+#: Start of the per-round progress line the ServerApps log (results.format_round).
+ROUND_MARK = "[cifer] round "
+
+
+def round_line(raw: str) -> str | None:
+    """The ``[cifer] round ...`` progress line inside one line of ``flwr log``, else ``None``."""
+    text = _ANSI.sub("", raw)
+    at = text.find(ROUND_MARK)
+    if at < 0:
+        return None
+    return "".join(ch for ch in text[at:] if ch.isprintable()).strip()
+
+
+def _copy_log(source: IO[bytes], out: IO[bytes], on_round: Callable[[str], None] | None) -> None:
+    """Copy ``flwr log --stream`` into the log file; hand each round line to ``on_round``."""
+    for raw in iter(source.readline, b""):
+        out.write(raw)
+        out.flush()
+        if on_round is not None:
+            line = round_line(raw.decode("utf-8", errors="replace"))
+            if line is not None:
+                on_round(line)
+
+
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): (.+)$")
 
 
@@ -211,6 +244,7 @@ def run_app(
     timeout: float = 600.0,
     results_path: str | os.PathLike[str] | None = None,
     log_path: str | os.PathLike[str] | None = None,
+    on_round: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """Run the Flower app in ``app`` on ``fed`` and wait for its final status and results.
 
@@ -229,6 +263,9 @@ def run_app(
         ``results-path``); default: ``DIR/runs/run-<time>.json`` of the federation.
     log_path : str or path, optional
         Where to save the run's log; default: next to the results file (``.log``).
+    on_round : callable, optional
+        Called with each ``[cifer] round N/M: ...`` progress line as the ServerApp logs it
+        (``cifer run``, the demo and the FedLearn API print them on stdout).
 
     Returns
     -------
@@ -271,15 +308,20 @@ def run_app(
 
     log.parent.mkdir(parents=True, exist_ok=True)
     remaining = max(1.0, timeout - (time.monotonic() - t0))
-    with open(log, "w") as out:
+    with open(log, "wb") as out:
         streamer = subprocess.Popen(
             [_exe("flwr"), "log", str(run_id), fed.connection, "--stream"],
-            stdout=out,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=fed.env(),
             preexec_fn=processes.cli_preexec(),
         )
+        assert streamer.stdout is not None
+        copier = threading.Thread(
+            target=_copy_log, args=(streamer.stdout, out, on_round), daemon=True
+        )
+        copier.start()
         try:
             streamer.wait(timeout=remaining)
         except subprocess.TimeoutExpired:
@@ -299,6 +341,8 @@ def run_app(
             streamer.wait()
             fed.flwr("stop", str(run_id), fed.connection, "--format", "json", timeout=30)
             raise
+        finally:  # the stream ended: the copier has the last lines (its pipe is closed)
+            copier.join(timeout=10)
 
     info = _status(fed, run_id)
     deadline = time.monotonic() + 30
