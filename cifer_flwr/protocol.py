@@ -497,26 +497,25 @@ def verify_check(
     tag = _round_tag(server_round)
     part, weights = _check_vectors(check)
     tol = 1e-3
-    if slots is not None:
-        expected = np.zeros(part.size, dtype=bool)
-        expected[sorted(s for s in slots if s < part.size)] = True
-        foreign = np.flatnonzero(
-            ~expected & ((np.abs(part) > 0.5) | ~np.isclose(weights, 0.0, rtol=0, atol=1e-6))
+    present = part > 0.5
+    if np.any(part > tag + 0.5):
+        twice = np.flatnonzero(part > tag + 0.5).tolist()
+        raise AggregationCheckError(
+            f"slots {twice[:10]} were counted more than once (a duplicated update)."
         )
-        absent = np.flatnonzero(expected & ~(part > 0.5))
-        if foreign.size or absent.size or len(slots) != int(expected.sum()):
+    if slots is not None:
+        in_set = np.zeros(part.size, dtype=bool)
+        in_set[sorted(s for s in slots if s < part.size)] = True
+        zero_tol = 1e-9 + ckks_error_bound(model.params, model.count)  # an encrypted zero
+        foreign = np.flatnonzero(~in_set & ((np.abs(part) > 0.5) | (np.abs(weights) > zero_tol)))
+        absent = np.flatnonzero(in_set & ~(part > 0.5))
+        if foreign.size or absent.size or len(slots) != int(in_set.sum()):
             raise AggregationCheckError(
                 f"slots {foreign.tolist()[:10]} carry a contribution and slots "
                 f"{absent.tolist()[:10]} none, but the aggregate sums the updates of slots "
                 f"{sorted(slots)[:10]}{'...' if len(slots) > 10 else ''} (a client that "
                 "claimed another client's slot, or a dropped update)."
             )
-    present = part > 0.5
-    if np.any(part > tag + 0.5):
-        slots = np.flatnonzero(part > tag + 0.5).tolist()
-        raise AggregationCheckError(
-            f"slots {slots[:10]} were counted more than once (a duplicated update)."
-        )
     wrong = present & (np.abs(part - tag) > tol)
     if wrong.any():
         raise AggregationCheckError(
@@ -730,9 +729,9 @@ def _verify_integrity(
             f"expected {INTEGRITY_SLOTS}; it cannot be verified."
         )
     part, weights = _check_vectors(crypto.decrypt(check, key))
-    slots = model.meta.get(META_SLOTS)
-    expected = None if slots is None else parse_slots_mask(slots, part.size)
-    verify_check({"participation": part, "weights": weights}, model, rnd, expected)
+    mask = model.meta.get(META_SLOTS)
+    summed = None if mask is None else parse_slots_mask(mask, part.size)
+    verify_check({"participation": part, "weights": weights}, model, rnd, summed)
     present = np.flatnonzero(part > 0.5)
     chunks = crypto.decrypt_chunks(model, key)
     found = reserved_values(model.layout, chunks)

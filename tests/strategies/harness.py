@@ -63,8 +63,9 @@ class InProcessGrid(Grid):
         ids, replies = [], []
         for msg in messages:
             self.sent.append(msg)
-            received = wire(msg)
             msg_id = f"m{len(self.sent)}"
+            msg.metadata.__dict__["_message_id"] = msg_id  # as Flower's grids do on push
+            received = wire(msg)
             received.metadata.__dict__["_message_id"] = msg_id  # the SuperLink assigns ids
             reply = wire(self.app(received, self.contexts[msg.metadata.dst_node_id]))
             ids.append(msg_id)

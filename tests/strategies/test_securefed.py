@@ -3,6 +3,7 @@
 import copy
 import itertools
 import logging
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -11,7 +12,7 @@ from flwr.app import Array, ArrayRecord
 from flwr.serverapp import strategy as flwr_strategy
 
 from cifer_flwr import crypto, protocol, strategies
-from cifer_flwr.constants import CFG_CLIP_NORM, CHECK_FAILED
+from cifer_flwr.constants import CFG_CLIP_NORM, CFG_COHORT, CFG_SLOT, CHECK_FAILED
 from cifer_flwr.crypto.records import pack_ciphertexts, unpack_ciphertexts
 from cifer_flwr.exceptions import ConfigError
 from tests.strategies.harness import (
@@ -598,3 +599,94 @@ def test_securefed_resumes_from_its_checkpoint(key_files, key, tmp_path):
     a, _ = protocol.materialize(crypto.bundle_from_record(full.arrays, key), key)
     b, _ = protocol.materialize(crypto.bundle_from_record(resumed.arrays, key), key)
     assert close(a, {k: v.astype(np.float64) for k, v in b.items()})
+
+
+# ----------------------------------------------------------------------------- slot claims
+def slot_claim_app(attacker=ATTACKER):
+    """The attacker's ClientApp claims the NEXT client's check slot before ckks_mod runs.
+
+    Its encryption is otherwise honest (integrity values of the claimed slot); issue 18.
+    """
+
+    def wrap(inner):
+        def app(msg, context):
+            if context.node_id == attacker and is_train(msg):
+                config = msg.content["config"]
+                if CFG_SLOT in config:
+                    config[CFG_SLOT] = (int(config[CFG_SLOT]) + 1) % int(config[CFG_COHORT])
+            return inner(msg, context)
+
+        return app
+
+    return wrap
+
+
+def copy_of_victim(public, attacker=ATTACKER, victim=1):
+    """Every train round the attacker's reply is a re-encoded copy of the victim's reply."""
+
+    def tamper(call, replies):
+        by_node = {r.metadata.src_node_id: r for r in replies}
+        a, v = by_node.get(attacker), by_node.get(victim)
+        if a is None or v is None or a.has_error() or v.has_error() or not is_train(a):
+            return replies
+        a.content["arrays"] = rerandomized(v.content["arrays"], public)
+        return replies
+
+    return tamper
+
+
+@pytest.mark.parametrize("attack", ["slot-claim", "copy"])
+@pytest.mark.parametrize(("nodes", "min_cohort"), [(NODES, 2), (SIX, 3)])
+def test_slot_claim_or_copy_is_excluded_within_the_bound(key_files, key, attack, nodes, min_cohort):
+    attacker, rounds = nodes[-1], 6
+    public = crypto.load_public_key(key_files[1])
+    strategy, grid, seen, result = run(
+        key_files,
+        rounds=rounds,
+        nodes=nodes,
+        min_cohort=min_cohort,
+        wrap=slot_claim_app(attacker) if attack == "slot-claim" else None,
+        tamper=copy_of_victim(public, attacker) if attack == "copy" else None,
+    )
+    honest = set(nodes) - {attacker}
+    # identified and excluded, nobody else
+    assert strategy.banned == {attacker}, strategy.integrity_events
+    events = strategy.integrity_events
+    excluded_at = next(e["round"] for e in events if e["event"] == "excluded")
+    failures = sum(1 for e in events if e["event"] == "group-failed")
+    # docs/design.md §4.4.3: at most 1 + ceil(log2(2m - 1)) failed groups, one per round
+    # (federated evaluation on), so the exclusion comes in train round <= 2 + that
+    bound = 1 + math.ceil(math.log2(2 * min_cohort - 1))
+    assert 1 <= failures <= bound and excluded_at <= 1 + bound, events
+    assert all(e["event"] != "group-failed" or attacker in e["nodes"] for e in events)
+    # the run completed every round; each trained from a mean of >= m honest updates
+    for rnd in range(1, rounds):
+        got, nxt = seen[("train", rnd, 1)], seen[("train", rnd + 1, 1)]
+        assert matching_subsets(got, nxt, honest, min_cohort), rnd
+    assert all(("evaluate", rnd, 1) in seen for rnd in range(excluded_at, rounds + 1))
+    final, _ = protocol.materialize(crypto.bundle_from_record(result.arrays, key), key)
+    assert close(final, mean_of([honest_step(seen[("train", rounds, 1)], n) for n in honest]))
+
+
+def test_a_group_holding_another_groups_slot_fails_only_itself(key):
+    """The check binds each sum to the slots the server says it holds (§4.4.2)."""
+    ms = models(4)
+    contribs = [
+        contribution(m, key, slot=i, cohort=4, rnd=2, session="s") for i, m in enumerate(ms)
+    ]
+    contribs[2] = contribution(ms[2], key, slot=3, cohort=4, rnd=2, session="s")  # claims 3
+    parts = released(contribs, 2, "s")
+    for g, members in enumerate(([0, 2], [1, 3])):
+        sub = released([contribs[i] for i in members], 2, "s")
+        sub["model"] = replace(
+            sub["model"], meta={**sub["model"].meta, "slots": protocol.slots_mask(members)}
+        )
+        parts[protocol.group_part("model", g)] = sub["model"]
+        parts[protocol.group_part("check", g)] = sub["check"]
+    opened = protocol.open_global(parts, key)
+    assert opened.failed_groups == (0,)
+    np.testing.assert_allclose(opened.arrays["w"], mean_of([ms[1], ms[3]])["w"], atol=1e-6)
+    with pytest.raises(protocol.AggregationCheckError, match="expected a hex bitmask"):
+        protocol.parse_slots_mask("zz", 4)
+    with pytest.raises(protocol.AggregationCheckError, match="beyond the cohort"):
+        protocol.parse_slots_mask("10", 4)
