@@ -13,9 +13,11 @@ of the chunks:
   it *committed*, so a reply with one bad ciphertext changes no sum.
 
 Nothing is pickled: requests and replies are length-prefixed byte frames written into an
-anonymous in-memory file each worker shares with its owner (``memfd``, inherited, never
-named); the stdin/stdout pipes carry only the frames' lengths. The key reaches a worker as
-key-file bytes that way (never through a named file). A worker exits when its stdin
+anonymous in-memory file each worker shares with its owner (``memfd``, close-on-exec,
+passed to its own worker only through ``pass_fds``, never named); the stdin/stdout pipes
+carry only the frames' lengths. The key is the exception: it reaches a worker as key-file
+bytes through its stdin pipe, written by a helper thread while the worker reads them, so
+the key's bytes never sit in the shared buffer or in a named file. A worker exits when its stdin
 closes, so it dies with its owner, and :meth:`CryptoWorkers.close` (or garbage
 collection, or interpreter exit) stops the pool.
 """
@@ -209,11 +211,44 @@ def _int(part: bytes | memoryview) -> int:
 
 
 def _shared_buffer() -> int:
-    """An anonymous in-memory file a worker and its owner share (inherited, never named)."""
+    """An anonymous in-memory file a worker and its owner share (never named).
+
+    Close-on-exec: only the worker it is passed to (``pass_fds``) gets it, never a child
+    the owner spawns otherwise.
+    """
     if hasattr(os, "memfd_create"):
-        return os.memfd_create("cifer-worker", 0)
+        return os.memfd_create("cifer-worker", os.MFD_CLOEXEC)
     with tempfile.TemporaryFile() as handle:  # unnamed where the OS allows it
-        return os.dup(handle.fileno())
+        return os.dup(handle.fileno())  # os.dup: not inheritable
+
+
+def _send_key(stream: IO[bytes] | None, frame: bytes) -> None:
+    """Write the key frame to a worker's stdin (a helper thread: the pipe holds 64 KB)."""
+    if stream is None:  # pragma: no cover - Popen(stdin=PIPE) always has one
+        return
+    # the worker reads as we write, so the bytes wait in no buffer longer than the load;
+    # a worker that died is noticed by the first collect (_post), not here
+    with contextlib.suppress(OSError, ValueError):
+        stream.write(_LEN.pack(len(frame)))
+        stream.write(frame)
+        stream.flush()
+
+
+def _read_key(inp: IO[bytes]) -> _Worker:
+    """The worker's first message: its key, as a length-prefixed frame on stdin."""
+    notice = _read_exact(inp, _LEN.size)
+    if notice is None:
+        raise WorkerError("stdin closed before the key arrived.")
+    (size,) = _LEN.unpack(notice)
+    if size > MAX_PART_BYTES:
+        raise WorkerError(f"a key frame of {size} bytes (at most {MAX_PART_BYTES}).")
+    data = _read_exact(inp, size)
+    if data is None:
+        raise WorkerError("stdin closed in the key frame.")
+    tag, parts = decode_frame(data)
+    if tag != _KEY or len(parts) != 1:
+        raise WorkerError(f"the first frame is {tag!r} with {len(parts)} parts, expected the key.")
+    return _Worker(bytes(parts[0]))
 
 
 def chunk_ranges(count: int, parts: int) -> list[tuple[int, int]]:
@@ -362,13 +397,28 @@ def serve(buffer_fd: int) -> None:
 
     Frames travel through the shared buffer ``buffer_fd`` (one request or reply at a
     time); stdin and stdout carry only their 8-byte lengths, so a closed stdin (the owner
-    is gone) ends the worker. The first frame carries the key. Anything a library prints
-    goes to stderr. Not for direct use: :class:`CryptoWorkers` starts workers.
+    is gone) ends the worker. The key comes first, whole, on stdin (never through the
+    shared buffer); the answer to it is the first reply. Anything a library prints goes to
+    stderr. Not for direct use: :class:`CryptoWorkers` starts workers.
     """
+    os.set_inheritable(buffer_fd, False)  # nothing this worker might spawn gets the buffer
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     inp = sys.stdin.buffer
     worker: _Worker | None = None
+    try:
+        worker = _read_key(inp)
+        loaded = _put(buffer_fd, _OK, [])
+    except WorkerError:
+        return
+    except Exception as exc:  # reported to the owner, who raises it
+        message = str(exc)[:2000].encode("utf-8", "replace")
+        loaded = _put(buffer_fd, _ERR, [type(exc).__name__.encode(), message])
+    try:
+        out.write(loaded)
+        out.flush()
+    except (BrokenPipeError, OSError):
+        return
     while True:
         try:
             notice = _read_exact(inp, _LEN.size)
@@ -379,13 +429,9 @@ def serve(buffer_fd: int) -> None:
             return
         result: list[bytes] | tuple[Iterator[bytes], int]
         try:
-            if tag == _KEY:
-                worker = _Worker(bytes(parts[0]))
-                result = []
-            elif worker is None:
-                raise WorkerError("a crypto worker got work before its key.")
-            else:
-                result = worker.handle(tag, parts)
+            if worker is None:
+                raise WorkerError("a crypto worker got work without a key that loaded.")
+            result = worker.handle(tag, parts)
             del parts
             if isinstance(result, tuple):
                 notice = _put(buffer_fd, _OK, result[0], result[1])
@@ -428,8 +474,9 @@ class CryptoWorkers:
     ----------
     key : Key
         The key (public for the server's sums, private for a key holder's encryption and
-        decryption). It travels to the workers as key-file bytes through their shared
-        in-memory buffers, which are emptied once the workers loaded it.
+        decryption). It travels to each worker as key-file bytes through its stdin pipe
+        (a helper thread writes while the worker reads), never through the shared
+        buffers, which are close-on-exec and inherited by their own worker only.
     processes : int, optional
         Number of workers (default :func:`default_processes`; at least 1).
 
@@ -478,9 +525,19 @@ class CryptoWorkers:
                 )
             )
         # the workers import and load the key while the owner goes on; the first request
-        # collects their answers (_post)
-        self._starting: list[int] = []
-        self._post({i: (_KEY, [key.to_bytes()]) for i in range(self.processes)})
+        # collects their answers (_post). The key goes through each worker's stdin pipe,
+        # which the worker drains as the helper thread fills it: its bytes are in no
+        # buffer a descriptor could read back, and in the pipe only during the load.
+        frame = encode_frame(_KEY, [key.to_bytes()])
+        self._key_writers = [
+            threading.Thread(
+                target=_send_key, args=(proc.stdin, frame), name="cifer-key-writer", daemon=True
+            )
+            for proc in self._procs
+        ]
+        del frame
+        for thread in self._key_writers:
+            thread.start()
         self._starting = list(range(self.processes))
 
     # ----------------------------------------------------------------- plumbing
@@ -548,9 +605,9 @@ class CryptoWorkers:
             raise WorkerError("the crypto workers were closed.")
         if self._starting:
             starting, self._starting = self._starting, []
+            for thread in self._key_writers:  # stdin is ours again once the key is through
+                thread.join()
             _, error = self._collect(starting)
-            for fd in self._buffers:  # the key's bytes leave the shared buffers
-                os.ftruncate(fd, 0)
             if error is not None:
                 raise self._fail(f"a crypto worker could not load the key: {error}")
         for index, (tag, parts) in requests.items():
