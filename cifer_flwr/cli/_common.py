@@ -106,14 +106,24 @@ def progress(description: str, total: int | None, *, quiet: bool = False) -> Ite
         yield advance
 
 
+def _step_line(message: str) -> None:
+    """One ``[cifer] step`` line on stderr, flushed (progress where no spinner is drawn)."""
+    print(f"[cifer] {message}", file=sys.stderr, flush=True)
+
+
 @contextmanager
-def status(quiet: bool = False) -> Iterator[Callable[[str], None]]:
+def status(quiet: bool = False, *, pipe_lines: bool = False) -> Iterator[Callable[[str], None]]:
     """Yield a callback that shows the current step with a spinner and elapsed time.
 
-    Drawn only on a terminal (see :func:`interactive`) and not when ``quiet``.
+    Drawn only on a terminal (see :func:`interactive`) and not when ``quiet``. With
+    ``pipe_lines``, outside a terminal (a pipe, a log file, CI) each step is one flushed
+    ``[cifer] step`` line on stderr instead, so long work is not silent; stdout keeps the result.
     """
-    if quiet or not interactive():
+    if quiet:
         yield lambda _msg: None
+        return
+    if not interactive():
+        yield _step_line if pipe_lines else (lambda _msg: None)
         return
     with Progress(
         SpinnerColumn(),

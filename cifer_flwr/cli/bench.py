@@ -29,7 +29,7 @@ def crypto_cmd(
     Example: cifer bench crypto --params 1000000 --clients 10 --json
     """
     try:
-        with status(quiet=as_json) as progress:
+        with status(quiet=as_json, pipe_lines=True) as progress:
             result = bench_crypto(params, clients, preset, progress=progress)
     except CiferError as exc:
         raise fail(exc) from exc
@@ -75,7 +75,7 @@ def round_cmd(
     """
     chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
     try:
-        with status(quiet=as_json) as progress:
+        with status(quiet=as_json, pipe_lines=True) as progress:
             result = bench_round(clients, params, chosen, progress=progress)
     except CiferError as exc:
         raise fail(exc) from exc

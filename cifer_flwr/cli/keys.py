@@ -56,15 +56,16 @@ def keygen(
                 "everything encrypted under it)."
             )
         if scheme == "paillier":  # crypto/paillier.py, docs/design.md §4.8
-            pkey = paillier.generate_key("paillier" if preset == "default" else preset)
-            priv, pub = paillier.write_key_pair(pkey, target, force=force)
+            with progress(f"generating a Paillier key pair (preset {preset})", None) as _:
+                pkey = paillier.generate_key("paillier" if preset == "default" else preset)
+                priv, pub = paillier.write_key_pair(pkey, target, force=force)
             key: crypto.Key | paillier.PaillierKey = pkey
         elif scheme != "ckks":
             raise ConfigError(f"--scheme {scheme!r:.40}: choose ckks or paillier.")
         else:
             with progress(f"generating a CKKS key pair (preset {preset})", None) as _:
                 key = ckks_key = crypto.generate_key(preset, relin_keys=relin, galois_keys=galois)
-            priv, pub = crypto.write_key_pair(ckks_key, target, force=force)
+                priv, pub = crypto.write_key_pair(ckks_key, target, force=force)
     except CiferError as exc:
         raise fail(exc) from exc
     console.print(f"fingerprint  {key.fingerprint}")

@@ -56,3 +56,16 @@ def test_crash_reports_never_print_local_variables():
 
     for typer_app in (app, bench.app, federation.app, keys.keys_app, securetrain.app):
         assert typer_app.pretty_exceptions_show_locals is False
+
+
+def test_bench_shows_its_steps_in_a_pipe_on_stderr():
+    """Not a terminal (CI, a pipe): no spinner, but one stderr line per step (issue 22)."""
+    res = runner.invoke(app, ["bench", "crypto", "--params", "20000", "--clients", "3"])
+    assert res.exit_code == 0, res.output
+    steps = [line for line in res.stderr.splitlines() if line.startswith("[cifer] ")]
+    assert len(steps) >= 3, res.stderr
+    assert "[cifer] " not in res.stdout  # stdout keeps the table only
+    as_json = runner.invoke(
+        app, ["bench", "crypto", "--params", "20000", "--clients", "3", "--json"]
+    )
+    assert "[cifer] " not in as_json.stderr  # --json: quiet
