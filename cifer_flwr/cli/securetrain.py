@@ -9,12 +9,12 @@ from typing import Annotated, Any
 
 import typer
 
+from cifer_flwr import crypto
 from cifer_flwr import securetrain as st
 from cifer_flwr.cli._common import console, fail, progress
 from cifer_flwr.crypto import container
-from cifer_flwr.crypto.keys import load_private_key
-from cifer_flwr.exceptions import CiferError, ConfigError, NotLinearModelError
-from cifer_flwr.securetrain.algorithm import period_for
+from cifer_flwr.exceptions import CiferError, ConfigError, KeyFileError, NotLinearModelError
+from cifer_flwr.securetrain.algorithm import LEVELS_PER_ITERATION, period_for
 from cifer_flwr.securetrain.encrypted import EncryptedDataset, PlainDesign
 from cifer_flwr.securetrain.tensors import read_tensors, write_tensors
 from cifer_flwr.securetrain.workflow import (
@@ -315,6 +315,7 @@ def train_cmd(
             start = st.encrypt_model(_zeros(design), key, scaler=design.scaler)
         d1 = design.num_features + 1
         total = design.outputs * iterations * d1
+        notices: list[str] = []
         with progress("training (encrypted weights)", total, quiet=quiet) as advance:
             trained = st.train_encrypted(
                 design,
@@ -322,10 +323,13 @@ def train_cmd(
                 iterations=iterations,
                 learning_rate=learning_rate,
                 on_step=lambda _k, done, _t: advance(1) if done else None,
+                on_notice=notices.append,
             )
         st.save_encrypted(trained, out)
     except (CiferError, OSError) as exc:
         raise fail(exc) from exc
+    for notice in notices:
+        console.print(f"note: {notice}", highlight=False)
     classes = "" if design.outputs == 1 else f", {design.outputs} one-vs-rest models"
     console.print(
         f"trained {iterations} iterations on {design.num_samples} samples{classes} "
@@ -398,7 +402,7 @@ def decrypt_model_cmd(
     metrics: dict[str, float] | None = None
     try:
         out = check_plain_output(output_model, force=force)
-        key = load_private_key(private_key)
+        any_key = crypto.load_private_key(private_key)  # CKKS, packed or Paillier
         if is_federated_model(input_model):
             if dataset is not None:
                 raise ConfigError(
@@ -407,7 +411,7 @@ def decrypt_model_cmd(
                 )
             stored = _container_source(input_model) == TENSORS_SOURCE
             with progress("decrypting", None, quiet=quiet or as_json):
-                tensors = decrypt_tensors(input_model, key)
+                tensors = decrypt_tensors(input_model, any_key)
             write_tensors(tensors, out)
             names = list(tensors.arrays)
             kind = "model" if stored else "federated model"
@@ -420,6 +424,7 @@ def decrypt_model_cmd(
             else:
                 console.print(summary, highlight=False)
             return
+        key = _ckks_key(any_key, private_key, "a securetrain logistic model")
         enc = st.load_encrypted_model(input_model, key)
         with progress("decrypting", None, quiet=quiet or as_json):
             model = st.decrypt_model(enc, key)
@@ -446,6 +451,62 @@ def decrypt_model_cmd(
             "decrypt with --dataset DATA.",
             highlight=False,
         )
+
+
+@app.command("refresh")
+def refresh_cmd(
+    input_model: Annotated[
+        Path, typer.Option("--input-model", help="Encrypted model the trainer sent back (.enc).")
+    ],
+    private_key: Annotated[
+        Path, typer.Option("--private-key", help="Your private key (private.key).")
+    ],
+    output_model: Annotated[
+        Path, typer.Option("--output-model", help="Refreshed encrypted model to write (.enc).")
+    ],
+    force: Force = False,
+    quiet: Quiet = False,
+) -> None:
+    """Key holder: decrypt and re-encrypt a trained model so training can continue.
+
+    Without bootstrapping a key holds only a few encrypted iterations. You may see the
+    model anyway, so you decrypt it and encrypt it afresh (all levels back, a new public
+    size bound); send the result to the trainer, who runs `train --encrypted-model` again
+    with the same data. Repeat until the model stops improving.
+
+    Example: cifer securetrain refresh --input-model ./bob/prj1_trained_model.enc
+    --private-key ./keys/private.key --output-model ./alice/prj1_refreshed.enc
+    """
+    try:
+        out = check_encrypted_output(output_model, force=force)
+        key = _ckks_key(crypto.load_private_key(private_key), private_key, "refresh")
+        enc = st.load_encrypted_model(input_model, key)
+        total = len(enc.coefficients)
+        with progress("re-encrypting the weights", total, quiet=quiet) as advance:
+            fresh = st.refresh_model(enc, key, progress=_advance(advance))
+        st.save_encrypted(fresh, out)
+    except (CiferError, OSError) as exc:
+        raise fail(exc) from exc
+    console.print(
+        f"refreshed {total} coefficients (levels used {enc.level} -> 0; up to "
+        f"{key.params.depth // LEVELS_PER_ITERATION} more iterations) -> {out}",
+        highlight=False,
+    )
+    console.print(
+        f"  SHARE  {out}  (send it to the trainer: train --encrypted-model {out} ...)",
+        highlight=False,
+    )
+
+
+def _ckks_key(key: crypto.AnyKey, path: Path, what: str) -> crypto.Key:
+    """The CKKS key encrypted training needs; a Paillier key is refused with the fix."""
+    if isinstance(key, crypto.Key):
+        return key
+    raise KeyFileError(
+        f"{path} is a Paillier key, but {what} is encrypted under CKKS (encrypted training "
+        "needs ciphertext products, which Paillier lacks); use the CKKS private.key that "
+        "encrypt-dataset / encrypt-model created."
+    )
 
 
 def _print_metrics(metrics: dict[str, float], where: str = "") -> None:

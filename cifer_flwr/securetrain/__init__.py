@@ -32,6 +32,7 @@ from cifer_flwr.securetrain.encrypted import (
     load_encrypted_dataset,
     load_encrypted_model,
     plain_design,
+    refresh_model,
     save_encrypted,
     train_encrypted,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "plain_design",
     "read_model",
     "read_tensors",
+    "refresh_model",
     "roc_auc",
     "save_dataset",
     "save_encrypted",

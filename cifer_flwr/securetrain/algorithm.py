@@ -35,14 +35,18 @@ __all__ = [
     "MAX_PUBLIC_KEY_BYTES",
     "SCALE_BITS",
     "SIGMOID_COEFFS",
+    "START_SCORE_LIMIT",
     "depth_for",
     "iterations_for_depth",
     "max_iterations",
+    "max_row_norm",
     "more_depth",
     "nesterov_etas",
+    "norm_bound",
     "params_for_iterations",
     "period_for",
     "sigmoid_poly",
+    "start_shrink",
     "train_plaintext",
 ]
 
@@ -56,6 +60,49 @@ DEFAULT_ITERATIONS = 3
 DEFAULT_LEARNING_RATE = 0.2
 #: Largest public key (relinearization + Galois keys) cifer will create: 2 GiB.
 MAX_PUBLIC_KEY_BYTES = 2 * 1024**3
+#: Largest score ``|[1, x] . beta|`` a starting model may reach on the training rows. The
+#: degree-3 sigmoid is fitted on [-8, 8]; beyond about +-10 its cubic term dominates, the
+#: "gradient" points the wrong way and grows cubically, and training diverges (a default-
+#: initialised ``nn.Linear(30, 1)`` scores up to +-420 on raw breast-cancer rows). Half the
+#: fitted range leaves room for the steps. A start that may score more is shrunk toward zero
+#: by a positive factor, which keeps its predictions (the sign of every score) unchanged.
+START_SCORE_LIMIT = 4.0
+
+
+def norm_bound(model: Classifier) -> float:
+    """Public bound on a model's size: the power of two at or above its largest L2 norm.
+
+    The norm is that of ``[bias, weight...]``, the largest over one-vs-rest blocks; 0 for a
+    zero model. The key holder publishes it with an encrypted model (docs/design.md §4.6), so
+    a trainer can check the start fits the sigmoid approximation; rounding up to a power of
+    two reveals the magnitude only to within a factor of two.
+    """
+    vectors = (
+        [model.to_vector()]
+        if isinstance(model, LogisticModel)
+        else [m.to_vector() for m in model.models]
+    )
+    norm = max(float(np.linalg.norm(v)) for v in vectors)
+    if norm == 0.0:
+        return 0.0
+    return float(2.0 ** math.ceil(math.log2(norm)))
+
+
+def max_row_norm(x: npt.ArrayLike) -> float:
+    """Largest L2 norm of a row ``[1, x_i]`` (what bounds ``|[1, x_i] . beta|``)."""
+    arr = np.asarray(x, dtype=np.float64)
+    return float(np.sqrt(1.0 + np.max(np.sum(arr * arr, axis=1), initial=0.0)))
+
+
+def start_shrink(bound: float, row_norm: float) -> float:
+    """Factor in (0, 1] that keeps a start's scores within :data:`START_SCORE_LIMIT`.
+
+    By Cauchy-Schwarz, a start of norm at most ``bound`` scores at most ``bound * row_norm``
+    on rows of norm at most ``row_norm``; the factor is 1 when that is already within the
+    limit, else ``START_SCORE_LIMIT / (bound * row_norm)``.
+    """
+    reach = bound * row_norm
+    return 1.0 if reach <= START_SCORE_LIMIT else START_SCORE_LIMIT / reach
 
 
 def sigmoid_poly(x: npt.ArrayLike) -> npt.NDArray[np.float64]:
@@ -83,6 +130,7 @@ def train_plaintext(
     learning_rate: float = DEFAULT_LEARNING_RATE,
     init: Classifier | None = None,
     standardize: bool = False,
+    shrink_start: bool = True,
     on_iteration: Callable[[int], None] | None = None,
 ) -> Classifier:
     """Train with the exact algorithm of the encrypted trainer, in plaintext (the oracle).
@@ -96,7 +144,13 @@ def train_plaintext(
     learning_rate : float
         Step size ``lr`` (the gradient is averaged over samples).
     init : LogisticModel or OneVsRestModel, optional
-        Starting model (raw coordinates); zeros by default.
+        Starting model (raw coordinates); zeros by default. A start whose scores on these
+        rows may exceed :data:`START_SCORE_LIMIT` is shrunk first (:func:`start_shrink`),
+        exactly as the encrypted trainer does on plaintext rows (scenario 2).
+    shrink_start : bool
+        ``False`` mirrors training on an encrypted dataset (scenario 1), where the trainer
+        cannot see the rows and a start can only be zeros or a model trained (and
+        refreshed) on the same data, so it is never shrunk.
     standardize : bool
         Train on standardized features and fold the scaler back (what securetrain does), so
         the model works on raw rows.
@@ -118,6 +172,9 @@ def train_plaintext(
         raise FeatureMismatchError(
             f"the model has {len(starts)} outputs but the data needs {dataset.num_outputs}."
         )
+    if init is not None and shrink_start:
+        shrink = start_shrink(norm_bound(init), max_row_norm(dataset.X))
+        starts = [None if m is None else _shrunk(m, shrink) for m in starts]
     if scaler is not None:
         starts = [None if m is None else _unfold(m, scaler) for m in starts]
     positives = [1] if dataset.num_outputs == 1 else list(range(dataset.num_classes))
@@ -129,6 +186,12 @@ def train_plaintext(
         models[0] if len(models) == 1 else OneVsRestModel(tuple(models), dataset.classes)
     )
     return model if scaler is None else fold_scaler(model, scaler)
+
+
+def _shrunk(model: LogisticModel, factor: float) -> LogisticModel:
+    if factor == 1.0:
+        return model
+    return LogisticModel(model.weight * factor, float(model.bias) * factor)
 
 
 def _unfold(model: LogisticModel, scaler: Scaler) -> LogisticModel:

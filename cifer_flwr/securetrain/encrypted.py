@@ -39,6 +39,7 @@ from cifer_flwr import crypto
 from cifer_flwr.constants import KIND_ENCRYPTED_DATASET, KIND_ENCRYPTED_MODEL
 from cifer_flwr.crypto import container
 from cifer_flwr.crypto.ckks import from_header_and_chunks
+from cifer_flwr.crypto.headers import finite_number
 from cifer_flwr.crypto.keys import Key
 from cifer_flwr.crypto.linalg import (
     Ciphertext,
@@ -58,10 +59,14 @@ from cifer_flwr.exceptions import (
 from cifer_flwr.securetrain.algorithm import (
     LEVELS_PER_ITERATION,
     SIGMOID_COEFFS,
+    START_SCORE_LIMIT,
     _check_hyper,
+    max_row_norm,
     more_depth,
     nesterov_etas,
+    norm_bound,
     period_for,
+    start_shrink,
 )
 from cifer_flwr.securetrain.data import MAX_CLASSES, Dataset, Scaler, signed_design
 from cifer_flwr.securetrain.model import Classifier, LogisticModel, OneVsRestModel, fold_scaler
@@ -79,6 +84,7 @@ __all__ = [
     "load_encrypted_dataset",
     "load_encrypted_model",
     "plain_design",
+    "refresh_model",
     "save_encrypted",
     "train_encrypted",
 ]
@@ -91,6 +97,8 @@ MAX_FEATURES = 1 << 20
 MAX_CIPHERTEXTS = 1 << 20
 MAX_ITERATIONS = 1 << 20
 MAX_SCALE = 1e6
+#: Largest public norm bound of an encrypted model (a power of two).
+MAX_NORM_BOUND = 2.0**60
 #: Name of the array holding the encrypted scaler words.
 SCALER_ARRAY = "scaler"
 
@@ -189,6 +197,7 @@ class PlainDesign:
     raw_columns: tuple[tuple[npt.NDArray[np.float64], ...], ...] = field(default=(), repr=False)
     folded_columns: tuple[tuple[npt.NDArray[np.float64], ...], ...] = field(default=(), repr=False)
     classes: tuple[float, ...] = ()
+    row_norm: float = 1.0
 
     def design(self, output: int) -> tuple[tuple[npt.NDArray[np.float64], ...], ...]:
         """The ``num_features + 1`` columns of one output's signed design."""
@@ -214,6 +223,10 @@ class EncryptedModel:
         1 (binary) or the number of classes (one-vs-rest).
     scaler : EncryptedArrays, optional
         The data owner's standardization, encrypted, folded in by :func:`decrypt_model`.
+    bound : float, optional
+        Public bound on the plaintext coefficients' L2 norm (per output block), a power of
+        two set by the key holder (:func:`encrypt_model`, :func:`refresh_model`); ``None``
+        for a model straight out of training (nobody could see its size).
 
     """
 
@@ -223,6 +236,7 @@ class EncryptedModel:
     meta: dict[str, Any] = field(default_factory=dict)
     outputs: int = 1
     scaler: crypto.EncryptedArrays | None = field(default=None, repr=False)
+    bound: float | None = None
 
     @property
     def num_features(self) -> int:
@@ -253,6 +267,7 @@ class EncryptedModel:
             "order": "bias,weights",
             "scale": self.scale,
             "levels": [ct.level for ct in self.coefficients],
+            **({} if self.bound is None else {"norm_bound": self.bound}),
             **_scaler_header(self.scaler),
             "meta": self.meta,
         }
@@ -369,6 +384,7 @@ def plain_design(dataset: Dataset, params: CkksParams, *, standardize: bool = Tr
         tuple(raw),
         tuple(out),
         tuple(dataset.classes),
+        max_row_norm(dataset.X),
     )
 
 
@@ -444,7 +460,7 @@ def encrypt_model(
     if isinstance(model, OneVsRestModel) and model.classes is not None:
         meta["classes"] = list(model.classes)
     outputs = 1 if isinstance(model, LogisticModel) else model.num_classes
-    return EncryptedModel(tuple(cts), 1.0, key, meta, outputs, scaler)
+    return EncryptedModel(tuple(cts), 1.0, key, meta, outputs, scaler, norm_bound(model))
 
 
 def _classes(meta: dict[str, Any], outputs: int) -> tuple[float, ...] | None:
@@ -494,6 +510,55 @@ def decrypt_model(enc: EncryptedModel, key: Key) -> Classifier:
     if enc.scaler is not None:
         model = fold_scaler(model, decrypt_scaler(enc.scaler, key, enc.num_features))
     return model
+
+
+def refresh_model(
+    enc: EncryptedModel, key: Key, *, progress: Progress | None = None
+) -> EncryptedModel:
+    """Key holder's refresh: decrypt the coefficients and encrypt them again at level 0.
+
+    CKKS without bootstrapping runs out of levels after a few iterations; the key holder is
+    entitled to the model anyway, so she decrypts it (without folding the scaler: the model
+    stays in the coordinates it trains in) and encrypts it afresh, with a new public
+    :func:`~.algorithm.norm_bound`. The trainer then continues with the full depth
+    (docs/design.md §4.6, the refresh round trip). Inverse: nothing to undo, the
+    coefficients are unchanged up to CKKS noise.
+
+    Raises
+    ------
+    KeyTypeError
+        When ``key`` is public.
+    KeyMismatchError
+        When the model was encrypted under another key.
+    CiphertextFormatError
+        When the coefficients do not decrypt to finite values.
+
+    """
+    key.require_private("refresh the model")
+    if key.fingerprint != enc.key.fingerprint:
+        raise KeyMismatchError(enc.key.fingerprint, key.fingerprint, "encrypted model")
+    beta = np.array([float(np.mean(ct.decrypt(key))) for ct in enc.coefficients]) * enc.scale
+    if not np.all(np.isfinite(beta)):
+        raise CiphertextFormatError(
+            "the model holds NaN or infinite coefficients after decryption: its ciphertexts "
+            "or public scale were altered, or training ran past the parameters' range; "
+            "train again from the last good model."
+        )
+    cts = []
+    for i, value in enumerate(beta):
+        cts.append(encrypt_constant(float(value), key))
+        if progress is not None:
+            progress(i + 1, beta.size)
+    blocks = beta.reshape(enc.outputs, -1)
+    plain: Classifier = (
+        LogisticModel.from_vector(blocks[0])
+        if enc.outputs == 1
+        else OneVsRestModel.from_matrix(blocks[:, 1:], blocks[:, 0])
+    )
+    meta = {**enc.meta, "refreshed": _now()}
+    return EncryptedModel(
+        tuple(cts), 1.0, enc.key, meta, enc.outputs, enc.scaler, norm_bound(plain)
+    )
 
 
 # ---------------------------------------------------------------------------------- files
@@ -673,11 +738,7 @@ def load_encrypted_model(path: str | os.PathLike[str], key: Key) -> EncryptedMod
             what, "shape", shape, f"{_model_shape(outputs, d)} (outputs x bias and {d} weights)"
         )
     scale = _field(header, "scale", what)
-    if (
-        isinstance(scale, bool)
-        or not isinstance(scale, int | float)
-        or not (math.isfinite(scale) and 0 < scale <= MAX_SCALE)
-    ):
+    if not finite_number(scale) or not 0 < scale <= MAX_SCALE:
         raise _bad(what, "scale", scale, f"a finite number in (0, {MAX_SCALE:g}]")
     levels = _field(header, "levels", what)
     depth = key.params.depth
@@ -693,6 +754,13 @@ def load_encrypted_model(path: str | os.PathLike[str], key: Key) -> EncryptedMod
             levels,
             f"{outputs * (d + 1)} integers in [0, {depth}] (the key's depth)",
         )
+    bound = header.get("norm_bound")
+    if bound is not None and (
+        isinstance(bound, bool)
+        or not isinstance(bound, int | float)
+        or not (bound == 0 or (0 < bound <= MAX_NORM_BOUND and math.log2(bound).is_integer()))
+    ):
+        raise _bad(what, "norm_bound", bound, f"0 or a power of two up to {MAX_NORM_BOUND:g}")
     meta = _meta(header, what)
     blobs, scaler = _split_scaler(header, blobs, key, what, d)
     if len(blobs) != outputs * (d + 1):
@@ -700,7 +768,9 @@ def load_encrypted_model(path: str | os.PathLike[str], key: Key) -> EncryptedMod
             f"{path}: {len(blobs)} ciphertexts for {outputs} x ({d} features + bias)."
         )
     cts = tuple(Ciphertext.from_bytes(b, key, lv) for b, lv in zip(blobs, levels, strict=True))
-    return EncryptedModel(cts, float(scale), key, meta, outputs, scaler)
+    return EncryptedModel(
+        cts, float(scale), key, meta, outputs, scaler, None if bound is None else float(bound)
+    )
 
 
 def _read(path: str | os.PathLike[str], kind: str, what: str) -> tuple[dict[str, Any], list[bytes]]:
@@ -776,6 +846,7 @@ def train_encrypted(
     iterations: int,
     learning_rate: float,
     on_step: Callable[[int, int, int], None] | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> EncryptedModel:
     """Run the algorithm of :func:`~.algorithm.train_plaintext` on encrypted weights.
 
@@ -793,6 +864,10 @@ def train_encrypted(
     on_step : callable, optional
         ``on_step(step, done, total)`` after each coefficient of each iteration; ``step``
         counts iterations over all outputs (``output * iterations + iteration``).
+    on_notice : callable, optional
+        Receives a sentence for the person training (never stored in the model): on
+        plaintext data, when the start was shrunk to fit the sigmoid approximation
+        (:func:`~.algorithm.start_shrink`), or carries no size bound to check.
 
     Returns
     -------
@@ -837,6 +912,7 @@ def train_encrypted(
             f"{key.params.depth}) allow {key.params.depth} and this model already used "
             f"{model.level}. Train at most {max(fit, 0)} iterations, or {more_depth(iterations)}"
         )
+    shrink = _start_shrink(design, model, on_notice)
     fold = None
     if isinstance(design, PlainDesign) and design.scaler is not None:
         fold = _folding(design.scaler)
@@ -863,6 +939,7 @@ def train_encrypted(
             fold,
             raw,
             folded,
+            shrink,
         )
     meta: dict[str, Any] = {
         "created": _now(),
@@ -879,6 +956,37 @@ def train_encrypted(
     return EncryptedModel(tuple(coefficients), s, key, meta, design.outputs, scaler)
 
 
+def _start_shrink(
+    design: EncryptedDataset | PlainDesign,
+    model: EncryptedModel,
+    on_notice: Callable[[str], None] | None,
+) -> float:
+    """Factor applied to a start on plaintext rows so its scores fit the approximation."""
+    if not isinstance(design, PlainDesign):
+        return 1.0  # zero start or a model trained on this very encrypted dataset
+    notice = on_notice or (lambda _msg: None)
+    if model.bound is None:
+        notice(
+            "the encrypted model carries no public size bound (it comes straight from "
+            "training), so its scores on your rows cannot be checked against the sigmoid "
+            f"approximation's range +-{START_SCORE_LIMIT:g}; if the result is poor, ask the "
+            "key holder to run `cifer securetrain refresh` on it (which records the bound) "
+            "and train again."
+        )
+        return 1.0
+    factor = start_shrink(model.bound, design.row_norm)
+    if factor < 1.0:
+        notice(
+            f"the starting model (norm up to {model.bound:g}) may score up to "
+            f"+-{model.bound * design.row_norm:.4g} on your rows (largest row norm "
+            f"{design.row_norm:.4g}), beyond the +-{START_SCORE_LIMIT:g} the degree-3 sigmoid "
+            f"handles (it would diverge); it was shrunk by {factor:.3g} before training, "
+            "which keeps its predictions. Standardize the inputs the model was built for, "
+            "or start from zeros, to avoid this."
+        )
+    return factor
+
+
 def _train_block(
     columns: list[Column],
     weights: list[Ciphertext],
@@ -890,6 +998,7 @@ def _train_block(
     fold: tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]] | None,
     raw: Sequence[Column] | None,
     folded: Sequence[Column] | None,
+    shrink: float = 1.0,
 ) -> list[Ciphertext]:
     """Train one output's ``[bias, weight...]``; returns the coefficients divided by ``s``.
 
@@ -902,14 +1011,14 @@ def _train_block(
     s = math.sqrt(learning_rate / n)
     etas = nesterov_etas(iterations)
     d1 = len(columns)
-    ratio = model_scale / s
+    ratio = model_scale * shrink / s
     u = [w * ratio for w in weights] if fold is None else _linear(weights, fold[1] * ratio)
     b = u  # current beta / s
     for k, eta in enumerate(etas):
         last = k == iterations - 1
         on_step(k, 0, d1)
         if k == 0:
-            src, src_scale = weights, model_scale
+            src, src_scale = weights, model_scale * shrink
             inputs = list(raw) if raw is not None else columns
         else:
             src, src_scale, inputs = u, s, columns
