@@ -84,10 +84,11 @@ def inspect(
     Example: cifer keys inspect keys/hospital-fl/public.key
     """
     try:
-        if _is_paillier(file):  # docs/design.md §4.1
-            info = _paillier_info(file, paillier.load_key(file))
+        key = crypto.load_key(file)  # the one loader: CKKS, packed (BFV) or Paillier
+        if isinstance(key, paillier.PaillierKey):
+            info = _paillier_info(file, key)
         else:
-            info = _ckks_info(file, crypto.keys.load_key(file))
+            info = _ckks_info(file, key)
     except CiferError as exc:
         raise fail(exc) from exc
     if as_json:
@@ -95,13 +96,6 @@ def inspect(
         return
     for k, v in info.items():
         console.print(f"{k:<20} {v}", highlight=False)
-
-
-def _is_paillier(file: Path) -> bool:
-    try:
-        return file.is_file() and paillier.key_file_scheme(file) == "paillier"
-    except CiferError:
-        return False  # the CKKS loader says what is wrong with the file
 
 
 def _paillier_info(file: Path, key: paillier.PaillierKey) -> dict[str, object]:
@@ -121,6 +115,7 @@ def _ckks_info(file: Path, key: crypto.Key) -> dict[str, object]:
     return {
         "file": str(file),
         "type": "private" if key.is_private else "public",
+        "scheme": key.params.scheme,
         "preset": key.params.name,
         "poly_modulus_degree": key.params.poly_modulus_degree,
         "coeff_mod_bit_sizes": list(key.params.coeff_mod_bit_sizes),

@@ -21,6 +21,7 @@ from cifer_flwr.crypto.keys import (
     write_key_pair,
 )
 from cifer_flwr.crypto.linalg import generate_training_key, has_training_keys
+from cifer_flwr.crypto.paillier import PaillierKey
 from cifer_flwr.exceptions import CiferError, KeyFileError, KeyTypeError, OutputPathError
 from cifer_flwr.securetrain.algorithm import (
     DEFAULT_ITERATIONS,
@@ -257,7 +258,11 @@ def is_federated_model(path: str | os.PathLike[str]) -> bool:
 
     Reads only the public container header; no key is needed.
     """
-    from cifer_flwr.constants import KIND_ENCRYPTED_ARRAYS, KIND_ENCRYPTED_BUNDLE
+    from cifer_flwr.constants import (
+        KIND_ENCRYPTED_ARRAYS,
+        KIND_ENCRYPTED_BUNDLE,
+        KIND_PAILLIER_ARRAYS,
+    )
     from cifer_flwr.crypto import container
 
     p = Path(path)
@@ -267,10 +272,13 @@ def is_federated_model(path: str | os.PathLike[str]) -> bool:
         header, _ = container.read_file(p)
     except CiferError:
         return False
-    return header.get("kind") in (KIND_ENCRYPTED_ARRAYS, KIND_ENCRYPTED_BUNDLE)
+    kinds = (KIND_ENCRYPTED_ARRAYS, KIND_ENCRYPTED_BUNDLE, KIND_PAILLIER_ARRAYS)
+    return header.get("kind") in kinds
 
 
-def decrypt_federated_model(path: str | os.PathLike[str], key: Key) -> dict[str, npt.NDArray[Any]]:
+def decrypt_federated_model(
+    path: str | os.PathLike[str], key: Key | PaillierKey
+) -> dict[str, npt.NDArray[Any]]:
     """Decrypt a strategy's encrypted global model into named arrays (key holders only).
 
     For FedYogi / FedAdam / FedAdagrad the last round's pending server step is applied
@@ -300,6 +308,6 @@ def encrypt_tensors(tensors: ModelTensors, key: Key) -> bytes:
     return crypto.to_bytes(enc)
 
 
-def decrypt_tensors(path: str | os.PathLike[str], key: Key) -> ModelTensors:
+def decrypt_tensors(path: str | os.PathLike[str], key: Key | PaillierKey) -> ModelTensors:
     """Decrypt a model written by :func:`encrypt_tensors` or a strategy's ``save_path``."""
     return ModelTensors.from_arrays(decrypt_federated_model(path, key))
