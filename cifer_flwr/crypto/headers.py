@@ -27,6 +27,7 @@ __all__ = [
     "check_fingerprint",
     "check_meta",
     "check_part_name",
+    "finite_number",
     "parse_arrays_header",
     "parse_layout",
 ]
@@ -74,6 +75,21 @@ def _fail(what: str, message: str) -> CiphertextFormatError:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def finite_number(value: Any) -> bool:
+    """Whether ``value`` is a JSON number (int or float, not bool) finite as a float.
+
+    The one check for numeric header fields another party wrote: ``math.isfinite`` raises
+    ``OverflowError`` for an integer beyond the float range (``10**400`` in JSON), this
+    returns ``False``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def check_fingerprint(value: Any, *, what: str = "header") -> str:
@@ -221,11 +237,7 @@ def parse_arrays_header(
     except CiferError as exc:
         raise _fail(what, f"invalid CKKS parameters: {exc}") from exc
     weight = header.get("weight", 1.0)
-    if (
-        not (_is_int(weight) or isinstance(weight, float))
-        or not math.isfinite(weight)
-        or not 0 < weight <= MAX_WEIGHT
-    ):
+    if not finite_number(weight) or not 0 < weight <= MAX_WEIGHT:
         raise _fail(
             what, f"weight {weight!r:.40}, expected a finite number in (0, {MAX_WEIGHT:g}]."
         )

@@ -61,7 +61,7 @@ from cifer_flwr.constants import (
 from cifer_flwr.crypto import container
 from cifer_flwr.crypto import keys as _keys
 from cifer_flwr.crypto.encoding import Layout, flatten, unflatten
-from cifer_flwr.crypto.headers import check_fingerprint, check_meta, parse_layout
+from cifer_flwr.crypto.headers import check_fingerprint, check_meta, finite_number, parse_layout
 from cifer_flwr.crypto.keys import (
     _check_permissions,
     fingerprint_of,
@@ -1230,7 +1230,7 @@ def from_header_and_chunks(
     weight = header["weight"]
     if not isinstance(weight, (int, float)) or isinstance(weight, bool):
         raise _fail(what, f"weight {weight!r:.40}, expected a number.")
-    if not math.isfinite(weight) or not 0 <= weight <= _MAX_WEIGHT:
+    if not finite_number(weight) or not 0 <= weight <= _MAX_WEIGHT:
         raise _fail(what, f"weight {weight!r:.40}, expected a finite number in [0, 1e15].")
     count, scale_bits = header["count"], header["scale_bits"]
     if not _strict_int(count) or not 0 <= count <= params.max_summands:

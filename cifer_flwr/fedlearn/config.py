@@ -12,7 +12,10 @@ instead), ``use_secure`` is TLS, ``use_homomorphic`` is CKKS through ``ckks_mod`
 ``private_key``, made by ``cifer keygen``), and ``dataset_path`` / ``model_path`` (plus
 ``model_class`` for a PyTorch state dict) are this client's own data and model. Unknown keys,
 wrong types and impossible combinations raise :class:`~cifer_flwr.exceptions.ConfigError`
-naming the key. Relative paths are relative to the JSON file.
+naming the key. Relative paths are relative to the JSON file. A path is checked before the
+file system sees it (no NUL byte, at most ``PATH_MAX`` bytes and ``NAME_MAX`` per component,
+``~user`` only for a user that exists), and JSON is parsed with its own limits (integers of
+at most 4 300 digits, bounded nesting) turned into ``ConfigError`` too.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from cifer_flwr.exceptions import ConfigError
 __all__ = [
     "CLIENT_KEYS",
     "MAX_CONFIG_BYTES",
+    "MAX_NAME_BYTES",
+    "MAX_PATH_BYTES",
     "SERVER_KEYS",
     "ClientConfig",
     "ServerConfig",
@@ -38,6 +43,8 @@ __all__ = [
 
 #: Largest JSON config accepted.
 MAX_CONFIG_BYTES = 64 << 10
+#: Longest path (bytes, Linux ``PATH_MAX``) and path component (``NAME_MAX``) a config may name.
+MAX_PATH_BYTES, MAX_NAME_BYTES = 4096, 255
 _LOOPBACK = ("127.0.0.1", "localhost")
 
 #: Key -> (accepted types, description) of a client config.
@@ -68,18 +75,65 @@ SERVER_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
 }
 
 
+def _checked_path(value: str | os.PathLike[str], key: str, what: str) -> Path:
+    """``value`` as a ``Path`` with ``~`` expanded, refused before the file system sees it.
+
+    Raises
+    ------
+    ConfigError
+        For a NUL byte, text that is not a file name (lone surrogates), more than
+        :data:`MAX_PATH_BYTES` bytes or a component over :data:`MAX_NAME_BYTES`, or
+        ``~user`` for a user that does not exist.
+
+    """
+    text = os.fspath(value)
+    shown = f"{what}: {key} {text!r:.80}"
+    if "\0" in text:
+        raise ConfigError(f"{shown} holds a NUL byte; expected a file path (no NUL bytes).")
+    try:
+        raw = os.fsencode(text)
+    except UnicodeError:
+        raise ConfigError(
+            f"{shown} is not a valid file name (unpaired surrogates); expected a file path."
+        ) from None
+    longest = max((len(part) for part in raw.split(b"/")), default=0)
+    if len(raw) > MAX_PATH_BYTES or longest > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"{shown} is {len(raw)} bytes with a {longest}-byte component; expected at most "
+            f"{MAX_PATH_BYTES} bytes and {MAX_NAME_BYTES} per component. Give the real path."
+        )
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~nosuchuser
+        raise ConfigError(
+            f"{shown} starts with ~USER for a user that does not exist; expected an existing "
+            "home (~/ or ~name/), an absolute path, or a path relative to the config file."
+        ) from None
+
+
+def _is_file(p: Path, key: str, what: str) -> bool:
+    try:
+        return p.is_file()
+    except (OSError, ValueError) as exc:  # e.g. ENAMETOOLONG after joining with the base
+        raise ConfigError(
+            f"{what}: {key} {str(p)!r:.80} cannot be checked ({type(exc).__name__}: "
+            f"{exc!s:.80}); expected the path of an existing file."
+        ) from None
+
+
 def read_json_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a JSON object from ``path`` (at most :data:`MAX_CONFIG_BYTES`).
 
     Raises
     ------
     ConfigError
-        For a missing, oversized or non-JSON file, or JSON that is not an object.
+        For a missing, oversized or non-JSON file (including integers of more than 4 300
+        digits and nesting deeper than Python's parser goes), or JSON that is not an object.
 
     """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist.")
+    p = _checked_path(path, "config file", "config")
+    if not _is_file(p, "config file", "config"):
+        raise ConfigError(f"config file {str(p)!r:.200} does not exist.")
     size = p.stat().st_size
     if size > MAX_CONFIG_BYTES:
         raise ConfigError(
@@ -88,8 +142,11 @@ def read_json_config(path: str | os.PathLike[str]) -> dict[str, Any]:
         )
     try:
         data = json.loads(p.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file {str(p)!r} is not JSON ({exc}).") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError too
+        raise ConfigError(
+            f"config file {str(p)!r:.200} is not JSON a config can hold ({type(exc).__name__}: "
+            f"{exc!s:.120}); expected one flat JSON object of the documented keys."
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError(
             f"config file {str(p)!r} holds a {type(data).__name__}; expected a JSON object "
@@ -102,7 +159,14 @@ def _file_data(
     path: str | os.PathLike[str], overrides: Mapping[str, Any] | None
 ) -> tuple[dict[str, Any], Path, str]:
     """A config file's keys with ``overrides`` on top, its directory and its name."""
-    p = Path(path).expanduser().resolve()
+    p = _checked_path(path, "config file", "config")
+    try:
+        p = p.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        raise ConfigError(
+            f"config file {str(p)!r:.200} cannot be resolved ({exc!s:.80}); expected the path "
+            "of an existing file."
+        ) from None
     return {**read_json_config(p), **(overrides or {})}, p.parent, str(p)
 
 
@@ -158,17 +222,23 @@ def check_address(ip_address: str, port: int, what: str) -> str:
     return f"{host}:{port}"
 
 
-def _path(value: str | None, base: Path) -> Path | None:
+def _path(value: str | None, base: Path, key: str, what: str) -> Path | None:
     if value is None or value == "":
         return None
-    p = Path(value).expanduser()
-    return (p if p.is_absolute() else base / p).resolve()
+    p = _checked_path(value, repr(key), what)
+    try:
+        return (p if p.is_absolute() else base / p).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a path too long with the base
+        raise ConfigError(
+            f"{what}: {key!r} = {value!r:.80} cannot be resolved ({exc!s:.80}); expected the "
+            "path of an existing file."
+        ) from None
 
 
 def _require_file(path: Path | None, key: str, what: str, hint: str) -> Path:
     if path is None:
         raise ConfigError(f"{what}: {key!r} is missing; {hint}.")
-    if not path.is_file():
+    if not _is_file(path, repr(key), what):
         raise ConfigError(f"{what}: {key!r} = {str(path)!r} does not exist; {hint}.")
     return path
 
@@ -228,7 +298,7 @@ class ClientConfig:
             raise ConfigError(f"{what}: n_round_clients must be >= 1, got {n}.")
         secure = bool(d.get("use_secure", False))
         homomorphic = bool(d.get("use_homomorphic", True))
-        certfile = _path(d.get("certfile"), root)
+        certfile = _path(d.get("certfile"), root, "certfile", what)
         if secure:
             certfile = _require_file(
                 certfile,
@@ -237,7 +307,7 @@ class ClientConfig:
                 "use_secure needs the CA certificate (PEM) that signed the SuperLink's "
                 'certificate in "certfile", or set "use_secure": false on a trusted network',
             )
-        key = _path(d.get("private_key"), root)
+        key = _path(d.get("private_key"), root, "private_key", what)
         if homomorphic:
             key = _require_file(
                 key,
@@ -247,13 +317,13 @@ class ClientConfig:
                 'and set "private_key": "keys/NAME/private.key" (or "use_homomorphic": false)',
             )
         dataset = _require_file(
-            _path(d.get("dataset_path"), root),
+            _path(d.get("dataset_path"), root, "dataset_path", what),
             "dataset_path",
             what,
             "give this client's dataset file (.npz, .npy, .csv or .tfrecord)",
         )
         model = _require_file(
-            _path(d.get("model_path"), root),
+            _path(d.get("model_path"), root, "model_path", what),
             "model_path",
             what,
             "give the model file (.h5/.keras, .pt with model_class, or .npz)",
@@ -327,8 +397,9 @@ class ServerConfig:
                 f"{what}: n_round_clients ({n}) and num_rounds ({rounds}) must be >= 1."
             )
         secure = bool(d.get("use_secure", False))
-        cert, key = _path(d.get("certfile"), root), _path(d.get("keyfile"), root)
-        ca = _path(d.get("ca_certfile"), root)
+        cert = _path(d.get("certfile"), root, "certfile", what)
+        key = _path(d.get("keyfile"), root, "keyfile", what)
+        ca = _path(d.get("ca_certfile"), root, "ca_certfile", what)
         if secure:
             hint = (
                 'use_secure needs the SuperLink\'s certificate and key in "certfile" and '
@@ -347,7 +418,7 @@ class ServerConfig:
             certfile=cert if secure else None,
             keyfile=key if secure else None,
             ca_certfile=ca if secure else None,
-            public_key=_path(d.get("public_key"), root),
+            public_key=_path(d.get("public_key"), root, "public_key", what),
         )
 
     @classmethod
