@@ -37,6 +37,7 @@ from cifer_flwr.extras import require
 
 __all__ = [
     "cached_dataset",
+    "check_dataset_file",
     "check_partition",
     "node_partition",
     "run_dataset",
@@ -351,6 +352,39 @@ def _read_tfrecord(path: Path) -> tuple[NDArray[np.float64], IntArray]:
     return x, _labels_of(np.asarray(ys, dtype=np.int64), x.shape[0], source)
 
 
+def check_dataset_file(path: str | os.PathLike[str]) -> Path:
+    """The cheap checks of :func:`load_file_dataset`: a known suffix and an existing file.
+
+    ``cifer run`` calls it before any key pair or process exists, so that a wrong
+    ``task.dataset_path`` fails in a second, not after the federation started.
+
+    Raises
+    ------
+    DatasetError
+        For an unknown suffix or a missing file (a relative path also gets the advice to
+        give an absolute one: the ClientApps read it from the SuperNodes' directory).
+
+    """
+    p = Path(path).expanduser()
+    source = str(p)
+    suffix = p.suffix.lower()
+    if suffix not in DATASET_SUFFIXES:
+        raise DatasetError(
+            f"dataset {source!r} has suffix {suffix or '(none)'!r}; use one of "
+            f"{', '.join(DATASET_SUFFIXES)} or a built-in name ({', '.join(DATASETS)})."
+        )
+    if not p.is_file():
+        where = "is a directory" if p.is_dir() else "does not exist"
+        hint = (
+            "give the path of a dataset file on this machine"
+            if p.is_absolute()
+            else "relative paths are read from the SuperNodes' working directory: "
+            "use an absolute path"
+        )
+        raise DatasetError(f"dataset file {source!r} {where}; expected a file: {hint}.")
+    return p
+
+
 def load_file_dataset(
     path: str | os.PathLike[str],
     *,
@@ -395,16 +429,9 @@ def load_file_dataset(
         fractional or negative labels, or too few examples to split.
 
     """
-    p = Path(path).expanduser()
+    p = check_dataset_file(path)
     source = str(p)
     suffix = p.suffix.lower()
-    if suffix not in DATASET_SUFFIXES:
-        raise DatasetError(
-            f"dataset {source!r} has suffix {suffix or '(none)'!r}; use one of "
-            f"{', '.join(DATASET_SUFFIXES)} or a built-in name ({', '.join(DATASETS)})."
-        )
-    if not p.is_file():
-        raise DatasetError(f"dataset file {source!r} does not exist (use an absolute path).")
     from cifer_flwr.securetrain.data import _read_csv
     from cifer_flwr.securetrain.limits import read_npy
 

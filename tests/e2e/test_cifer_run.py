@@ -59,6 +59,8 @@ def test_centralized_fedyogi_writes_config_metrics_plot_and_model(tmp_path):
     ):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    # one results document: metrics.json names results.json, no second copy (issue 22)
+    assert (run_dir / "metrics.json").is_symlink() and (run_dir / "results.json").is_file()
     rows = metrics["rounds"]
     assert [r["round"] for r in rows] == [1, 2, 3]
     assert metrics["encrypted"] and metrics["strategy"] == "fedyogi"

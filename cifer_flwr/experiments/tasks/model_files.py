@@ -66,7 +66,14 @@ def _check_file(path: Path, suffixes: tuple[str, ...]) -> str:
             f"{', '.join(suffixes)}."
         )
     if not path.is_file():
-        raise ModelFormatError(f"model file {str(path)!r} does not exist (use an absolute path).")
+        where = "is a directory" if path.is_dir() else "does not exist"
+        hint = (
+            "give the path of a model file on this machine"
+            if path.is_absolute()
+            else "relative paths are read from the SuperNodes' working directory: "
+            "use an absolute path"
+        )
+        raise ModelFormatError(f"model file {str(path)!r} {where}; expected a file: {hint}.")
     return suffix
 
 
