@@ -53,10 +53,13 @@ from cifer_flwr.constants import (
     PART_STATE,
     REPLY_FAILED_GROUPS,
     REPLY_RECORD,
+    REPLY_STATE_CHECK,
     REPLY_STATE_DIGEST,
     REPLY_UPDATE_NORM,
     STATE_BASE_ARRAYS,
     STATE_BASE_INFO,
+    STATE_FEDOPT_ARRAYS,
+    STATE_FEDOPT_INFO,
 )
 from cifer_flwr.crypto.encoding import count_chunks
 from cifer_flwr.exceptions import CiferError, KeyFileError, MaskingError
@@ -145,6 +148,30 @@ def _store_base(context: Context, name: str, opened: protocol.Opened) -> None:
     )
 
 
+def _load_own_state(context: Context, name: str) -> protocol.OwnState | None:
+    """The FedOpt state this key holder computed in its last train round (or None)."""
+    info = context.state.config_records.get(STATE_FEDOPT_INFO)
+    record = context.state.array_records.get(STATE_FEDOPT_ARRAYS)
+    if info is None or record is None or info.get("record") != name:
+        return None
+    packed = {k: a.numpy() for k, a in record.items()}
+    return protocol.OwnState(int(info["round"]), packed)  # type: ignore[arg-type]
+
+
+def _store_own_state(
+    context: Context, name: str, server_round: int, opened: protocol.Opened
+) -> None:
+    """Remember the FedOpt state computed in a train round: next round's check needs it (§4.3)."""
+    if opened.opt_state is None:
+        return
+    context.state.array_records[STATE_FEDOPT_ARRAYS] = _plain_record(
+        protocol.pack_state(*opened.opt_state)
+    )
+    context.state.config_records[STATE_FEDOPT_INFO] = ConfigRecord(
+        {"record": name, "round": server_round}
+    )
+
+
 def _decrypt_incoming(
     msg: Message, key: crypto.AnyKey, config: Mapping[str, Any], context: Context
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any], ConfigRecord]:
@@ -166,13 +193,21 @@ def _decrypt_incoming(
             continue
         parts = crypto.bundle_from_record(record, key)
         opened = protocol.open_global(
-            parts, key, previous=_load_base(context, name), max_round=max_round
+            parts,
+            key,
+            previous=_load_base(context, name),
+            max_round=max_round,
+            own_state=_load_own_state(context, name),
         )
         for note in opened.notes:
             log.warning("ckks_mod: %s", note)
         if opened.groups_tested:
             report[REPLY_FAILED_GROUPS] = ",".join(str(g) for g in opened.failed_groups)
+        if opened.state_check is not None:
+            report[REPLY_STATE_CHECK] = opened.state_check
         _store_base(context, name, opened)
+        if is_train:  # the state the asked holders of this round return (§4.3)
+            _store_own_state(context, name, server_round, opened)
         if opened.opt_state is not None:
             state[name] = opened.opt_state
         received[name] = opened.arrays
@@ -300,13 +335,10 @@ def ckks_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
     become error replies with the reason, which the server logs.
     """
     try:
-        mask_request = _pop_mask_request(msg)
+        key = private_key_for(context)
+        mask_request = _pop_mask_request(msg)  # the masking stages (docs/design.md §4.9)
         if mask_request is not None and mask_request[0] != "train":
             return _answer_mask_stage(msg, context, *mask_request)
-    except CiferError as exc:
-        return _error_reply(msg, f"masking refused: {exc}")
-    try:
-        key = private_key_for(context)
         config = _config(msg)
         masker = None if mask_request is None else _TrainMasker(context, key, mask_request[1])
         t0 = time.perf_counter()
@@ -315,6 +347,8 @@ def ckks_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
     except protocol.AggregationCheckError as exc:
         # never train or evaluate on it; the reason opens with CHECK_FAILED (docs/design.md §4.4)
         return _error_reply(msg, f"{exc} The global model is refused.")
+    except MaskingError as exc:
+        return _error_reply(msg, f"masking refused: {exc}")
     except CiferError as exc:
         return _error_reply(msg, f"cannot decrypt the server's message: {exc}")
     reply = call_next(msg, context)

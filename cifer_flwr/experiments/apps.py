@@ -183,7 +183,8 @@ def make_strategy(run_config: Mapping[str, Any]) -> Strategy:
     ``proximal-mu``, ``server-lr`` (FedOpt ``eta``), ``eta-l``, ``beta-1``, ``beta-2``,
     ``tau``, ``min-cohort``, ``clip-norm`` (``0.0``: no clipping, run config has no
     ``None``), ``noise-multiplier``, ``aggregation-check``, ``server-learning-rate`` and
-    ``server-momentum`` (FedAvgM); only those of the named strategy are read. A
+    ``server-momentum`` (FedAvgM), ``masking`` (every strategy but SecureFed; preset
+    ``packed``, docs/design.md §4.9); only those of the named strategy are read. A
     hyperparameter missing from run config takes the strategy's default
     (:func:`~cifer_flwr.experiments.config.strategy_defaults`, the values of
     ``conf/strategy/NAME.yaml``), the same default ``cifer run`` uses.
@@ -208,7 +209,7 @@ def make_strategy(run_config: Mapping[str, Any]) -> Strategy:
         if key not in run_config:
             continue  # the strategy's default (conf/strategy/NAME.yaml)
         value = run_config[key]
-        if field == "aggregation_check":
+        if field in ("aggregation_check", "masking"):
             values[field] = _flag(value)
         elif field == "clip_norm":
             values[field] = None if float(value) == 0.0 else float(value)

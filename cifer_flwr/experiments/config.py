@@ -115,6 +115,9 @@ class StrategyConfig:
     """
 
     name: str = ""
+    masking: bool = _hp(
+        False, FLAG, "secure aggregation: pairwise masks inside the sums (preset packed, §4.9)"
+    )
 
     @classmethod
     def hyperparameters(cls) -> tuple[str, ...]:
@@ -226,8 +229,9 @@ def strategy_name(value: object) -> str:
 
 
 def _unknown_keys(name: str, keys: Iterable[str]) -> str:
-    valid = STRATEGY_CONFIGS[name].hyperparameters()
-    takes = ", ".join(valid) if valid else "no hyperparameters"
+    # ``masking`` belongs to every strategy: named apart from the strategy's own
+    valid = [v for v in STRATEGY_CONFIGS[name].hyperparameters() if v != "masking"]
+    takes = (", ".join(valid) if valid else "no hyperparameters") + " (and masking)"
     return (
         f"strategy.{', strategy.'.join(sorted(keys))}: not a hyperparameter of {name}, which "
         f"takes {takes}; remove the override or pick a strategy that takes it"
@@ -430,6 +434,16 @@ def check_experiment(exp: ExperimentConfig) -> ExperimentConfig:
     )
     if not exp.encryption.enabled and plaintext_problem(exp.strategy.name):
         problems.append(plaintext_problem(exp.strategy.name))
+    if exp.strategy.masking and (not exp.encryption.enabled or exp.encryption.preset != "packed"):
+        problems.append(
+            "strategy.masking=true needs the exact sums of preset packed: add "
+            "encryption.preset=packed (masking cannot run on CKKS, Paillier or plaintext)"
+        )
+    if exp.strategy.masking and strategy_name(exp.strategy.name) == "securefed":
+        problems.append(
+            "strategy=securefed does not support strategy.masking=true yet (its recovery "
+            "releases group sums); use fedavg, fedprox or a FedOpt strategy with masking"
+        )
     nodes = exp.federation.nodes
     if nodes < 2:
         problems.append(f"federation.nodes must be >= 2, got {nodes}")

@@ -96,6 +96,7 @@ RUN_CONFIG_KEYS: Final = {
     "aggregation_check": "aggregation-check",
     "server_learning_rate": "server-learning-rate",
     "server_momentum": "server-momentum",
+    "masking": "masking",
 }
 
 
@@ -293,10 +294,16 @@ def build_strategy(
         "min_available_nodes": min_available_nodes,
     }
     kwargs.update({f: getattr(strategy, f) for f in strategy.hyperparameters()})
+    masking = bool(kwargs.pop("masking", False))
     if not encrypted:
         problem = plaintext_problem(name)
         if problem:
             raise ConfigError(problem + ".")
+        if masking:
+            raise ConfigError(
+                "masking=true masks updates inside encrypted sums; turn encryption on with "
+                "preset packed (encryption.preset=packed / run config encryption=true)."
+            )
         checkpoint_options(PLAINTEXT_STRATEGIES[name], None, resume, encrypted=False)
         return PLAINTEXT_STRATEGIES[name](**kwargs)
     if public_key is None or not str(public_key):
@@ -309,5 +316,7 @@ def build_strategy(
     ckpt = Path(checkpoint_path) if checkpoint_path else None
     kwargs.update(checkpoint_options(cls, ckpt, resume, encrypted=True))
     save = Path(save_path) if save_path else None
+    if masking:  # only passed when on: SecureFed refuses it with its own message
+        kwargs["masking"] = True
     built: Strategy = cls(public_key=public_key, save_path=save, **kwargs)
     return built
