@@ -10,7 +10,7 @@ from rich.table import Table
 
 from cifer_flwr.cli._common import console, fail, status
 from cifer_flwr.exceptions import CiferError
-from cifer_flwr.tooling.bench import ROUND_VARIANTS, bench_crypto, bench_round
+from cifer_flwr.tooling.bench import ROUND_VARIANTS, bench_crypto, bench_masking, bench_round
 
 app = typer.Typer(
     pretty_exceptions_show_locals=False, help="Measure encryption cost.", no_args_is_help=True
@@ -67,12 +67,26 @@ def round_cmd(
         str, typer.Option(help="Comma-separated: plaintext and/or preset names.")
     ] = ",".join(ROUND_VARIANTS),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    masking: Annotated[
+        bool,
+        typer.Option(
+            "--masking", help="Compare packed with packed + secure aggregation (§4.9) instead."
+        ),
+    ] = False,
+    dropout: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="--masking: share of clients that drop.")
+    ] = 0.1,
 ) -> None:
     """One FedAvg round side by side: Flower's plaintext FedAvg and the encrypted presets.
 
     Each variant's ServerApp runs in its own process (real peak RSS) and pulls the
-    replies one by one. Example: cifer bench round --clients 100 --params 1000000 --json
+    replies one by one. Example: cifer bench round --clients 100 --params 1000000 --json.
+    With --masking: packed beside packed + masking, with --dropout of the clients vanishing
+    after they shared their keys (cifer bench round --masking --clients 10 --json).
     """
+    if masking:
+        _masking_round(clients, params, dropout, as_json)
+        return
     chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
     try:
         with status(quiet=as_json, pipe_lines=True) as progress:
@@ -110,3 +124,31 @@ def round_cmd(
     for name in names:
         if "missing" in result["variants"][name]:
             console.print(f"{name}: {result['variants'][name]['missing']}")
+
+
+def _masking_round(clients: int, params: int, dropout: float, as_json: bool) -> None:
+    try:
+        with status(quiet=as_json, pipe_lines=True) as progress:
+            result = bench_masking(clients, params, dropout, progress=progress)
+    except CiferError as exc:
+        raise fail(exc) from exc
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(
+        title=f"one masked round: {clients} clients x {params:,} parameters, "
+        f"{result['dropouts']} dropped after sharing"
+    )
+    table.add_column("metric")
+    names = list(result["variants"])
+    for name in names:
+        table.add_column(name, justify="right")
+    keys = list(result["variants"][names[-1]])
+    for k in keys:
+        row = []
+        for name in names:
+            value = result["variants"][name].get(k)
+            fmt = "{:.2e}" if k == "max_abs_error" else "{:.3f}"
+            row.append("" if value is None else fmt.format(value))
+        table.add_row(k, *row)
+    console.print(table)

@@ -523,3 +523,134 @@ def bench_round(
                 np.max(np.abs(glob.astype(np.float64) - oracle))
             )
     return {"clients": clients, "params": num_params, "variants": results}
+
+
+def bench_masking(
+    clients: int = 10,
+    num_params: int = 1_000_000,
+    dropout: float = 0.1,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """One ``packed`` FedAvg round with and without masking, through the protocol's own steps.
+
+    Every client runs :class:`cifer_flwr.masking.ClientSession` (advertise, share, mask) and
+    encrypts seeded with :func:`cifer_flwr.crypto.encrypt`; ``round(dropout * clients)``
+    clients vanish after sharing (their masks are removed through their key shares); the
+    server sums the survivors, runs :class:`cifer_flwr.masking.ServerSession`'s unmask and
+    :func:`cifer_flwr.crypto.subtract_mask`. The same updates go through the unmasked
+    ``packed`` path for the side-by-side row. No Flower transport: the masking figures are
+    the protocol's own cost (docs/design.md §4.9).
+
+    Returns
+    -------
+    dict
+        ``clients``, ``params``, ``dropouts`` and per variant (``packed``, ``packed+masking``):
+        ``client_encrypt_s`` (mean, masking included), ``upload_x`` (bytes / fp32 bytes),
+        ``server_s`` (sum of the survivors + unmask), ``max_abs_error`` against the numpy
+        weighted mean of the survivors; for masking also ``mask_client_s`` (mean advertise +
+        share + mask per client), ``mask_bytes_per_client`` (every masking payload, both
+        directions), ``unmask_server_s`` and ``dropouts_recovered``.
+
+    """
+    from cifer_flwr import masking
+
+    say = progress or (lambda _msg: None)
+    if not 3 <= clients <= masking.MAX_COHORT or not 0 <= dropout < 1:
+        raise ConfigError(
+            f"bench masking needs 3..{masking.MAX_COHORT} clients and 0 <= dropout < 1, got "
+            f"{clients} and {dropout}."
+        )
+    say(f"packed key, {clients} client updates of {num_params:,} parameters")
+    key = crypto.generate_key("packed")
+    public = key.public()  # the server parses and sums with the public key only
+    counts = _client_counts(clients, seed).astype(np.float64)
+    divisor = float(counts.sum())
+    nodes = list(range(1, clients + 1))
+    dropped = set(nodes[clients - round(dropout * clients) :])
+    survivors = [n for n in nodes if n not in dropped]
+    oracle = sum(counts[n - 1] * _client_update(num_params, n, seed) for n in survivors)
+    oracle = oracle / sum(counts[n - 1] for n in survivors)
+    fp32 = 4.0 * num_params
+    out: dict[str, Any] = {"clients": clients, "params": num_params, "dropouts": len(dropped)}
+    variants: dict[str, dict[str, float]] = {}
+    for masked in (False, True):
+        name = "packed+masking" if masked else "packed"
+        say(f"{name}: clients advertise, share, mask and encrypt")
+        server = masking.ServerSession(1)
+        sessions: dict[int, masking.ClientSession] = {}
+        mask_bytes, mask_s = 0, 0.0
+        if masked:
+            request = server.advertise_request()
+            for n in nodes:
+                t0 = time.perf_counter()
+                sessions[n], reply = masking.ClientSession.advertise(request, n, None, 0)
+                mask_s += time.perf_counter() - t0
+                server.accept_advert(n, reply)
+                mask_bytes += len(request) + len(reply)
+            share = server.share_request()
+            for n in nodes:
+                t0 = time.perf_counter()
+                reply = sessions[n].share(share, None)
+                mask_s += time.perf_counter() - t0
+                server.accept_shares(n, reply)
+                mask_bytes += len(share) + len(reply)
+            server.fix_cohort()
+        uploads, upload_bytes, enc_s = {}, 0, 0.0
+        for n in nodes:
+            update = {"weights": _client_update(num_params, n, seed).astype(np.float32)}
+            t0 = time.perf_counter()
+            mask = None
+            if masked:
+                payload = server.train_payload(n)
+                mask_bytes += len(payload)
+                t1 = time.perf_counter()
+                chunks = crypto.encoding.count_chunks(update, key.params.slots)
+                mask = sessions[n].mask(
+                    payload, chunks * key.params.slots, key.params.plain_modulus
+                )
+                mask_s += time.perf_counter() - t1
+            enc = crypto.encrypt(
+                update, key, weight=counts[n - 1] / divisor, summands=clients, mask=mask
+            )
+            wire = crypto.to_bytes(enc)
+            enc_s += time.perf_counter() - t0
+            upload_bytes += len(wire)
+            if n in survivors:
+                uploads[n] = wire
+        say(
+            f"{name}: the server sums {len(survivors)} uploads" + (" and unmasks" if masked else "")
+        )
+        t0 = time.perf_counter()
+        total = crypto.aggregate([crypto.from_bytes(w, public) for w in uploads.values()])
+        unmask_s = 0.0
+        if masked:
+            t1 = time.perf_counter()
+            request, alive, _ = server.unmask_request(survivors)
+            for n in alive:
+                reply = sessions[n].unmask(request)
+                mask_bytes += len(request) + len(reply)
+                server.accept_unmask(n, reply, alive)
+            residual = server.residual(
+                alive, len(total.vectors) * key.params.slots, key.params.plain_modulus
+            )
+            total = crypto.subtract_mask(total, residual)
+            unmask_s = time.perf_counter() - t1
+        server_s = time.perf_counter() - t0
+        mean = crypto.decrypt(total, key, divisor=total.weight)["weights"]
+        fig = {
+            "client_encrypt_s": enc_s / clients,
+            "upload_x": upload_bytes / clients / fp32,
+            "server_s": server_s,
+            "max_abs_error": float(np.abs(mean - oracle).max()),
+        }
+        if masked:
+            fig |= {
+                "mask_client_s": mask_s / clients,
+                "mask_bytes_per_client": mask_bytes / clients,
+                "unmask_server_s": unmask_s,
+                "dropouts_recovered": float(len(dropped)),
+            }
+        variants[name] = fig
+    out["variants"] = variants
+    return out
