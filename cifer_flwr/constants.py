@@ -60,6 +60,9 @@ REPLY_STATE_DIGEST: Final = "state-digest"
 REPLY_UPDATE_NORM: Final = "update-norm"
 #: SecureFed: comma-separated indices of the candidate groups whose check failed.
 REPLY_FAILED_GROUPS: Final = "failed-groups"
+#: FedOpt: ``"pass"`` or ``"fail"``, whether the state the server sent equals the state this
+#: key holder computed in the round that state came from (docs/design.md §4.3).
+REPLY_STATE_CHECK: Final = "state-check"
 #: SecureFed: opening words of every refusal by a key holder (error replies carry them).
 CHECK_FAILED: Final = "aggregation check failed"
 
@@ -85,6 +88,12 @@ META_SLOTS: Final = "slots"
 #: SecureFed: keys in a key holder's ``Context.state`` for the last global it accepted.
 STATE_BASE_ARRAYS: Final = "cifer.securefed.base"
 STATE_BASE_INFO: Final = "cifer.securefed.base-info"
+#: FedOpt: keys in a key holder's ``Context.state`` for the state it computed last (packed)
+#: and its round, against which the state an asked holder returned is checked (§4.3).
+STATE_FEDOPT_ARRAYS: Final = "cifer.fedopt.state"
+STATE_FEDOPT_INFO: Final = "cifer.fedopt.state-info"
+#: FedOpt: public metadata of the server's state part, the round whose replies returned it.
+META_STATE_ROUND: Final = "state_round"
 
 #: Container ``kind`` of a dataset encrypted for training (securetrain scenario 1).
 KIND_ENCRYPTED_DATASET: Final = "cifer.encrypted-dataset"

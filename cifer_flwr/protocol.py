@@ -27,6 +27,7 @@ from cifer_flwr.constants import (
     META_ROUND,
     META_SESSION,
     META_SLOTS,
+    META_STATE_ROUND,
     PART_CHECK,
     PART_GROUP_SUFFIX,
     PART_MODEL,
@@ -46,6 +47,7 @@ __all__ = [
     "BaseModel",
     "Opened",
     "OptimizerSpec",
+    "OwnState",
     "add_noise",
     "avgm_step",
     "check_arrays",
@@ -69,6 +71,7 @@ __all__ = [
     "state_digest",
     "state_layout",
     "state_names",
+    "state_tolerance",
     "unpack_state",
     "slots_mask",
     "update_norm_allowance",
@@ -339,6 +342,58 @@ def unpack_state(
         parts[group][key] = arr
     v = {k: np.maximum(a, 0.0) ** 2 for k, a in parts["sqrtv"].items()} or None
     return parts["x"], parts["m"] or None, v
+
+
+@dataclass(frozen=True)
+class OwnState:
+    """The FedOpt state a key holder computed itself (docs/design.md §4.3).
+
+    Attributes
+    ----------
+    round : int
+        The train round in which it computed it (the round whose asked holders returned
+        it encrypted).
+    packed : dict
+        :func:`pack_state` of the materialized ``(x, m, v)``.
+
+    """
+
+    round: int
+    packed: Arrays
+
+
+def state_tolerance(params: crypto.AnyParams, weight: float) -> float:
+    """Largest honest error of one value of a returned state decrypted with ``weight``.
+
+    A state holder encrypts the state once: CKKS adds at most
+    :func:`ckks_error_bound` ``(params, 1)``, the quantized schemes (BFV ``packed``,
+    Paillier) less than one step ``params.precision``; the key holder divides by the part's
+    weight. Twice that is allowed.
+    """
+    if isinstance(params, crypto.CkksParams):
+        one = ckks_error_bound(params, 1)
+    else:
+        one = float(params.precision)
+    return 2.0 * one / weight
+
+
+def _state_deviation(found: Arrays, own: Arrays) -> float:
+    """Largest difference beyond float rounding between two packed states (inf: other arrays)."""
+    if set(found) != set(own) or any(found[k].shape != own[k].shape for k in own):
+        return math.inf
+    worst = 0.0
+    for name, mine in own.items():
+        a = np.asarray(found[name], np.float64)
+        b = np.asarray(mine, np.float64)
+        if not np.all(np.isfinite(a)):
+            return math.inf
+        if mine.dtype.kind == "f":  # both sides rounded to the array's dtype
+            slack = 2.0 * float(np.finfo(mine.dtype).eps) * np.abs(b)
+        else:  # integer arrays: the decrypted value is rounded to an integer
+            slack = np.ones_like(b)
+        if a.size:
+            worst = max(worst, float(np.max(np.abs(a - b) - slack)))
+    return worst
 
 
 def exact_weight(arrays: Mapping[str, npt.ArrayLike], params: crypto.AnyParams) -> float:
@@ -636,6 +691,10 @@ class Opened:
         Bound on the CKKS error of each value of ``arrays``.
     groups_tested : bool
         Whether candidate groups were verified (SecureFed recovery, docs/design.md §4.4).
+    state_check : str or None
+        FedOpt: ``"pass"`` or ``"fail"`` when the received state was compared with the
+        key holder's own (:class:`OwnState`); on ``"fail"`` the own state was used
+        (docs/design.md §4.3). ``None`` when there was nothing to compare.
     failed_groups : tuple of int
         Indices of the candidate groups that failed their check.
     notes : tuple of str
@@ -650,6 +709,7 @@ class Opened:
     groups_tested: bool = False
     failed_groups: tuple[int, ...] = ()
     notes: tuple[str, ...] = ()
+    state_check: str | None = None
 
 
 def group_part(part: str, index: int) -> str:
@@ -925,6 +985,7 @@ def open_global(
     *,
     previous: BaseModel | None = None,
     max_round: int | None = None,
+    own_state: OwnState | None = None,
 ) -> Opened:
     """Decrypt, verify and materialize an encrypted global model (key holders only).
 
@@ -948,6 +1009,11 @@ def open_global(
         The last global this key holder accepted (for the norm check).
     max_round : int, optional
         Latest round an aggregate may claim.
+    own_state : OwnState, optional
+        FedOpt: the state this key holder computed itself. When the received state's
+        ``state_round`` is its round, the decrypted state must equal it within
+        :func:`state_tolerance`; otherwise the own state is used and ``state_check`` is
+        ``"fail"`` (an asked holder returned another state, docs/design.md §4.3).
 
     Raises
     ------
@@ -979,7 +1045,21 @@ def open_global(
             return Opened(arrays, round=0, error_bound=bound)
         return Opened(crypto.decrypt(model, key, divisor=model.weight))
     state_enc = parts[PART_STATE]
-    x, m, v = unpack_state(crypto.decrypt(state_enc, key, divisor=state_enc.weight))
+    packed = crypto.decrypt(state_enc, key, divisor=state_enc.weight)
+    verdict: str | None = None
+    notes: tuple[str, ...] = ()
+    if own_state is not None and state_enc.meta.get(META_STATE_ROUND) == own_state.round:
+        deviation = _state_deviation(packed, own_state.packed)
+        tol = state_tolerance(key.params, state_enc.weight)
+        verdict = "pass" if deviation <= tol else "fail"
+        if verdict == "fail":
+            notes = (
+                f"the FedOpt state of round {own_state.round} the server sent differs from the "
+                f"state this key holder computed in that round by {deviation:.3g} (tolerance "
+                f"{tol:.3g}); its own state is used and the server is told (state-check fail)",
+            )
+            packed = dict(own_state.packed)
+    x, m, v = unpack_state(packed)
     if model is not None:
         spec = OptimizerSpec.from_dict(state_enc.meta.get("fedopt"))
         agg = crypto.decrypt(model, key, divisor=model.weight)
@@ -987,7 +1067,7 @@ def open_global(
         x64 = {k: a.astype(np.float64) for k, a in x.items()}
         x_new, m, v = fedopt_step(spec, x64, m, v, agg, _meta_int(model, META_ROUND))
         x = {k: x_new[k].astype(x[k].dtype) for k in x}
-    return Opened(x, (x, m, v))
+    return Opened(x, (x, m, v), notes=notes, state_check=verdict)
 
 
 def materialize(

@@ -55,6 +55,7 @@ from cifer_flwr.constants import (
     CFG_RETURN_STATE,
     CFG_WEIGHT_DIVISOR,
     CFG_WEIGHTED_BY,
+    META_STATE_ROUND,
     METRIC_AGGREGATE_S,
     METRIC_CLIPPED,
     METRIC_EXCLUDED,
@@ -66,6 +67,7 @@ from cifer_flwr.constants import (
     PART_STATE,
     RECORD_PREFIX,
     REPLY_RECORD,
+    REPLY_STATE_CHECK,
     REPLY_STATE_DIGEST,
     STYPE_HEADER,
 )
@@ -1498,11 +1500,43 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
     def _model_layout(self, parts: Mapping[str, crypto.AnyEncrypted]) -> crypto.Layout:
         return protocol.model_layout(parts[PART_STATE].layout)
 
+    def _reset_round_memory(self) -> None:
+        super()._reset_round_memory()
+        #: Nodes excluded from sampling: they returned a state the key holders refused.
+        self.banned: set[int] = set()
+        #: Refused states, in order (for the results file and the checkpoint).
+        self.state_events: list[dict[str, Any]] = []
+        # (round, node) of the state in the current global: who returned it, in which round
+        self._state_source: tuple[int, int] | None = None
+
+    def _checkpoint_extra(self) -> dict[str, Any]:
+        return {
+            **super()._checkpoint_extra(),
+            "banned": sorted(self.banned),
+            "state_source": None if self._state_source is None else list(self._state_source),
+            "state_events": list(self.state_events),
+        }
+
+    def _restore_extra(self, extra: Mapping[str, Any]) -> None:
+        super()._restore_extra(extra)
+        self.banned = {int(n) for n in extra.get("banned") or []}
+        source = extra.get("state_source")
+        self._state_source = None if source is None else (int(source[0]), int(source[1]))
+        self.state_events = list(extra.get("state_events") or [])
+
     def _base_configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         # Flower's FedOpt.configure_train reads the plaintext arrays; skip to FedAvg's.
-        return FlwrFedAvg.configure_train(self, server_round, arrays, config, grid)  # type: ignore[arg-type]
+        messages = FlwrFedAvg.configure_train(self, server_round, arrays, config, grid)  # type: ignore[arg-type]
+        return [m for m in messages if int(m.metadata.dst_node_id) not in self.banned]
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Flower's evaluate messages, never to a node excluded for a refused state (§4.3)."""
+        messages = super().configure_evaluate(server_round, arrays, config, grid)
+        return [m for m in messages if int(m.metadata.dst_node_id) not in self.banned]
 
     def _extra_config(
         self, index: int, node_id: int, cohort: int, server_round: int
@@ -1533,8 +1567,58 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         return parts
 
     def _fold_key(self, msg: Message) -> Hashable:
-        # replies trained from different states are summed apart: the majority picks one
-        return self._digest_of(msg)
+        # replies trained from different states are summed apart: the majority picks one;
+        # the node that returned the current state is summed alone, so that the key
+        # holders' verdicts on that state can drop its reply (§4.3)
+        holder = None if self._state_source is None else self._state_source[1]
+        return (self._digest_of(msg), _node(msg) == holder)
+
+    @staticmethod
+    def _verdict_of(msg: Message) -> str | None:
+        info = msg.content.config_records.get(REPLY_RECORD)
+        value = None if info is None else info.get(REPLY_STATE_CHECK)
+        return value if value in ("pass", "fail") else None
+
+    def _judge_state(self, server_round: int, accepted: Accepted) -> Accepted:
+        """Exclude the node whose returned state most checking key holders refused (§4.3).
+
+        Key holders that computed the state of the current global themselves (they were
+        sampled in the round it came from) report ``state-check`` ``pass`` or ``fail``.
+        When ``fail`` outnumbers ``pass``, the node that returned it is excluded from
+        sampling and its reply of this round dropped; a lone liar cannot do it.
+        """
+        verdicts = Counter(self._verdict_of(msg) for msg, _ in accepted)
+        fails, passes = verdicts["fail"], verdicts["pass"]
+        if self._state_source is None or fails <= passes:
+            if fails:
+                log.warning(
+                    "round %d: %d key holders refused the FedOpt state, %d accepted it; kept",
+                    server_round,
+                    fails,
+                    passes,
+                )
+            return accepted
+        state_round, holder = self._state_source
+        if holder not in self.banned:
+            self.banned.add(holder)
+            self.state_events.append(
+                {
+                    "round": server_round,
+                    "event": "excluded",
+                    "node": holder,
+                    "state_round": state_round,
+                    "fail": fails,
+                    "pass": passes,
+                }
+            )
+            self._exclude(
+                server_round,
+                holder,
+                f"returned a FedOpt state in round {state_round} that {fails} key holders "
+                f"found different from the state they computed ({passes} found it equal); "
+                "the node is excluded from sampling.",
+            )
+        return [(msg, parts) for msg, parts in accepted if _node(msg) != holder]
 
     @staticmethod
     def _digest_of(msg: Message) -> str | None:
@@ -1544,6 +1628,7 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
 
     def _select_replies(self, server_round: int, accepted: Accepted) -> Accepted:
         """Keep the replies trained from the state a strict majority of valid replies holds."""
+        accepted = self._judge_state(server_round, accepted)
         if not accepted:
             return accepted
         digests = [self._digest_of(msg) for msg, _ in accepted]
@@ -1608,5 +1693,8 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
             return None
         _, node, parts = holders[0]
         log.info("round %d: refreshed FedOpt state taken from node %d", server_round, node)
-        state = replace(parts[PART_STATE], meta={"fedopt": self.optimizer.to_dict()})
+        # the next round's key holders compare it with the state they computed (§4.3)
+        meta = {"fedopt": self.optimizer.to_dict(), META_STATE_ROUND: server_round}
+        state = replace(parts[PART_STATE], meta=meta)
+        self._state_source = (server_round, node)
         return {PART_STATE: state, PART_MODEL: aggregate}

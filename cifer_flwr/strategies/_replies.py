@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, RecordDict
 
 from cifer_flwr.constants import (
     REPLY_FAILED_GROUPS,
+    REPLY_STATE_CHECK,
     REPLY_STATE_DIGEST,
     REPLY_UPDATE_NORM,
 )
@@ -258,6 +259,9 @@ def check_reply_info(info: Mapping[str, Any]) -> None:
         elif name == REPLY_UPDATE_NORM:
             if type(value) not in (int, float) or not math.isfinite(value) or value < 0:
                 raise ReplyError(f"update norm {value!r} is not a finite number >= 0.")
+        elif name == REPLY_STATE_CHECK:  # FedOpt state verdict (docs/design.md §4.3)
+            if value not in ("pass", "fail"):
+                raise ReplyError(f"state-check {str(value)[:40]!r} is not 'pass' or 'fail'.")
         elif name == REPLY_FAILED_GROUPS:  # SecureFed verdicts (docs/design.md §4.4)
             if not isinstance(value, str) or not re.fullmatch(r"(\d{1,4}(,\d{1,4}){0,63})?", value):
                 raise ReplyError(
@@ -267,7 +271,8 @@ def check_reply_info(info: Mapping[str, Any]) -> None:
         else:
             raise ReplyError(
                 f"unexpected entry {str(name)[:40]!r} in the reply's 'cifer' ConfigRecord; "
-                f"expected {REPLY_STATE_DIGEST!r} or {REPLY_UPDATE_NORM!r}."
+                f"expected {REPLY_STATE_DIGEST!r}, {REPLY_UPDATE_NORM!r}, "
+                f"{REPLY_STATE_CHECK!r} or {REPLY_FAILED_GROUPS!r}."
             )
 
 
