@@ -34,7 +34,7 @@ import math
 import os
 import secrets
 import stat
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -852,19 +852,29 @@ class ServerSession:
         alive = set(survivors)
         out = np.zeros(count, np.int64)
         for j in sorted(alive):
-            b = self._rebuild(j, self.revealed_self, graph, points, _SEED_BYTES, "self-mask seed")
-            if _commit(b) != self.commits[j]:
-                raise MaskingError(f"the rebuilt self-mask seed of node {j} fails its commitment.")
+            commit = self.commits[j]
+            b = self._rebuild(
+                j,
+                self.revealed_self,
+                graph,
+                points,
+                _SEED_BYTES,
+                "self-mask seed",
+                lambda value, c=commit: _commit(value) == c,
+            )
             seed = _self_seed(b, self.session, self.server_round, j)
             _mod_add(out, masks.expand_mask(seed, count, modulus), 1, modulus)
         for j in sorted(set(self.cohort) - alive):
+            advertised = self.adverts[j].s_public
             s_private = self._rebuild(
-                j, self.revealed_keys, graph, points, masks.KEY_BYTES, "mask key"
+                j,
+                self.revealed_keys,
+                graph,
+                points,
+                masks.KEY_BYTES,
+                "mask key",
+                lambda value, a=advertised: masks.exchange_public(value) == a,
             )
-            if masks.exchange_public(s_private) != self.adverts[j].s_public:
-                raise MaskingError(
-                    f"the rebuilt mask key of dropped node {j} fails its advertisement."
-                )
             for i in graph[j]:
                 if i not in alive:
                     continue
@@ -882,7 +892,14 @@ class ServerSession:
         points: Mapping[int, int],
         size: int,
         what: str,
+        valid: Callable[[bytes], bool],
     ) -> bytes:
+        """Rebuild ``node``'s secret from the revealed shares; ``valid`` checks the result.
+
+        The first ``threshold`` shares are tried, then (one wrong share among more than
+        ``threshold``) every set that leaves one holder out; a secret that fails its
+        commitment or advertised key is never used.
+        """
         need = threshold(len(holders_of(graph, node)))
         got = {points[h]: share for h, share in revealed.get(node, {}).items()}
         if len(got) < need:
@@ -890,4 +907,19 @@ class ServerSession:
                 f"{len(got)} shares of node {node}'s {what} arrived, fewer than the threshold "
                 f"{need}; the residual mask cannot be removed and nothing is released."
             )
-        return masks.combine_shares(got, need, size)
+        candidates = [got] + (
+            [{x: v for x, v in got.items() if x != left} for left in sorted(got)]
+            if len(got) > need
+            else []
+        )
+        for shares in candidates:
+            try:
+                secret = masks.combine_shares(shares, need, size)
+            except MaskingError:
+                continue
+            if valid(secret):
+                return secret
+        raise MaskingError(
+            f"the {len(got)} shares of node {node}'s {what} do not rebuild the committed value "
+            "(wrong shares from more than one holder); nothing is released."
+        )

@@ -253,7 +253,7 @@ def test_split_view_server_cannot_rebuild_both_secrets_of_a_node():
     # 3 self-mask shares and 2 key shares of node 6 reached it: both below the threshold 5
     for store, size in ((server.revealed_self, 16), (server.revealed_keys, 32)):
         with pytest.raises(MaskingError, match="fewer than the threshold"):
-            server._rebuild(6, store, graph, points, size, "secret")
+            server._rebuild(6, store, graph, points, size, "secret", lambda _: True)
 
 
 def test_roster_refuses_unsigned_unknown_and_substituted_advertisements(tmp_path):
@@ -312,3 +312,18 @@ def test_masked_round_with_identities_and_roster(packed_key_files, tmp_path):
     _, grid, result = run(ours, priv, configs=configs)
     assert result.train_metrics_clientapp[1]["cifer-released"] == 0
     assert sum("unsigned" in r.error.reason for r in grid.replies if r.has_error()) == 5
+
+
+def test_one_wrong_share_is_outvoted_and_two_fail_closed():
+    """A holder reveals a wrong share: the rebuild leaves it out (its commitment fails)."""
+    server, clients = cohort(6)
+    share_all(server, clients)
+    request, alive, _ = server.unmask_request([1, 2, 3, 4, 5, 6])
+    for node in alive:
+        server.accept_unmask(node, clients[node].unmask(request), alive)
+    expected = server.residual(alive, 16, 1073692673)
+    server.revealed_self[3][1] = (7).to_bytes(66, "big")  # node 1 lies about node 3's seed
+    assert (server.residual(alive, 16, 1073692673) == expected).all()
+    server.revealed_self[3][2] = (8).to_bytes(66, "big")  # a second liar: nothing released
+    with pytest.raises(MaskingError, match="do not rebuild the committed value"):
+        server.residual(alive, 16, 1073692673)
