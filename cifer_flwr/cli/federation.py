@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cifer_flwr.cli._common import console, fail, status
 from cifer_flwr.exceptions import CiferError
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from cifer_flwr.tooling.federation.runs import RunInfo
 
 app = typer.Typer(
     pretty_exceptions_show_locals=False,
@@ -24,8 +29,14 @@ DirOption = Annotated[
 
 @app.command("up")
 def up_cmd(
-    nodes: Annotated[int, typer.Option(help="Number of SuperNodes.")] = 2,
-    tls: Annotated[bool, typer.Option(help="Serve the SuperLink over TLS (own CA).")] = True,
+    nodes: Annotated[int, typer.Option(help="Number of SuperNodes.")] = 3,
+    tls: Annotated[
+        bool | None,
+        typer.Option(
+            "--tls/--no-tls",
+            help="Serve the SuperLink over TLS (own CA); the default without --simulation.",
+        ),
+    ] = None,
     auth: Annotated[
         bool, typer.Option(help="SuperNode authentication (registered P-384 keys; needs TLS).")
     ] = False,
@@ -56,12 +67,19 @@ def up_cmd(
 
     try:
         if simulation:  # before any key pair (docs/design.md §7.1)
-            require_ray()
+            if tls:
+                raise CiferError(
+                    "--tls with --simulation: the virtual SuperNodes run inside the "
+                    "SuperLink's process tree, there is no network to encrypt, so TLS would "
+                    "be ignored; drop --tls (or drop --simulation for a TLS deployment)."
+                )
             if auth:
                 raise CiferError(
                     "--simulation has no SuperNodes to authenticate (virtual SuperNodes run "
                     "inside the SuperLink's process tree); drop --auth."
                 )
+            require_ray()
+        tls = True if tls is None else tls
         private = public = None
         if keys:
             kdir = crypto.key_directory(keys_dir, keys)
@@ -161,6 +179,36 @@ def status_cmd(
         console.print(f"  {p['role']:<14} pid {p['pid']:<8} {state:<8} {p['log']}", highlight=False)
 
 
+def runs_table(runs: list[RunInfo], failed: list[RunInfo]) -> Table:
+    """The table of ``cifer runs``: run ids and statuses are never cut, other columns wrap.
+
+    On a narrow terminal (80 columns) the app name and times fold onto more lines instead
+    of a run id or status being cut with an ellipsis (issue 22).
+    """
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE, pad_edge=False)
+    whole = {"run id": max(len(str(r.run_id)) for r in runs), "status": 0}
+    whole["status"] = max(len(r.status) for r in runs)
+    for col in ("run id", "app", "status", "started (UTC)", "finished (UTC)", "s"):
+        if col in whole:  # never cut: the id is what `flwr log` needs
+            table.add_column(col, no_wrap=True, min_width=max(whole[col], len(col)))
+        else:
+            table.add_column(col, justify="right" if col == "s" else "left", overflow="fold")
+    for r in runs:
+        table.add_row(
+            str(r.run_id),
+            r.app,
+            r.status,
+            r.running_at or r.pending_at,
+            r.finished_at or "-",
+            f"{r.elapsed:.0f}",
+            style="red" if r in failed else None,
+        )
+    return table
+
+
 def runs_cmd(
     directory: DirOption = Path(".cifer/federation"),
     run_id: Annotated[int | None, typer.Option(help="Show only this run.")] = None,
@@ -173,9 +221,6 @@ def runs_cmd(
     every listed run completed or is still going, 1 when one failed or was stopped.
     Example: cifer runs --dir .cifer/federation
     """
-    from rich import box
-    from rich.table import Table
-
     from cifer_flwr.tooling.federation import Federation, FederationError
     from cifer_flwr.tooling.federation.runs import list_runs
 
@@ -197,21 +242,7 @@ def runs_cmd(
     if not runs:
         console.print(f"no runs on the federation in {directory} yet", highlight=False)
         return
-    table = Table(box=box.SIMPLE, pad_edge=False)
-    for col in ("run id", "app", "status", "started (UTC)", "finished (UTC)", "s"):
-        table.add_column(col, justify="right" if col == "s" else "left", no_wrap=True)
-    for r in runs:
-        style = "red" if r in failed else None
-        table.add_row(
-            str(r.run_id),
-            r.app,
-            r.status,
-            r.running_at or r.pending_at,
-            r.finished_at or "-",
-            f"{r.elapsed:.0f}",
-            style=style,
-        )
-    console.print(table)
+    console.print(runs_table(runs, failed))
     for r in failed:
         console.print(f"run {r.run_id}: {r.details or r.status}", markup=False, highlight=False)
     console.print(

@@ -133,6 +133,9 @@ class Federation:
     detached : bool
         Whether the processes outlive the process that started them (``cifer federation
         up``); otherwise they are tied to it and stopped when it dies (parent-death signal).
+    scratch_dirs : list of str
+        Temporary directories the federation owns outside ``directory`` (a simulation's Ray
+        session root); :meth:`stop` removes them once every process is gone.
 
     """
 
@@ -147,6 +150,7 @@ class Federation:
     num_partitions: int = 0
     processes: list[ProcessInfo] = field(default_factory=list)
     detached: bool = False
+    scratch_dirs: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ state file
     @property
@@ -366,6 +370,10 @@ class Federation:
         """
         ours = [p for p in reversed(self.processes) if _is_ours(p)]
         left = processes.stop_pids([p.pid for p in ours], grace=grace)
+        if not left:  # nothing uses them any more (Ray's sockets and session logs)
+            for scratch in self.scratch_dirs:
+                shutil.rmtree(scratch, ignore_errors=True)
+            self.scratch_dirs = []
         self.save()
         if left:
             raise FederationError(f"processes {left} survived SIGKILL.")

@@ -169,7 +169,9 @@ def up_simulation(
     client_cpus : int
         CPUs per ClientApp; ``num_cpus // client_cpus`` ClientApps run at once.
     ray_tmp_dir : str or path, optional
-        ``RAY_TMPDIR`` (short path; the caller removes it). Default: Ray's ``/tmp/ray``.
+        ``RAY_TMPDIR`` (short path; the caller removes it). Default: a fresh
+        ``/tmp/cifer-ray-*`` directory the federation owns (``scratch_dirs``), removed by
+        :meth:`Federation.stop` (``cifer federation down``), not Ray's shared ``/tmp/ray``.
     connection : str
         Name of the ``flwr`` connection.
     timeout : float
@@ -211,6 +213,10 @@ def up_simulation(
         shutil.rmtree(d / sub, ignore_errors=True)
     d.mkdir(parents=True, exist_ok=True)
     port = _free_port()
+    scratch: list[str] = []
+    if ray_tmp_dir is None:  # Ray's session files go with the federation (issue 22)
+        ray_tmp_dir = tempfile.mkdtemp(prefix="cifer-ray-")
+        scratch.append(ray_tmp_dir)
     fed = Federation(
         directory=d,
         address=f"{_HOST}:{port}",
@@ -219,6 +225,7 @@ def up_simulation(
         public_key=str(Path(public_key).resolve()) if public_key else None,
         num_partitions=nodes,
         detached=detached,
+        scratch_dirs=scratch,
     )
     args = [
         _exe("flower-superlink"),
