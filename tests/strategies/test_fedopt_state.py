@@ -17,6 +17,7 @@ from flwr.serverapp import strategy as flwr_strategy
 
 from cifer_flwr import crypto, protocol, strategies
 from cifer_flwr.constants import CFG_RETURN_STATE
+from cifer_flwr.crypto import paillier as pl
 from tests.strategies.harness import InProcessGrid, make_client_app, node_configs, plain_initial
 
 NODES = (1, 2, 3, 4)
@@ -28,6 +29,16 @@ SETTINGS = {
     "FedYogi": {"eta": 0.05, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3},
     "FedAvgM": {"server_learning_rate": 0.8, "server_momentum": 0.9},
 }
+
+
+#: The insecure test preset of tests/strategies/test_paillier_strategies.py.
+PAILLIER_TEST = pl.PaillierParams("paillier-test", 1024, 24, 12, 4.0, "tests only (insecure)")
+
+
+@pytest.fixture(scope="module")
+def paillier_files(tmp_path_factory: pytest.TempPathFactory):
+    key = pl.generate_key(PAILLIER_TEST, insecure=True)
+    return pl.write_key_pair(key, tmp_path_factory.mktemp("keys") / "paillier")
 
 
 def is_train(msg):
@@ -76,7 +87,8 @@ def encrypted_run(name, key_path, tamper_key):
     grid = InProcessGrid(make_client_app(seen, encrypted=True), node_configs(priv, nodes=NODES))
     tamper = TamperedState(grid, tamper_key) if tamper_key is not None else None
     grid.tamper = tamper
-    kwargs = {"examples_per_client": 25.0} if "packed" in str(pub) else {}
+    quantized = "packed" in str(pub) or "paillier" in str(pub)
+    kwargs = {"examples_per_client": 25.0} if quantized else {}
     strategy = getattr(strategies, name)(public_key=pub, **COMMON, **SETTINGS[name], **kwargs)
     result = strategy.start(grid=grid, initial_arrays=plain_initial(), num_rounds=ROUNDS)
     return strategy, seen, result, tamper
@@ -103,11 +115,18 @@ def flower_run(name, key_path, attacker, from_round):
 
 @pytest.mark.parametrize(
     ("name", "keys"),
-    [("FedAdam", "key_files"), ("FedYogi", "packed_key_files"), ("FedAvgM", "key_files")],
+    [
+        ("FedAdam", "key_files"),
+        ("FedYogi", "packed_key_files"),
+        ("FedAvgM", "key_files"),
+        ("FedAvgM", "paillier_files"),
+    ],
 )
 def test_tampered_state_is_refused_and_its_holder_excluded(name, keys, request):
     key_files = request.getfixturevalue(keys)
-    key = crypto.load_private_key(key_files[0])
+    key = (pl.load_private_key if keys == "paillier_files" else crypto.load_private_key)(
+        key_files[0]
+    )
     strategy, seen, result, tamper = encrypted_run(name, key_files, key)
     attacker = tamper.attacker
     assert tamper.tampered and tamper.tampered[0] == ATTACK_ROUND
