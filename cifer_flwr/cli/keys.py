@@ -1,4 +1,4 @@
-"""``cifer keygen`` and ``cifer keys inspect``."""
+"""``cifer keygen``, ``cifer keys inspect`` and ``cifer keys roster``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cifer_flwr import crypto
+from cifer_flwr import crypto, masking
 from cifer_flwr.cli._common import console, fail, progress
 from cifer_flwr.crypto import paillier
 from cifer_flwr.crypto.keys import check_key_directory
@@ -37,13 +37,29 @@ def keygen(
     scheme: Annotated[
         str, typer.Option(help="ckks, or paillier (preset paillier / paillier-3072).")
     ] = "ckks",
+    identity: Annotated[
+        bool,
+        typer.Option(
+            "--identity",
+            help="Write a masking identity instead (DIR/NAME/identity.key + identity.pub).",
+        ),
+    ] = False,
 ) -> None:
     """Generate a CKKS key pair: DIR/NAME/private.key (0600, keep it) and public.key (share it).
 
-    Example: cifer keygen --name hospital-fl
+    With --identity: an Ed25519 identity that signs a key holder's masking advertisements
+    (docs/design.md §4.9); collect the identity.pub files into a roster with
+    `cifer keys roster`. Examples: cifer keygen --name hospital-fl --preset packed;
+    cifer keygen --identity --name site-1
     """
     try:
         target = check_key_directory(crypto.key_directory(directory, name))
+        if identity:
+            ident_priv, ident_pub = masking.write_identity(target, name, force=force)
+            console.print(f"identity     {name}")
+            console.print(f"private      {ident_priv}  (mode 0600: --node-config identity-key=...)")
+            console.print(f"public       {ident_pub}  (goes into the roster: cifer keys roster)")
+            return
         existing = [
             f.name
             for f in (target / crypto.PRIVATE_KEY_FILE, target / crypto.PUBLIC_KEY_FILE)
@@ -123,6 +139,35 @@ def _ckks_info(file: Path, key: crypto.Key) -> dict[str, object]:
         "security_bits": key.params.security_bits,
         "fingerprint": key.fingerprint,
     }
+
+
+@keys_app.command("roster")
+def roster(
+    output: Annotated[Path, typer.Argument(help="Roster file to write (e.g. roster.json).")],
+    identities: Annotated[list[Path], typer.Argument(help="The members' identity.pub files.")],
+    min_cohort: Annotated[
+        int,
+        typer.Option(
+            min=2, help="Smallest cohort a client masks with (keep it above the colluders)."
+        ),
+    ] = 3,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing roster.")] = False,
+) -> None:
+    """Collect identity.pub files into the roster every key holder checks (§4.9).
+
+    Hand the roster to every key holder with the HE key; they start their SuperNode with
+    --node-config "roster=... identity-key=...". Example:
+    cifer keys roster roster.json keys/site-1/identity.pub keys/site-2/identity.pub
+    """
+    try:
+        if output.exists() and not force:
+            raise OutputPathError(f"{output} exists; pass --force to replace it.")
+        path = masking.write_roster(output, identities, min_cohort=min_cohort)
+        members = masking.load_roster(path).members
+    except CiferError as exc:
+        raise fail(exc) from exc
+    console.print(f"roster       {path}: {len(members)} members ({', '.join(sorted(members))})")
+    console.print(f"min cohort   {min_cohort}")
 
 
 def register(app: typer.Typer) -> None:

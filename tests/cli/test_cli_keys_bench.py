@@ -69,3 +69,40 @@ def test_bench_shows_its_steps_in_a_pipe_on_stderr():
         app, ["bench", "crypto", "--params", "20000", "--clients", "3", "--json"]
     )
     assert "[cifer] " not in as_json.stderr  # --json: quiet
+
+
+def test_identity_and_roster_for_masking(tmp_path):
+    """cifer keygen --identity and cifer keys roster write what the key holders load."""
+    from cifer_flwr import masking
+
+    pubs = []
+    for name in ("site-1", "site-2", "site-3"):
+        res = runner.invoke(app, ["keygen", "--identity", "--name", name, "--dir", str(tmp_path)])
+        assert res.exit_code == 0, res.output
+        key = tmp_path / name / "identity.key"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert masking.load_identity(key).name == name
+        pubs.append(str(tmp_path / name / "identity.pub"))
+    again = runner.invoke(app, ["keygen", "--identity", "--name", "site-1", "--dir", str(tmp_path)])
+    assert again.exit_code == 2 and "never overwritten" in again.output
+    out = tmp_path / "roster.json"
+    res = runner.invoke(app, ["keys", "roster", str(out), *pubs, "--min-cohort", "3"])
+    assert res.exit_code == 0, res.output
+    roster = masking.load_roster(out)
+    assert sorted(roster.members) == ["site-1", "site-2", "site-3"] and roster.min_cohort == 3
+    dup = runner.invoke(app, ["keys", "roster", str(out), pubs[0], pubs[0], "--force"])
+    assert dup.exit_code == 2 and "appears twice" in dup.output
+
+
+def test_bench_round_masking_json_small():
+    res = runner.invoke(
+        app, ["bench", "round", "--masking", "--clients", "5", "--params", "5000", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    masked = data["variants"]["packed+masking"]
+    assert data["dropouts"] == 0 or data["dropouts"] == masked["dropouts_recovered"]
+    for k in ("mask_client_s", "mask_bytes_per_client", "unmask_server_s", "max_abs_error"):
+        assert masked[k] >= 0
+    # the masked sum is as exact as the unmasked one (packed quantization only)
+    assert masked["max_abs_error"] < 1e-5 and data["variants"]["packed"]["max_abs_error"] < 1e-5
