@@ -77,16 +77,17 @@ from cifer_flwr.exceptions import (
     CiferError,
     CiphertextFormatError,
     ConfigError,
-    KeyMismatchError,
     LayoutMismatchError,
     UnsupportedOperationError,
     WorkerError,
 )
 from cifer_flwr.strategies._checkpoint import (
     Checkpoint,
+    RunSettings,
+    new_checkpoint_key,
     read_checkpoint,
     remove_temp_files,
-    result_from_json,
+    restore_state,
     result_to_json,
     write_checkpoint,
 )
@@ -566,7 +567,7 @@ class EncryptedFedAvgBase:
             )
         self.excluded, self.round_stats = {}, {}
         self._reset_round_memory()
-        restored = self._prepare_checkpoint()
+        restored = self._prepare_checkpoint(num_rounds)
         if restored is not None:
             parts, result, done = restored
         else:
@@ -1290,6 +1291,10 @@ class EncryptedFedAvgBase:
             return None
 
     # ------------------------------------------------------------------ checkpoints
+    #: The run's checkpoint key (HMAC, docs/design.md §6): made at the first checkpoint,
+    #: or the one a resumed checkpoint verified with.
+    _checkpoint_key: bytes | None = None
+
     def _strategy_id(self) -> str:
         return f"{type(self).__module__}.{type(self).__qualname__}"
 
@@ -1304,7 +1309,9 @@ class EncryptedFedAvgBase:
     def _restore_extra(self, extra: Mapping[str, Any]) -> None:
         """Inverse of :meth:`_checkpoint_extra`."""
 
-    def _prepare_checkpoint(self) -> tuple[Parts, Result, int] | None:
+    def _prepare_checkpoint(
+        self, num_rounds: int | None = None
+    ) -> tuple[Parts, Result, int] | None:
         """Remove leftover temp files; on resume, load the checkpoint if there is one."""
         path = self.checkpoint_path
         if path is None:
@@ -1318,7 +1325,7 @@ class EncryptedFedAvgBase:
         if not path.exists():
             log.info("resume=True but no checkpoint at %s yet: starting from round 1", path)
             return None
-        restored = self._restore(path)
+        restored = self._restore(path, num_rounds)
         log.info(
             "resumed from checkpoint %s after round %d; initial_arrays is ignored",
             path,
@@ -1333,6 +1340,7 @@ class EncryptedFedAvgBase:
             "fingerprint": self.key.fingerprint,
             "preset": self.key.params.name,
             "optimizer": self._optimizer_json(),
+            "masking": self.masking,
             "round": server_round,
             "num_rounds": num_rounds,
             "min_replies": self._min_replies,
@@ -1346,7 +1354,9 @@ class EncryptedFedAvgBase:
             "result": result_to_json(result),
             "extra": self._checkpoint_extra(),
         }
-        return Checkpoint(state, self._global_record(), digests)
+        if self._checkpoint_key is None:  # a new run: a new key (a resumed one keeps its)
+            self._checkpoint_key = new_checkpoint_key()
+        return Checkpoint(state, self._global_record(), digests, self._checkpoint_key)
 
     def _write_checkpoint(self, server_round: int, num_rounds: int, result: Result) -> None:
         if self.checkpoint_path is None:
@@ -1366,68 +1376,55 @@ class EncryptedFedAvgBase:
             return
         log.info("round %d: checkpoint written to %s", server_round, self.checkpoint_path)
 
-    def _restore(self, path: Path) -> tuple[Parts, Result, int]:
+    def _restore(self, path: Path, num_rounds: int | None = None) -> tuple[Parts, Result, int]:
+        """Load the checkpoint at ``path`` for this run (docs/design.md §6, resume).
+
+        :func:`read_checkpoint` verifies its MAC; :func:`restore_state` checks every field's
+        type and range and that the settings (key, preset, strategy, optimizer,
+        ``min_replies``, masking) are this run's and the round is within ``num_rounds``.
+        """
         ckpt = read_checkpoint(path)
-        state = ckpt.state
+        run = RunSettings(
+            fingerprint=self.key.fingerprint,
+            preset=self.key.params.name,
+            strategy=self._strategy_id(),
+            optimizer=self._optimizer_json(),
+            min_replies=self._min_replies,
+            masking=self.masking,
+            num_rounds=num_rounds,
+        )
+        saved = restore_state(ckpt, path, run)
+        fix = "the file is corrupted or was edited; start without resume."
         try:
-            fingerprint = str(state["fingerprint"])
-            strategy = str(state["strategy"])
-            optimizer = state["optimizer"]
-            done = int(state["round"])
-            layout = crypto.Layout.from_dict(state["layout"])
-            examples = float(state["examples_per_client"])
-            excluded = {
-                int(r): [(int(node), str(why)) for node, why in v]
-                for r, v in state["excluded"].items()
-            }
-            round_stats = {
-                int(r): {str(k): float(x) for k, x in v.items()}
-                for r, v in state["round_stats"].items()
-            }
-            seen = DigestMemory.from_blob(
-                [(int(r), int(c)) for r, c in state["seen"]], ckpt.digests
-            )
-            result, released = result_from_json(state["result"])
-            extra = dict(state.get("extra") or {})
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CiphertextFormatError(
-                f"checkpoint {path} is corrupted ({type(exc).__name__}: {exc}); delete it or "
-                "start without resume."
-            ) from exc
-        if fingerprint != self.key.fingerprint:
-            raise KeyMismatchError(fingerprint, self.key.fingerprint, f"checkpoint {path}")
-        if strategy != self._strategy_id():
-            raise ConfigError(
-                f"checkpoint {path} was written by strategy {strategy}, but this run uses "
-                f"{self._strategy_id()}; resume with the same strategy, or start without "
-                "resume (the checkpoint is then overwritten)."
-            )
-        if optimizer != self._optimizer_json():
-            raise ConfigError(
-                f"checkpoint {path} was written with optimizer {optimizer}, but this run "
-                f"uses {self._optimizer_json()}; resume with the same settings, or start "
-                "without resume."
-            )
-        if done < 1:
-            raise CiphertextFormatError(f"checkpoint {path} holds round {done}; expected >= 1.")
+            seen = DigestMemory.from_blob(saved.seen, ckpt.digests)
+        except ReplyError as exc:
+            raise CiphertextFormatError(f"checkpoint {path}: {exc}; {fix}") from None
         model = ckpt.model
         parts = (
             crypto.bundle_from_record(model, self.key)
             if isinstance(model, ArrayRecord)
             else crypto.bundle_from_bytes(model, self.key)
         )
-        if self._model_layout(parts) != layout:
+        if self._model_layout(parts) != saved.layout:
             raise LayoutMismatchError(
                 f"checkpoint {path}: the encrypted model's layout does not match the layout "
-                "recorded with it; the file is corrupted."
+                f"recorded with it; {fix}"
             )
-        self._set_layout(layout)
-        self.examples_per_client = examples
-        self.excluded, self.round_stats, self._seen = excluded, round_stats, seen
-        self._restore_extra(extra)
-        if released:
+        try:
+            self._restore_extra(saved.extra)
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise CiphertextFormatError(
+                f"checkpoint {path}: its extra state is unusable ({type(exc).__name__}: "
+                f"{exc!s:.200}); {fix}"
+            ) from None
+        self._set_layout(saved.layout)
+        self.examples_per_client = saved.examples_per_client
+        self.excluded, self.round_stats, self._seen = saved.excluded, saved.round_stats, seen
+        self._checkpoint_key = ckpt.integrity_key  # the resumed run keeps its key
+        result = saved.result
+        if saved.released:
             result.arrays = crypto.bundle_to_record(parts)
-        return parts, result, done
+        return parts, result, saved.round
 
 
 class EncryptedFedOptBase(EncryptedFedAvgBase):
