@@ -460,12 +460,17 @@ def _commit(b: bytes) -> bytes:
     return hashlib.sha256(_PREFIX + b"self-commit|" + b).digest()
 
 
-def _mod_add(acc: npt.NDArray[np.int64], values: npt.NDArray[np.int64], sign: int, t: int) -> None:
+def _mod_add(acc: npt.NDArray[np.int64], values: npt.NDArray[np.int64], sign: int) -> None:
+    """``acc += sign * values``, without reduction modulo ``t``.
+
+    Every term is in ``[0, t)`` with ``t < 2^31`` and at most :data:`MAX_COHORT` + 1 terms
+    are added, so ``|acc| < 2^41`` never overflows int64; callers reduce once at the end
+    (``np.remainder``).
+    """
     if sign > 0:
         acc += values
     else:
         acc -= values
-    np.remainder(acc, t, out=acc)
 
 
 # ------------------------------------------------------------------ key holder
@@ -633,11 +638,9 @@ class ClientSession:
                 self.node,
                 j,
             )
-            _mod_add(
-                out, masks.expand_mask(seed, count, modulus), 1 if self.node < j else -1, modulus
-            )
+            _mod_add(out, masks.expand_mask(seed, count, modulus), 1 if self.node < j else -1)
         self.stage = "masked"
-        return out
+        return np.remainder(out, modulus, out=out)
 
     # -- stage 4
     def unmask(self, request: bytes) -> bytes:
@@ -863,7 +866,7 @@ class ServerSession:
                 lambda value, c=commit: _commit(value) == c,
             )
             seed = _self_seed(b, self.session, self.server_round, j)
-            _mod_add(out, masks.expand_mask(seed, count, modulus), 1, modulus)
+            _mod_add(out, masks.expand_mask(seed, count, modulus), 1)
         for j in sorted(set(self.cohort) - alive):
             advertised = self.adverts[j].s_public
             s_private = self._rebuild(
@@ -881,8 +884,8 @@ class ServerSession:
                 seed = _pair_seed(
                     s_private, self.adverts[i].s_public, self.session, self.server_round, i, j
                 )
-                _mod_add(out, masks.expand_mask(seed, count, modulus), 1 if i < j else -1, modulus)
-        return out
+                _mod_add(out, masks.expand_mask(seed, count, modulus), 1 if i < j else -1)
+        return np.remainder(out, modulus, out=out)
 
     def _rebuild(
         self,
