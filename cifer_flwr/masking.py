@@ -460,6 +460,16 @@ def _commit(b: bytes) -> bytes:
     return hashlib.sha256(_PREFIX + b"self-commit|" + b).digest()
 
 
+def _matches_commit(commit: bytes) -> Callable[[bytes], bool]:
+    """Check of a rebuilt self-mask seed against its sender's commitment."""
+    return lambda value: _commit(value) == commit
+
+
+def _matches_key(public: bytes) -> Callable[[bytes], bool]:
+    """Check of a rebuilt mask key against the public key its owner advertised."""
+    return lambda value: masks.exchange_public(value) == public
+
+
 def _mod_add(acc: npt.NDArray[np.int64], values: npt.NDArray[np.int64], sign: int) -> None:
     """``acc += sign * values``, without reduction modulo ``t``.
 
@@ -863,7 +873,7 @@ class ServerSession:
                 points,
                 _SEED_BYTES,
                 "self-mask seed",
-                lambda value, c=commit: _commit(value) == c,
+                _matches_commit(commit),
             )
             seed = _self_seed(b, self.session, self.server_round, j)
             _mod_add(out, masks.expand_mask(seed, count, modulus), 1)
@@ -876,7 +886,7 @@ class ServerSession:
                 points,
                 masks.KEY_BYTES,
                 "mask key",
-                lambda value, a=advertised: masks.exchange_public(value) == a,
+                _matches_key(advertised),
             )
             for i in graph[j]:
                 if i not in alive:

@@ -68,6 +68,13 @@ def demo(
     ] = Path(".cifer/demo"),
     timeout: Annotated[float, typer.Option(help="Timeout of each run, seconds.")] = 600,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    masking: Annotated[
+        bool,
+        typer.Option(
+            "--masking",
+            help="Secure aggregation too: packed keys, signed masks, roster (§4.9).",
+        ),
+    ] = False,
 ) -> None:
     """Encrypted FL end to end: keys, a TLS federation, encrypted vs plaintext run, decryption.
 
@@ -92,6 +99,7 @@ def demo(
                 timeout=timeout,
                 progress=say,
                 on_round=None if as_json else _print_line,
+                masking=masking,
             )
     except CiferError as exc:
         raise fail(exc) from exc
@@ -112,6 +120,13 @@ def demo(
         f"up in {report.federation_s:.1f} s",
         highlight=False,
     )
+    if report.masking:
+        console.print(
+            f"masking     on: packed sums, {report.nodes} signed identities in "
+            f"{_rel(report.directory / 'keys' / 'roster.json')}; one reply alone decrypts to "
+            "noise (docs/design.md §4.9)",
+            highlight=False,
+        )
     console.print(
         f"runs        quickstart-pytorch, {report.strategy}, {len(enc_rows)} rounds: encrypted "
         f"{report.encrypted_run_s:.0f} s, plaintext {report.plaintext_run_s:.0f} s",

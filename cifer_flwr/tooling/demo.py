@@ -26,8 +26,10 @@ from typing import Any
 import numpy as np
 
 from cifer_flwr import crypto, protocol
+from cifer_flwr import masking as secagg
 from cifer_flwr.exceptions import CiferError, ConfigError
 from cifer_flwr.experiments.config import (
+    EncryptionConfig,
     ExperimentConfig,
     FederationConfig,
     check_experiment,
@@ -101,7 +103,7 @@ def evaluate_with_example(
 
 
 def demo_experiment(
-    strategy: str, *, nodes: int, rounds: int, auth: bool, timeout: float
+    strategy: str, *, nodes: int, rounds: int, auth: bool, timeout: float, masking: bool = False
 ) -> ExperimentConfig:
     """The demo's options as an experiment, checked by the one validation path.
 
@@ -117,7 +119,8 @@ def demo_experiment(
     """
     return check_experiment(
         ExperimentConfig(
-            strategy=strategy_config({"name": strategy}),
+            strategy=strategy_config({"name": strategy, "masking": masking}),
+            encryption=EncryptionConfig(preset="packed" if masking else "default"),
             federation=FederationConfig(nodes=nodes, tls=True, auth=auth, timeout=timeout),
             num_rounds=rounds,
         )
@@ -138,6 +141,7 @@ class DemoReport:
     strategy: str
     nodes: int
     fingerprint: str = ""
+    masking: bool = False
     federation_s: float = 0.0
     teardown_s: float = 0.0
     stopped: int = 0
@@ -168,6 +172,7 @@ class DemoReport:
             "strategy": self.strategy,
             "nodes": self.nodes,
             "key-fingerprint": self.fingerprint,
+            "masking": self.masking,
             "federation-start-s": self.federation_s,
             "encrypted-run-s": self.encrypted_run_s,
             "plaintext-run-s": self.plaintext_run_s,
@@ -201,6 +206,7 @@ def run_demo(
     timeout: float = 600.0,
     progress: Callable[[str], None] | None = None,
     on_round: Callable[[str], None] | None = None,
+    masking: bool = False,
 ) -> DemoReport:
     """Run the encrypted demo and return what it measured.
 
@@ -224,6 +230,9 @@ def run_demo(
     on_round : callable, optional
         Called with each round's progress line as the round ends, prefixed with the run
         (``encrypted: [cifer] round 1/3: replies 3 accepted, ...``).
+    masking : bool
+        Secure aggregation in the encrypted run (docs/design.md §4.9): keys of preset
+        ``packed``, an Ed25519 identity per SuperNode and a roster every node checks.
 
     Returns
     -------
@@ -240,26 +249,49 @@ def run_demo(
     """
     # every option is checked before anything starts (keys, federation)
     strategy = demo_experiment(
-        strategy, nodes=nodes, rounds=rounds, auth=auth, timeout=timeout
+        strategy, nodes=nodes, rounds=rounds, auth=auth, timeout=timeout, masking=masking
     ).strategy.name
     say = progress or (lambda _msg: None)
     t_start = time.monotonic()
     d = Path(directory).resolve()
     d.mkdir(parents=True, exist_ok=True)
     example = find_example()
-    report = DemoReport(directory=d, example=example, strategy=strategy, nodes=nodes)
+    report = DemoReport(
+        directory=d, example=example, strategy=strategy, nodes=nodes, masking=masking
+    )
 
     say("preparing the digits dataset (cached for the ClientApps)")
     load_dataset("digits")
-    say("generating a CKKS key pair")
-    key = crypto.generate_key("default")
+    preset = "packed" if masking else "default"
+    say(f"generating a key pair (preset {preset})")
+    key = crypto.generate_key(preset)
     private, public = crypto.write_key_pair(key, d / "keys" / "demo", force=True)
     report.fingerprint = key.fingerprint
+    node_configs: dict[int, dict[str, str]] = {}
+    if masking:
+        say(f"masking: an identity per SuperNode and a roster of {nodes}")
+        idents = [
+            secagg.write_identity(d / "keys" / f"site-{i}", f"site-{i}", force=True)
+            for i in range(nodes)
+        ]
+        roster = secagg.write_roster(
+            d / "keys" / "roster.json", [pub for _, pub in idents], min_cohort=min(3, nodes)
+        )
+        node_configs = {
+            i: {"identity-key": str(ident), "roster": str(roster)}
+            for i, (ident, _) in enumerate(idents)
+        }
 
     say(f"starting a SuperLink (TLS{', node auth' if auth else ''}) and {nodes} SuperNodes")
     t0 = time.monotonic()
     fed: Federation = up(
-        d / "federation", nodes=nodes, tls=True, auth=auth, private_key=private, public_key=public
+        d / "federation",
+        nodes=nodes,
+        tls=True,
+        auth=auth,
+        private_key=private,
+        public_key=public,
+        node_configs=node_configs,
     )
     report.federation_s = time.monotonic() - t0
     model_file = d / "final_model.enc"
@@ -280,6 +312,7 @@ def run_demo(
                 "encryption": True,
                 "public-key": str(public),
                 "save-path": str(model_file),
+                **({"masking": True} if masking else {}),
             },
             timeout=timeout,
             results_path=d / "results-encrypted.json",

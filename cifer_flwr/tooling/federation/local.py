@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -458,6 +459,7 @@ def up(
     detached: bool = False,
     port: int | None = None,
     tls_files: TlsFiles | None = None,
+    node_configs: Mapping[int, Mapping[str, str]] | None = None,
 ) -> Federation:
     """Start a SuperLink and ``nodes`` SuperNodes on 127.0.0.1 and wait until all are online.
 
@@ -491,6 +493,8 @@ def up(
         SuperLink alone (SuperNodes join by themselves, as with ``cifer_flwr.fedlearn``).
     tls_files : TlsFiles, optional
         The SuperLink's own CA / certificate / key (default: freshly made ones).
+    node_configs : mapping, optional
+        More node config per node index (e.g. a masking ``identity-key`` and ``roster``).
 
     Returns
     -------
@@ -572,7 +576,8 @@ def up(
             time.sleep(0.2)
         overrides = node_private_keys or {}
         for i in range(nodes):
-            fed.start_supernode(i, private_key=overrides.get(i))
+            extra = dict((node_configs or {}).get(i, {}))
+            fed.start_supernode(i, private_key=overrides.get(i), node_config=extra)
         fed.wait_nodes_online(nodes, timeout=timeout)
     except BaseException:
         with contextlib.suppress(FederationError):
