@@ -35,12 +35,24 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "StreamedBlob",
     "iter_pack",
+    "not_a_file",
     "pack",
     "read_file",
     "streamed_pack",
     "unpack",
     "write_file_atomic",
 ]
+
+
+def not_a_file(path: Path, what: str) -> str:
+    """Why ``path`` cannot be read as a ``what`` file: a directory, or missing (message text)."""
+    if path.is_dir():
+        return (
+            f"{what} file {str(path)!r} is a directory; expected a {what} file: pass the "
+            "path of the file itself."
+        )
+    return f"{what} file {str(path)!r} does not exist; expected an existing file: check the path."
+
 
 #: Largest JSON header and most blobs a container may declare (docs/design.md §5).
 MAX_HEADER_BYTES = 16 * 1024 * 1024

@@ -435,11 +435,26 @@ def _public_key_field(top: dict[int, bytes]) -> bytes | None:
     return inner.get(1)
 
 
-def _not_a_key_file(p: Path) -> str:
-    """Why ``p`` (not a regular file) cannot be a key file: what it is and what is expected."""
+def _not_a_key_file(p: Path, want: str | None = None) -> str:
+    """Why ``p`` (not a regular file) cannot be a key file: what it is and what is expected.
+
+    ``want`` (``"private"`` / ``"public"``) is the key the caller needs: a key-pair directory
+    is then answered with that file inside it (issue 22: decrypting was sent to public.key).
+    """
     expected = "expected a cifer key file (public.key or private.key)"
     if p.is_dir():
-        inside = [f.name for f in (p / PUBLIC_KEY_FILE, p / PRIVATE_KEY_FILE) if f.is_file()]
+        order = (
+            (p / PRIVATE_KEY_FILE, p / PUBLIC_KEY_FILE)
+            if want == "private"
+            else (p / PUBLIC_KEY_FILE, p / PRIVATE_KEY_FILE)
+        )
+        inside = [f.name for f in order if f.is_file()]
+        if want == "private" and inside == [PUBLIC_KEY_FILE]:
+            return (
+                f"{str(p)!r} is a directory, not a key file; expected the private key: it "
+                f"holds only {PUBLIC_KEY_FILE}, and decrypting needs the matching "
+                f"{PRIVATE_KEY_FILE}, which stays with the key holder."
+            )
         hint = (
             f"; it holds {' and '.join(inside)}: pass {p / inside[0]}"
             if inside
@@ -466,8 +481,11 @@ def _not_a_key_file(p: Path) -> str:
     )
 
 
-def load_key(path: str | os.PathLike[str]) -> Key:
+def load_key(path: str | os.PathLike[str], *, want: str | None = None) -> Key:
     """Load a public or private key file.
+
+    ``want`` (``"private"`` or ``"public"``) only shapes the advice when ``path`` is a key
+    pair's directory: the message names the file inside it that the caller needs.
 
     Raises
     ------
@@ -478,7 +496,7 @@ def load_key(path: str | os.PathLike[str]) -> Key:
     """
     p = Path(path)
     if not p.is_file():
-        raise KeyFileError(_not_a_key_file(p))
+        raise KeyFileError(_not_a_key_file(p, want))
     size = p.stat().st_size
     if size > MAX_KEY_FILE_BYTES:
         raise KeyFileError(
@@ -523,12 +541,12 @@ def require_private_file(key: _K, path: str | os.PathLike[str]) -> _K:
 
 def load_private_key(path: str | os.PathLike[str]) -> Key:
     """Load a private key file; a public key file raises :class:`KeyTypeError`."""
-    return require_private_file(load_key(path), path)
+    return require_private_file(load_key(path, want="private"), path)
 
 
 def load_public_key(path: str | os.PathLike[str], *, holder: str = "the server") -> Key:
     """Load a public key file; a file holding a secret key raises :class:`KeyTypeError`."""
-    key = load_key(path)
+    key = load_key(path, want="public")
     key.require_public(holder)
     return key
 

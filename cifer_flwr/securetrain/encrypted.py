@@ -776,7 +776,7 @@ def load_encrypted_model(path: str | os.PathLike[str], key: Key) -> EncryptedMod
 def _read(path: str | os.PathLike[str], kind: str, what: str) -> tuple[dict[str, Any], list[bytes]]:
     p = Path(path)
     if not p.is_file():
-        raise CiphertextFormatError(f"{what} file {str(p)!r} does not exist.")
+        raise CiphertextFormatError(container.not_a_file(p, what))
     try:
         return container.read_file(p, kind=kind)
     except CiphertextFormatError as exc:

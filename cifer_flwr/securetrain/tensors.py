@@ -390,7 +390,8 @@ def read_tensors(path: str | os.PathLike[str]) -> ModelTensors:
     p = Path(path)
     ext = _extension(p)
     if not p.is_file():
-        raise ModelFormatError(f"model file {str(p)!r} does not exist.")
+        where = "is a directory; pass the model file itself" if p.is_dir() else "does not exist"
+        raise ModelFormatError(f"model file {str(p)!r} {where}; expected a model file.")
     if ext == ".h5":
         return _read_h5(p)
     if ext == ".keras":

@@ -205,3 +205,43 @@ def test_a_failed_experiment_is_one_line_and_the_sweep_goes_on(tmp_path):
     assert "DONE [('0', True), ('1', False), ('2', True)]" in res.stdout
     error = next(line for line in res.stdout.splitlines() if line.startswith("ERROR"))
     assert "1 of 3 experiments failed" in error and "the ServerApp failed: boom" in error
+
+
+def test_a_key_directory_hint_names_the_key_the_command_needs(tmp_path):
+    """Issue 22: `decrypt-model --private-key keys/demo` advised passing public.key."""
+    assert cli("keygen", "--name", "demo", "--dir", str(tmp_path / "keys")).exit_code == 0
+    model = tmp_path / "m.enc"
+    model.write_bytes(b"not used: the key is checked first")
+    res = cli(
+        "securetrain",
+        "decrypt-model",
+        "--input-model",
+        str(model),
+        "--private-key",
+        str(tmp_path / "keys" / "demo"),
+        "--output-model",
+        str(tmp_path / "out.npz"),
+    )
+    assert res.exit_code == 2
+    one_line = " ".join(res.stderr.split())
+    assert f"pass {tmp_path / 'keys' / 'demo' / 'private.key'}" in one_line, res.stderr
+    assert "pass " + str(tmp_path / "keys" / "demo" / "public.key") not in one_line
+
+
+def test_a_directory_as_input_model_is_named_a_directory(tmp_path):
+    """Issue 22: a directory given as --input-model was reported as 'does not exist'."""
+    assert cli("keygen", "--name", "demo", "--dir", str(tmp_path / "keys")).exit_code == 0
+    (tmp_path / "models").mkdir()
+    res = cli(
+        "securetrain",
+        "decrypt-model",
+        "--input-model",
+        str(tmp_path / "models"),
+        "--private-key",
+        str(tmp_path / "keys" / "demo" / "private.key"),
+        "--output-model",
+        str(tmp_path / "out.npz"),
+    )
+    assert res.exit_code == 2
+    one_line = " ".join(res.stderr.split())
+    assert "is a directory" in one_line and "does not exist" not in one_line, res.stderr
