@@ -30,8 +30,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import tenseal as ts
+import tenseal.sealapi as sealapi
 
 from cifer_flwr.crypto._protobuf import encode_varint, fields, length_delimited, payload
+from cifer_flwr.crypto._seal import seeded_vectors
 from cifer_flwr.crypto.keys import Key, fingerprint_of
 from cifer_flwr.crypto.params import CkksParams
 from cifer_flwr.crypto.validation import load_vector
@@ -85,12 +87,13 @@ def estimate_public_key_bytes(params: CkksParams, max_period: int) -> int:
     """Rough size of a training public key: relinearization + one Galois key per step.
 
     One key-switching key holds ``L - 1`` ciphertexts of ``L`` primes (``L`` primes in all);
-    SEAL's compression saves about a third.
+    seeding stores one of each ciphertext's two polynomials as a seed, and SEAL's zstd
+    compression saves about a quarter of the rest.
     """
     primes = len(params.coeff_mod_bit_sizes)
-    per_key = (primes - 1) * 2 * params.poly_modulus_degree * primes * 8
+    per_key = (primes - 1) * params.poly_modulus_degree * primes * 8
     keys = 1 + len(rotation_steps(max_period))
-    return int(per_key * keys * 0.65)
+    return int(per_key * keys * 0.75)
 
 
 def generate_training_key(params: CkksParams, *, max_period: int) -> Key:
@@ -124,24 +127,31 @@ def generate_training_key(params: CkksParams, *, max_period: int) -> Key:
         coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
     )
     ctx.global_scale = 2.0**params.scale_bits
-    ctx.generate_relin_keys()
     two_n = 2 * params.poly_modulus_degree
-    galois = ts._ts_cpp.GaloisKeys()
-    generator = ts._ts_cpp.KeyGenerator(ctx.seal_context().data, ctx.secret_key().data)
-    generator.create_galois_keys([pow(3, s, two_n) for s in rotation_steps(max_period)], galois)
+    # Seeded evaluation keys: SEAL's Serializable keys store the uniformly random half of
+    # every key-switching ciphertext as the seed of its PRNG (half the bytes, zstd on top);
+    # loading re-expands it. Only the secret-key holder can make them (docs/design.md §4.6).
+    generator = sealapi.KeyGenerator(ctx.seal_context().data, ctx.secret_key().data)
+    elements = [pow(3, s, two_n) for s in rotation_steps(max_period)]
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "galois"
-        galois.save(str(path))
-        galois_bytes = path.read_bytes()
+        path = str(Path(tmp) / "keys")
+        generator.create_relin_keys().save(path)
+        relin_bytes = Path(path).read_bytes()
+        generator.create_galois_keys(elements).save(path)
+        galois_bytes = Path(path).read_bytes()
     public = ctx.serialize(
-        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=True
+        save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
     )
-    # TenSEALContextProto: 1 encryption parameters, 2 public part (5 = Galois keys).
+    # TenSEALContextProto: 1 encryption parameters, 2 public part (4 = relinearization
+    # keys, 5 = Galois keys).
     top = fields(public)
     rebuilt = b""
     for number, _, raw in top:
         if number == 2:
-            rebuilt += length_delimited(2, payload(raw) + length_delimited(5, galois_bytes))
+            part = b"".join(r for n, _, r in fields(payload(raw)) if n not in (4, 5))
+            rebuilt += length_delimited(
+                2, part + length_delimited(4, relin_bytes) + length_delimited(5, galois_bytes)
+            )
         else:
             rebuilt += raw
     private = ctx.serialize(
@@ -179,12 +189,15 @@ class Ciphertext:
     arithmetic returns new objects and never modifies its operands.
     """
 
-    __slots__ = ("_vec", "key", "level")
+    __slots__ = ("_vec", "_wire", "key", "level")
 
-    def __init__(self, vec: Any, key: Key, level: int) -> None:
+    def __init__(self, vec: Any, key: Key, level: int, wire: bytes | None = None) -> None:
         self._vec = vec
         self.key = key
         self.level = level
+        # Seeded bytes of a fresh symmetric encryption (half the size); results of
+        # arithmetic are new objects without them and serialize in full.
+        self._wire = wire
 
     @property
     def slots(self) -> int:
@@ -279,7 +292,14 @@ class Ciphertext:
         return np.asarray(vec.decrypt(), dtype=np.float64)
 
     def to_bytes(self) -> bytes:
-        """Serialize the ciphertext (no key material); inverse of :meth:`from_bytes`."""
+        """Serialize the ciphertext (no key material); inverse of :meth:`from_bytes`.
+
+        A ciphertext the secret-key holder just encrypted is written *seeded* (its uniformly
+        random half replaced by a 64-byte seed, about half the bytes); :meth:`from_bytes`
+        re-expands it.
+        """
+        if self._wire is not None:
+            return self._wire
         return bytes(self._vec.serialize())
 
     @classmethod
@@ -319,12 +339,15 @@ def _resize(vec: Any, size: int, key: Key) -> Any:
     return ts.ckks_vector_from(key.context(), _with_size(vec.serialize(), size))
 
 
-def _encrypt(values: Plain, key: Key) -> Any:
+def _encrypt(values: Plain, key: Key) -> Ciphertext:
     _check_values(values, key)
+    if key.is_private:
+        # Symmetric and seeded (docs/design.md §4.7): less noise, half the bytes.
+        wire = seeded_vectors(key.encryption_context(), [values], key.params)[0]
+        return Ciphertext(ts.ckks_vector_from(key.context(), wire), key, 0, wire)
     vec = ts.ckks_vector(key.encryption_context(), values.tolist())
-    # Symmetric encryption (private keys) is less noisy; evaluation always uses one context.
-    vec.link_context(key.context())
-    return vec
+    vec.link_context(key.context())  # evaluation always uses one context
+    return Ciphertext(vec, key, 0)
 
 
 def encrypt_periodic(values: npt.ArrayLike, period: int, key: Key) -> Ciphertext:
@@ -338,12 +361,12 @@ def encrypt_periodic(values: npt.ArrayLike, period: int, key: Key) -> Ciphertext
         When a value exceeds the parameters' safe magnitude.
 
     """
-    return Ciphertext(_encrypt(periodic(values, period, key.params.slots), key), key, 0)
+    return _encrypt(periodic(values, period, key.params.slots), key)
 
 
 def encrypt_constant(value: float, key: Key) -> Ciphertext:
     """Encrypt ``value`` into every slot (a weight); inverse: ``decrypt()[0]``."""
-    return Ciphertext(_encrypt(np.full(key.params.slots, float(value)), key), key, 0)
+    return _encrypt(np.full(key.params.slots, float(value)), key)
 
 
 def _check_values(values: Plain, key: Key) -> None:

@@ -21,7 +21,9 @@ from cifer_flwr.cli import app
 from cifer_flwr.securetrain import (
     Dataset,
     LogisticModel,
+    Scaler,
     evaluate,
+    fold_scaler,
     read_model,
     train_plaintext,
     write_model,
@@ -88,7 +90,7 @@ def raw_small() -> Dataset:
     """128 breast-cancer rows, 8 raw (unscaled) features: the README commands' data.
 
     Small on purpose (this test checks the commands, keys and files, not accuracy at scale:
-    test_scaling.py trains on all 569 rows); the default key (3 iterations, N=16384) is kept.
+    test_scaling.py trains on all 569 rows); the default key (2 iterations, N=16384) is kept.
     """
     from sklearn.datasets import load_breast_cancer
 
@@ -345,3 +347,46 @@ def test_dataset_output_with_a_plaintext_extension(small_project):
     )
     assert "plaintext .npz dataset" in out and "model" not in out
     assert "alice/x.enc" in out
+
+
+@pytest.mark.slow
+def test_refresh_round_trip_through_the_commands(tmp_path, monkeypatch, raw_small):
+    """Scenario 1 past the key's depth: train, key holder refreshes, train again (issue 19).
+
+    Oracle: the plaintext algorithm run twice (momentum restarts at the refresh) on the data
+    standardized the way Alice does, folded back to raw rows.
+    """
+    monkeypatch.chdir(tmp_path)
+    save_npz(raw_small, "alice/data.npz")
+    cifer(
+        "cifer securetrain encrypt-dataset --dataset alice/data.npz --output alice/data.enc "
+        "--key-name alice --iterations 1 --quiet"
+    )
+    train = (
+        "cifer securetrain train --encrypted-data alice/data.enc --public-key "
+        "keys/alice/public.key --iterations 1 --learning-rate 1 --quiet"
+    )
+    cifer(train + " --output-model bob/m1.enc")
+    out = cifer(train + " --encrypted-model bob/m1.enc --output-model bob/m2.enc", ok=False)
+    assert "cifer securetrain refresh" in out
+    out = cifer(
+        "cifer securetrain refresh --input-model bob/m1.enc --private-key keys/alice/public.key "
+        "--output-model alice/fresh.enc",
+        ok=False,
+    )
+    assert "public key" in out
+    out = cifer(
+        "cifer securetrain refresh --input-model bob/m1.enc --private-key keys/alice/private.key "
+        "--output-model alice/fresh.enc --quiet"
+    )
+    assert "levels used 3 -> 0" in out
+    cifer(train + " --encrypted-model alice/fresh.enc --output-model bob/m2.enc")
+    cifer(
+        "cifer securetrain decrypt-model --input-model bob/m2.enc --private-key "
+        "keys/alice/private.key --output-model alice/model.npz"
+    )
+    scaler = Scaler.fit(raw_small.X)
+    std = scaler.transform(raw_small)
+    once = train_plaintext(std, iterations=1, learning_rate=1.0)
+    twice = train_plaintext(std, iterations=1, learning_rate=1.0, init=once, shrink_start=False)
+    check_against_oracle(read_model("alice/model.npz"), fold_scaler(twice, scaler), raw_small)
