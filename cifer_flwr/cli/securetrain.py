@@ -14,7 +14,11 @@ from cifer_flwr import securetrain as st
 from cifer_flwr.cli._common import console, fail, progress
 from cifer_flwr.crypto import container
 from cifer_flwr.exceptions import CiferError, ConfigError, KeyFileError, NotLinearModelError
-from cifer_flwr.securetrain.algorithm import LEVELS_PER_ITERATION, period_for
+from cifer_flwr.securetrain.algorithm import (
+    LEVELS_PER_ITERATION,
+    check_training_settings,
+    period_for,
+)
 from cifer_flwr.securetrain.encrypted import EncryptedDataset, PlainDesign
 from cifer_flwr.securetrain.tensors import read_tensors, write_tensors
 from cifer_flwr.securetrain.workflow import (
@@ -296,6 +300,7 @@ def train_cmd(
                 "training on a plaintext --dataset needs the project owner's "
                 "--encrypted-model (scenario 2); with no model to protect, train in plaintext."
             )
+        check_training_settings(iterations, learning_rate)  # before a (large) key is read
         out = check_encrypted_output(output_model, force=force)
         key = load_training_key(public_key)
         design: EncryptedDataset | PlainDesign

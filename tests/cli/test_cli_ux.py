@@ -245,3 +245,22 @@ def test_a_directory_as_input_model_is_named_a_directory(tmp_path):
     assert res.exit_code == 2
     one_line = " ".join(res.stderr.split())
     assert "is a directory" in one_line and "does not exist" not in one_line, res.stderr
+
+
+@pytest.mark.parametrize("rate", ["-1", "0", "nan"])
+def test_a_bad_learning_rate_is_refused_before_the_key_is_loaded(tmp_path, rate):
+    """Issue 22: `train --learning-rate -1` was refused only after loading a 228 MB key."""
+    res = cli(
+        "securetrain",
+        "train",
+        "--encrypted-data",
+        str(tmp_path / "data.enc"),
+        "--public-key",
+        str(tmp_path / "no-such-public.key"),  # loading it would fail: it must not be tried
+        "--output-model",
+        str(tmp_path / "out.enc"),
+        "--learning-rate",
+        rate,
+    )
+    assert res.exit_code == 2
+    assert "--learning-rate must be a positive number" in res.stderr, res.stderr
