@@ -32,7 +32,6 @@ __all__ = [
     "DEFAULT_ITERATIONS",
     "DEFAULT_LEARNING_RATE",
     "check_training_settings",
-    "check_training_settings",
     "LEVELS_PER_ITERATION",
     "MAX_PUBLIC_KEY_BYTES",
     "SCALE_BITS",
@@ -243,20 +242,6 @@ def _check_hyper(iterations: int, learning_rate: float) -> None:
         raise ConfigError(f"--iterations must be at least 1, got {iterations}.")
     if not (math.isfinite(learning_rate) and learning_rate > 0):
         raise ConfigError(f"--learning-rate must be a positive number, got {learning_rate}.")
-
-
-def check_training_settings(iterations: int, learning_rate: float) -> None:
-    """Refuse fewer than 1 iteration or a learning rate that is not a positive number.
-
-    Cheap: ``cifer securetrain train`` calls it before it loads a (large) key.
-
-    Raises
-    ------
-    ConfigError
-        Naming the value found and what is expected.
-
-    """
-    _check_hyper(iterations, learning_rate)
 
 
 def check_training_settings(iterations: int, learning_rate: float) -> None:
