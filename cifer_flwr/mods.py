@@ -352,7 +352,12 @@ def ckks_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
     except CiferError as exc:
         return _error_reply(msg, f"cannot decrypt the server's message: {exc}")
     reply = call_next(msg, context)
-    if reply.has_error() or not msg.metadata.message_type.startswith(MessageType.TRAIN):
+    if reply.has_error():
+        return reply
+    if not msg.metadata.message_type.startswith(MessageType.TRAIN):
+        verdict = report.get(REPLY_STATE_CHECK)
+        if verdict is not None:  # the FedOpt state verdict (docs/design.md §4.3)
+            reply.content.config_records[REPLY_RECORD] = ConfigRecord({REPLY_STATE_CHECK: verdict})
         return reply
     _report_seconds(reply, "cifer-decrypt-s", decrypt_s)
     try:

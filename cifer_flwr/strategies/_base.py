@@ -1505,6 +1505,8 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         self.state_events: list[dict[str, Any]] = []
         # (round, node) of the state in the current global: who returned it, in which round
         self._state_source: tuple[int, int] | None = None
+        # the other asked holder's state of the same round, until that round's evaluation
+        self._state_alt: tuple[int, crypto.AnyEncrypted] | None = None
 
     def _checkpoint_extra(self) -> dict[str, Any]:
         return {
@@ -1528,12 +1530,114 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         messages = FlwrFedAvg.configure_train(self, server_round, arrays, config, grid)  # type: ignore[arg-type]
         return [m for m in messages if int(m.metadata.dst_node_id) not in self.banned]
 
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Run the federated loop (see :meth:`EncryptedFedAvgBase.start`).
+
+        ``Result.arrays`` is the current global: when the key holders refused the state of
+        the last round's global in its evaluation, the other asked holder's state replaced
+        it (docs/design.md §4.3).
+        """
+        result = super().start(
+            grid,
+            initial_arrays,
+            num_rounds=num_rounds,
+            timeout=timeout,
+            train_config=train_config,
+            evaluate_config=evaluate_config,
+            evaluate_fn=evaluate_fn,
+        )
+        if result.arrays and (self._global_parts is not None or self._global_arrays is not None):
+            result.arrays = self._global_record()
+        return result
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """As :meth:`EncryptedFedAvgBase.configure_train`, with the current global.
+
+        The current global is ``arrays`` unless a refused state was replaced since
+        (:meth:`aggregate_evaluate`); the alternative state is dropped here.
+        """
+        self._state_alt = None
+        return super().configure_train(server_round, self._current_global(arrays), config, grid)
+
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Flower's evaluate messages, never to a node excluded for a refused state (§4.3)."""
+        arrays = self._current_global(arrays)
         messages = super().configure_evaluate(server_round, arrays, config, grid)
         return [m for m in messages if int(m.metadata.dst_node_id) not in self.banned]
+
+    def _current_global(self, arrays: ArrayRecord) -> ArrayRecord:
+        if self._global_parts is None and self._global_arrays is None:
+            return arrays
+        return self._global_record()
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Aggregate evaluate metrics; count the key holders' verdicts on the state first.
+
+        Key holders that trained in this round compared the state of this round's global
+        with their own (``state-check`` in the evaluate reply's ``cifer`` record). When
+        ``fail`` outnumbers ``pass``, the node that returned the state is excluded and the
+        other asked holder's state of this round (same majority digest) replaces it in the
+        global, which is saved again (docs/design.md §4.3).
+        """
+        replies = list(replies)
+        try:
+            self._judge_evaluated_state(server_round, replies)
+        except Exception as exc:  # last line of defence: a bug never stops the run
+            log.error(
+                "round %d: counting the state verdicts failed (%s: %s)",
+                server_round,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+        return super().aggregate_evaluate(server_round, replies)
+
+    def _judge_evaluated_state(self, server_round: int, replies: list[Message]) -> None:
+        source = self._state_source
+        if source is None or source[0] != server_round:
+            return
+        verdicts = Counter(
+            self._verdict_of(m)
+            for m in replies
+            if not m.has_error() and self._metadata_problem(m, self._eval_msgs) is None
+        )
+        if verdicts["fail"] <= verdicts["pass"]:
+            return
+        self._refuse_state(server_round, verdicts["fail"], verdicts["pass"])
+        if self._state_alt is None:
+            log.error(
+                "round %d: no other asked holder returned this round's state; the refused "
+                "state stays in the global until the next round replaces it",
+                server_round,
+            )
+            return
+        node, state = self._state_alt
+        self._state_alt = None
+        parts = crypto.bundle_from_record(self._global_record(), self.key)
+        parts[PART_STATE] = state
+        self._set_global(parts)
+        self._save(parts, server_round)
+        self._state_source = (server_round, node)
+        log.warning(
+            "round %d: the refused FedOpt state is replaced by node %d's (the other asked holder)",
+            server_round,
+            node,
+        )
 
     def _extra_config(
         self, index: int, node_id: int, cohort: int, server_round: int
@@ -1595,6 +1699,12 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
                     passes,
                 )
             return accepted
+        holder = self._refuse_state(server_round, fails, passes)
+        return [(msg, parts) for msg, parts in accepted if _node(msg) != holder]
+
+    def _refuse_state(self, server_round: int, fails: int, passes: int) -> int:
+        """Exclude the node that returned the current global's state; return its id."""
+        assert self._state_source is not None
         state_round, holder = self._state_source
         if holder not in self.banned:
             self.banned.add(holder)
@@ -1615,7 +1725,7 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
                 f"found different from the state they computed ({passes} found it equal); "
                 "the node is excluded from sampling.",
             )
-        return [(msg, parts) for msg, parts in accepted if _node(msg) != holder]
+        return holder
 
     @staticmethod
     def _digest_of(msg: Message) -> str | None:
@@ -1694,4 +1804,10 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         meta = {"fedopt": self.optimizer.to_dict(), META_STATE_ROUND: server_round}
         state = replace(parts[PART_STATE], meta=meta)
         self._state_source = (server_round, node)
+        # kept until this round's evaluation, in case its key holders refuse the first
+        self._state_alt = (
+            (holders[1][1], replace(holders[1][2][PART_STATE], meta=meta))
+            if len(holders) > 1
+            else None
+        )
         return {PART_STATE: state, PART_MODEL: aggregate}

@@ -46,10 +46,10 @@ def is_train(msg):
 
 
 class TamperedState:
-    """Grid tamper: the first asked state holder of ATTACK_ROUND, and later, adds 5 to x."""
+    """Grid tamper: the first asked state holder of ``attack_round``, and later, adds 5 to x."""
 
-    def __init__(self, grid: InProcessGrid, key: crypto.AnyKey) -> None:
-        self.grid, self.key = grid, key
+    def __init__(self, grid: InProcessGrid, key: crypto.AnyKey, attack_round: int) -> None:
+        self.grid, self.key, self.attack_round = grid, key, attack_round
         self.attacker: int | None = None
         self.tampered: list[int] = []
 
@@ -58,7 +58,7 @@ class TamperedState:
         if not pushed or not is_train(pushed[0]):
             return replies
         rnd = int(pushed[0].content["config"]["server-round"])
-        if rnd == ATTACK_ROUND and self.attacker is None:
+        if rnd == self.attack_round and self.attacker is None:
             asked = [m for m in pushed if m.content["config"].get(CFG_RETURN_STATE)]
             self.attacker = asked[0].metadata.dst_node_id
         for reply in replies:
@@ -81,20 +81,21 @@ class TamperedState:
         return replies
 
 
-def encrypted_run(name, key_path, tamper_key):
+def encrypted_run(name, key_path, tamper_key, attack_round=ATTACK_ROUND, fraction_evaluate=1.0):
     priv, pub = key_path
     seen: dict = {}
     grid = InProcessGrid(make_client_app(seen, encrypted=True), node_configs(priv, nodes=NODES))
-    tamper = TamperedState(grid, tamper_key) if tamper_key is not None else None
+    tamper = None if tamper_key is None else TamperedState(grid, tamper_key, attack_round)
     grid.tamper = tamper
     quantized = "packed" in str(pub) or "paillier" in str(pub)
     kwargs = {"examples_per_client": 25.0} if quantized else {}
+    kwargs["fraction_evaluate"] = fraction_evaluate
     strategy = getattr(strategies, name)(public_key=pub, **COMMON, **SETTINGS[name], **kwargs)
     result = strategy.start(grid=grid, initial_arrays=plain_initial(), num_rounds=ROUNDS)
     return strategy, seen, result, tamper
 
 
-def flower_run(name, key_path, attacker, from_round):
+def flower_run(name, key_path, attacker, from_round, fraction_evaluate=1.0):
     """Flower's plaintext strategy; the attacker's train replies are dropped from a round on."""
     seen: dict = {}
     grid = InProcessGrid(
@@ -108,51 +109,63 @@ def flower_run(name, key_path, attacker, from_round):
         return replies
 
     grid.tamper = drop
-    strategy = getattr(flwr_strategy, name)(**COMMON, **SETTINGS[name])
+    strategy = getattr(flwr_strategy, name)(
+        **COMMON, **SETTINGS[name], fraction_evaluate=fraction_evaluate
+    )
     result = strategy.start(grid=grid, initial_arrays=plain_initial(), num_rounds=ROUNDS)
     return seen, {k: a.numpy() for k, a in result.arrays.items()}
 
 
 @pytest.mark.parametrize(
-    ("name", "keys"),
+    ("name", "keys", "fraction_evaluate", "attack_round"),
     [
-        ("FedAdam", "key_files"),
-        ("FedYogi", "packed_key_files"),
-        ("FedAvgM", "key_files"),
-        ("FedAvgM", "paillier_files"),
+        ("FedAdam", "key_files", 1.0, ATTACK_ROUND),
+        ("FedYogi", "packed_key_files", 1.0, ATTACK_ROUND),
+        ("FedAvgM", "key_files", 1.0, ATTACK_ROUND),
+        ("FedAvgM", "paillier_files", 1.0, ATTACK_ROUND),
+        ("FedAdam", "key_files", 0.0, ATTACK_ROUND),  # caught in the next train round
+        ("FedYogi", "packed_key_files", 1.0, ROUNDS),  # the last round's state
     ],
 )
-def test_tampered_state_is_refused_and_its_holder_excluded(name, keys, request):
+def test_tampered_state_is_refused_and_its_holder_excluded(
+    name, keys, fraction_evaluate, attack_round, request
+):
     key_files = request.getfixturevalue(keys)
-    key = (pl.load_private_key if keys == "paillier_files" else crypto.load_private_key)(
-        key_files[0]
+    load = pl.load_private_key if keys == "paillier_files" else crypto.load_private_key
+    key = load(key_files[0])
+    strategy, seen, result, tamper = encrypted_run(
+        name, key_files, key, attack_round, fraction_evaluate
     )
-    strategy, seen, result, tamper = encrypted_run(name, key_files, key)
     attacker = tamper.attacker
-    assert tamper.tampered and tamper.tampered[0] == ATTACK_ROUND
-    # the next round's key holders refused it: the attacker is excluded in that round
+    assert tamper.tampered and tamper.tampered[0] == attack_round
+    # the key holders that computed the state refused it (in the evaluation of the same
+    # round, or without evaluation in the next train round); the attacker is excluded
+    caught = attack_round if fraction_evaluate else attack_round + 1
     assert strategy.banned == {attacker}
-    event = strategy.state_events[0]
-    assert event["round"] == ATTACK_ROUND + 1 and event["node"] == attacker
+    (event,) = strategy.state_events
+    assert event["round"] == caught and event["node"] == attacker
     assert event["fail"] >= 3 and event["pass"] == 0
-    reasons = [why for n, why in strategy.excluded[ATTACK_ROUND + 1] if n == attacker]
+    reasons = [why for n, why in strategy.excluded[caught] if n == attacker]
     assert reasons and "found different from the state they computed" in reasons[0]
-    # every honest node's models equal Flower's run without the attacker from that round on
-    oracle, oracle_final = flower_run(name, key_files, attacker, ATTACK_ROUND + 1)
+    # every honest node's models equal Flower's run in which the attacker's updates stop
+    # counting from the next round on
+    oracle, oracle_final = flower_run(
+        name, key_files, attacker, attack_round + 1, fraction_evaluate
+    )
     honest = [n for n in NODES if n != attacker]
+    assert {k for k in seen if k[2] in honest} == {k for k in oracle if k[2] in honest}
     gap = max(
-        float(np.abs(seen[(phase, rnd, n)][k] - oracle[(phase, rnd, n)][k]).max())
-        for phase in ("train", "evaluate")
-        for rnd in range(1, ROUNDS + 1)
-        for n in honest
-        for k in oracle[(phase, rnd, n)]
+        float(np.abs(seen[key_][k] - oracle[key_][k]).max())
+        for key_ in oracle
+        if key_[2] in honest
+        for k in oracle[key_]
     )
     assert gap <= 1e-5, gap
-    # and so does the final model (what decrypt-model returns)
+    # and so does the final model (what decrypt-model returns), even for a last-round attack
     final, _ = protocol.materialize(crypto.bundle_from_record(result.arrays, key), key)
     assert all(np.abs(final[k] - oracle_final[k]).max() <= 1e-5 for k in oracle_final)
     # the attacker was sampled no more
-    assert all(("train", rnd, attacker) not in seen for rnd in range(ATTACK_ROUND + 2, ROUNDS + 1))
+    assert not [k for k in seen if k[2] == attacker and k[1] > attack_round + 1]
 
 
 def test_honest_run_reports_passing_state_checks(key_files):
