@@ -140,7 +140,8 @@ def holders_of(graph: Mapping[int, Sequence[int]], node: int) -> tuple[int, ...]
 
 # ------------------------------------------------------------------ encodings
 def _int(value: int) -> bytes:
-    return int(value).to_bytes(8, "big", signed=True)
+    """Fixed-width encoding of a node id or round: Flower node ids are unsigned 64-bit."""
+    return int(value).to_bytes(9, "big", signed=True)
 
 
 def _b64(data: bytes) -> str:

@@ -210,8 +210,26 @@ def share_all(server, clients, roster=None):
     for node, client in clients.items():
         server.accept_shares(node, client.share(request, roster))
     server.fix_cohort()
-    for node, client in clients.items():
-        client.mask(server.train_payload(node), 16, 1073692673)
+    return {n: c.mask(server.train_payload(n), 16, 1073692673) for n, c in clients.items()}
+
+
+def test_flower_sized_node_ids_round_trip():
+    """Real SuperNodes have unsigned 64-bit ids (a deployment found the signed encoding)."""
+    server = masking.ServerSession(3)
+    nodes = [2**64 - 1, 2**63 + 5, 17, 2**62]
+    clients = {}
+    for node in nodes:
+        clients[node], reply = masking.ClientSession.advertise(
+            server.advertise_request(), node, None, 0
+        )
+        server.accept_advert(node, reply)
+    masks = share_all(server, clients)
+    request, alive, _ = server.unmask_request(nodes[:3])
+    for node in alive:
+        server.accept_unmask(node, clients[node].unmask(request), alive)
+    residual = server.residual(alive, 16, 1073692673)
+    # the survivors' masks minus the residual cancel exactly (node 2**62 dropped)
+    assert ((sum(masks[n] for n in alive) - residual) % 1073692673 == 0).all()
 
 
 def test_client_never_reveals_both_kinds_and_answers_once():
