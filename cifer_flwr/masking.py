@@ -471,19 +471,6 @@ def _matches_key(public: bytes) -> Callable[[bytes], bool]:
     return lambda value: masks.exchange_public(value) == public
 
 
-def _mod_add(acc: npt.NDArray[np.int64], values: npt.NDArray[np.int64], sign: int) -> None:
-    """``acc += sign * values``, without reduction modulo ``t``.
-
-    Every term is in ``[0, t)`` with ``t < 2^31`` and at most :data:`MAX_COHORT` + 1 terms
-    are added, so ``|acc| < 2^41`` never overflows int64; callers reduce once at the end
-    (``np.remainder``).
-    """
-    if sign > 0:
-        acc += values
-    else:
-        acc -= values
-
-
 # ------------------------------------------------------------------ key holder
 @dataclass
 class ClientSession:
@@ -649,7 +636,7 @@ class ClientSession:
                 self.node,
                 j,
             )
-            _mod_add(out, masks.expand_mask(seed, count, modulus), 1 if self.node < j else -1)
+            masks.add_mask(out, seed, 1 if self.node < j else -1, modulus)
         self.stage = "masked"
         return np.remainder(out, modulus, out=out)
 
@@ -877,7 +864,7 @@ class ServerSession:
                 _matches_commit(commit),
             )
             seed = _self_seed(b, self.session, self.server_round, j)
-            _mod_add(out, masks.expand_mask(seed, count, modulus), 1)
+            masks.add_mask(out, seed, 1, modulus)
         for j in sorted(set(self.cohort) - alive):
             advertised = self.adverts[j].s_public
             s_private = self._rebuild(
@@ -895,7 +882,7 @@ class ServerSession:
                 seed = _pair_seed(
                     s_private, self.adverts[i].s_public, self.session, self.server_round, i, j
                 )
-                _mod_add(out, masks.expand_mask(seed, count, modulus), 1 if i < j else -1)
+                masks.add_mask(out, seed, 1 if i < j else -1, modulus)
         return np.remainder(out, modulus, out=out)
 
     def _rebuild(

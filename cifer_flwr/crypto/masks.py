@@ -3,8 +3,9 @@
 Everything the masking protocol (:mod:`cifer_flwr.masking`, docs/design.md §4.9) computes
 with keys lives here, in inverse pairs:
 
-* :func:`expand_mask` — AES-128-CTR keystream turned into integers **exactly uniform** in
-  ``[0, modulus)`` by rejection sampling (never a modulo bias, never a folded seed);
+* :func:`expand_mask` / :func:`add_mask` — AES-128-CTR keystream turned into integers
+  **exactly uniform** in ``[0, modulus)`` by rejection sampling (never a modulo bias, never a
+  folded seed);
 * :func:`derive_key` — HKDF-SHA256 with a domain-separated ``info``;
 * :func:`new_exchange_key` / :func:`agree` — X25519 key agreement followed by HKDF;
 * :func:`split_secret` / :func:`combine_shares` — Shamir sharing over the prime field
@@ -42,6 +43,7 @@ __all__ = [
     "FIELD_PRIME",
     "KEY_BYTES",
     "SHARE_BYTES",
+    "add_mask",
     "agree",
     "combine_shares",
     "derive_key",
@@ -90,25 +92,40 @@ def expand_mask(seed: bytes, count: int, modulus: int) -> npt.NDArray[np.int64]:
     each word keeps its low ``bit_length(modulus - 1)`` bits and is **rejected** when the
     result is ``>= modulus`` (for the ``packed`` plain modulus ``t ~ 2^30`` about 5 in
     100 000 words). Deterministic: the same seed gives the same mask on every machine.
+    The accumulating form is :func:`add_mask`.
+    """
+    out = np.zeros(count, np.int64)
+    add_mask(out, seed, 1, modulus)
+    return out
+
+
+def add_mask(acc: npt.NDArray[np.int64], seed: bytes, sign: int, modulus: int) -> None:
+    """``acc += sign * expand_mask(seed, len(acc), modulus)`` without a temporary int64 copy.
+
+    No reduction modulo ``modulus``: the caller reduces once after adding every mask
+    (``|acc|`` stays below ``terms * modulus``).
     """
     _need(seed, _AES_KEY_BYTES, "a mask seed")
-    if count < 0 or not 2 <= modulus <= 1 << 32:
+    count = len(acc)
+    if not 2 <= modulus <= 1 << 32 or sign not in (1, -1):
         raise MaskingError(
-            f"expand_mask needs count >= 0 and 2 <= modulus <= 2^32, got {count}, {modulus}."
+            f"add_mask needs 2 <= modulus <= 2^32 and sign +-1, got {modulus}, {sign}."
         )
-    bits = (modulus - 1).bit_length()
-    keep, limit = np.uint32((1 << bits) - 1), np.uint32(modulus - 1)
+    keep, limit = np.uint32((1 << (modulus - 1).bit_length()) - 1), np.uint32(modulus - 1)
     cipher = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-    out = np.empty(count, np.int64)
+    op = np.add if sign > 0 else np.subtract
     filled = 0
     while filled < count:
         want = count - filled
-        words = want + (want >> 8) + 16  # rejections are rare: one extra pass at most, usually none
+        words = want + (want >> 8) + 16  # rejections are rare: one pass, almost always
         values = np.frombuffer(cipher.update(bytes(4 * words)), dtype="<u4") & keep
-        values = values[values <= limit][:want]
-        out[filled : filled + len(values)] = values.astype(np.int64)
+        rejected = np.flatnonzero(values > limit)
+        if len(rejected):
+            values = np.delete(values, rejected)
+        values = values[:want]
+        part = acc[filled : filled + len(values)]
+        op(part, values, out=part, casting="unsafe")
         filled += len(values)
-    return out
 
 
 def new_exchange_key() -> tuple[bytes, bytes]:
