@@ -439,11 +439,29 @@ def round_rows(
             "excluded": [{"node": n, "reason": why} for n, why in excluded.get(r, [])],
             # SecureFed: refused releases, failing groups, suspects, excluded nodes (§4.4.3)
             "integrity-events": [e for e in events if e.get("round") == r],
+            # secure aggregation (§4.9): authenticated by a roster?, cohort, dropped, cost
+            "masking": masking_row(round_stats.get(r, {})),
             "train-metrics": train,
             "evaluate-metrics": evaluate,
         }
         rows.append(round_row(row))
     return rows
+
+
+def masking_row(stats: Mapping[str, float]) -> dict[str, Any] | None:
+    """The ``masking`` field of a results row from a masked round's statistics (or None)."""
+    if "mask-cohort" not in stats:
+        return None
+    authenticated = bool(stats.get("mask-authenticated", 0.0))
+    return {
+        "authenticated": authenticated,
+        "guarantee": "active server (roster)" if authenticated else "honest-but-curious server",
+        "cohort": int(stats["mask-cohort"]),
+        "dropped": int(stats.get("mask-dropped", 0)),
+        "bytes": int(stats.get("mask-bytes", 0)),
+        "setup-s": stats.get("mask-setup-s"),
+        "unmask-s": stats.get("unmask-server-s"),
+    }
 
 
 def previous_rows(results_path: Path | None) -> list[dict[str, Any]]:

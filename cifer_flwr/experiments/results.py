@@ -89,6 +89,7 @@ ROUND_DEFAULTS: Final[Mapping[str, Any]] = {
     "errors": [],
     "excluded": [],
     "integrity-events": [],
+    "masking": None,
     "train-metrics": {},
     "evaluate-metrics": {},
     "consensus-distance": None,

@@ -93,6 +93,7 @@ class RoundMasking:
         )
         stats["mask-setup-s"] = time.perf_counter() - t0
         stats["mask-cohort"] = float(len(cohort))
+        stats["mask-authenticated"] = float(self.authenticated[server_round])
         if len(cohort) < self.min_cohort:
             log.warning(
                 "round %d: %d clients completed the masking setup, fewer than the %d a masked "
