@@ -79,8 +79,14 @@ PARSERS: tuple[str, ...] = (
     "enc_model",
     "plain_dataset",
     "plain_model",
+    "fedlearn_config",
+    "checkpoint",
 )
-SHARE = {p: 1.0 for p in PARSERS} | {"plain_dataset": 0.4, "plain_model": 0.4}
+SHARE = {p: 1.0 for p in PARSERS} | {
+    "plain_dataset": 0.4,
+    "plain_model": 0.4,
+    "fedlearn_config": 0.6,
+}
 DESCRIPTION = {
     "container": "crypto.container.unpack",
     "arrays": "crypto.from_bytes + aggregate/to_bytes/decrypt",
@@ -95,6 +101,9 @@ DESCRIPTION = {
     "enc_model": "securetrain load_encrypted_model (.enc) + decrypt_model/square",
     "plain_dataset": "securetrain load_dataset (.npz/.npy/.csv)",
     "plain_model": "securetrain read_model (.npz/.pt/.h5)",
+    "fedlearn_config": "fedlearn ClientConfig/ServerConfig.from_file (JSON config + its paths)",
+    "checkpoint": "strategy resume: read_checkpoint (MAC) + restore_state + _restore, "
+    "FedAvg and FedAdam, + decrypt",
 }
 STATUS_COLUMNS = ("ok", "CiferError", "other", "crash", "hang", "skipped")
 CONTAINER_PARSERS = ("container", "arrays", "bundle", "key", "enc_dataset", "enc_model")
@@ -104,6 +113,11 @@ FEDOPT_DIGEST = "d1" * 32
 SEAL_MAGIC = b"\x5e\xa1"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MEM_MB = 6144
+CHECKPOINT_KEY_FILE = "checkpoint.key"
+#: The checkpoint seeds' run: the restoring strategies use the same settings.
+CHECKPOINT_ROUNDS = 3
+#: Files a FedLearn config seed names (created empty next to the config by the target).
+FEDLEARN_FILES = ("d.npz", "m.npz", "private.key", "public.key", "cert.pem", "key.pem")
 
 # ============================================================================ materials
 
@@ -122,6 +136,10 @@ class Materials:
     def fingerprints(self) -> dict[str, str]:
         fps: dict[str, str] = json.loads((self.root / "fingerprints.json").read_text())
         return fps
+
+    def checkpoint_key(self) -> bytes:
+        """The checkpoint key the seeds' MACs use (an attacker who read the key file)."""
+        return bytes.fromhex((self.root / CHECKPOINT_KEY_FILE).read_text().strip())
 
 
 def _small_model(rng: Any, scale: float = 0.3) -> dict[str, Any]:
@@ -266,6 +284,12 @@ def build_materials(root: Path) -> Materials:
         for ext in (".npz", ".pt", ".h5"):
             write_model(LogisticModel(np.array([0.5, -1.0, 2.0]), 0.25), t / f"m{ext}")
             seeds["plain_model"].append(ext.encode() + b"\0" + (t / f"m{ext}").read_bytes())
+    seeds["fedlearn_config"] += _fedlearn_seeds()
+    ckpt_key = os.urandom(32)
+    (mats.root / CHECKPOINT_KEY_FILE).write_text(ckpt_key.hex())
+    seeds["checkpoint"] += [
+        _checkpoint_seed(key.public(), fedopt, ckpt_key, mats.root) for fedopt in (False, True)
+    ]
     seed_dir.mkdir(parents=True, exist_ok=True)
     for parser, items in seeds.items():
         for i, data in enumerate(items):
@@ -274,7 +298,83 @@ def build_materials(root: Path) -> Materials:
     return mats
 
 
+def _fedlearn_seeds() -> list[bytes]:
+    """Cifer's documented client and server JSON configs (paths relative to the file)."""
+    client = {
+        "ip_address": "127.0.0.1",
+        "port": 9092,
+        "n_round_clients": 2,
+        "use_homomorphic": True,
+        "use_secure": False,
+        "dataset_path": "d.npz",
+        "model_path": "m.npz",
+        "private_key": "private.key",
+    }
+    secure = {**client, "use_secure": True, "certfile": "cert.pem", "keyfile": "key.pem"}
+    server = {
+        "ip_address": "127.0.0.1",
+        "port": 9092,
+        "n_round_clients": 2,
+        "num_rounds": 3,
+        "use_secure": True,
+        "certfile": "cert.pem",
+        "keyfile": "key.pem",
+        "ca_certfile": None,
+        "public_key": "public.key",
+    }
+    return [json.dumps(c, indent=1).encode() for c in (client, secure, server)]
+
+
+def _checkpoint_seed(pub: Any, fedopt: bool, ckpt_key: bytes, root: Path) -> bytes:
+    """A strategy checkpoint after round 2 of 3 (history, an exclusion, replay digests)."""
+    import dataclasses
+
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, MetricRecord
+    from flwr.serverapp.strategy import Result
+
+    from cifer_flwr.strategies._checkpoint import write_checkpoint
+
+    strategy, _, _ = _new_strategy(pub, fedopt)
+    plain = ArrayRecord({k: Array(v) for k, v in _small_model(np.random.default_rng(5)).items()})
+    parts = strategy._to_parts(plain)
+    strategy._set_layout(strategy._model_layout(parts))
+    strategy._set_global(parts)
+    strategy.excluded = {2: [(3, "a replay of round 1")]}
+    strategy.round_stats = {1: {"valid": 3.0, "round-s": 0.5}, 2: {"valid": 2.0}}
+    strategy._seen.add(1, [bytes([i]) * 32 for i in range(3)])
+    strategy._seen.add(2, [bytes([9 - i]) * 32 for i in range(2)])
+    result = Result()
+    result.train_metrics_clientapp = {1: MetricRecord({"loss": 0.5, "n": 3}), 2: MetricRecord({})}
+    result.evaluate_metrics_clientapp = {2: MetricRecord({"accuracy": 0.75})}
+    ckpt = strategy._checkpoint_state(2, CHECKPOINT_ROUNDS, result)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        path = Path(tmp) / "seed.ckpt"
+        write_checkpoint(path, dataclasses.replace(ckpt, integrity_key=ckpt_key))
+        return path.read_bytes()
+
+
 # ============================================================================ mutations
+
+#: Values an attacker puts into a FedLearn config's path fields.
+HOSTILE_PATHS = [
+    "x" * 5000,
+    "/".join(["d" * 250] * 17),
+    "~nosuchuser-cifer/x",
+    "~/" + "y" * 300,
+    "a\0b",
+    "\ud800.npz",
+    "../" * 200 + "etc/passwd",
+    "/dev/zero",
+    "/proc/self/fd/0",
+    "loop/x",
+    "",
+    ".",
+    "d.npz/",
+    "~",
+]
+#: Checkpoint state fields whose values are counts / rounds.
+CHECKPOINT_INT_FIELDS = ("round", "num_rounds", "min_replies")
 
 INTERESTING_INTS = [0, 1, 2, 3, -1, -2, 7, 255, 256, 2047, 2048, 2049, 4096, 8192, 65535]
 INTERESTING_INTS += [2**31 - 1, 2**31, 2**32, 2**32 + 1, 2**53, 2**63 - 1, 2**63, 2**64 - 1]
@@ -401,6 +501,14 @@ class Mutator:
 
     def _field_value(self, key: str, old: Any) -> Any:
         r = self.rng
+        if key in CHECKPOINT_INT_FIELDS and r.random() < 0.6:
+            return r.choice(
+                [0, 1, 2, 3, 4, 99, -1, 10**400, -(10**400), 2.0, float("-inf"), "2", True]
+            )
+        if key == "examples_per_client" and r.random() < 0.6:
+            return r.choice([0, -1.0, 10**400, 1e300, float("inf"), float("nan"), "20"])
+        if key.endswith(("_path", "_key", "file")) and r.random() < 0.6:
+            return r.choice(HOSTILE_PATHS)
         if key == "fingerprint" and r.random() < 0.6:
             return r.choice([self.fps["other"], self.fps["train"], self.fps["agg"].upper(), ""])
         if key == "kind" and r.random() < 0.7:
@@ -433,7 +541,7 @@ class Mutator:
     def json_bytes(self, data: bytes) -> bytes:
         try:
             obj = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # stacked rounds: a 4301-digit int, deep nesting
             return self.raw(data)
         for _ in range(self.rng.choice((1, 1, 2, 3))):
             obj = self.json_edit(obj)
@@ -784,6 +892,10 @@ class Mutator:
     # ---------------------------------------------------------------- entry point
     def mutate(self, parser: str, seed: bytes) -> bytes:
         r = self.rng
+        if parser == "fedlearn_config":
+            return self.fedlearn(seed)
+        if parser == "checkpoint":
+            return self.checkpoint(seed)
         if parser in STRUCTURED_PARSERS:
             return self.structured(seed, parser)
         if parser in CONTAINER_PARSERS:
@@ -795,6 +907,61 @@ class Mutator:
         if r.random() < 0.05:
             ext = r.choice((b".npz", b".npy", b".csv", b".pt", b".h5", b".txt"))
         return ext + b"\0" + self.plain_file(ext.decode(), body)
+
+    def fedlearn(self, data: bytes) -> bytes:
+        """A JSON config as a user's hostile file: fields, then text beyond JSON's limits."""
+        r = self.rng
+        roll = r.random()
+        if roll < 0.1:
+            return self.raw(data)
+        out = self.json_bytes(data) if roll < 0.75 else data
+        if r.random() < 0.35:  # what json.dumps cannot write: huge literals, deep nesting
+            text = out.decode("utf-8", "replace")
+            op = r.randrange(4)
+            if op == 0 and "9092" in text:
+                text = text.replace("9092", "9" * r.choice((20, 400, 4300, 4301, 6000)), 1)
+            elif op == 1:
+                depth = r.choice((100, 1000, 10000, 30000))
+                text = text.replace('"d.npz"', "[" * depth + "]" * depth, 1)
+                if "[" * depth not in text:
+                    text = "[" * depth + "]" * depth
+            elif op == 2:
+                text = text.replace("2,", r.choice(("1e400,", "-Infinity,", "NaN,", "2.5,")), 1)
+            else:
+                text = text.replace('"m.npz"', '"\\ud800\\u0000"', 1)
+            out = text.encode("utf-8", "surrogatepass")
+        return out
+
+    def checkpoint(self, data: bytes) -> bytes:
+        """Edit a checkpoint's state or blobs; usually re-MAC it with the run's key (an
+        attacker who read the key file), so edits reach the range and settings checks."""
+        from cifer_flwr.crypto import container as ct
+        from cifer_flwr.strategies._checkpoint import _mac
+
+        r = self.rng
+        if r.random() < 0.08:
+            return self.raw(data)
+        try:
+            header, blobs = ct.unpack(data)
+        except Exception:
+            return self.raw(data)
+        header = {k: v for k, v in header.items() if k not in ("kind", "blobs_sha256")}
+        blobs = list(blobs)
+        roll = r.random()
+        if roll < 0.75 and isinstance(header.get("state"), dict):
+            for _ in range(r.choice((1, 1, 2, 3))):
+                header["state"] = self.json_edit(header["state"])
+        elif roll < 0.85 and len(blobs) == 2:
+            blobs[1] = self.raw(blobs[1])  # the replay digests
+        elif roll < 0.95 and blobs:
+            blobs[0] = self.container(blobs[0])  # the encrypted model (a bundle container)
+        else:
+            header = self.json_edit(header)
+        if r.random() < 0.8 and isinstance(header.get("state"), dict):
+            head = {"state": header["state"], "format": header.get("format")}
+            with contextlib.suppress(TypeError, ValueError):
+                header["mac"] = _mac(self.mats.checkpoint_key(), head, blobs)
+        return ct.pack("cifer.strategy-checkpoint", header, blobs)
 
     def plain_file(self, ext: str, body: bytes) -> bytes:
         r = self.rng
@@ -1080,6 +1247,59 @@ class Targets:
         model = read_model(self._plain_path(data))
         model.predict_proba(np.zeros((1, model.num_features)))
 
+    # --------------------------------------------------------------- user files, resume
+    def fedlearn_config(self, data: bytes) -> None:
+        """A JSON config next to the files it names; both readers (each may refuse)."""
+        from cifer_flwr.exceptions import CiferError
+        from cifer_flwr.fedlearn.config import ClientConfig, ServerConfig
+
+        base = self.tmp / "fedlearn"
+        if not base.is_dir():
+            base.mkdir()
+            for name in FEDLEARN_FILES:
+                (base / name).write_bytes(b"")
+            (base / "loop").symlink_to(base / "loop")
+        path = base / "config.json"
+        path.write_bytes(data)
+        refused: CiferError | None = None
+        accepted = 0
+        for reader in (ClientConfig, ServerConfig):
+            try:
+                reader.from_file(path)
+                accepted += 1
+            except CiferError as exc:
+                refused = exc
+        if not accepted and refused is not None:
+            raise refused
+
+    def checkpoint(self, data: bytes) -> None:
+        """Resume FedAvg and FedAdam from the checkpoint (its key file beside it); what one
+        of them restores is checked and decrypted."""
+        from cifer_flwr.exceptions import CiferError
+        from cifer_flwr.strategies._checkpoint import checkpoint_key_path
+
+        path = self.tmp / "fuzz.ckpt"
+        path.write_bytes(data)
+        key_path = checkpoint_key_path(path)
+        if not key_path.is_file():
+            key_path.write_text((self.root / CHECKPOINT_KEY_FILE).read_text())
+            key_path.chmod(0o600)
+        refused: CiferError | None = None
+        restored = 0
+        for fedopt in (False, True):
+            strategy, _, _ = _new_strategy(self.pub, fedopt, checkpoint_path=path, resume=True)
+            try:
+                parts, _, done = strategy._restore(path, CHECKPOINT_ROUNDS)
+            except CiferError as exc:
+                refused = exc
+                continue
+            restored += 1
+            if not 1 <= done <= CHECKPOINT_ROUNDS:
+                raise AcceptedInvalidError(f"checkpoint: restored round {done!r}")
+            self._use(parts)
+        if not restored and refused is not None:
+            raise refused
+
     # --------------------------------------------------------------- strategy
     def strategy(self, data: bytes) -> str:
         return self._strategy_round(data, fedopt=False)
@@ -1314,7 +1534,7 @@ class _FakeGrid:
         return [1, 2, 3]
 
 
-def _new_strategy(pub: Any, fedopt: bool = False) -> tuple[Any, Any, Any]:
+def _new_strategy(pub: Any, fedopt: bool = False, **kwargs: Any) -> tuple[Any, Any, Any]:
     from flwr.supercore.task_identity import TaskIdentity
 
     from cifer_flwr import crypto, strategies
@@ -1324,7 +1544,11 @@ def _new_strategy(pub: Any, fedopt: bool = False) -> tuple[Any, Any, Any]:
     TaskIdentity.node_id = 0
     cls = strategies.FedAdam if fedopt else strategies.FedAvg
     strategy = cls(
-        public_key=pub, min_train_nodes=3, min_available_nodes=3, examples_per_client=20.0
+        public_key=pub,
+        min_train_nodes=3,
+        min_available_nodes=3,
+        examples_per_client=20.0,
+        **kwargs,
     )
     import numpy as np
 
@@ -1605,16 +1829,44 @@ def save_finding(corpus: Path, mats: Materials, out: Outcome) -> Path:
     return path
 
 
-def rekey(data: bytes, parser: str, old: dict[str, str], new: dict[str, str]) -> bytes:
+def _rekey_checkpoint(data: bytes, pairs: list[tuple[bytes, bytes]], key: bytes) -> bytes:
+    """Swap fingerprints in a checkpoint (state and model) and re-MAC it with ``key``."""
+    from cifer_flwr.crypto import container as ct
+    from cifer_flwr.strategies._checkpoint import _mac
+
+    try:
+        header, blobs = ct.unpack(data)
+    except Exception:
+        return data
+    text = json.dumps({k: v for k, v in header.items() if k not in ("kind", "blobs_sha256")})
+    for a, b in pairs:
+        text = text.replace(a.decode(), b.decode())
+        blobs = [blob.replace(a, b) for blob in blobs]
+    header = json.loads(text)
+    if isinstance(header.get("state"), dict):
+        head = {"state": header["state"], "format": header.get("format")}
+        header["mac"] = _mac(key, head, blobs)
+    return ct.pack(str(header.pop("kind", "cifer.strategy-checkpoint")), header, blobs)
+
+
+def rekey(
+    data: bytes,
+    parser: str,
+    old: dict[str, str],
+    new: dict[str, str],
+    checkpoint_key: bytes | None = None,
+) -> bytes:
     """Replace the fingerprints of the keys a corpus input was found with by the current ones.
 
     Fingerprints are 32 hex digits in JSON headers; the container digest covers only the
     blobs, so replacing them keeps a valid digest valid. Key files carry their own material
     and are left as found.
     """
-    if parser == "key":
+    if parser in ("key", "fedlearn_config"):
         return data
     pairs = [(old[r].encode(), new[r].encode()) for r in old if r in new and old[r] != new[r]]
+    if parser == "checkpoint" and checkpoint_key is not None:
+        return _rekey_checkpoint(data, pairs, checkpoint_key)
     if parser in STRUCTURED_PARSERS:
         obj = json.loads(data)
         for entry in obj["arrays"]:
@@ -1636,7 +1888,9 @@ def corpus_items(corpus: Path, mats: Materials) -> list[tuple[str, bytes, Path]]
         meta_path = path.with_suffix(".json")
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         parser = meta.get("parser", path.name.split("__")[0])
-        data = rekey(path.read_bytes(), parser, meta.get("fingerprints", {}), new)
+        data = rekey(
+            path.read_bytes(), parser, meta.get("fingerprints", {}), new, mats.checkpoint_key()
+        )
         items.append((parser, data, path))
     return items
 

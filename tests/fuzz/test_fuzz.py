@@ -15,6 +15,7 @@ import importlib.util
 import json
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -181,3 +182,42 @@ def test_oracle_on_accepted_ciphertexts(vector, problem):
     else:
         with pytest.raises(fuzz.AcceptedInvalidError, match=problem):
             fuzz.check_accepted(vector, params, "x")
+
+
+def test_checkpoint_mutations_reach_past_the_mac(materials):
+    """The attacker of the ``checkpoint`` target holds the run's checkpoint key (issue 18):
+    most mutated checkpoints verify, so the range and settings checks are what refuse them."""
+    from cifer_flwr.exceptions import CiferError
+    from cifer_flwr.strategies import _checkpoint
+
+    items = list(fuzz.generate(materials, ["checkpoint"], 60, seed=11))
+    verified = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c.ckpt"
+        key_path = _checkpoint.checkpoint_key_path(path)
+        key_path.write_text(materials.checkpoint_key().hex())
+        key_path.chmod(0o600)
+        for _, data in items:
+            path.write_bytes(data)
+            try:
+                _checkpoint.read_checkpoint(path)
+                verified += 1
+            except CiferError:
+                pass
+    assert verified > len(items) // 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b'{"dataset_path": "' + b"x" * 5000 + b'"}',
+        b'{"model_path": "~nosuchuser-cifer/x"}',
+        b'{"private_key": "a\\u0000b"}',
+        b'{"port": ' + b"9" * 4301 + b"}",
+        b"[" * 30000 + b"]" * 30000,
+    ],
+    ids=["long-path", "nosuchuser", "nul", "4301-digits", "nesting"],
+)
+def test_fedlearn_config_target_refuses_the_issue_18_inputs(materials, text):
+    targets = fuzz.Targets(materials.root, materials.root / "scratch-cfg")
+    assert targets.run("fedlearn_config", text).startswith("CiferError:ConfigError")
