@@ -341,6 +341,11 @@ def ckks_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Me
             return _answer_mask_stage(msg, context, *mask_request)
         config = _config(msg)
         masker = None if mask_request is None else _TrainMasker(context, key, mask_request[1])
+        if masker is None and _requires_masking(msg, context):
+            raise MaskingError(
+                "this node has a masking roster, so it uploads only masked updates; the "
+                "server sent a train message without masking (docs/design.md §4.9)."
+            )
         t0 = time.perf_counter()
         received, opt_state, report = _decrypt_incoming(msg, key, config, context)
         decrypt_s = time.perf_counter() - t0
@@ -435,6 +440,13 @@ def _answer_mask_stage(msg: Message, context: Context, stage: str, payload: byte
     return Message(content, reply_to=msg)
 
 
+def _requires_masking(msg: Message, context: Context) -> bool:
+    """A node with a roster opted into masking: it never uploads an unmasked update."""
+    return bool(context.node_config.get(NODE_ROSTER)) and msg.metadata.message_type.startswith(
+        MessageType.TRAIN
+    )
+
+
 class _TrainMasker:
     """The train stage's mask, computed once for the model part's ciphertext count."""
 
@@ -452,7 +464,14 @@ class _TrainMasker:
 
     def __call__(self, num_chunks: int) -> np.ndarray:
         """``num_chunks * slots`` mask integers in ``[0, t)`` (once per round)."""
-        return self.session.mask(self.payload, num_chunks * self.slots, self.modulus)
+        mask = self.session.mask(self.payload, num_chunks * self.slots, self.modulus)
+        if self.session.unopened:
+            log.warning(
+                "ckks_mod: masking: the shares of nodes %s were missing or forged; this client "
+                "cannot help rebuild their secrets (the others can)",
+                self.session.unopened[:10],
+            )
+        return mask
 
     def save(self) -> None:
         """Keep the session (now holding the shares addressed to this client) for unmask."""

@@ -345,3 +345,40 @@ def test_one_wrong_share_is_outvoted_and_two_fail_closed():
     server.revealed_self[3][2] = (8).to_bytes(66, "big")  # a second liar: nothing released
     with pytest.raises(MaskingError, match="do not rebuild the committed value"):
         server.residual(alive, 16, 1073692673)
+
+
+def test_a_forged_share_does_not_stop_the_round():
+    """Node 2's share to node 1 is forged: node 1 still masks; node 2's seed comes from the rest."""
+    server, clients = cohort(6)
+    request = server.share_request()
+    for node, client in clients.items():
+        server.accept_shares(node, client.share(request, None))
+    server.fix_cohort()
+    sealed = server.sealed[2][1]
+    server.sealed[2][1] = sealed[:-4] + "AAA="  # fails authentication at node 1
+    masks = {n: c.mask(server.train_payload(n), 16, 1073692673) for n, c in clients.items()}
+    assert clients[1].unopened == [2] and 2 not in clients[1].held
+    request, alive, _ = server.unmask_request([1, 2, 3, 4, 5, 6])
+    for node in alive:
+        server.accept_unmask(node, clients[node].unmask(request), alive)
+    residual = server.residual(alive, 16, 1073692673)
+    assert ((sum(masks[n] for n in alive) - residual) % 1073692673 == 0).all()
+
+
+def test_a_roster_node_never_uploads_an_unmasked_update(packed_key_files, tmp_path):
+    """An active server that simply turns masking off is refused by every roster holder."""
+    priv, pub = packed_key_files
+    configs = node_configs(priv, nodes=NODES)
+    publics = []
+    for node in NODES:
+        ident, public = masking.write_identity(tmp_path / f"n{node}", f"site-{node}")
+        publics.append(public)
+        configs[node]["identity-key"] = str(ident)
+    roster = masking.write_roster(tmp_path / "roster.json", publics)
+    for node in NODES:
+        configs[node]["roster"] = str(roster)
+    unmasked = strategies.FedAvg(public_key=pub, examples_per_client=EXAMPLES, **COMMON)
+    _, grid, result = run(unmasked, priv, configs=configs)
+    assert result.train_metrics_clientapp[1]["cifer-released"] == 0
+    reasons = [r.error.reason for r in grid.replies if r.has_error()]
+    assert len(reasons) == len(NODES) and all("only masked updates" in r for r in reasons)
