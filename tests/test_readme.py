@@ -400,3 +400,16 @@ def test_cheap_readme_commands_work_with_only_the_readme_extras(tmp_path):
         assert res.returncode == 0, (argv, res.stderr)
         assert "Traceback" not in res.stderr
     assert (tmp_path / "multirun" / "DATE" / "TIME" / "report.png").stat().st_size > 1000
+
+
+def test_readme_commands_write_no_files_into_the_repository_root():
+    """Issue 22: results.json, results.ckpt and model.enc landed next to README.md."""
+    docs = [README, *sorted((ROOT / "examples").glob("*/README.md"))]
+    found = []
+    pattern = r'(results-path|save-path)=\\"\$PWD/([^"\\]+)'
+    for doc in docs:
+        for key, value in re.findall(pattern, doc.read_text()):
+            found.append((doc.name, key, value))
+            # under the federation's directory (ignored by git), never the clone's root
+            assert value.startswith((".cifer/federation/", ".cifer/simulation/")), (doc, key, value)
+    assert len(found) >= 6, found
