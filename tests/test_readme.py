@@ -413,3 +413,15 @@ def test_readme_commands_write_no_files_into_the_repository_root():
             # under the federation's directory (ignored by git), never the clone's root
             assert value.startswith((".cifer/federation/", ".cifer/simulation/")), (doc, key, value)
     assert len(found) >= 6, found
+
+
+def test_the_transport_is_described_as_flower_runs_it():
+    """Issue 22: Flower 1.41/1.42 serve the Fleet API over HTTP ('Starting the SuperLink Fleet
+    HTTP API'); the README and the Cifer-config messages said gRPC."""
+    from cifer_flwr.exceptions import ConfigError
+    from cifer_flwr.fedlearn.config import ClientConfig
+
+    assert "gRPC" not in README.read_text()
+    with pytest.raises(ConfigError) as info:
+        ClientConfig.from_mapping({"ip_address": "wss://localhost", "port": 8765}, what="Client")
+    assert "gRPC" not in str(info.value) and "Fleet API over HTTP" in str(info.value)

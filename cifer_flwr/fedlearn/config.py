@@ -7,10 +7,11 @@ Cifer's documents configure a client with a JSON file such as::
      "certfile": "certificate/cert.pem", "keyfile": "certificate/key.pem"}
 
 The same keys mean the same things here, on Flower: ``ip_address``/``port`` is the SuperLink
-(gRPC, not a WebSocket: a ``ws://``/``wss://`` address is refused with what to write
-instead), ``use_secure`` is TLS, ``use_homomorphic`` is CKKS through ``ckks_mod`` (it needs
-``private_key``, made by ``cifer keygen``), and ``dataset_path`` / ``model_path`` (plus
-``model_class`` for a PyTorch state dict) are this client's own data and model. Unknown keys,
+(Flower's Fleet API, over HTTP on one port, not a WebSocket: a ``ws://``/``wss://``
+address is refused with what to write instead), ``use_secure`` is TLS, ``use_homomorphic``
+is CKKS through ``ckks_mod`` (it needs ``private_key``, made by ``cifer keygen``), and
+``dataset_path`` / ``model_path`` (plus ``model_class`` for a PyTorch state dict) are this
+client's own data and model. Unknown keys,
 wrong types and impossible combinations raise :class:`~cifer_flwr.exceptions.ConfigError`
 naming the key. Relative paths are relative to the JSON file. A path is checked before the
 file system sees it (no NUL byte, at most ``PATH_MAX`` bytes and ``NAME_MAX`` per component,
@@ -212,7 +213,7 @@ def check_address(ip_address: str, port: int, what: str) -> str:
         secure = ' and "use_secure": true' if scheme in ("wss", "https", "grpcs") else ""
         raise ConfigError(
             f"{what}: ip_address {ip_address!r} uses the {scheme}:// scheme; Cifer's WebSocket "
-            "server is a Flower SuperLink here (gRPC). Give the bare host, "
+            "server is a Flower SuperLink here (its Fleet API over HTTP). Give the bare host, "
             f'"ip_address": "{bare}"{secure}, and the SuperLink\'s port in "port".'
         )
     if not host or any(c in host for c in " /?#@"):
