@@ -55,9 +55,10 @@ def start_model(train: st.Dataset, kind: str) -> st.Classifier:
 
 
 def run(name: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> dict:
-    k, rounds, lr = args.iterations, args.rounds, args.lr
+    k, rounds = args.iterations, args.rounds
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.3, stratify=y, random_state=0)
     train, test = dataset(xtr, ytr), dataset(xte, yte)
+    lr = args.lr or st.default_learning_rate(train.num_features)
     params = params_for_iterations(k)
     out: dict = {"dataset": name, "iterations": k, "rounds": rounds, "learning_rate": lr}
     out["N"] = params.poly_modulus_degree
@@ -144,7 +145,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--iterations", type=int, default=st.DEFAULT_ITERATIONS)
     ap.add_argument("--rounds", type=int, default=1, help="training rounds (refresh between)")
-    ap.add_argument("--lr", type=float, default=st.DEFAULT_LEARNING_RATE)
+    ap.add_argument("--lr", type=float, default=None, help="default: by feature count")
     ap.add_argument("--start", choices=("zero", "uniform"), default="uniform")
     ap.add_argument("--json", action="store_true", help="print one JSON object per dataset")
     args = ap.parse_args()
@@ -157,7 +158,7 @@ def main() -> None:
         mb = {k: f"{v / 1e6:.2f} MB" for k, v in result["bytes"].items()}
         print(
             f"{name}: N={result['N']}, {args.rounds} round(s) x {args.iterations} iterations, "
-            f"lr {args.lr}, key generation {result['keygen_s']} s"
+            f"lr {result['learning_rate']:.3g}, key generation {result['keygen_s']} s"
         )
         print(f"  held-out accuracy {result['holdout_accuracy']}")
         print(f"  points below scikit-learn {result['points_below_sklearn']}")

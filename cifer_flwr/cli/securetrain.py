@@ -72,7 +72,7 @@ Iterations = Annotated[
     typer.Option(
         "--iterations",
         min=1,
-        help="Encrypted training iterations the new key must support (3 levels each).",
+        help="Encrypted training iterations the new key must support (2 levels each).",
     ),
 ]
 
@@ -271,8 +271,13 @@ def train_cmd(
         int, typer.Option("--iterations", min=1, help="Nesterov gradient iterations.")
     ] = st.DEFAULT_ITERATIONS,
     learning_rate: Annotated[
-        float, typer.Option("--learning-rate", help="Gradient step size.")
-    ] = st.DEFAULT_LEARNING_RATE,
+        float | None,
+        typer.Option(
+            "--learning-rate",
+            help="Gradient step size (default: 1.25 / (0.25 (features + 1)), which converges "
+            "for standardized features).",
+        ),
+    ] = None,
     standardize: Standardize = True,
     features_key: FeaturesKey = None,
     labels_key: LabelsKey = None,
@@ -300,7 +305,8 @@ def train_cmd(
                 "training on a plaintext --dataset needs the project owner's "
                 "--encrypted-model (scenario 2); with no model to protect, train in plaintext."
             )
-        check_training_settings(iterations, learning_rate)  # before a (large) key is read
+        # before a (large) key is read; no --learning-rate: the default of the feature count
+        check_training_settings(iterations, 1.0 if learning_rate is None else learning_rate)
         out = check_encrypted_output(output_model, force=force)
         key = load_training_key(public_key)
         design: EncryptedDataset | PlainDesign

@@ -13,8 +13,9 @@ No workflow ever needs a private key to leave its owner. Any other model (Keras,
 
 from cifer_flwr.securetrain.algorithm import (
     DEFAULT_ITERATIONS,
-    DEFAULT_LEARNING_RATE,
+    LR_TIMES_CURVATURE,
     SIGMOID_COEFFS,
+    default_learning_rate,
     max_iterations,
     nesterov_etas,
     params_for_iterations,
@@ -50,7 +51,7 @@ from cifer_flwr.securetrain.tensors import ModelTensors, read_tensors, write_ten
 
 __all__ = [
     "DEFAULT_ITERATIONS",
-    "DEFAULT_LEARNING_RATE",
+    "LR_TIMES_CURVATURE",
     "SIGMOID_COEFFS",
     "Classifier",
     "Dataset",
@@ -62,6 +63,7 @@ __all__ = [
     "PlainDesign",
     "Scaler",
     "decrypt_model",
+    "default_learning_rate",
     "encrypt_dataset",
     "encrypt_model",
     "evaluate",

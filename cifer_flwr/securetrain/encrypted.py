@@ -13,13 +13,14 @@ works on raw rows.
 One iteration (``v`` the Nesterov point, all values encrypted)::
 
     t      = sum_j (s Z_j) * U_j                      1 level   (U = v / s)
-    S_j    = t^2 * (t * c3 Z_j) + t * (c1 Z_j) + c0 Z_j  2 levels  (c_k folded with the step)
+    S_j    = t * (c1 Z_j) + c0 Z_j                    1 level   (c_k folded with the step)
     G_j    = window_sum(S_j, p)                       rotations, no level
     U, B  <- Nesterov update with plaintext scalars   off the critical path
 
-so ``k`` iterations need ``3 k`` levels. The weights are kept divided by
-``s = sqrt(lr / n)``, which keeps every encrypted value away from the CKKS noise floor; the
-model file records ``s`` as its public ``scale`` and decryption multiplies it back.
+so ``k`` iterations need ``2 k`` levels (the sigmoid is ``1/2 + x/4``, :mod:`.algorithm`).
+The weights are kept divided by ``s = sqrt(lr / n)``, which keeps every encrypted value
+away from the CKKS noise floor; the model file records ``s`` as its public ``scale`` and
+decryption multiplies it back.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from cifer_flwr.securetrain.algorithm import (
     SIGMOID_COEFFS,
     START_SCORE_LIMIT,
     _check_hyper,
+    default_learning_rate,
     max_row_norm,
     more_depth,
     nesterov_etas,
@@ -844,7 +846,7 @@ def train_encrypted(
     model: EncryptedModel,
     *,
     iterations: int,
-    learning_rate: float,
+    learning_rate: float | None = None,
     on_step: Callable[[int, int, int], None] | None = None,
     on_notice: Callable[[str], None] | None = None,
 ) -> EncryptedModel:
@@ -858,9 +860,10 @@ def train_encrypted(
         Starting weights, encrypted under the same key as ``design`` (if encrypted), with
         one block per output (one-vs-rest).
     iterations : int
-        Nesterov iterations; each uses three multiplicative levels.
-    learning_rate : float
-        Step size.
+        Nesterov iterations; each uses two multiplicative levels.
+    learning_rate : float, optional
+        Step size; :func:`~.algorithm.default_learning_rate` of the feature count by
+        default (converges for standardized features).
     on_step : callable, optional
         ``on_step(step, done, total)`` after each coefficient of each iteration; ``step``
         counts iterations over all outputs (``output * iterations + iteration``).
@@ -885,6 +888,8 @@ def train_encrypted(
         data are in different coordinates (see :func:`_check_scalers`).
 
     """
+    if learning_rate is None:
+        learning_rate = default_learning_rate(design.num_features)
     _check_hyper(iterations, learning_rate)
     if model.num_features != design.num_features:
         raise FeatureMismatchError(
@@ -964,14 +969,20 @@ def _start_shrink(
     """Factor applied to a start on plaintext rows so its scores fit the approximation."""
     if not isinstance(design, PlainDesign):
         return 1.0  # zero start or a model trained on this very encrypted dataset
+    trained = model.meta.get("trained_iterations", 0)
+    if isinstance(trained, int) and not isinstance(trained, bool) and trained > 0:
+        # A continuation (trained, refreshed, trained again): cifer's training left its
+        # scores where the convex loss put them; the raw-row bound below is far too loose
+        # for a trained model (it would undo the training). Only fresh starts are checked.
+        return 1.0
     notice = on_notice or (lambda _msg: None)
     if model.bound is None:
         notice(
-            "the encrypted model carries no public size bound (it comes straight from "
-            "training), so its scores on your rows cannot be checked against the sigmoid "
-            f"approximation's range +-{START_SCORE_LIMIT:g}; if the result is poor, ask the "
-            "key holder to run `cifer securetrain refresh` on it (which records the bound) "
-            "and train again."
+            "the encrypted model carries no public size bound (it was written before cifer "
+            "recorded one), so its scores on your rows cannot be checked against the range "
+            f"+-{START_SCORE_LIMIT:g} where the sigmoid's approximation holds; if the result "
+            "is poor, ask the key holder to run `cifer securetrain refresh` on it (which "
+            "records the bound) and train again."
         )
         return 1.0
     factor = start_shrink(model.bound, design.row_norm)
@@ -979,8 +990,8 @@ def _start_shrink(
         notice(
             f"the starting model (norm up to {model.bound:g}) may score up to "
             f"+-{model.bound * design.row_norm:.4g} on your rows (largest row norm "
-            f"{design.row_norm:.4g}), beyond the +-{START_SCORE_LIMIT:g} the degree-3 sigmoid "
-            f"handles (it would diverge); it was shrunk by {factor:.3g} before training, "
+            f"{design.row_norm:.4g}), beyond the +-{START_SCORE_LIMIT:g} where the sigmoid's "
+            f"approximation 1/2 + x/4 holds; it was shrunk by {factor:.3g} before training, "
             "which keeps its predictions. Standardize the inputs the model was built for, "
             "or start from zeros, to avoid this."
         )
@@ -1007,7 +1018,7 @@ def _train_block(
     gradient uses the ``folded`` columns, so the result is in raw coordinates again.
     """
     n, period = design.num_samples, design.period
-    a0, a1, a3 = SIGMOID_COEFFS
+    a0, a1 = SIGMOID_COEFFS
     s = math.sqrt(learning_rate / n)
     etas = nesterov_etas(iterations)
     d1 = len(columns)
@@ -1025,16 +1036,15 @@ def _train_block(
         zt = [_scaled(col, src_scale) for col in inputs]
         chunks = len(columns[0])
         t = [sum_all([src[j] * zt[j][c] for j in range(d1)]) for c in range(chunks)]
-        t2 = [x.square() for x in t]
         m = 1.0 if last else 1.0 - eta
-        c0, c1, c3 = s * m * a0, -s * m * a1, -s * m * a3
+        c0, c1 = s * m * a0, -s * m * a1
         outs = list(folded) if (last and folded is not None) else columns
         grads: list[Ciphertext] = []
         for j, col in enumerate(outs):
             parts = []
             for c in range(chunks):
                 z = col[c]
-                parts.append(t2[c] * (t[c] * (z * c3)) + t[c] * (z * c1) + z * c0)
+                parts.append(t[c] * (z * c1) + z * c0)
             grads.append(sum_all(parts).window_sum(period))
             on_step(k, j + 1, d1)
         if last:

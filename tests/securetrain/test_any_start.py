@@ -1,10 +1,11 @@
 """Scenario 2 from any starting model (issue 19, item 1).
 
-Root cause of the 0.34-0.37 accuracy: the degree-3 sigmoid is fitted on [-8, 8], and a
-default-initialised ``nn.Linear(30, 1)`` / Keras ``Dense(1)`` scores up to +-400 on raw
-breast-cancer rows, where the cubic term turns the gradient around and training diverges
-(the plaintext oracle too). The key holder publishes a power-of-two bound on the model's
-norm; the data owner shrinks a start that could score beyond
+Root cause of the 0.34-0.37 accuracy: Kim et al.'s cubic sigmoid (fitted on [-8, 8]) gives the
+gradient of a loss that is concave for large scores, and a default-initialised
+``nn.Linear(30, 1)`` / Keras ``Dense(1)`` scores up to +-400 on raw breast-cancer rows, where
+the step raises the scores further and training diverges (the plaintext oracle too). Training
+now uses ``1/2 + x/4`` (a convex quadratic loss), and the key holder publishes a power-of-two
+bound on the model's norm; the data owner shrinks a start that could score beyond
 :data:`~cifer_flwr.securetrain.algorithm.START_SCORE_LIMIT` (predictions unchanged) and says so.
 Oracles: the plaintext run of the same algorithm and scikit-learn's LogisticRegression.
 """
@@ -28,7 +29,7 @@ from cifer_flwr.securetrain.algorithm import (
     start_shrink,
 )
 
-LR = 1.0
+LR = None  # the default step for the feature count
 ITERATIONS = 2
 
 

@@ -364,7 +364,7 @@ def test_refresh_round_trip_through_the_commands(tmp_path, monkeypatch, raw_smal
     )
     train = (
         "cifer securetrain train --encrypted-data alice/data.enc --public-key "
-        "keys/alice/public.key --iterations 1 --learning-rate 1 --quiet"
+        "keys/alice/public.key --iterations 1 --quiet"
     )
     cifer(train + " --output-model bob/m1.enc")
     out = cifer(train + " --encrypted-model bob/m1.enc --output-model bob/m2.enc", ok=False)
@@ -387,6 +387,6 @@ def test_refresh_round_trip_through_the_commands(tmp_path, monkeypatch, raw_smal
     )
     scaler = Scaler.fit(raw_small.X)
     std = scaler.transform(raw_small)
-    once = train_plaintext(std, iterations=1, learning_rate=1.0)
-    twice = train_plaintext(std, iterations=1, learning_rate=1.0, init=once, shrink_start=False)
+    once = train_plaintext(std, iterations=1)  # the default step, as the commands use
+    twice = train_plaintext(std, iterations=1, init=once, shrink_start=False)
     check_against_oracle(read_model("alice/model.npz"), fold_scaler(twice, scaler), raw_small)
