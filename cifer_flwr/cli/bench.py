@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from cifer_flwr.cli._common import console, fail, status
 from cifer_flwr.exceptions import CiferError
-from cifer_flwr.tooling.bench import ROUND_VARIANTS, bench_crypto, bench_masking, bench_round
+from cifer_flwr.tooling.bench import (
+    ROUND_VARIANTS,
+    Progress,
+    bench_crypto,
+    bench_masking,
+    bench_round,
+)
 
 app = typer.Typer(
     pretty_exceptions_show_locals=False, help="Measure encryption cost.", no_args_is_help=True
 )
+
+
+def _measure(as_json: bool, run: Callable[[Progress], dict[str, Any]]) -> dict[str, Any] | None:
+    """Run a benchmark with progress lines; with ``--json`` print it and return None."""
+    try:
+        with status(quiet=as_json, pipe_lines=True) as progress:
+            result = run(progress)
+    except CiferError as exc:
+        raise fail(exc) from exc
+    if as_json:
+        print(json.dumps(result))
+        return None
+    return result
 
 
 @app.command("crypto")
@@ -28,13 +48,8 @@ def crypto_cmd(
 
     Example: cifer bench crypto --params 1000000 --clients 10 --json
     """
-    try:
-        with status(quiet=as_json, pipe_lines=True) as progress:
-            result = bench_crypto(params, clients, preset, progress=progress)
-    except CiferError as exc:
-        raise fail(exc) from exc
-    if as_json:
-        print(json.dumps(result))
+    result = _measure(as_json, lambda say: bench_crypto(params, clients, preset, progress=say))
+    if result is None:
         return
     base = result["baseline"]
     table = Table(
@@ -88,13 +103,8 @@ def round_cmd(
         _masking_round(clients, params, dropout, as_json)
         return
     chosen = tuple(v.strip() for v in variants.split(",") if v.strip())
-    try:
-        with status(quiet=as_json, pipe_lines=True) as progress:
-            result = bench_round(clients, params, chosen, progress=progress)
-    except CiferError as exc:
-        raise fail(exc) from exc
-    if as_json:
-        print(json.dumps(result))
+    result = _measure(as_json, lambda say: bench_round(clients, params, chosen, progress=say))
+    if result is None:
         return
     table = Table(title=f"one round: {clients} clients x {params:,} fp32 parameters")
     table.add_column("metric")
@@ -127,13 +137,8 @@ def round_cmd(
 
 
 def _masking_round(clients: int, params: int, dropout: float, as_json: bool) -> None:
-    try:
-        with status(quiet=as_json, pipe_lines=True) as progress:
-            result = bench_masking(clients, params, dropout, progress=progress)
-    except CiferError as exc:
-        raise fail(exc) from exc
-    if as_json:
-        print(json.dumps(result))
+    result = _measure(as_json, lambda say: bench_masking(clients, params, dropout, progress=say))
+    if result is None:
         return
     table = Table(
         title=f"one masked round: {clients} clients x {params:,} parameters, "
