@@ -16,6 +16,7 @@ pytest.importorskip("torch")
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
+@pytest.mark.timeout(1800)  # two runs of 2 rounds; a loaded 2-core machine took 15 minutes
 def test_masked_demo_on_a_tls_deployment_matches_plaintext(tmp_path):
     report = run_demo(tmp_path / "demo", nodes=3, rounds=2, masking=True, timeout=900)
     assert report.masking and report.stopped >= 4  # SuperLink + 3 SuperNodes
