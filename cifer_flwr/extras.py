@@ -10,6 +10,8 @@ traceback::
 
 raises :class:`~cifer_flwr.exceptions.MissingExtraError` ``matplotlib is not installed
 (`cifer report` draws report.png); install the plot extra: pip install "cifer-flwr[plot]"``.
+The command is the one that works for this installation: from a clone (an editable
+install, ``pip install -e``) it is ``pip install -e "/path/to/clone[plot]"``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
 from types import ModuleType
 
 from cifer_flwr.exceptions import MissingExtraError
@@ -49,9 +53,32 @@ def extra_for(module: str) -> str:
     return EXTRAS[module.split(".")[0]]
 
 
+@lru_cache(maxsize=1)
+def clone_root() -> Path | None:
+    """The source checkout cifer_flwr runs from (an editable install), else ``None``.
+
+    A clone has the package next to a ``pyproject.toml`` naming ``cifer-flwr``; an installed
+    wheel sits in ``site-packages`` without one.
+    """
+    root = Path(__file__).resolve().parents[1]
+    try:
+        text = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return root if 'name = "cifer-flwr"' in text else None
+
+
 def install_command(extras: Iterable[str]) -> str:
-    """``pip install "cifer-flwr[a,b]"`` for the given extras (sorted, without repeats)."""
+    """The ``pip install`` command that adds the given extras to *this* installation.
+
+    ``pip install -e "/path/to/clone[a,b]"`` when cifer_flwr runs from a clone (how the
+    README installs it: ``pip install -e ".[...]"``), else ``pip install "cifer-flwr[a,b]"``;
+    extras sorted, without repeats.
+    """
     names = ",".join(sorted(set(extras)))
+    root = clone_root()
+    if root is not None:
+        return f'pip install -e "{root}[{names}]"'
     return f'pip install "cifer-flwr[{names}]"'
 
 

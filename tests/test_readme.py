@@ -336,7 +336,7 @@ def assert_one_line(res: subprocess.CompletedProcess, extra: str) -> None:
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
     assert "Traceback" not in res.stderr
-    assert f'pip install "cifer-flwr[{extra}]"' in lines[0], lines[0]
+    assert extras.install_command([extra]) in lines[0], lines[0]
 
 
 @pytest.mark.parametrize(
@@ -378,7 +378,7 @@ def test_run_without_matplotlib_writes_results_and_notes_the_plot(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().startswith("skipped metrics.png: matplotlib is not installed")
-    assert 'pip install "cifer-flwr[plot]"' in res.stdout
+    assert extras.install_command(["plot"]) in res.stdout
     assert not (tmp_path / "metrics.png").exists()
 
 

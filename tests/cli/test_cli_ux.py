@@ -61,7 +61,7 @@ def test_require_names_the_extra_and_is_an_import_error():
     with pytest.raises(MissingExtraError) as info:
         extras.require("matplotlib.not_a_module_xyz", purpose="a test")
     # installed package, missing submodule: still the extra, with the reason
-    assert 'pip install "cifer-flwr[plot]"' in str(info.value)
+    assert extras.install_command(["plot"]) in str(info.value)
     assert isinstance(info.value, ImportError) and isinstance(info.value, CiferError)
     assert extras.require("phe").__name__ == "phe"
 
@@ -74,7 +74,7 @@ def test_check_lists_every_missing_module_in_one_command(monkeypatch):
         extras.check(["torch", "sklearn", "matplotlib.pyplot"], purpose="x")
     msg = str(info.value)
     assert msg.startswith("matplotlib, torch are not installed (x)")
-    assert msg.endswith('pip install "cifer-flwr[plot,torch]"')
+    assert msg.endswith(extras.install_command(["torch", "plot"]))
     extras.check(["sklearn"])  # present: no error
 
 
@@ -264,3 +264,15 @@ def test_a_bad_learning_rate_is_refused_before_the_key_is_loaded(tmp_path, rate)
     )
     assert res.exit_code == 2
     assert "--learning-rate must be a positive number" in res.stderr, res.stderr
+
+
+def test_the_install_hint_fits_a_clone(tmp_path):
+    """Issue 22: hints said `pip install "cifer-flwr[EXTRA]"` to people who installed from a
+    clone with `pip install -e ".[...]"` (cifer-flwr is not on the package index)."""
+    root = Path(extras.__file__).resolve().parents[1]
+    assert extras.clone_root() == root  # the tests run from the clone
+    assert (
+        extras.install_command(["plot", "torch", "plot"]) == f'pip install -e "{root}[plot,torch]"'
+    )
+    res = cli("securetrain", "encrypt-model", "--help")  # any command: the hint is not printed
+    assert res.exit_code == 0

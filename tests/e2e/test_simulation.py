@@ -27,6 +27,7 @@ import pytest
 from cifer_flwr.exceptions import ConfigError, MissingExtraError
 from cifer_flwr.experiments.config import compose, overrides_to_string
 from cifer_flwr.experiments.launch import run_experiment, validate_sweep
+from cifer_flwr.extras import install_command
 from cifer_flwr.tooling.federation import processes
 
 NODES = 20
@@ -219,7 +220,7 @@ def test_missing_ray_is_one_line_before_any_key_or_process(tmp_path, monkeypatch
         run_experiment(exp, tmp_path)
     message = str(err.value)
     assert "\n" not in message
-    assert 'pip install "cifer-flwr[simulation]"' in message
+    assert install_command(["simulation"]) in message
     assert not (tmp_path / "keys").exists() and not (tmp_path / "federation").exists()
     with pytest.raises(MissingExtraError):  # `cifer run` validates every run before starting
         validate_sweep([*COMMON, "strategy=fedavg,fedyogi"], multirun=True)
