@@ -55,6 +55,7 @@ __all__ = [
     "Roster",
     "ServerSession",
     "degree",
+    "grouped_graph",
     "holders_of",
     "load_identity",
     "load_roster",
@@ -131,6 +132,36 @@ def neighbour_graph(nodes: Sequence[int], seed: bytes) -> dict[int, tuple[int, .
         near |= {ring[(pos - d) % size] for d in range(1, half + 1)}
         graph[node] = tuple(sorted(near))
     return graph
+
+
+def grouped_graph(groups: Sequence[Sequence[int]], seed: bytes) -> dict[int, tuple[int, ...]]:
+    """The neighbour graph of a partition: edges only inside each group (SecureFed, §4.9).
+
+    Each group's sum can then be unmasked on its own, so SecureFed's candidate groups stay
+    releasable under masking.
+    """
+    graph: dict[int, tuple[int, ...]] = {}
+    for group in groups:
+        graph.update(neighbour_graph(group, seed + _int(min(group))))
+    return graph
+
+
+def _partition(value: object, nodes: Sequence[int], floor: int) -> tuple[tuple[int, ...], ...]:
+    """Check a partition of ``nodes`` sent by the server: every node once, groups >= floor."""
+    if value is None:
+        return (tuple(sorted(nodes)),)
+    if not isinstance(value, list) or not value or len(value) > MAX_COHORT:
+        raise MaskingError("the masking groups must be a non-empty list of node lists.")
+    groups = tuple(tuple(_nodes(g, "a masking group")) for g in value)
+    flat = [n for g in groups for n in g]
+    if sorted(flat) != sorted(nodes):
+        raise MaskingError("the masking groups must hold every advertised node exactly once.")
+    if min(len(g) for g in groups) < floor:
+        raise MaskingError(
+            f"a masking group of {min(len(g) for g in groups)} clients is below the minimum "
+            f"of {floor}; its sum would expose too few clients."
+        )
+    return groups
 
 
 def holders_of(graph: Mapping[int, Sequence[int]], node: int) -> tuple[int, ...]:
@@ -490,6 +521,7 @@ class ClientSession:
     identity: str | None = None
     adverts: dict[int, Advert] = field(default_factory=dict)
     graph_nodes: tuple[int, ...] = ()
+    groups: tuple[tuple[int, ...], ...] = ()
     neighbours: tuple[int, ...] = ()
     self_secret: bytes = field(default=b"", repr=False)
     cohort: tuple[int, ...] = ()
@@ -547,7 +579,8 @@ class ClientSession:
                 "does not mask with fewer (its update would be exposed to the others)."
             )
         self._check_identities(ads, roster)
-        graph = neighbour_graph(sorted(by_node), graph_seed(self.session, self.server_round, ads))
+        groups = _partition(obj.get("groups"), sorted(by_node), floor)
+        graph = grouped_graph(groups, graph_seed(self.session, self.server_round, ads))
         holders = holders_of(graph, self.node)
         need = threshold(len(holders))
         b = secrets.token_bytes(_SEED_BYTES)
@@ -565,7 +598,7 @@ class ClientSession:
             )
             aad = _share_aad(self.session, self.server_round, self.node, h)
             sealed[str(h)] = _b64(masks.seal(key, plain, aad))
-        self.adverts, self.graph_nodes = by_node, tuple(sorted(by_node))
+        self.adverts, self.graph_nodes, self.groups = by_node, tuple(sorted(by_node)), groups
         self.neighbours, self.self_secret, self.stage = tuple(graph[self.node]), b, "shared"
         return dumps({"v": _V, "stage": "shared", "commit": _b64(_commit(b)), "shares": sealed})
 
@@ -682,7 +715,7 @@ class ClientSession:
     # -- helpers
     def _graph(self) -> dict[int, tuple[int, ...]]:
         seed = graph_seed(self.session, self.server_round, self.adverts.values())
-        return neighbour_graph(self.graph_nodes, seed)
+        return grouped_graph(self.groups or (self.graph_nodes,), seed)
 
     def _expect(self, stage: str, what: str) -> None:
         if self.stage != stage:
@@ -712,6 +745,7 @@ class ClientSession:
                 "identity": self.identity,
                 "adverts": [a.to_json() for a in self.adverts.values()],
                 "graph": list(self.graph_nodes),
+                "groups": [list(g) for g in self.groups],
                 "neighbours": list(self.neighbours),
                 "b": _b64(self.self_secret),
                 "cohort": list(self.cohort),
@@ -734,6 +768,7 @@ class ClientSession:
             identity=obj["identity"],
             adverts={a.node: a for a in adverts},
             graph_nodes=tuple(obj["graph"]),
+            groups=tuple(tuple(g) for g in obj["groups"]),
             neighbours=tuple(obj["neighbours"]),
             self_secret=base64.b64decode(obj["b"]),
             cohort=tuple(obj["cohort"]),
@@ -761,6 +796,8 @@ class ServerSession:
     cohort: tuple[int, ...] = ()
     revealed_self: dict[int, dict[int, bytes]] = field(default_factory=dict)
     revealed_keys: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    #: SecureFed: the partition of ``U1`` fixed before sharing (masks only inside a group)
+    groups: tuple[tuple[int, ...], ...] = ()
 
     def _head(self, stage: str) -> dict[str, Any]:
         return {"v": _V, "stage": stage, "session": _b64(self.session), "round": self.server_round}
@@ -781,16 +818,23 @@ class ServerSession:
             raise MaskingError("advertised keys repeat another client's (a copy).")
         self.adverts[node] = ad
 
-    def share_request(self) -> bytes:
-        """Payload of the share message: every advertisement of ``U1``."""
+    def share_request(self, groups: Sequence[Sequence[int]] = ()) -> bytes:
+        """Payload of the share message: every advertisement of ``U1`` (and a partition).
+
+        ``groups`` (SecureFed) partitions ``U1``; masks then cancel inside each group, so
+        every group's sum can be unmasked on its own (docs/design.md §4.9).
+        """
         body = self._head("share")
         body["adverts"] = [self.adverts[n].to_json() for n in sorted(self.adverts)]
+        if groups:
+            self.groups = tuple(tuple(sorted(g)) for g in groups)
+            body["groups"] = [list(g) for g in self.groups]
         return dumps(body)
 
     def graph(self) -> dict[int, tuple[int, ...]]:
-        """The neighbour graph every honest client derives from ``U1``."""
+        """The neighbour graph every honest client derives from ``U1`` (and the groups)."""
         seed = graph_seed(self.session, self.server_round, self.adverts.values())
-        return neighbour_graph(sorted(self.adverts), seed)
+        return grouped_graph(self.groups or (tuple(sorted(self.adverts)),), seed)
 
     def accept_shares(self, node: int, reply: bytes) -> None:
         """Keep a client's sealed shares (exactly one per other holder) and its commitment."""
@@ -846,8 +890,17 @@ class ServerSession:
             for j, value in raw.items():
                 store.setdefault(int(j), {})[node] = _unb64(value, "a share", masks.SHARE_BYTES)
 
-    def residual(self, survivors: Sequence[int], count: int, modulus: int) -> npt.NDArray[np.int64]:
+    def residual(
+        self,
+        survivors: Sequence[int],
+        count: int,
+        modulus: int,
+        within: Iterable[int] | None = None,
+    ) -> npt.NDArray[np.int64]:
         """The mask left in the sum of ``survivors``' uploads (``count`` ints mod ``modulus``).
+
+        ``within`` (a union of whole groups, SecureFed) restricts it to the sum of the
+        survivors in those groups.
 
         Raises
         ------
@@ -858,7 +911,8 @@ class ServerSession:
         """
         graph = self.graph()
         points = {n: i + 1 for i, n in enumerate(sorted(self.adverts))}
-        alive = set(survivors)
+        scope = set(self.cohort) if within is None else set(within) & set(self.cohort)
+        alive = set(survivors) & scope
         out = np.zeros(count, np.int64)
         for j in sorted(alive):
             commit = self.commits[j]
@@ -873,7 +927,7 @@ class ServerSession:
             )
             seed = _self_seed(b, self.session, self.server_round, j)
             masks.add_mask(out, seed, 1, modulus)
-        for j in sorted(set(self.cohort) - alive):
+        for j in sorted(scope - set(survivors)):
             advertised = self.adverts[j].s_public
             s_private = self._rebuild(
                 j,

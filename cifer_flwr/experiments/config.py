@@ -439,11 +439,6 @@ def check_experiment(exp: ExperimentConfig) -> ExperimentConfig:
             "strategy.masking=true needs the exact sums of preset packed: add "
             "encryption.preset=packed (masking cannot run on CKKS, Paillier or plaintext)"
         )
-    if exp.strategy.masking and strategy_name(exp.strategy.name) == "securefed":
-        problems.append(
-            "strategy=securefed does not support strategy.masking=true yet (its recovery "
-            "releases group sums); use fedavg, fedprox or a FedOpt strategy with masking"
-        )
     nodes = exp.federation.nodes
     if nodes < 2:
         problems.append(f"federation.nodes must be >= 2, got {nodes}")

@@ -29,6 +29,7 @@ valid replies release nothing. After every round an atomic checkpoint lets ``sta
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -594,7 +595,12 @@ class EncryptedFedAvgBase:
             messages = self.configure_train(current_round, arrays, train_config, grid)
             if self._masking is not None:  # advertise + share first (docs/design.md §4.9)
                 messages = self._masking.setup(
-                    grid, current_round, list(messages), timeout, self._exclude
+                    grid,
+                    current_round,
+                    list(messages),
+                    timeout,
+                    self._exclude,
+                    partition=functools.partial(self._mask_groups, current_round),
                 )
             train_replies = self._stream_replies(grid, messages, timeout)
             agg_arrays, agg_train_metrics = self.aggregate_train(current_round, train_replies)
@@ -1093,6 +1099,14 @@ class EncryptedFedAvgBase:
             return None
         chunks = self.layout.num_chunks(self.key.params.slots) * max(1, len(self._sent_config))
         return crypto.shared_workers(self.key, chunks)
+
+    def _mask_groups(self, server_round: int, nodes: list[int]) -> list[list[int]]:
+        """Masking groups fixed before sharing (docs/design.md §4.9).
+
+        Default: none (one cohort). SecureFed: its candidate groups, so that each group's
+        sum can be unmasked and released on its own.
+        """
+        return []
 
     def _select_replies(self, server_round: int, accepted: Accepted) -> Accepted:
         """Hook between per-reply checks and aggregation (FedOpt: the digest majority).

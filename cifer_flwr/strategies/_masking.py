@@ -66,11 +66,14 @@ class RoundMasking:
         messages: Sequence[Message],
         timeout: float | None,
         exclude: Exclude,
+        partition: Callable[[list[int]], list[list[int]]] | None = None,
     ) -> list[Message]:
         """Advertise and share with the nodes of ``messages``; return their masked train messages.
 
         Nodes that fail a stage are left out of the returned messages (and ``exclude``d with
         the reason). Returns ``[]`` when fewer than ``min_cohort`` nodes complete both stages.
+        ``partition`` (SecureFed) splits the advertisers into groups fixed before sharing:
+        masks then cancel inside each group (:meth:`unmask_group`).
         """
         self.grid, self.timeout = grid, timeout
         t0 = time.perf_counter()
@@ -82,7 +85,8 @@ class RoundMasking:
         for node, payload in self._exchange(server_round, nodes, lambda _: request, exclude):
             self._accept(server_round, node, exclude, session.accept_advert, payload)
         if len(session.adverts) >= self.min_cohort:
-            share = session.share_request()
+            groups = partition(sorted(session.adverts)) if partition is not None else []
+            share = session.share_request(groups if len(groups) >= 2 else ())
             for node, payload in self._exchange(
                 server_round, sorted(session.adverts), lambda _: share, exclude
             ):
@@ -166,7 +170,6 @@ class RoundMasking:
             return None
         finally:
             stats["unmask-server-s"] = time.perf_counter() - t0
-            self.session = None
         log.info(
             "round %d: unmasked the sum of %d clients (%d dropped, %d answered the unmask request)",
             server_round,
@@ -175,6 +178,38 @@ class RoundMasking:
             len(answered),
         )
         return result
+
+    def unmask_group(
+        self, server_round: int, total: crypto.AnyEncrypted, members: Iterable[int]
+    ) -> crypto.AnyEncrypted:
+        """The sum of ``members``' uploads (whole masking groups) with its residual removed.
+
+        Call after :meth:`unmask` of the same round: the shares it collected rebuild the
+        group's secrets (SecureFed's candidate groups, docs/design.md §4.9).
+
+        Raises
+        ------
+        MaskingError
+            Without this round's session, or when the group's secrets cannot be rebuilt.
+
+        """
+        session = self.session
+        if session is None or session.server_round != server_round:
+            raise MaskingError(f"no masking session of round {server_round} to unmask a group.")
+        assert isinstance(total, crypto.EncryptedArrays)
+        chosen = set(members)
+        params = total.params
+        count = len(total.vectors) * params.slots
+        residual = session.residual(
+            sorted(chosen), count, params.plain_modulus, within=self._groups_of(session, chosen)
+        )
+        return crypto.subtract_mask(total, residual)
+
+    @staticmethod
+    def _groups_of(session: masking.ServerSession, members: set[int]) -> set[int]:
+        """Every node of the masking groups that ``members`` belong to (dropped ones included)."""
+        groups = session.groups or (session.cohort,)
+        return {n for g in groups if members & set(g) for n in g}
 
     # ------------------------------------------------------------------ transport
     def _exchange(

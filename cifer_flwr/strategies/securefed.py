@@ -40,7 +40,6 @@ from cifer_flwr.exceptions import (
     CiphertextFormatError,
     ConfigError,
     LayoutMismatchError,
-    UnsupportedOperationError,
 )
 from cifer_flwr.strategies.fedavg import FedAvg
 
@@ -192,13 +191,6 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
                 f"min_cohort must be >= 2 (an aggregate of one update is that update), "
                 f"got {min_cohort}."
             )
-        if masking:
-            raise UnsupportedOperationError(
-                "SecureFed with masking=True is not supported yet: its clean-cohort recovery "
-                "releases sums of candidate groups, and masks would have to cancel inside each "
-                "group (docs/design.md §4.9, limits). Use FedAvg/FedProx/FedOpt with masking, or "
-                "SecureFed without it."
-            )
         if clip_norm is not None and not clip_norm > 0:
             raise ConfigError(f"clip_norm must be > 0 or None, got {clip_norm}.")
         if noise_multiplier < 0 or (noise_multiplier > 0 and clip_norm is None):
@@ -249,6 +241,7 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
         self._eval_sent: dict[int, _Release] = {}
         self._slots: dict[int, dict[int, int]] = {}
         self._cohort: dict[int, int] = {}
+        self._fixed_groups: dict[int, list[list[int]]] = {}  # masking: fixed before sharing
         self._restored_release: Any = None
 
     # ------------------------------------------------------------------ checkpoints
@@ -553,11 +546,16 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
             ),
             PART_CHECK: crypto.aggregate([p[PART_CHECK] for _, p in accepted]),
         }
-        groups = self._partition(sorted(by_node, key=lambda n: slots.get(n, n)))
+        if self._masking is not None:  # the groups the masks cancel in (§4.9)
+            groups = self._masked_groups(server_round, set(by_node))
+        else:
+            groups = self._partition(sorted(by_node, key=lambda n: slots.get(n, n)))
         for g, members in enumerate(groups):
             if len(members) < self.min_cohort:  # pragma: no cover - _partition guarantees it
                 raise AssertionError("a candidate group below the minimum cohort")
             model = crypto.aggregate([by_node[n][PART_MODEL] for n in members])
+            if self._masking is not None:
+                model = self._masking.unmask_group(server_round, model, members)
             check = crypto.aggregate([by_node[n][PART_CHECK] for n in members])
             group_meta = {
                 **meta,
@@ -579,6 +577,27 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
         return parts
 
     # ------------------------------------------------------------------ recovery
+    def _mask_groups(self, server_round: int, nodes: list[int]) -> list[list[int]]:
+        """Fix this round's candidate groups before sharing: masks cancel inside each."""
+        slots = self._slots.get(server_round, {})
+        groups = self._partition(sorted(nodes, key=lambda n: slots.get(n, n)))
+        self._fixed_groups[server_round] = [list(g) for g in groups]
+        return groups
+
+    def _masked_groups(self, server_round: int, accepted: set[int]) -> list[list[int]]:
+        """The round's fixed groups, restricted to the accepted replies.
+
+        A group that lost members below ``min_cohort`` is merged into the smallest other
+        one (a union of whole groups still unmasks); fewer than two groups: none.
+        """
+        groups = [[n for n in g if n in accepted] for g in self._fixed_groups.pop(server_round, [])]
+        groups = [g for g in groups if g]
+        while len(groups) >= 2 and min(len(g) for g in groups) < self.min_cohort:
+            groups.sort(key=len)
+            small = groups.pop(0)
+            groups[0] = sorted(groups[0] + small)
+        return groups if len(groups) >= 2 else []
+
     def _partition(self, nodes: list[int]) -> list[list[int]]:
         """Split ``nodes`` into ``len // min_cohort`` groups, suspects spread round-robin."""
         g = len(nodes) // self.min_cohort

@@ -35,7 +35,7 @@ def test_masked_cifer_run_matches_the_unmasked_run_and_reports_masking(tmp_path)
     [
         ("strategy.masking=true task=digits-sklearn", "preset packed"),
         ("strategy.masking=true encryption=none task=digits-sklearn", "preset packed"),
-        ("strategy=securefed strategy.masking=true encryption.preset=packed", "securefed"),
+        ("strategy=securefed strategy.masking=true encryption=ckks", "preset packed"),
     ],
 )
 def test_masking_is_refused_before_anything_starts(overrides, match):

@@ -11,7 +11,7 @@ from flwr.serverapp import strategy as flwr_strategy
 
 from cifer_flwr import crypto, masking, protocol, strategies
 from cifer_flwr.constants import MASK_RECORD, METRIC_MASKED
-from cifer_flwr.exceptions import MaskingError, UnsupportedOperationError
+from cifer_flwr.exceptions import MaskingError
 from tests.strategies.harness import (
     InProcessGrid,
     make_client_app,
@@ -188,8 +188,8 @@ def test_masking_needs_the_packed_preset(key_files, packed_key_files, tmp_path):
     _, paillier_pub = crypto.generate_key_pair("paillier", tmp_path / "paillier")
     with pytest.raises(MaskingError, match="packed"):
         strategies.FedAvg(public_key=paillier_pub, masking=True)
-    with pytest.raises(UnsupportedOperationError, match="SecureFed"):
-        strategies.SecureFed(public_key=packed_key_files[1], masking=True)
+    with pytest.raises(MaskingError, match="packed"):
+        strategies.SecureFed(public_key=ckks_pub, masking=True)
 
 
 # ------------------------------------------------------------------ the protocol, attacked
@@ -382,3 +382,54 @@ def test_a_roster_node_never_uploads_an_unmasked_update(packed_key_files, tmp_pa
     assert result.train_metrics_clientapp[1]["cifer-released"] == 0
     reasons = [r.error.reason for r in grid.replies if r.has_error()]
     assert len(reasons) == len(NODES) and all("only masked updates" in r for r in reasons)
+
+
+# ------------------------------------------------------------------ SecureFed under masking
+def test_masked_securefed_matches_flower_and_its_groups_unmask(packed_key_files):
+    """Masks cancel inside SecureFed's candidate groups, fixed before sharing (§4.9)."""
+    priv, pub = packed_key_files
+    seen_plain: dict = {}
+    grid = InProcessGrid(make_client_app(seen_plain, encrypted=False), node_configs(priv, NODES))
+    flwr_strategy.FedAvg(**COMMON).start(grid=grid, initial_arrays=plain_initial(), num_rounds=3)
+    ours = strategies.SecureFed(
+        public_key=pub, examples_per_client=EXAMPLES, min_cohort=3, masking=True, **COMMON
+    )
+    seen, grid, result = run(ours, priv, rounds=3)
+    assert not [r.error.reason for r in grid.replies if r.has_error()]
+    assert 0 < max(gap(seen[k], seen_plain[k]) for k in seen_plain) <= TOL
+    # every release carries two unmasked candidate groups of 3 that key holders accept
+    key = crypto.load_private_key(priv)
+    parts = crypto.bundle_from_record(result.arrays, key)
+    groups = sorted(p for p in parts if p.startswith("model_g"))
+    assert groups == ["model_g0", "model_g1"]
+    opened = protocol.open_global(parts, key)
+    assert opened.groups_tested == 0 or not opened.failed_groups
+    sums = [crypto.decrypt(parts[g], key, divisor=parts[g].weight) for g in groups]
+    full = crypto.decrypt(parts["model"], key, divisor=parts["model"].weight)
+    for name in full:  # each group's mean is a mean of real updates, near the full mean
+        assert all(np.abs(s[name] - full[name]).max() < 0.2 for s in sums)
+    assert ours._masking is not None and ours.round_stats[3]["mask-cohort"] == len(NODES)
+
+
+def test_masked_securefed_still_excludes_a_slot_claimer(packed_key_files):
+    """Clean-cohort recovery works under masking: the attacker is found and excluded."""
+    from cifer_flwr.constants import CFG_COHORT, CFG_SLOT
+
+    priv, pub = packed_key_files
+    attacker = NODES[-1]
+    seen: dict = {}
+    inner = make_client_app(seen, encrypted=True)
+
+    def app(msg, context):
+        config = msg.content.config_records.get("config")
+        if context.node_id == attacker and config is not None and CFG_SLOT in config:
+            config[CFG_SLOT] = (int(config[CFG_SLOT]) + 1) % int(config[CFG_COHORT])
+        return inner(msg, context)
+
+    grid = InProcessGrid(app, node_configs(priv, nodes=NODES))
+    ours = strategies.SecureFed(
+        public_key=pub, examples_per_client=EXAMPLES, min_cohort=3, masking=True, **COMMON
+    )
+    result = ours.start(grid=grid, initial_arrays=plain_initial(), num_rounds=6)
+    assert ours.banned == {attacker}, ours.integrity_events
+    assert result.train_metrics_clientapp[6]["cifer-released"] == 1
