@@ -425,3 +425,18 @@ def test_the_transport_is_described_as_flower_runs_it():
     with pytest.raises(ConfigError) as info:
         ClientConfig.from_mapping({"ip_address": "wss://localhost", "port": 8765}, what="Client")
     assert "gRPC" not in str(info.value) and "Fleet API over HTTP" in str(info.value)
+
+
+def test_coming_from_cifer_names_the_right_package_and_fixes_the_seed_samples():
+    """Issue 22: the seed's `pip install cifer` is another package; three samples are broken."""
+    text = README.read_text()
+    section = text[text.index("## Coming from Cifer") :]
+    section = section[: section.index("\n## ", 5)]
+    assert "`pip install cifer` installs an unrelated package" in " ".join(section.split())
+    for broken in ("Method A", "relinearize()", "prj1_alice_public.key"):
+        assert broken in section, broken
+    assert "different JSON formats" in section
+    # the key files the tool writes are the ones every securetrain command uses
+    commands = [line for line in text.splitlines() if line.startswith("cifer securetrain")]
+    assert commands and not [c for c in commands if re.search(r"keys/\w+_(public|private)", c)]
+    assert "keys/alice/public.key" in text

@@ -292,7 +292,7 @@ def train_cmd(
     side and mapped back, so the owner gets a model for raw rows) or --encrypted-data.
 
     Example: cifer securetrain train --encrypted-data ./alice/encrypted_prj1_alice_data.enc
-    --public-key ./keys/prj1_alice_public.key --output-model ./bob/prj1_trained_model.enc
+    --public-key ./keys/alice/public.key --output-model ./bob/prj1_trained_model.enc
     """
     try:
         if (encrypted_data is None) == (dataset is None):

@@ -176,6 +176,23 @@ def _checked(
 ) -> dict[str, Any]:
     unknown = sorted(str(k) for k in data if k not in schema)
     if unknown:
+        # the other party's format? (Cifer's client and server JSON differ, issue 22)
+        mine, other = (
+            ("server", "client")
+            if schema is SERVER_KEYS
+            else ("client", "server")
+            if schema is CLIENT_KEYS
+            else ("", "")
+        )
+        other_keys = CLIENT_KEYS if other == "client" else SERVER_KEYS
+        if other and all(k in other_keys for k in unknown):
+            raise ConfigError(
+                f"{what}: {', '.join(unknown)} are {other} config keys; expected a {mine} "
+                f"config: the client and the server read different JSON formats (a client "
+                "config names its own data, model and private key; the server config its "
+                f"port, rounds and public key). Give the {mine} its own file with the keys "
+                f"{', '.join(schema)}."
+            )
         raise ConfigError(
             f"{what}: unknown key {unknown[0]!r}"
             + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
