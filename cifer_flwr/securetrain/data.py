@@ -102,8 +102,9 @@ def _features(raw: npt.ArrayLike, source: str) -> npt.NDArray[np.float64]:
     if bad.any():
         rows, cols = np.nonzero(bad)
         raise DatasetError(
-            f"{source}: {int(bad.sum())} NaN or infinite feature values (first at row "
-            f"{int(rows[0])}, column {int(cols[0])}); impute or drop them before training."
+            f"{source}: {int(bad.sum())} NaN or infinite feature values (first at data row "
+            f"{int(rows[0]) + 1}, feature column {int(cols[0]) + 1} (counting from 1)); "
+            "impute or drop them before training."
         )
     return arr
 

@@ -59,8 +59,8 @@ TENSORS_SOURCE = "securetrain-model"
 def _check_exists(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise OutputPathError(
-            f"{path} already exists; refusing to overwrite it. Pass --force to replace it or "
-            "choose another --output path."
+            f"{path} already exists; expected a new file. Pass --force to replace it, or "
+            "choose another output path."
         )
 
 
