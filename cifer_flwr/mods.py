@@ -383,7 +383,7 @@ def _pop_mask_request(msg: Message) -> tuple[str, bytes] | None:
         return None
     del msg.content[MASK_RECORD]
     payload = record.get(MASK_PAYLOAD)
-    if not isinstance(payload, bytes) or len(record) != 1:
+    if not isinstance(payload, bytes) or not set(record) <= {MASK_PAYLOAD, "server-round"}:
         raise MaskingError(
             f"the {MASK_RECORD!r} record must hold one bytes value {MASK_PAYLOAD!r}."
         )

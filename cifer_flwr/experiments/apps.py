@@ -39,7 +39,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, R
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from cifer_flwr.constants import METRIC_VALID_REPLIES
+from cifer_flwr.constants import MASK_RECORD, METRIC_VALID_REPLIES
 from cifer_flwr.crypto.container import write_file_atomic
 from cifer_flwr.exceptions import ConfigError, RunFailedError
 from cifer_flwr.experiments.config import (
@@ -263,6 +263,8 @@ def _server_round(msg: Message) -> int:
 
 def _phase(msg: Message) -> str:
     kind = msg.metadata.message_type
+    if MASK_RECORD in msg.content.config_records and not msg.content.array_records:
+        return "mask"  # a masking stage of a round, not its train message (§4.9)
     if kind.startswith(MessageType.TRAIN):
         return "train"
     return "evaluate" if kind.startswith(MessageType.EVALUATE) else "other"
@@ -413,7 +415,8 @@ def round_rows(
         train = _metrics(result.train_metrics_clientapp.get(r))
         evaluate = _metrics(result.evaluate_metrics_clientapp.get(r))
         enc_s, dec_s = train.get("cifer-encrypt-s"), train.get("cifer-decrypt-s")
-        start = g.get("train-start")
+        # a masked round starts with its masking stages (docs/design.md §4.9)
+        start = min((g[k] for k in ("mask-start", "train-start") if k in g), default=None)
         end = g.get("evaluate-end", g.get("train-end"))
         row: dict[str, Any] = {
             "round": r,  # every key of ROUND_KEYS (round_row checks)

@@ -29,6 +29,11 @@ log = logging.getLogger("cifer_flwr.strategies")
 Exclude = Callable[[int, int, str], None]
 
 
+def _mask_record(payload: bytes, server_round: int) -> ConfigRecord:
+    """The masking record of a message: the payload and the round (for metering, §4.9)."""
+    return ConfigRecord({MASK_PAYLOAD: payload, "server-round": server_round})
+
+
 def check_masking_key(key: crypto.AnyKey) -> None:
     """Refuse masking before anything starts unless the key is the exact ``packed`` scheme."""
     if not isinstance(key, crypto.Key) or not key.params.is_bfv:
@@ -120,7 +125,7 @@ class RoundMasking:
                 continue
             payload = session.train_payload(node)
             stats["mask-bytes"] += len(payload)
-            msg.content[MASK_RECORD] = ConfigRecord({MASK_PAYLOAD: payload})
+            msg.content[MASK_RECORD] = _mask_record(payload, server_round)
             out.append(msg)
         return out
 
@@ -226,7 +231,7 @@ class RoundMasking:
         for node in nodes:
             payload = payload_for(node)
             stats["mask-bytes"] += len(payload)
-            content = RecordDict({MASK_RECORD: ConfigRecord({MASK_PAYLOAD: payload})})
+            content = RecordDict({MASK_RECORD: _mask_record(payload, server_round)})
             messages.append(
                 Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
             )

@@ -23,6 +23,8 @@ def test_masked_cifer_run_matches_the_unmasked_run_and_reports_masking(tmp_path)
         assert info["cohort"] == 4 and info["dropped"] == 0 and info["bytes"] > 0
         assert info["authenticated"] is False  # no roster: said in every row
         assert info["guarantee"] == "honest-but-curious server"
+        # the masking stages are metered apart: train replies are the 4 uploads only
+        assert row["train-replies"] == 4 and row["round-s"] > 0
     assert all(row["masking"] is None for row in plain["rounds"])
     # the masks cancel exactly: the same accuracy as the unmasked packed run
     acc_masked, acc_plain = masked["rounds"][-1]["accuracy"], plain["rounds"][-1]["accuracy"]
