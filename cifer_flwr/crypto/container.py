@@ -247,10 +247,21 @@ def write_file_atomic(
     """
     target = Path(path)
     prefix = f".{target.name}." if temp_prefix is None else temp_prefix
-    if not follow_symlinks:
-        if not os.path.lexists(target.parent):  # a (dangling) link is refused, not followed
-            target.parent.mkdir(parents=True, exist_ok=True)
-        return _write_nofollow(target, data, mode, prefix)
+    try:
+        if not follow_symlinks:
+            if not os.path.lexists(target.parent):  # a (dangling) link is refused
+                target.parent.mkdir(parents=True, exist_ok=True)
+            return _write_nofollow(target, data, mode, prefix)
+        return _write_via_temp(target, data, mode, prefix)
+    except OSError as exc:
+        if exc.filename is None or not os.path.basename(str(exc.filename)).startswith(prefix):
+            raise
+        # the temporary file is internal: the message names the file that was asked for
+        raise OSError(exc.errno, exc.strerror, str(target)) from None
+
+
+def _write_via_temp(target: Path, data: Bytes | Iterable[Bytes], mode: int, prefix: str) -> Path:
+    """:func:`write_file_atomic` through a temporary file in the target's directory."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=prefix, dir=target.parent)
     try:
