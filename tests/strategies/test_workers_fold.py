@@ -81,3 +81,15 @@ def test_a_corrupted_ciphertext_is_excluded_by_the_workers(key_files, forced_wor
         assert not any(r.startswith("internal error") for r in reasons), reasons
     assert all(v == 1 for v in out["released"].values()), out["released"]
     assert out["eval_diff"] <= 1e-6 and out["model_diff"] <= 1e-6, out
+
+
+def test_masked_sums_from_the_workers_unmask(packed_key_files, forced_workers):
+    """Masking (§4.9) on top of the workers' validate-and-sum: the residual comes off exactly."""
+    priv, pub = packed_key_files
+    plain = _run(flwr_strategy.FedAvg(**COMMON), priv, False)
+    ours = strategies.FedAvg(public_key=pub, examples_per_client=20.0, masking=True, **COMMON)
+    enc = _run(ours, priv, True)
+    assert len(forced_workers) == 3 * ROUNDS
+    assert all(ours.round_stats[r]["mask-cohort"] == 3 for r in range(1, ROUNDS + 1))
+    gap = max(float(np.abs(enc[k][n] - plain[k][n]).max()) for k in plain for n in plain[k])
+    assert 0 < gap <= 1e-5, gap
