@@ -524,7 +524,9 @@ def refresh_model(
     stays in the coordinates it trains in) and encrypts it afresh, with a new public
     :func:`~.algorithm.norm_bound`. The trainer then continues with the full depth
     (docs/design.md §4.6, the refresh round trip). Inverse: nothing to undo, the
-    coefficients are unchanged up to CKKS noise.
+    coefficients are unchanged up to CKKS noise. The result is meant to be saved
+    (:func:`save_encrypted`) and sent: the trainer loads it with the public key, whose
+    evaluation keys training needs (the private key file holds none).
 
     Raises
     ------

@@ -30,7 +30,7 @@ from cifer_flwr.securetrain.algorithm import (
 )
 
 LR = None  # the default step for the feature count
-ITERATIONS = 2
+ITERATIONS = 3  # the default
 
 
 def _torch_start() -> st.LogisticModel:

@@ -379,7 +379,7 @@ def test_refresh_round_trip_through_the_commands(tmp_path, monkeypatch, raw_smal
         "cifer securetrain refresh --input-model bob/m1.enc --private-key keys/alice/private.key "
         "--output-model alice/fresh.enc --quiet"
     )
-    assert "levels used 3 -> 0" in out
+    assert "levels used 2 -> 0" in out
     cifer(train + " --encrypted-model alice/fresh.enc --output-model bob/m2.enc")
     cifer(
         "cifer securetrain decrypt-model --input-model bob/m2.enc --private-key "
