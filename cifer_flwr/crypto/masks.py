@@ -118,7 +118,10 @@ def add_mask(acc: npt.NDArray[np.int64], seed: bytes, sign: int, modulus: int) -
     while filled < count:
         want = count - filled
         words = want + (want >> 8) + 16  # rejections are rare: one pass, almost always
-        values = np.frombuffer(cipher.update(bytes(4 * words)), dtype="<u4") & keep
+        buf = bytearray(4 * words + 15)  # update_into needs a block of slack
+        cipher.update_into(bytes(4 * words), buf)
+        values = np.frombuffer(buf, dtype="<u4", count=words)
+        np.bitwise_and(values, keep, out=values)  # in place: no second copy
         rejected = np.flatnonzero(values > limit)
         if len(rejected):
             values = np.delete(values, rejected)
