@@ -433,3 +433,28 @@ def test_masked_securefed_still_excludes_a_slot_claimer(packed_key_files):
     result = ours.start(grid=grid, initial_arrays=plain_initial(), num_rounds=6)
     assert ours.banned == {attacker}, ours.integrity_events
     assert result.train_metrics_clientapp[6]["cifer-released"] == 1
+
+
+def test_resume_restarts_the_masking_of_the_next_round(packed_key_files, tmp_path):
+    """A resumed run (a new Flower run: fresh client state) masks its rounds from scratch."""
+    priv, pub = packed_key_files
+    ckpt = tmp_path / "run.ckpt"
+    seen_plain: dict = {}
+    grid = InProcessGrid(make_client_app(seen_plain, encrypted=False), node_configs(priv, NODES))
+    flwr_strategy.FedAvg(**COMMON).start(grid=grid, initial_arrays=plain_initial(), num_rounds=3)
+    first = strategies.FedAvg(
+        public_key=pub, examples_per_client=EXAMPLES, masking=True, checkpoint_path=ckpt, **COMMON
+    )
+    run(first, priv, rounds=2)  # "crashes" after round 2: only the checkpoint survives
+    resumed = strategies.FedAvg(
+        public_key=pub,
+        examples_per_client=EXAMPLES,
+        masking=True,
+        checkpoint_path=ckpt,
+        resume=True,
+        **COMMON,
+    )
+    seen, _, result = run(resumed, priv, rounds=3)
+    assert sorted(result.train_metrics_clientapp) == [1, 2, 3]
+    assert resumed.round_stats[3]["mask-cohort"] == len(NODES)
+    assert gap(seen[("evaluate", 3, 1)], seen_plain[("evaluate", 3, 1)]) <= TOL
