@@ -82,11 +82,18 @@ def run(name: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> di
         out["encrypt_dataset_s"] = round(time.perf_counter() - t, 2)
         sizes["dataset_enc"] = st.save_encrypted(enc, Path(tmp) / "data.enc").stat().st_size
         zeros = start_model(train, "zero")
+        enc = st.load_encrypted_dataset(Path(tmp) / "data.enc", pub)  # what Bob receives
         model = st.encrypt_model(zeros, pub, scaler=enc.scaler)
+
+        def refreshed(m: st.EncryptedModel) -> st.EncryptedModel:
+            """The key holder's refresh, sent back as a file the trainer loads."""
+            path = st.save_encrypted(st.refresh_model(m, key), Path(tmp) / "fresh.enc")
+            return st.load_encrypted_model(path, pub)
+
         t1 = 0.0
         for r in range(rounds):
             if r:
-                model = st.refresh_model(model, key)
+                model = refreshed(model)
             t = time.perf_counter()
             model = st.train_encrypted(enc, model, iterations=k, learning_rate=lr)
             t1 += time.perf_counter() - t
@@ -95,13 +102,14 @@ def run(name: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> di
 
         # Scenario 2: plaintext data x encrypted model from the chosen start.
         start = start_model(train, args.start)
-        enc_start = st.encrypt_model(start, key)
-        sizes["model_enc"] = st.save_encrypted(enc_start, Path(tmp) / "m.enc").stat().st_size
+        path = st.save_encrypted(st.encrypt_model(start, key), Path(tmp) / "m.enc")
+        sizes["model_enc"] = path.stat().st_size
+        enc_start = st.load_encrypted_model(path, pub)
         design = st.plain_design(train, params)
         model, t2, notes = enc_start, 0.0, []
         for r in range(rounds):
             if r:
-                model = st.refresh_model(model, key)
+                model = refreshed(model)
             t = time.perf_counter()
             model = st.train_encrypted(
                 design, model, iterations=k, learning_rate=lr, on_notice=notes.append
