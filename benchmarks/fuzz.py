@@ -1576,6 +1576,11 @@ def worker_main(root: str, scratch: str, out_fd: int, mem_mb: int) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import cifer_flwr.crypto  # noqa: F401  (before any h5py/torch import, see crypto/__init__)
 
+    # the plaintext model readers' libraries are imported before "ready" (the start-up wait
+    # is 300 s): a first import under heavy load took over the per-input timeout, a "hang"
+    for module in ("h5py", "torch"):
+        with contextlib.suppress(ImportError):
+            __import__(module)
     targets = Targets(Path(root), Path(scratch))
     out = os.fdopen(out_fd, "wb", buffering=0)
     stdin = sys.stdin.buffer
