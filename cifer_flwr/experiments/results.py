@@ -174,23 +174,41 @@ def _rounds_text(numbers: list[int]) -> str:
     return f"rounds {numbers[0]}-{numbers[-1]}"
 
 
+def _is_key_refusal(reason: str) -> bool:
+    text = reason.lower()
+    return "key mismatch" in text or "fingerprint" in text
+
+
+_KEY_FIX = (
+    "check that the ServerApp's public-key and the SuperNodes' private-key are one key pair "
+    "(`cifer keys inspect FILE` prints a key's fingerprint)"
+)
+
+
 def _failure_cause(failed: list[Mapping[str, Any]]) -> str:
     """Why the ``failed`` rounds released nothing, from their client errors and exclusions."""
     errors = [e for r in failed for e in (r.get("errors") or []) if e.get("phase") == "train"]
     excluded = [e for r in failed for e in (r.get("excluded") or [])]
     replies = sum(int(r.get("train-replies") or 0) for r in failed)
+    accepted = sum(int(r.get("accepted") or 0) for r in failed)
+    refusals = [e for e in errors if _is_key_refusal(str(e.get("reason", "")))]
     if errors and len(errors) >= replies:
-        first = errors[0]
+        first = refusals[0] if refusals else errors[0]
         reason = str(first.get("reason", "")).rstrip(". ")
         who = (
             "every client refused the server's key"
-            if "key mismatch" in reason.lower() or "fingerprint" in reason.lower()
+            if len(refusals) == len(errors)
             else "every client replied with an error"
         )
+        fix = _KEY_FIX if refusals else "the results' 'errors' of each round say why"
+        return f"{who} (node {first.get('node')}: {reason}); {fix}"
+    if refusals:
+        first = refusals[0]
         return (
-            f"{who} (node {first.get('node')}: {reason}); check that the ServerApp's "
-            "public-key and the SuperNodes' private-key are one key pair "
-            "(`cifer keys inspect FILE` prints a key's fingerprint)"
+            f"{len(refusals)} of {replies} client replies refused the server's key (node "
+            f"{first.get('node')}: {str(first.get('reason', '')).rstrip('. ')}), and the "
+            f"{accepted} valid updates left are fewer than the strategy's minimum per round; "
+            f"{_KEY_FIX}"
         )
     if excluded:
         first = excluded[0]
@@ -204,7 +222,6 @@ def _failure_cause(failed: list[Mapping[str, Any]]) -> str:
             "no client replied in time; check that the SuperNodes are up and connected "
             "(`cifer federation status`) and raise the round timeout if they are slow"
         )
-    accepted = sum(int(r.get("accepted") or 0) for r in failed)
     return (
         f"{accepted} valid updates in {len(failed)} rounds, fewer than the strategy's "
         "minimum per round; lower min_replies / min_cohort or add clients"

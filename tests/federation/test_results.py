@@ -251,6 +251,20 @@ def test_a_run_whose_last_rounds_released_nothing_is_an_error():
     cause = run_failure(rows, 4)
     assert cause is not None and "rounds 3-4 released nothing" in cause
     assert "stale round" in cause
+    # some clients refuse the key, the one valid update left is below the minimum
+    refused = {
+        "released": False,
+        "train-replies": 3,
+        "accepted": 1,
+        "errors": [
+            {"node": n, "phase": "train", "reason": "key mismatch: fingerprint a vs b."}
+            for n in (1, 2)
+        ],
+        "excluded": [],
+    }
+    cause = run_failure([round_row({"round": 1, **refused})], 1)
+    assert cause is not None and "2 of 3 client replies refused the server's key" in cause
+    assert "1 valid updates left are fewer than" in cause
     assert run_failure(rows[:3], 3) is None  # one failed round at the end is a warning only
     assert run_failure([round_row({"round": 1, **ok})], 1) is None
     # plaintext / p2p rows (no 'released'): no verdict
