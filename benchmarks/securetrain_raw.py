@@ -7,7 +7,8 @@ are evaluated on the rows they were given. Reference: scikit-learn's LogisticReg
 (standardized, converged). Metrics on a stratified 30 % hold-out and on the training split;
 times for key generation, encryption, training and decryption.
 
-Usage: python benchmarks/securetrain_raw.py [--iterations 1] [--lr 1.0] [--json]
+Usage: python benchmarks/securetrain_raw.py [--iterations 1] [--lr LR] [--json]
+(default step: securetrain's default for the feature count)
 """
 
 import argparse
@@ -31,7 +32,7 @@ def dataset(x: np.ndarray, y: np.ndarray) -> st.Dataset:
     return st.Dataset(x, np.searchsorted(classes, y).astype(np.int64), classes)
 
 
-def run(name: str, x: np.ndarray, y: np.ndarray, iterations: int, lr: float) -> dict:
+def run(name: str, x: np.ndarray, y: np.ndarray, iterations: int, lr: float | None) -> dict:
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.3, stratify=y, random_state=0)
     params = params_for_iterations(iterations)
     t = time.perf_counter()
@@ -84,7 +85,7 @@ def run(name: str, x: np.ndarray, y: np.ndarray, iterations: int, lr: float) -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--iterations", type=int, default=1)
-    ap.add_argument("--lr", type=float, default=1.0)
+    ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--json", action="store_true", help="print one JSON object per dataset")
     args = ap.parse_args()
     for name, loader in (("breast_cancer", load_breast_cancer), ("wine", load_wine)):
@@ -93,7 +94,7 @@ def main() -> None:
         if args.json:
             print(json.dumps(result))
             continue
-        print(f"{name} (N={result['N']}, {args.iterations} iterations, lr {args.lr}):")
+        print(f"{name} (N={result['N']}, {args.iterations} iterations, lr {args.lr or 'default'}):")
         print(f"  key generation {result['keygen_s']} s; sklearn {result['sklearn']}")
         for kind in ("raw", "standardized"):
             print(f"  {kind:<13} {result[kind]}")
