@@ -20,7 +20,12 @@ from cifer_flwr.crypto import paillier as pl
 from cifer_flwr.crypto.records import _groups, record_bundle_stream
 from cifer_flwr.exceptions import CiphertextFormatError
 from cifer_flwr.strategies._base import PULL_BATCH, PULL_BYTES
-from cifer_flwr.strategies._checkpoint import Checkpoint, read_checkpoint, write_checkpoint
+from cifer_flwr.strategies._checkpoint import (
+    ENV_CHECKPOINT_KEY,
+    Checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 from cifer_flwr.strategies._memory import release_large_buffers
 from tests.strategies.harness import run_encrypted
 
@@ -99,7 +104,9 @@ def test_nested_streamed_container_equals_pack():
     assert blobs == [inner, b"digests"]
 
 
-def test_checkpoint_from_a_record_is_the_same_file(tmp_path, public_key):
+def test_checkpoint_from_a_record_is_the_same_file(tmp_path, public_key, monkeypatch):
+    # one MAC key for both files (by default each checkpoint gets its own random key file)
+    monkeypatch.setenv(ENV_CHECKPOINT_KEY, "the same secret for both checkpoints")
     parts = _parts(public_key)
     record = crypto.bundle_to_record(parts)
     digests = bytes(range(64))
