@@ -210,11 +210,12 @@ def test_killed_serverapp_resumes_to_the_same_model_and_rows(fed, keys, strategy
     )
 
 
-def test_cifer_run_resume_reuses_the_run_directory(tmp_path):
-    """`cifer run ... resume=true hydra.run.dir=DIR`: same keys, checkpoint and rows.
+def test_cifer_run_resume_of_a_finished_run_is_refused_untouched(tmp_path):
+    """`cifer run ... resume=true hydra.run.dir=DIR` on a run that finished every round.
 
-    The first run completes (2 rounds); resuming it finds the checkpoint after round 2 and
-    has nothing left to train, so its results are exactly the restored rows.
+    There is nothing to resume (issue 22): it is refused before anything starts, and the
+    run directory (keys, checkpoint, results) stays as the finished run left it. A killed
+    run's resume is test_killed_run_resumes_* above.
     """
     import subprocess
     import sys
@@ -244,11 +245,10 @@ def test_cifer_run_resume_reuses_the_run_directory(tmp_path):
     before = json.loads((run_dir / "metrics.json").read_text())
     key_before = (run_dir / "keys" / crypto.PUBLIC_KEY_FILE).read_bytes()
     assert (run_dir / "results.ckpt").is_file()
-    changed = cifer("resume=true", "seed=1")
-    assert changed.returncode == 2 and "differs from the killed run" in changed.stderr
+    checkpoint_before = (run_dir / "results.ckpt").read_bytes()
     again = cifer("resume=true")
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    after = json.loads((run_dir / "metrics.json").read_text())
+    assert again.returncode == 2, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "finished all its 2 rounds" in again.stderr and "nothing to resume" in again.stderr
     assert (run_dir / "keys" / crypto.PUBLIC_KEY_FILE).read_bytes() == key_before
-    assert after["resume"] is True and after["resumed-after-round"] == 2
-    assert after["rounds"] == before["rounds"]
+    assert (run_dir / "results.ckpt").read_bytes() == checkpoint_before
+    assert json.loads((run_dir / "metrics.json").read_text()) == before
