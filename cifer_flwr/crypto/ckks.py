@@ -344,9 +344,12 @@ def _encrypt_bfv(
 
 
 def _centered(values: npt.NDArray[np.int64], modulus: int) -> npt.NDArray[np.int64]:
-    """``values mod modulus`` as the signed representatives in ``(-modulus/2, modulus/2]``."""
-    rem = np.remainder(values, modulus)
-    return np.where(rem > modulus // 2, rem - modulus, rem).astype(np.int64)
+    """The signed representative of ``values mod modulus`` for values in ``(-t/2, 3t/2)``.
+
+    Both callers stay in that range (a clipped quantized value plus a mask in ``[0, t)``; a
+    residual in ``[0, t)``), so one conditional subtraction replaces a modulo.
+    """
+    return np.where(values > modulus // 2, values - modulus, values).astype(np.int64)
 
 
 def _mask_rows(mask: npt.ArrayLike, chunks: int, params: CkksParams) -> npt.NDArray[np.int64]:

@@ -91,7 +91,9 @@ def expand_mask(seed: bytes, count: int, modulus: int) -> npt.NDArray[np.int64]:
     AES-128-CTR (key ``seed``, counter from zero) is read as little-endian 32-bit words;
     each word keeps its low ``bit_length(modulus - 1)`` bits and is **rejected** when the
     result is ``>= modulus`` (for the ``packed`` plain modulus ``t ~ 2^30`` about 5 in
-    100 000 words). Deterministic: the same seed gives the same mask on every machine.
+    100 000 words); a rejected word among the first ``count`` is replaced by the next
+    accepted word after them, so every value is an independent uniform draw.
+    Deterministic: the same seed and count give the same mask on every machine.
     The accumulating form is :func:`add_mask`.
     """
     out = np.zeros(count, np.int64)
@@ -113,22 +115,27 @@ def add_mask(acc: npt.NDArray[np.int64], seed: bytes, sign: int, modulus: int) -
         )
     keep, limit = np.uint32((1 << (modulus - 1).bit_length()) - 1), np.uint32(modulus - 1)
     cipher = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-    op = np.add if sign > 0 else np.subtract
-    filled = 0
-    while filled < count:
-        want = count - filled
-        words = want + (want >> 8) + 16  # rejections are rare: one pass, almost always
-        buf = bytearray(4 * words + 15)  # update_into needs a block of slack
-        cipher.update_into(bytes(4 * words), buf)
-        values = np.frombuffer(buf, dtype="<u4", count=words)
+
+    def words(n: int) -> npt.NDArray[np.uint32]:
+        """The next ``n`` keystream words, each kept to the modulus' bit length."""
+        buf = bytearray(4 * n + 15)  # update_into needs a block of slack
+        cipher.update_into(bytes(4 * n), buf)
+        values = np.frombuffer(buf, dtype="<u4", count=n)
         np.bitwise_and(values, keep, out=values)  # in place: no second copy
-        rejected = np.flatnonzero(values > limit)
-        if len(rejected):
-            values = np.delete(values, rejected)
-        values = values[:want]
-        part = acc[filled : filled + len(values)]
-        op(part, values, out=part, casting="unsafe")
-        filled += len(values)
+        return values
+
+    stream = words(count + (count >> 8) + 16)  # rejections are rare: 1 in ~20 000 for t
+    head, tail = stream[:count], stream[count:]
+    rejected = np.flatnonzero(head > limit)
+    if len(rejected):
+        # each rejected word is replaced by the next accepted word after the first ``count``
+        spare = tail[tail <= limit]
+        while len(spare) < len(rejected):
+            more = words(len(rejected) + 16)
+            spare = np.concatenate([spare, more[more <= limit]])
+        head[rejected] = spare[: len(rejected)]
+    op = np.add if sign > 0 else np.subtract
+    op(acc, head, out=acc, casting="unsafe")
 
 
 def new_exchange_key() -> tuple[bytes, bytes]:

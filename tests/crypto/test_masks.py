@@ -15,7 +15,12 @@ def test_expand_mask_is_deterministic_uniform_and_in_range():
     seed = bytes(range(16))
     a = masks.expand_mask(seed, 200_000, T)
     assert (a == masks.expand_mask(seed, 200_000, T)).all()
-    assert (a[:1000] == masks.expand_mask(seed, 1000, T)).all()  # a prefix of the same stream
+    # masks accumulate: adding the same seed twice is twice the mask
+    acc = np.zeros(200_000, np.int64)
+    masks.add_mask(acc, seed, 1, T)
+    masks.add_mask(acc, seed, 1, T)
+    masks.add_mask(acc, bytes(16), -1, T)
+    assert (acc == 2 * a - masks.expand_mask(bytes(16), 200_000, T)).all()
     assert a.min() >= 0 and a.max() < T
     # uniform on [0, T): mean T/2 and std T/sqrt(12) within 4 standard errors
     assert abs(a.mean() / T - 0.5) < 4 * (1 / np.sqrt(12)) / np.sqrt(len(a))
