@@ -81,11 +81,13 @@ PARSERS: tuple[str, ...] = (
     "plain_model",
     "fedlearn_config",
     "checkpoint",
+    "masking",
 )
 SHARE = {p: 1.0 for p in PARSERS} | {
     "plain_dataset": 0.4,
     "plain_model": 0.4,
     "fedlearn_config": 0.6,
+    "masking": 0.6,
 }
 DESCRIPTION = {
     "container": "crypto.container.unpack",
@@ -104,6 +106,8 @@ DESCRIPTION = {
     "fedlearn_config": "fedlearn ClientConfig/ServerConfig.from_file (JSON config + its paths)",
     "checkpoint": "strategy resume: read_checkpoint (MAC) + restore_state + _restore, "
     "FedAvg and FedAdam, + decrypt",
+    "masking": "masking payloads (docs/design.md §4.9): the key holder's advertise/share/train/"
+    "unmask requests, the server's advert/share/unmask replies, then the residual",
 }
 STATUS_COLUMNS = ("ok", "CiferError", "other", "crash", "hang", "skipped")
 CONTAINER_PARSERS = ("container", "arrays", "bundle", "key", "enc_dataset", "enc_model")
@@ -162,6 +166,103 @@ def _reply_seed(arrays: Any, metrics: dict[str, Any], configs: dict[str, Any]) -
 
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True).encode()
+
+
+MASKING_MODULUS = 1073692673  # the packed plain modulus
+MASKING_STAGES = ("advertise", "advertised", "share", "shared", "train", "unmask", "unmasked")
+
+
+def _masking_parties(
+    session: bytes | None = None,
+) -> tuple[Any, dict[int, Any]]:
+    """A server session and 4 key holders after advertising (fresh keys each call)."""
+    from cifer_flwr import masking
+
+    server = masking.ServerSession(1)
+    if session is not None:
+        server.session = session
+    clients = {}
+    for node in (1, 2, 3, 4):
+        clients[node], reply = masking.ClientSession.advertise(
+            server.advertise_request(), node, None, 0
+        )
+        server.accept_advert(node, reply)
+    return server, clients
+
+
+def masking_payloads() -> dict[str, bytes]:
+    """The payloads of one honest 4-client masked round, one per stage (the seeds)."""
+    server, clients = _masking_parties()
+    out = {"advertise": server.advertise_request()}
+    out["advertised"] = masking_advert_reply(clients[1])
+    out["share"] = server.share_request()
+    for node, client in clients.items():
+        reply = client.share(out["share"], None)
+        out.setdefault("shared", reply)
+        server.accept_shares(node, reply)
+    server.fix_cohort()
+    out["train"] = server.train_payload(1)
+    for node, client in clients.items():
+        client.mask(server.train_payload(node), 8, MASKING_MODULUS)
+    out["unmask"], _, _ = server.unmask_request([1, 2, 3, 4])
+    out["unmasked"] = clients[2].unmask(out["unmask"])
+    return out
+
+
+def masking_advert_reply(client: Any) -> bytes:
+    """The advertise reply a key holder sent (rebuilt from its session)."""
+    from cifer_flwr import masking
+
+    ad = client.adverts[client.node]
+    return masking.dumps({"v": 1, "stage": "advertised", "advert": ad.to_json()})
+
+
+def feed_masking(stage: str, payload: bytes) -> None:
+    """Replay an honest round up to ``stage`` and hand ``payload`` to that stage's parser.
+
+    The parties take the payload's own session when it has one, so mutations reach the
+    checks after the session check. Every refusal must be a CiferError.
+    """
+    import json as _json
+
+    from cifer_flwr import masking
+    from cifer_flwr.exceptions import CiferError
+
+    if stage == "advertise":
+        masking.ClientSession.advertise(payload, 9, None, 0)
+        return
+    if stage == "advertised":
+        masking.ServerSession(1).accept_advert(1, payload)
+        return
+    session = None
+    try:
+        found = _json.loads(payload).get("session")
+        session = masking._unb64(found, "session", 16) if found else None
+    except (ValueError, AttributeError, RecursionError, CiferError):
+        pass
+    server, clients = _masking_parties(session)
+    if stage == "share":
+        clients[1].share(payload, None)
+        return
+    request = server.share_request()
+    for node, client in clients.items():
+        if stage == "shared" and node == 1:
+            server.accept_shares(1, payload)
+        else:
+            server.accept_shares(node, client.share(request, None))
+    if stage == "shared":
+        return
+    server.fix_cohort()
+    if stage == "train":
+        clients[1].mask(payload, 8, MASKING_MODULUS)
+        return
+    for node, client in clients.items():
+        client.mask(server.train_payload(node), 8, MASKING_MODULUS)
+    if stage == "unmask":
+        clients[1].unmask(payload)
+        return
+    server.accept_unmask(2, payload, [1, 2, 3, 4])
+    server.residual([1, 2, 3, 4], 8, MASKING_MODULUS)
 
 
 def build_materials(root: Path) -> Materials:
@@ -285,6 +386,7 @@ def build_materials(root: Path) -> Materials:
             write_model(LogisticModel(np.array([0.5, -1.0, 2.0]), 0.25), t / f"m{ext}")
             seeds["plain_model"].append(ext.encode() + b"\0" + (t / f"m{ext}").read_bytes())
     seeds["fedlearn_config"] += _fedlearn_seeds()
+    seeds["masking"] = [stage.encode() + b"\0" + p for stage, p in masking_payloads().items()]
     ckpt_key = os.urandom(32)
     (mats.root / CHECKPOINT_KEY_FILE).write_text(ckpt_key.hex())
     seeds["checkpoint"] += [
@@ -896,6 +998,9 @@ class Mutator:
             return self.fedlearn(seed)
         if parser == "checkpoint":
             return self.checkpoint(seed)
+        if parser == "masking":
+            stage, _, body = seed.partition(b"\0")
+            return stage + b"\0" + (self.json_bytes(body) if r.random() < 0.7 else self.raw(body))
         if parser in STRUCTURED_PARSERS:
             return self.structured(seed, parser)
         if parser in CONTAINER_PARSERS:
@@ -1248,6 +1353,14 @@ class Targets:
         model.predict_proba(np.zeros((1, model.num_features)))
 
     # --------------------------------------------------------------- user files, resume
+    def masking(self, data: bytes) -> None:
+        """One masking payload at its stage, the parties replayed honestly around it."""
+        stage, _, payload = data.partition(b"\0")
+        name = stage.decode("ascii", "replace")
+        if name not in MASKING_STAGES:
+            name = MASKING_STAGES[len(stage) % len(MASKING_STAGES)]
+        feed_masking(name, payload)
+
     def fedlearn_config(self, data: bytes) -> None:
         """A JSON config next to the files it names; both readers (each may refuse)."""
         from cifer_flwr.exceptions import CiferError
@@ -1867,7 +1980,7 @@ def rekey(
     blobs, so replacing them keeps a valid digest valid. Key files carry their own material
     and are left as found.
     """
-    if parser in ("key", "fedlearn_config"):
+    if parser in ("key", "fedlearn_config", "masking"):
         return data
     pairs = [(old[r].encode(), new[r].encode()) for r in old if r in new and old[r] != new[r]]
     if parser == "checkpoint" and checkpoint_key is not None:
