@@ -320,6 +320,17 @@ def _prime_bits(ctx: ts.Context) -> tuple[int, tuple[int, ...]]:
     return degree, tuple(bits)
 
 
+def _trial_encrypt(ctx: ts.Context, params: CkksParams) -> None:
+    """Encrypt one value with ``ctx`` and add the result to itself.
+
+    Public-key or symmetric, as the context is set. SEAL refuses a *transparent* result at
+    the addition, which an altered public key produces without an error at encryption
+    (found by the fuzzer).
+    """
+    vec = ts.bfv_vector(ctx, [1]) if params.is_bfv else ts.ckks_vector(ctx, [1.0])
+    vec + vec
+
+
 def _load_context(raw: bytes, params: CkksParams, *, private: bool, what: str) -> ts.Context:
     _check_context_bytes(raw, params, what)
     try:
@@ -353,17 +364,22 @@ def _load_context(raw: bytes, params: CkksParams, *, private: bool, what: str) -
             "a secret key; the file was altered."
         )
     _set_scale(ctx, params)
-    if not private:
-        try:  # a public key's one job: it must encrypt (the encryption type is a field too)
-            if params.is_bfv:
-                ts.bfv_vector(ctx, [0])
-            else:
-                ts.ckks_vector(ctx, [0.0])
-        except Exception as exc:
-            raise KeyFileError(
-                f"{what}: the public key cannot encrypt ({type(exc).__name__}: {exc!s:.120}); "
-                "the key file was altered."
-            ) from exc
+    # a key's one job is to encrypt: public-key encryption (the encryption type is a field
+    # too) and, for a private key, the symmetric encryption its holder uses (found by the
+    # fuzzer: a private key whose material made SEAL refuse "transparent" ciphertexts)
+    kind = "public-key"
+    try:
+        _trial_encrypt(ctx, params)
+        if private:
+            kind = "symmetric"
+            sym = _symmetric(raw)
+            _set_scale(sym, params)
+            _trial_encrypt(sym, params)
+    except Exception as exc:
+        raise KeyFileError(
+            f"{what}: the key cannot encrypt ({kind}: {type(exc).__name__}: {exc!s:.120}); "
+            "the key file was altered."
+        ) from exc
     return ctx
 
 
