@@ -260,17 +260,22 @@ def write_file_atomic(
         raise OSError(exc.errno, exc.strerror, str(target)) from None
 
 
+def _write_durably(fd: int, data: Bytes | Iterable[Bytes], mode: int) -> None:
+    """Write ``data`` (bytes or pieces) to the new file ``fd`` with ``mode``, fsync, close it."""
+    os.fchmod(fd, mode)
+    with os.fdopen(fd, "wb") as fh:
+        for piece in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
+            fh.write(piece)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def _write_via_temp(target: Path, data: Bytes | Iterable[Bytes], mode: int, prefix: str) -> Path:
     """:func:`write_file_atomic` through a temporary file in the target's directory."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=prefix, dir=target.parent)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as fh:
-            for piece in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
-                fh.write(piece)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _write_durably(fd, data, mode)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -323,12 +328,7 @@ def _write_nofollow(target: Path, data: Bytes | Iterable[Bytes], mode: int, pref
         else:  # pragma: no cover - 100 random 48-bit names taken
             raise FileExistsError(f"no free temporary name {prefix}* in {target.parent}")
         try:
-            os.fchmod(fd, mode)
-            with os.fdopen(fd, "wb") as fh:
-                for piece in (data,) if isinstance(data, bytes | bytearray | memoryview) else data:
-                    fh.write(piece)
-                fh.flush()
-                os.fsync(fh.fileno())
+            _write_durably(fd, data, mode)
             os.replace(tmp, target.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

@@ -492,15 +492,13 @@ def decrypt_model(enc: EncryptedModel, key: Key) -> Classifier:
         When the decrypted coefficients are not finite or the scaler is not valid.
 
     """
-    key.require_private("decrypt the model")
-    if key.fingerprint != enc.key.fingerprint:
-        raise KeyMismatchError(enc.key.fingerprint, key.fingerprint, "encrypted model")
-    beta = np.array([float(np.mean(ct.decrypt(key))) for ct in enc.coefficients]) * enc.scale
-    if not np.all(np.isfinite(beta)):
-        raise CiphertextFormatError(
-            "the decrypted model holds NaN or infinite coefficients: its ciphertexts or public "
-            "scale were altered, or training ran past the parameters' range."
-        )
+    beta = _coefficients(
+        enc,
+        key,
+        "decrypt the model",
+        "the decrypted model holds NaN or infinite coefficients: its ciphertexts or public "
+        "scale were altered, or training ran past the parameters' range.",
+    )
     blocks = beta.reshape(enc.outputs, -1)
     model: Classifier
     if enc.outputs == 1:
@@ -512,6 +510,19 @@ def decrypt_model(enc: EncryptedModel, key: Key) -> Classifier:
     if enc.scaler is not None:
         model = fold_scaler(model, decrypt_scaler(enc.scaler, key, enc.num_features))
     return model
+
+
+def _coefficients(
+    enc: EncryptedModel, key: Key, purpose: str, not_finite: str
+) -> npt.NDArray[np.float64]:
+    """The model's decrypted coefficients (private key of the model's key pair, finite)."""
+    key.require_private(purpose)
+    if key.fingerprint != enc.key.fingerprint:
+        raise KeyMismatchError(enc.key.fingerprint, key.fingerprint, "encrypted model")
+    beta = np.array([float(np.mean(ct.decrypt(key))) for ct in enc.coefficients]) * enc.scale
+    if not np.all(np.isfinite(beta)):
+        raise CiphertextFormatError(not_finite)
+    return beta
 
 
 def refresh_model(
@@ -538,16 +549,14 @@ def refresh_model(
         When the coefficients do not decrypt to finite values.
 
     """
-    key.require_private("refresh the model")
-    if key.fingerprint != enc.key.fingerprint:
-        raise KeyMismatchError(enc.key.fingerprint, key.fingerprint, "encrypted model")
-    beta = np.array([float(np.mean(ct.decrypt(key))) for ct in enc.coefficients]) * enc.scale
-    if not np.all(np.isfinite(beta)):
-        raise CiphertextFormatError(
-            "the model holds NaN or infinite coefficients after decryption: its ciphertexts "
-            "or public scale were altered, or training ran past the parameters' range; "
-            "train again from the last good model."
-        )
+    beta = _coefficients(
+        enc,
+        key,
+        "refresh the model",
+        "the model holds NaN or infinite coefficients after decryption: its ciphertexts "
+        "or public scale were altered, or training ran past the parameters' range; "
+        "train again from the last good model.",
+    )
     cts = []
     for i, value in enumerate(beta):
         cts.append(encrypt_constant(float(value), key))
