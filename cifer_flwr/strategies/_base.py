@@ -38,7 +38,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from logging import INFO
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -92,6 +92,7 @@ from cifer_flwr.strategies._checkpoint import (
     result_to_json,
     write_checkpoint,
 )
+from cifer_flwr.strategies._fold import Accepted, FoldMode, FoldPolicy, Parts, RoundFold
 from cifer_flwr.strategies._masking import RoundMasking, check_masking_key
 from cifer_flwr.strategies._memory import release_large_buffers
 from cifer_flwr.strategies._replies import (
@@ -123,8 +124,6 @@ __all__ = [
 log = logging.getLogger("cifer_flwr.strategies")
 #: Flower's own logger (its round banners go there, as Flower's strategies' do)
 flwr_log = logging.getLogger("flwr").log
-Parts = dict[str, crypto.AnyEncrypted]
-Accepted = list[tuple[Message, Parts]]
 _T = TypeVar("_T")
 
 #: FedOpt: how many sampled clients are asked to return the refreshed encrypted state (the
@@ -212,34 +211,6 @@ def _pull(
             time.sleep(pause)
 
 
-@dataclass
-class _FoldGroup:
-    """Replies that may be added together: their running sum and light members.
-
-    With crypto workers the sum lives in the workers; ``total`` then holds the header
-    only (layout, summed weight and count, no ciphertexts, docs/design.md §6.1).
-    """
-
-    total: crypto.AnyEncrypted | None = None
-    members: Accepted = field(default_factory=list)
-
-
-@dataclass
-class _RoundFold:
-    """State of one streamed train round (docs/design.md §6)."""
-
-    keep_models: bool = False
-    workers: crypto.CryptoWorkers | None = None
-    staged: tuple[Hashable, Message, Parts] | None = None
-    groups: dict[Hashable, _FoldGroup] = field(default_factory=dict)
-    replied: set[int] = field(default_factory=set)
-    order: dict[int, int] = field(default_factory=dict)
-    received: int = 0
-    errors: int = 0
-    bytes_received: int = 0
-    add_s: float = 0.0
-
-
 def load_server_key(public_key: str | os.PathLike[str] | crypto.AnyKey) -> crypto.AnyKey:
     """Load the server's key; anything that holds a secret key is refused.
 
@@ -253,11 +224,6 @@ def load_server_key(public_key: str | os.PathLike[str] | crypto.AnyKey) -> crypt
         public_key.require_public("a strategy (server side)")
         return public_key
     return crypto.load_public_key(public_key, holder="a strategy (server side)")
-
-
-def _header_only(enc: crypto.AnyEncrypted) -> bool:
-    """A running sum whose ciphertexts are held by the crypto workers (docs/design.md §6.1)."""
-    return isinstance(enc, crypto.EncryptedArrays) and len(enc.vectors) == 0
 
 
 def _node(msg: Message) -> int:
@@ -350,6 +316,7 @@ class EncryptedFedAvgBase:
         checkpoint_path: str | os.PathLike[str] | None = None,
         resume: bool = False,
         masking: bool = False,
+        fold: FoldMode = "auto",
     ) -> None:
         """Set up the encryption; call it from ``__init__`` after Flower's ``__init__``.
 
@@ -371,6 +338,9 @@ class EncryptedFedAvgBase:
             Secure aggregation inside the sums (docs/design.md §4.9): pairwise and self masks
             that only the sum of at least ``max(3, min_replies)`` clients removes. Needs
             preset ``packed``.
+        fold : {"auto", "in-process", "workers"}
+            Where the replies' ciphertexts are validated and added
+            (:data:`~cifer_flwr.strategies._fold.FoldMode`; docs/design.md §6.1).
 
         Raises
         ------
@@ -406,6 +376,8 @@ class EncryptedFedAvgBase:
         if self.masking:
             check_masking_key(self.key)
         self._masking = RoundMasking(min_cohort=max(3, min_replies)) if self.masking else None
+        self.fold_policy = FoldPolicy(fold)
+        self.fold_policy.check(self.key)
         self.layout: crypto.Layout | None = None
         self.excluded: dict[int, list[tuple[int, str]]] = {}
         self.round_stats: dict[int, dict[str, float]] = {}
@@ -687,7 +659,7 @@ class EncryptedFedAvgBase:
             "weight-divisor": divisor,
         }
         # large rounds: the crypto workers start while the clients train (§6.1)
-        self._round_workers(server_round, self._keeps_models(server_round))
+        self.fold_policy.workers(self.key, self._round_chunks(), self._keeps_models(server_round))
         return out
 
     def configure_evaluate(
@@ -946,7 +918,9 @@ class EncryptedFedAvgBase:
         """
         return False
 
-    def _fold_reply(self, server_round: int, fold: _RoundFold, msg: Message) -> None:
+    def _fold_reply(
+        self, server_round: int, fold: RoundFold, tally: dict[str, int], msg: Message
+    ) -> None:
         """Check one reply and, if valid, add its model to the running sum of its group."""
         node = _node(msg)
         problem = self._metadata_problem(msg, self._sent_msgs)
@@ -954,151 +928,37 @@ class EncryptedFedAvgBase:
             self._exclude(server_round, node, problem)
             return
         if msg.has_error():
-            fold.errors += 1
+            tally["errors"] += 1
             reason = f"error reply: {msg.error.reason}"[:_MAX_REASON]
             self.excluded.setdefault(server_round, []).append((node, reason))
             return
-        fold.received += 1
-        fold.bytes_received += sum(r.count_bytes() for r in msg.content.array_records.values())
+        tally["received"] += 1
+        tally["bytes"] += sum(r.count_bytes() for r in msg.content.array_records.values())
         try:
             if node not in self._sent_config:
                 raise ReplyError(f"node {node} was not sampled in round {server_round}.")
-            if node in fold.replied:
+            if node in self._replied:
                 raise ReplyError("a second reply from this node in the same round.")
-            fold.replied.add(node)
+            self._replied.add(node)
             parts = self._check_reply(msg, server_round)
-            self._fold_parts(server_round, fold, msg, parts)
+            fold.add((metric_schema(msg.content), self._fold_key(msg)), msg, parts)
         except WorkerError:
             raise  # the workers' running sums are lost: the round fails (aggregate_train)
-        except CiferError as exc:
-            self._exclude(server_round, node, str(exc))
-        except Exception as exc:  # last line of defence: a bug never stops the round
-            self._internal_error(server_round, node, exc)
+        except Exception as exc:
+            self._refuse(server_round, msg, exc)
 
-    def _fold_parts(self, server_round: int, fold: _RoundFold, msg: Message, parts: Parts) -> None:
-        key = (metric_schema(msg.content), self._fold_key(msg))
-        model = parts[PART_MODEL]
-        blobs = crypto.deferred_blobs(model)
-        if fold.workers is not None and blobs is not None:
-            # validated and added in the workers while the next reply is pulled and
-            # checked here; _settle_staged commits it or excludes it (§6.1)
-            self._settle_staged(server_round, fold)
-            t0 = time.perf_counter()
-            fold.workers.stage(key, blobs, what=f"node {_node(msg)}'s part 'model'")
-            fold.add_s += time.perf_counter() - t0
-            fold.staged = (key, msg, parts)
-            return
-        group = fold.groups.get(key, _FoldGroup())
-        t0 = time.perf_counter()
-        if group.total is None:
-            group.total = model
-        else:
-            try:
-                group.total = crypto.aggregate([group.total, model])
-            except Exception:
-                if len(group.members) == 1 and not self._addable(group.total):
-                    # the group's first reply is the one that cannot be added
-                    first, _ = group.members.pop()
-                    self._internal_error(
-                        server_round,
-                        _node(first),
-                        ConfigError("its ciphertexts cannot be added to another update"),
-                    )
-                    group.total = model
-                else:
-                    raise
-        fold.add_s += time.perf_counter() - t0
-        self._add_member(fold, key, group, msg, parts)
-
-    def _add_member(
-        self, fold: _RoundFold, key: Hashable, group: _FoldGroup, msg: Message, parts: Parts
-    ) -> None:
-        """Record an added reply: keep its metrics and config (small), drop its arrays."""
-        fold.groups[key] = group
-        del msg.content[self.arrayrecord_key]
-        kept = parts if fold.keep_models else {k: v for k, v in parts.items() if k != PART_MODEL}
-        group.members.append((msg, kept))
-        fold.order[_node(msg)] = len(fold.order)
-
-    def _settle_staged(self, server_round: int, fold: _RoundFold) -> None:
-        """Commit the reply staged in the workers, or exclude it with their reason (§6.1)."""
-        if fold.staged is None or fold.workers is None:
-            return
-        key, msg, parts = fold.staged
-        fold.staged = None
-        t0 = time.perf_counter()
-        try:
-            fold.workers.commit()
-        except WorkerError:
-            raise  # the running sums are lost: the round fails (aggregate_train)
-        except CiferError as exc:
+    def _refuse(self, server_round: int, msg: Message, exc: Exception) -> None:
+        """Exclude a reply: its reason for a CiferError, else as an internal error (a bug)."""
+        if isinstance(exc, CiferError):
             self._exclude(server_round, _node(msg), str(exc))
-            return
-        finally:
-            fold.add_s += time.perf_counter() - t0
-        model = parts[PART_MODEL]
-        assert isinstance(model, crypto.EncryptedArrays)  # deferred: a CKKS/packed part
-        group = fold.groups.get(key, _FoldGroup())
-        head = replace(model, vectors=(), meta={})  # the sum itself is in the workers
-        if group.total is not None:
-            head = replace(
-                head, weight=group.total.weight + model.weight, count=group.total.count + 1
-            )
-        group.total = head
-        self._add_member(fold, key, group, msg, {**parts, PART_MODEL: head})
+        else:  # last line of defence: a bug never stops the round
+            self._internal_error(server_round, _node(msg), exc)
 
-    @staticmethod
-    def _addable(enc: crypto.AnyEncrypted) -> bool:
-        try:
-            crypto.aggregate([enc, enc])
-        except Exception:
-            return False
-        return True
-
-    def _fold_total(
-        self, server_round: int, fold: _RoundFold, accepted: Accepted
-    ) -> crypto.AnyEncrypted | None:
-        """Sum of the running sums of the groups whose replies were all kept."""
-        kept = {_node(msg): parts for msg, parts in accepted}
-        sums: list[crypto.AnyEncrypted] = []
-        for key, group in fold.groups.items():
-            nodes = [_node(msg) for msg, _ in group.members]
-            chosen = [n for n in nodes if n in kept]
-            if not chosen or group.total is None:
-                continue
-            total = group.total
-            if len(chosen) == len(nodes) and fold.workers is not None and _header_only(total):
-                assert isinstance(total, crypto.EncryptedArrays)
-                sums.append(self._workers_total(fold.workers, key, total))
-            elif len(chosen) == len(nodes):
-                sums.append(group.total)
-            elif fold.keep_models:
-                sums.append(crypto.aggregate([kept[n][PART_MODEL] for n in chosen]))
-            else:
-                raise UnsupportedOperationError(
-                    f"_select_replies kept {len(chosen)} of the {len(nodes)} replies folded "
-                    "into one running sum; it can only keep or drop whole groups (same "
-                    "metric schema and _fold_key). Return the selection key from _fold_key, "
-                    "or return True from _keeps_models."
-                )
-        if not sums:
-            return None
-        return sums[0] if len(sums) == 1 else crypto.aggregate(sums)
-
-    def _workers_total(
-        self, workers: crypto.CryptoWorkers, key: Hashable, head: crypto.EncryptedArrays
-    ) -> crypto.EncryptedArrays:
-        """The running sum the workers hold for ``key``, under ``head``'s header."""
-        assert isinstance(self.key, crypto.Key)
-        # the workers validated every summand: their sum's bytes are ours (no SEAL load here)
-        return crypto.with_wire(head, workers.total(key), self.key)
-
-    def _round_workers(self, server_round: int, keep_models: bool) -> crypto.CryptoWorkers | None:
-        """Crypto workers for this round's validate-and-sum, or None (small rounds, §6.1)."""
-        if keep_models or not isinstance(self.key, crypto.Key) or self.layout is None:
-            return None
-        chunks = self.layout.num_chunks(self.key.params.slots) * max(1, len(self._sent_config))
-        return crypto.shared_workers(self.key, chunks)
+    def _round_chunks(self) -> int:
+        """Ciphertexts a round sums (the model's chunks times the cohort)."""
+        if self.layout is None:
+            return 0
+        return self.layout.num_chunks(self.key.params.slots) * max(1, len(self._sent_config))
 
     def _mask_groups(self, server_round: int, nodes: list[int]) -> list[list[int]]:
         """Masking groups fixed before sharing (docs/design.md §4.9).
@@ -1182,39 +1042,39 @@ class EncryptedFedAvgBase:
     def _aggregate_train(
         self, server_round: int, replies: Iterable[Message], stats: dict[str, float]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        keep = self._keeps_models(server_round)
-        fold = _RoundFold(keep_models=keep, workers=self._round_workers(server_round, keep))
-        if fold.workers is not None:
-            fold.workers.reset()  # this round's running sums start empty
+        fold = self.fold_policy.fold(
+            self.key,
+            self._round_chunks(),
+            keep_models=self._keeps_models(server_round),
+            arrayrecord_key=self.arrayrecord_key,
+            reject=functools.partial(self._refuse, server_round),
+        )
+        tally = {"received": 0, "errors": 0, "bytes": 0}
+        self._replied: set[int] = set()
         self.excluded.setdefault(server_round, [])
         t_start = time.perf_counter()
-        self._defer = fold.workers is not None
+        self._defer = fold.defer
         try:
             for msg in replies:
-                self._fold_reply(server_round, fold, msg)
+                self._fold_reply(server_round, fold, tally, msg)
                 del msg  # the running sum holds what counts
-            self._settle_staged(server_round, fold)
+            fold.flush()
         finally:
             self._defer = False
         stats["receive-fold-s"] = time.perf_counter() - t_start
-        stats["bytes-received"] = float(fold.bytes_received)
+        stats["bytes-received"] = float(tally["bytes"])
         flwr_log(
             INFO,
             "aggregate_train: Received %s results and %s failures",
-            fold.received,
-            fold.errors,
+            tally["received"],
+            tally["errors"],
         )
         t0 = time.perf_counter()
-        order = fold.order
-        members = sorted(
-            (item for group in fold.groups.values() for item in group.members),
-            key=lambda item: order[_node(item[0])],
-        )
-        accepted = self._consistent_metrics(server_round, members, lambda item: item[0], "")
+        accepted = self._consistent_metrics(server_round, fold.members(), lambda item: item[0], "")
         accepted = self._select_replies(server_round, accepted)
         total = None
         if len(accepted) >= self._min_replies:
-            total = self._fold_total(server_round, fold, accepted)
+            total = fold.total(accepted)
         stats["aggregate-s"] = fold.add_s + time.perf_counter() - t0
         stats["valid-replies"] = float(len(accepted))
         del fold
