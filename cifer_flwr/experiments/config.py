@@ -27,6 +27,7 @@ from cifer_flwr.crypto import get_preset
 from cifer_flwr.crypto.paillier import is_paillier_preset
 from cifer_flwr.exceptions import ConfigError, UnknownPresetError
 from cifer_flwr.experiments.tasks import TASKS
+from cifer_flwr.strategies.registry import REGISTRY, strategy_spec
 
 __all__ = [
     "CONF_DIR",
@@ -83,25 +84,18 @@ class Partitioner(StrEnum):
 
 
 # --------------------------------------------------------------------------- strategies
-# One typed config per strategy (docs/design.md §3). The dataclass defaults below are the one
-# place strategy defaults are written down: ``conf/strategy/NAME.yaml`` is rendered from them
-# (:func:`strategy_yaml`, ``python -m cifer_flwr.experiments.config``) and a test checks that
-# every file equals its rendering. The range of every hyperparameter sits next to it
-# (``metadata["check"]``), read by the one range check
-# (:func:`cifer_flwr.experiments.strategy_builder.hyperparameter_problems`).
-
-#: Range kinds of ``metadata["check"]``: what :func:`range_problem` accepts.
-POSITIVE = "> 0"
-UNIT = "in [0, 1)"
-NON_NEGATIVE = ">= 0"
-COHORT = ">= 2"
-POSITIVE_OR_NONE = "> 0 or null"
-FLAG = "true or false"
+# One typed config per strategy (docs/design.md §3). The fields are declared here for typing
+# and Hydra; their defaults, ranges and help lines come from the library's registry
+# (:data:`cifer_flwr.strategies.registry.REGISTRY`), the one place they are written down.
+# ``conf/strategy/NAME.yaml`` is rendered from these dataclasses (:func:`strategy_yaml`,
+# ``python -m cifer_flwr.experiments.config``) and a test checks that every file equals its
+# rendering; ``tests/test_strategy_registry.py`` checks that the fields are the registry's.
 
 
-def _hp(default: Any, check: str, help_text: str) -> Any:
-    """A hyperparameter field: default, range kind and the comment of its YAML line."""
-    return field(default=default, metadata={"check": check, "help": help_text})
+def _hp(strategy: str, name: str) -> Any:
+    """The registry's hyperparameter ``name`` of ``strategy`` as a dataclass field."""
+    h = REGISTRY[strategy].hyperparameter(name)
+    return field(default=h.default, metadata={"check": h.check, "help": h.help})
 
 
 @dataclass
@@ -115,9 +109,7 @@ class StrategyConfig:
     """
 
     name: str = ""
-    masking: bool = _hp(
-        False, FLAG, "secure aggregation: pairwise masks inside the sums (preset packed, §4.9)"
-    )
+    masking: bool = _hp("fedavg", "masking")
 
     @classmethod
     def hyperparameters(cls) -> tuple[str, ...]:
@@ -137,7 +129,7 @@ class FedProxConfig(StrategyConfig):
     """FedProx: the proximal term's weight, sent to the clients."""
 
     name: str = "fedprox"
-    proximal_mu: float = _hp(0.1, NON_NEGATIVE, "weight of the proximal term (0: FedAvg)")
+    proximal_mu: float = _hp("fedprox", "proximal_mu")
 
 
 @dataclass
@@ -145,9 +137,9 @@ class FedAdagradConfig(StrategyConfig):
     """FedAdagrad (FedOpt family, docs/design.md §4.3.1)."""
 
     name: str = "fedadagrad"
-    eta: float = _hp(0.1, POSITIVE, "server learning rate")
-    eta_l: float = _hp(0.1, POSITIVE, "client learning rate (reported, as in Flower)")
-    tau: float = _hp(0.001, POSITIVE, "adaptivity (Flower's tau)")
+    eta: float = _hp("fedadagrad", "eta")
+    eta_l: float = _hp("fedadagrad", "eta_l")
+    tau: float = _hp("fedadagrad", "tau")
 
 
 @dataclass
@@ -155,11 +147,11 @@ class FedAdamConfig(StrategyConfig):
     """FedAdam (FedOpt family, docs/design.md §4.3.1)."""
 
     name: str = "fedadam"
-    eta: float = _hp(0.01, POSITIVE, "server learning rate")
-    eta_l: float = _hp(0.1, POSITIVE, "client learning rate (reported, as in Flower)")
-    beta_1: float = _hp(0.9, UNIT, "momentum")
-    beta_2: float = _hp(0.99, UNIT, "second-moment decay")
-    tau: float = _hp(0.001, POSITIVE, "adaptivity (Flower's tau)")
+    eta: float = _hp("fedadam", "eta")
+    eta_l: float = _hp("fedadam", "eta_l")
+    beta_1: float = _hp("fedadam", "beta_1")
+    beta_2: float = _hp("fedadam", "beta_2")
+    tau: float = _hp("fedadam", "tau")
 
 
 @dataclass
@@ -167,11 +159,11 @@ class FedYogiConfig(StrategyConfig):
     """FedYogi (FedOpt family, docs/design.md §4.3.1)."""
 
     name: str = "fedyogi"
-    eta: float = _hp(0.01, POSITIVE, "server learning rate")
-    eta_l: float = _hp(0.0316, POSITIVE, "client learning rate (reported, as in Flower)")
-    beta_1: float = _hp(0.9, UNIT, "momentum")
-    beta_2: float = _hp(0.99, UNIT, "second-moment decay")
-    tau: float = _hp(0.001, POSITIVE, "adaptivity (Flower's tau)")
+    eta: float = _hp("fedyogi", "eta")
+    eta_l: float = _hp("fedyogi", "eta_l")
+    beta_1: float = _hp("fedyogi", "beta_1")
+    beta_2: float = _hp("fedyogi", "beta_2")
+    tau: float = _hp("fedyogi", "tau")
 
 
 @dataclass
@@ -179,8 +171,8 @@ class FedAvgMConfig(StrategyConfig):
     """FedAvgM: server momentum through the deferred key-holder step (docs/design.md §4.3.1)."""
 
     name: str = "fedavgm"
-    server_learning_rate: float = _hp(1.0, POSITIVE, "server learning rate")
-    server_momentum: float = _hp(0.5, UNIT, "server momentum (0: FedAvg)")
+    server_learning_rate: float = _hp("fedavgm", "server_learning_rate")
+    server_momentum: float = _hp("fedavgm", "server_momentum")
 
 
 @dataclass
@@ -188,16 +180,14 @@ class SecureFedConfig(StrategyConfig):
     """SecureFed: cohort floor, clipping, distributed DP noise, aggregation check (§4.4)."""
 
     name: str = "securefed"
-    min_cohort: int = _hp(3, COHORT, "minimum cohort: fewer updates are never aggregated")
-    clip_norm: float | None = _hp(
-        None, POSITIVE_OR_NONE, "L2 bound per client update (null: no clipping)"
-    )
-    noise_multiplier: float = _hp(0.0, NON_NEGATIVE, "distributed DP noise (needs clip_norm)")
-    aggregation_check: bool = _hp(True, FLAG, "the key holders check the aggregate")
+    min_cohort: int = _hp("securefed", "min_cohort")
+    clip_norm: float | None = _hp("securefed", "clip_norm")
+    noise_multiplier: float = _hp("securefed", "noise_multiplier")
+    aggregation_check: bool = _hp("securefed", "aggregation_check")
 
 
-#: Strategy name -> its typed config class (the order is the order names are listed in).
-STRATEGY_CONFIGS: Final[dict[str, type[StrategyConfig]]] = {
+#: Strategy name -> its typed config class, in the registry's order.
+_CONFIG_CLASSES: Final[dict[str, type[StrategyConfig]]] = {
     cls.name: cls
     for cls in (
         FedAvgConfig,
@@ -209,7 +199,10 @@ STRATEGY_CONFIGS: Final[dict[str, type[StrategyConfig]]] = {
         SecureFedConfig,
     )
 }
-#: Strategy names accepted by every entry point.
+STRATEGY_CONFIGS: Final[dict[str, type[StrategyConfig]]] = {
+    name: _CONFIG_CLASSES[name] for name in REGISTRY
+}
+#: Strategy names accepted by every entry point (the registry's).
 STRATEGIES: Final = tuple(STRATEGY_CONFIGS)
 
 
@@ -222,10 +215,7 @@ def strategy_name(value: object) -> str:
         For an unknown name, listing the valid ones (one line).
 
     """
-    name = str(value).strip().lower()
-    if name not in STRATEGY_CONFIGS:
-        raise ConfigError(f"strategy={name!r} is unknown; choose one of {', '.join(STRATEGIES)}.")
-    return name
+    return strategy_spec(value).name
 
 
 def _unknown_keys(name: str, keys: Iterable[str]) -> str:

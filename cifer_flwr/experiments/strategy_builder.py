@@ -21,30 +21,21 @@ topology code, so both can use it without an import cycle.
 from __future__ import annotations
 
 import inspect
-import math
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import Any, Final
 
-from flwr.serverapp import strategy as flwr_strategy
 from flwr.serverapp.strategy import Strategy
 
-from cifer_flwr import strategies
 from cifer_flwr.exceptions import ConfigError
 from cifer_flwr.experiments.config import (
-    COHORT,
-    FLAG,
-    NON_NEGATIVE,
-    POSITIVE,
-    POSITIVE_OR_NONE,
     STRATEGIES,
-    UNIT,
     FedAvgConfig,
-    SecureFedConfig,
     StrategyConfig,
     strategy_name,
 )
+from cifer_flwr.strategies import registry
+from cifer_flwr.strategies.registry import RUN_CONFIG_KEYS, range_problem
 
 __all__ = [
     "ENCRYPTED_STRATEGIES",
@@ -60,43 +51,13 @@ __all__ = [
     "strategy_name",
 ]
 
-#: Strategy name -> our encrypted class / Flower's plaintext class of the same name.
+#: Strategy name -> our encrypted class / Flower's plaintext class of the same name (from
+#: the registry). SecureFed has no plaintext counterpart: it is refused without encryption.
 ENCRYPTED_STRATEGIES: Final[dict[str, type[Strategy]]] = {
-    "fedavg": strategies.FedAvg,
-    "fedprox": strategies.FedProx,
-    "fedyogi": strategies.FedYogi,
-    "fedadam": strategies.FedAdam,
-    "fedadagrad": strategies.FedAdagrad,
-    "fedavgm": strategies.FedAvgM,
-    "securefed": strategies.SecureFed,
+    name: spec.encrypted for name, spec in registry.REGISTRY.items()
 }
-#: SecureFed has no plaintext counterpart: it is refused without encryption.
 PLAINTEXT_STRATEGIES: Final[dict[str, type[Strategy]]] = {
-    "fedavg": flwr_strategy.FedAvg,
-    "fedprox": flwr_strategy.FedProx,
-    "fedyogi": flwr_strategy.FedYogi,
-    "fedadam": flwr_strategy.FedAdam,
-    "fedadagrad": flwr_strategy.FedAdagrad,
-    "fedavgm": flwr_strategy.FedAvgM,
-}
-
-#: Hyperparameter (a field of the typed strategy configs, Hydra ``strategy.<field>``) -> run
-#: config key of the examples' apps. Run config has no ``None``: ``clip-norm = 0.0`` means
-#: no clipping.
-RUN_CONFIG_KEYS: Final = {
-    "proximal_mu": "proximal-mu",
-    "eta": "server-lr",
-    "eta_l": "eta-l",
-    "beta_1": "beta-1",
-    "beta_2": "beta-2",
-    "tau": "tau",
-    "min_cohort": "min-cohort",
-    "clip_norm": "clip-norm",
-    "noise_multiplier": "noise-multiplier",
-    "aggregation_check": "aggregation-check",
-    "server_learning_rate": "server-learning-rate",
-    "server_momentum": "server-momentum",
-    "masking": "masking",
+    name: spec.plaintext for name, spec in registry.REGISTRY.items() if spec.plaintext is not None
 }
 
 
@@ -126,30 +87,6 @@ def plaintext_problem(name: str) -> str:
     )
 
 
-def _name(field: str) -> str:
-    key = RUN_CONFIG_KEYS.get(field)
-    return f"strategy.{field}" + (f" (run config '{key}')" if key else "")
-
-
-def range_problem(check: str, value: Any) -> bool:
-    """Whether ``value`` lies outside the range kind ``check`` (``metadata["check"]``)."""
-    if check == FLAG:
-        return not isinstance(value, bool)
-    if check == POSITIVE_OR_NONE and value is None:
-        return False
-    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
-        return True
-    if check in (POSITIVE, POSITIVE_OR_NONE):
-        return not (value > 0 and math.isfinite(value))
-    if check == UNIT:
-        return not 0.0 <= value < 1.0
-    if check == NON_NEGATIVE:
-        return not (value >= 0 and math.isfinite(value))
-    if check == COHORT:
-        return value < 2 or value != int(value)
-    raise ConfigError(f"unknown range kind {check!r} (a bug in the strategy configs).")
-
-
 def hyperparameter_problems(
     strategy: StrategyConfig,
     *,
@@ -159,8 +96,8 @@ def hyperparameter_problems(
 ) -> list[str]:
     """What is wrong with these hyperparameters (empty when they are valid).
 
-    Every field of the typed config is checked against the range declared next to it in
-    :mod:`cifer_flwr.experiments.config` (``eta``, ``eta_l``, ``tau``,
+    Every field of the typed config is checked against its range in the library's registry
+    (:func:`cifer_flwr.strategies.registry.hyperparameter_problems`: ``eta``, ``eta_l``, ``tau``,
     ``server_learning_rate > 0``; ``beta_1``, ``beta_2``, ``server_momentum`` in
     ``[0, 1)``; ``proximal_mu``, ``noise_multiplier >= 0``; ``min_cohort >= 2``;
     ``clip_norm > 0`` or ``None``); ``noise_multiplier > 0`` needs ``clip_norm``; fractions
@@ -178,18 +115,8 @@ def hyperparameter_problems(
     for count in min_nodes:
         if count < 1:
             problems.append(f"node counts must be >= 1, got {count}")
-    strategy_name(strategy.name)
-    for f in fields(strategy):
-        check = f.metadata.get("check")
-        value = getattr(strategy, f.name)
-        if check is not None and range_problem(check, value):
-            problems.append(f"{_name(f.name)} must be {check}, got {value}")
-    s = strategy
-    if isinstance(s, SecureFedConfig) and s.noise_multiplier > 0 and s.clip_norm is None:
-        problems.append(
-            f"{_name('noise_multiplier')}={s.noise_multiplier} needs "
-            f"{_name('clip_norm')} (the noise is scaled to the clipping bound)"
-        )
+    values = {f: getattr(strategy, f) for f in strategy.hyperparameters()}
+    problems += registry.hyperparameter_problems(strategy_name(strategy.name), values)
     return problems
 
 

@@ -15,7 +15,9 @@ work the same here, with real Flower processes underneath:
 * :class:`Server` starts a ``flower-superlink`` and :meth:`Server.run` submits the fedlearn
   ServerApp with the strategy; the global model it saves is encrypted under the federation's
   public key;
-* :mod:`.strategy` has ``FedAvg``, ``FedProx``, ``FedYogi`` and ``SecureFed`` built from
+* :mod:`.strategy` has one class per strategy of :data:`cifer_flwr.strategies.REGISTRY`
+  (``FedAvg``, ``FedProx``, ``FedYogi``, ``FedAdam``, ``FedAdagrad``, ``FedAvgM``,
+  ``SecureFed``), built from
   ``data_path`` / ``model_path`` through the one strategy builder.
 
 Processes are tied to the Python process that started them (they stop when it dies) and

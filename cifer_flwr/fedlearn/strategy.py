@@ -30,7 +30,18 @@ from cifer_flwr.exceptions import ConfigError
 from cifer_flwr.experiments.config import strategy_config
 from cifer_flwr.experiments.strategy_builder import build_strategy, plaintext_problem
 
-__all__ = ["RC_SPEC", "FedAvg", "FedProx", "FedYogi", "SecureFed", "Strategy"]
+__all__ = [
+    "RC_SPEC",
+    "STRATEGY_CLASSES",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedProx",
+    "FedYogi",
+    "SecureFed",
+    "Strategy",
+]
 
 #: Run config key carrying the strategy specification (JSON) to the ServerApp.
 RC_SPEC = "fedlearn-strategy"
@@ -73,8 +84,10 @@ class Strategy:
     seed : int (default: 0)
         Seed of the data split and local training.
     **hyperparameters
-        The strategy's own (``proximal_mu`` for FedProx; ``eta``, ``eta_l``, ``beta_1``,
-        ``beta_2``, ``tau`` for FedYogi; ``min_cohort``, ``clip_norm``, ... for SecureFed).
+        The strategy's own, as listed with defaults and ranges in
+        :data:`cifer_flwr.strategies.REGISTRY` (``proximal_mu`` for FedProx; ``eta``,
+        ``eta_l``, ``beta_1``, ``beta_2``, ``tau`` for FedYogi; ``min_cohort``,
+        ``clip_norm``, ... for SecureFed).
 
     Raises
     ------
@@ -101,7 +114,8 @@ class Strategy:
         **hyperparameters: Any,
     ) -> None:
         if not self.name:
-            raise ConfigError("use a concrete strategy: FedAvg, FedProx, FedYogi or SecureFed.")
+            names = ", ".join(c.__name__ for c in STRATEGY_CLASSES.values())
+            raise ConfigError(f"use a concrete strategy: {names}.")
         if not isinstance(encryption, bool):
             raise ConfigError(f"strategy: encryption must be True or False, got {encryption!r}.")
         self.data_path = _abs(data_path, "data_path", builtin_ok=True)
@@ -241,13 +255,32 @@ class FedYogi(Strategy):
     name = "fedyogi"
 
 
+class FedAdam(Strategy):
+    """FedOpt with Adam's server update (``eta``, ``eta_l``, ``beta_1``, ``beta_2``, ``tau``)."""
+
+    name = "fedadam"
+
+
+class FedAdagrad(Strategy):
+    """FedOpt with Adagrad's server update (``eta``, ``eta_l``, ``tau``)."""
+
+    name = "fedadagrad"
+
+
+class FedAvgM(Strategy):
+    """FedAvg with server momentum (``server_learning_rate``, ``server_momentum``)."""
+
+    name = "fedavgm"
+
+
 class SecureFed(Strategy):
     """Encrypted aggregation hardened against hostile clients (encryption only)."""
 
     name = "securefed"
 
 
-#: Strategy name -> specification class.
+#: Strategy name -> specification class, one for every strategy of the library's registry
+#: (:data:`cifer_flwr.strategies.REGISTRY`), in its order.
 STRATEGY_CLASSES: dict[str, type[Strategy]] = {
-    c.name: c for c in (FedAvg, FedProx, FedYogi, SecureFed)
+    c.name: c for c in (FedAvg, FedProx, FedYogi, FedAdam, FedAdagrad, FedAvgM, SecureFed)
 }
