@@ -444,8 +444,8 @@ def _checkpoint_seed(pub: Any, fedopt: bool, ckpt_key: bytes, root: Path) -> byt
     strategy._set_global(parts)
     strategy.excluded = {2: [(3, "a replay of round 1")]}
     strategy.round_stats = {1: {"valid": 3.0, "round-s": 0.5}, 2: {"valid": 2.0}}
-    strategy._seen.add(1, [bytes([i]) * 32 for i in range(3)])
-    strategy._seen.add(2, [bytes([9 - i]) * 32 for i in range(2)])
+    strategy.screen.seen.add(1, [bytes([i]) * 32 for i in range(3)])
+    strategy.screen.seen.add(2, [bytes([9 - i]) * 32 for i in range(2)])
     result = Result()
     result.train_metrics_clientapp = {1: MetricRecord({"loss": 0.5, "n": 3}), 2: MetricRecord({})}
     result.evaluate_metrics_clientapp = {2: MetricRecord({"accuracy": 0.75})}

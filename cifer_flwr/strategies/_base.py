@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 import logging
-import math
 import os
 import time
 from collections import Counter
@@ -51,7 +49,6 @@ from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 
 from cifer_flwr import crypto, protocol
 from cifer_flwr.constants import (
-    CFG_CHECK,
     CFG_COHORT,
     CFG_RETURN_STATE,
     CFG_WEIGHT_DIVISOR,
@@ -63,14 +60,11 @@ from cifer_flwr.constants import (
     METRIC_MASKED,
     METRIC_RELEASED,
     METRIC_VALID_REPLIES,
-    PART_CHECK,
     PART_MODEL,
     PART_STATE,
-    RECORD_PREFIX,
     REPLY_RECORD,
     REPLY_STATE_CHECK,
     REPLY_STATE_DIGEST,
-    STYPE_HEADER,
 )
 from cifer_flwr.crypto import records as crypto_records
 from cifer_flwr.crypto.container import write_file_atomic
@@ -96,17 +90,14 @@ from cifer_flwr.strategies._fold import Accepted, FoldMode, FoldPolicy, Parts, R
 from cifer_flwr.strategies._masking import RoundMasking, check_masking_key
 from cifer_flwr.strategies._memory import release_large_buffers
 from cifer_flwr.strategies._replies import (
-    HEADER_ALLOWANCE,
     REPLY_CONFIG_BYTES,
     DigestMemory,
     ReplyError,
     check_metrics,
-    check_reply_info,
-    chunk_digests,
     describe_schema,
-    drop_foreign_config_records,
     metric_schema,
 )
+from cifer_flwr.strategies._screen import ReplyScreen, metadata_problem
 
 __all__ = [
     "PULL_BATCH",
@@ -129,8 +120,6 @@ _T = TypeVar("_T")
 #: FedOpt: how many sampled clients are asked to return the refreshed encrypted state (the
 #: first ones in sampling order), so that a round survives the loss of any one of them.
 STATE_HOLDERS = 2
-#: Bytes allowed per ciphertext ``Array`` for its key name in the record.
-_KEY_ALLOWANCE = 64
 #: Longest exclusion reason kept (in the log and the results file).
 _MAX_REASON = 500
 
@@ -378,21 +367,18 @@ class EncryptedFedAvgBase:
         self._masking = RoundMasking(min_cohort=max(3, min_replies)) if self.masking else None
         self.fold_policy = FoldPolicy(fold)
         self.fold_policy.check(self.key)
-        self.layout: crypto.Layout | None = None
+        #: the reply screening (docs/design.md §6): what each node was sent, replay memory
+        self.screen = ReplyScreen(
+            self.key, self.arrayrecord_key, self.weighted_by_key, self.reply_config_records
+        )
         self.excluded: dict[int, list[tuple[int, str]]] = {}
         self.round_stats: dict[int, dict[str, float]] = {}
         self._reset_round_memory()
 
     def _reset_round_memory(self) -> None:
-        self._seen = DigestMemory()
-        self._round_origin: dict[bytes, str] = {}
-        self._sent_config: dict[int, dict[str, Any]] = {}
-        self._sent_index: dict[int, int] = {}
-        self._sent_msgs: dict[int, Message] = {}  # the train message each node was sent
-        self._eval_msgs: dict[int, Message] = {}  # the evaluate message each node was sent
+        self.screen.reset()
         self._global_parts: Parts | None = None
         self._global_arrays: ArrayRecord | None = None
-        self._layout_json = 0
         self._defer = False
 
     # ------------------------------------------------------------------ helpers
@@ -475,14 +461,20 @@ class EncryptedFedAvgBase:
         write_file_atomic(self.save_path, stream.pieces())
         log.info("saved encrypted global model of round %d to %s", server_round, self.save_path)
 
+    @property
+    def layout(self) -> crypto.Layout | None:
+        """The global model's layout (``None`` before ``start``)."""
+        return self.screen.layout
+
+    @layout.setter
+    def layout(self, layout: crypto.Layout) -> None:
+        self.screen.set_layout(layout)
+
     def _require_layout(self) -> crypto.Layout:
-        if self.layout is None:
-            raise ConfigError("the strategy has no model layout yet; call start() first.")
-        return self.layout
+        return self.screen.require_layout()
 
     def _set_layout(self, layout: crypto.Layout) -> None:
-        self.layout = layout
-        self._layout_json = len(json.dumps(layout.to_dict()))
+        self.screen.set_layout(layout)
 
     def _exclude(self, server_round: int, node: int, reason: str) -> None:
         if len(reason) > _MAX_REASON:  # reasons may quote what a client sent
@@ -617,13 +609,7 @@ class EncryptedFedAvgBase:
         """
         config[CFG_WEIGHTED_BY] = self.weighted_by_key
         messages = list(self._base_configure_train(server_round, arrays, config, grid))
-        self._sent_config, self._sent_index, self._sent_msgs = {}, {}, {}
-        self._seen.freeze(before=server_round)
-        digests = chunk_digests(arrays)
-        self._seen.add(server_round, digests)
-        self._round_origin = dict.fromkeys(
-            digests, f"the global model the server sent in round {server_round} (an echo)"
-        )
+        self.screen.open_round(server_round, arrays)
         cohort = len(messages)
         if cohort == 0:
             return []
@@ -643,8 +629,6 @@ class EncryptedFedAvgBase:
             cfg[CFG_WEIGHT_DIVISOR] = divisor
             cfg[CFG_COHORT] = cohort  # packed preset: the sum's headroom (docs/design.md §4.7)
             cfg.update(self._extra_config(index, node, cohort, server_round))
-            self._sent_config[int(node)] = dict(cfg)
-            self._sent_index[int(node)] = index
             content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg})
             sent = Message(
                 content=content,
@@ -652,7 +636,7 @@ class EncryptedFedAvgBase:
                 dst_node_id=node,
                 group_id=msg.metadata.group_id,
             )
-            self._sent_msgs[int(node)] = sent  # its reply's metadata must match (§6)
+            self.screen.sent(int(node), index, cfg, sent)  # its reply is checked against it
             out.append(sent)
         self.round_stats[server_round] = {
             "bytes-sent": float(arrays.count_bytes() * cohort),
@@ -667,126 +651,12 @@ class EncryptedFedAvgBase:
     ) -> Iterable[Message]:
         """Flower's evaluate messages; each node's is remembered to check its reply (§6)."""
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
-        self._eval_msgs = {int(m.metadata.dst_node_id): m for m in messages}
+        self.screen.eval_msgs = {int(m.metadata.dst_node_id): m for m in messages}
         return messages
 
     # ------------------------------------------------------------------ reply checks
-    @staticmethod
-    def _metadata_problem(msg: Message, sent: Mapping[int, Message]) -> str | None:
-        """Why ``msg`` is not a reply to the message its node was sent, or ``None``.
-
-        The run id, group id and message type must be those of the message sent to the
-        node, and ``reply_to_message_id`` its id (once the grid assigned one); a node that
-        was sent nothing is left to the caller.
-        """
-        request = sent.get(_node(msg))
-        if request is None:
-            return None
-        got, want = msg.metadata, request.metadata
-        for what, found, expected in (
-            ("run id", got.run_id, want.run_id),
-            ("group id", got.group_id, want.group_id),
-            ("message type", got.message_type, want.message_type),
-        ):
-            if found != expected:
-                return (
-                    f"reply has {what} {found!r:.60}, but the message sent to this node has "
-                    f"{expected!r:.60}; a reply to another run, round or message is refused."
-                )
-        if want.message_id and got.reply_to_message_id != want.message_id:
-            return (
-                f"reply has reply_to_message_id {got.reply_to_message_id!r:.70}, but the "
-                f"message sent to this node has id {want.message_id!r:.70}; refused."
-            )
-        return None
-
-    def _expected_parts(self, server_round: int, node_id: int) -> dict[str, int]:
-        """Parts the reply of ``node_id`` must hold, with the most chunks each may have.
-
-        Derived from the config sent to that node: ``model`` always, ``state`` when it was
-        asked to return the FedOpt state, ``check`` when SecureFed's check was on.
-        """
-        layout = self._require_layout()
-        slots = self.key.params.slots
-        parts = {PART_MODEL: layout.num_chunks(slots)}
-        cfg = self._sent_config.get(node_id, {})
-        if cfg.get(CFG_RETURN_STATE) is True:
-            parts[PART_STATE] = max(1, math.ceil(3 * layout.total / slots))
-        if cfg.get(CFG_CHECK) is True:
-            cohort = max(1, int(cfg.get(CFG_COHORT, 1)))
-            parts[PART_CHECK] = math.ceil(2 * cohort / slots) + 1
-        return parts
-
-    def _reply_limits(self, server_round: int, node_id: int) -> tuple[int, int]:
-        """``(bytes, arrays)`` a reply of ``node_id`` may hold at most."""
-        parts = self._expected_parts(server_round, node_id)
-        per_chunk = crypto.max_ciphertext_bytes(self.key.params) + _KEY_ALLOWANCE
-        per_header = HEADER_ALLOWANCE + 4 * self._layout_json
-        size = sum(n * per_chunk + per_header for n in parts.values())
-        return size, sum(n + 1 for n in parts.values())
-
-    def _screen_reply(self, msg: Message, server_round: int) -> None:
-        """Refuse, before parsing, a reply that is too large or repeats a known ciphertext."""
-        node = _node(msg)
-        records = msg.content.array_records
-        if list(records) != [self.arrayrecord_key]:
-            raise ReplyError(
-                f"reply carries ArrayRecords {sorted(records)[:5]}; expected exactly one "
-                f"named {self.arrayrecord_key!r}."
-            )
-        record = records[self.arrayrecord_key]
-        # the part names are in the Array keys (``cifer.<part>.header``): no parsing needed
-        named = {
-            key[len(RECORD_PREFIX) : -len(".header")]
-            for key, arr in record.items()
-            if arr.stype == STYPE_HEADER and key.startswith(RECORD_PREFIX)
-        }
-        if named:
-            self._check_part_set(named, self._expected_parts(server_round, node))
-        max_bytes, max_arrays = self._reply_limits(server_round, node)
-        size = record.count_bytes()
-        if size > max_bytes or len(record) > max_arrays:
-            raise ReplyError(
-                f"reply of {size} bytes in {len(record)} arrays exceeds the {max_bytes} bytes "
-                f"in {max_arrays} arrays that the parts expected from this node "
-                f"({self._expected_parts(server_round, node)} chunks) can take; refused "
-                "before parsing."
-            )
-        digests = chunk_digests(record)
-        if len(set(digests)) != len(digests):
-            raise ReplyError("reply repeats one of its own ciphertexts (a duplicated chunk).")
-        for digest in digests:
-            origin = self._round_origin.get(digest)
-            if origin is not None:
-                raise ReplyError(f"reply repeats a ciphertext of {origin}; refused.")
-        hit = self._seen.first_seen(digests)
-        if hit is not None:
-            raise ReplyError(
-                f"reply repeats a ciphertext the server already received or sent in round "
-                f"{hit[1]} (a replay); refused."
-            )
-        self._seen.add(server_round, digests)
-        self._round_origin.update(
-            dict.fromkeys(digests, f"node {node}'s reply in round {server_round} (a duplicate)")
-        )
-
-    def _check_part_set(self, parts: Iterable[str], expected: Mapping[str, int]) -> None:
-        parts = set(parts)
-        extra = sorted(set(parts) - set(expected))
-        missing = sorted(set(expected) - set(parts))
-        if PART_STATE in extra:
-            raise ReplyError(
-                "reply holds a FedOpt state part although this client was not asked for it "
-                f"({CFG_RETURN_STATE} was false); only the asked clients may return the state."
-            )
-        if extra or missing:
-            raise CiphertextFormatError(
-                f"reply has parts {sorted(parts)}; expected {sorted(expected)} (missing "
-                f"{missing}, unexpected {extra})."
-            )
-
     def _parse_reply(self, msg: Message, server_round: int) -> Parts:
-        """Parse one reply into its parts, checking part set, counts, layout and weight.
+        """Parse one screened reply into its parts, checking part set, counts, layout, weight.
 
         Raises
         ------
@@ -794,65 +664,12 @@ class EncryptedFedAvgBase:
             Any subclass of it excludes the reply with its message as the reason.
 
         """
-        content = msg.content
-        if self.arrayrecord_key not in content.array_records:
-            raise CiphertextFormatError(f"reply has no ArrayRecord '{self.arrayrecord_key}'.")
-        # with crypto workers the model's SEAL loads happen there, in _fold_parts (§6.1)
-        parts = crypto.bundle_from_record(
-            content.array_records[self.arrayrecord_key], self.key, defer=self._defer
-        )
-        self._check_part_set(parts, self._expected_parts(server_round, _node(msg)))
-        for name, enc in parts.items():
-            if name != PART_MODEL and isinstance(enc, crypto.EncryptedArrays):
-                tuple(enc.vectors)  # only the model is summed in the workers: validate now
-            if enc.count != 1:
-                raise CiphertextFormatError(
-                    f"part {name!r} claims to sum {enc.count} encryptions; a client reply "
-                    "holds exactly one."
-                )
-            if name != PART_MODEL and not protocol.part_weight_ok(enc):
-                raise CiphertextFormatError(
-                    f"part {name!r} has weight {enc.weight:g}; expected 1 (only the model "
-                    "part is weighted)."
-                )
-        model = parts[PART_MODEL]
-        if model.layout != self.layout:
-            layout = self._require_layout()
-            raise LayoutMismatchError(
-                f"reply layout {list(model.layout.names)} / {list(model.layout.shapes)} does "
-                f"not match the global model's {list(layout.names)} / {list(layout.shapes)}."
-            )
-        n = check_metrics(content, self.weighted_by_key)
-        expected = n / self.round_stats[server_round]["weight-divisor"]
-        if not math.isclose(model.weight, expected, rel_tol=1e-9, abs_tol=1e-12):
-            raise ReplyError(
-                f"reply is weighted {model.weight:.6g} but reports {n:g} examples "
-                f"(expected weight {expected:.6g})."
-            )
-        return parts
-
-    def _drop_records(self, msg: Message, server_round: int, what: str = "") -> None:
-        """Drop the ConfigRecords the strategy does not read; bound those it does (§6)."""
-        for name, size in drop_foreign_config_records(msg.content, self.reply_config_records):
-            log.warning(
-                "round %d: dropped the %sConfigRecord %r (%d bytes) of node %d's reply; only "
-                "%s are read",
-                server_round,
-                what,
-                name,
-                size,
-                _node(msg),
-                sorted(self.reply_config_records),
-            )
+        divisor = self.round_stats[server_round]["weight-divisor"]
+        return self.screen.parse(msg, divisor, defer=self._defer)
 
     def _check_reply(self, msg: Message, server_round: int) -> Parts:
         """Every check of one train reply, cheapest first; returns its parsed parts."""
-        self._drop_records(msg, server_round)
-        check_metrics(msg.content, self.weighted_by_key)
-        info = msg.content.config_records.get(REPLY_RECORD)
-        if info is not None:
-            check_reply_info(info)
-        self._screen_reply(msg, server_round)
+        self.screen.screen(msg, server_round)
         return self._parse_reply(msg, server_round)
 
     def _consistent_metrics(
@@ -923,7 +740,7 @@ class EncryptedFedAvgBase:
     ) -> None:
         """Check one reply and, if valid, add its model to the running sum of its group."""
         node = _node(msg)
-        problem = self._metadata_problem(msg, self._sent_msgs)
+        problem = metadata_problem(msg, self.screen.sent_msgs)
         if problem is not None:
             self._exclude(server_round, node, problem)
             return
@@ -935,11 +752,6 @@ class EncryptedFedAvgBase:
         tally["received"] += 1
         tally["bytes"] += sum(r.count_bytes() for r in msg.content.array_records.values())
         try:
-            if node not in self._sent_config:
-                raise ReplyError(f"node {node} was not sampled in round {server_round}.")
-            if node in self._replied:
-                raise ReplyError("a second reply from this node in the same round.")
-            self._replied.add(node)
             parts = self._check_reply(msg, server_round)
             fold.add((metric_schema(msg.content), self._fold_key(msg)), msg, parts)
         except WorkerError:
@@ -958,7 +770,7 @@ class EncryptedFedAvgBase:
         """Ciphertexts a round sums (the model's chunks times the cohort)."""
         if self.layout is None:
             return 0
-        return self.layout.num_chunks(self.key.params.slots) * max(1, len(self._sent_config))
+        return self.layout.num_chunks(self.key.params.slots) * max(1, len(self.screen.sent_config))
 
     def _mask_groups(self, server_round: int, nodes: list[int]) -> list[list[int]]:
         """Masking groups fixed before sharing (docs/design.md §4.9).
@@ -1050,7 +862,6 @@ class EncryptedFedAvgBase:
             reject=functools.partial(self._refuse, server_round),
         )
         tally = {"received": 0, "errors": 0, "bytes": 0}
-        self._replied: set[int] = set()
         self.excluded.setdefault(server_round, [])
         t_start = time.perf_counter()
         self._defer = fold.defer
@@ -1134,7 +945,7 @@ class EncryptedFedAvgBase:
         try:
             matching = []
             for msg in replies:
-                why = self._metadata_problem(msg, self._eval_msgs)
+                why = metadata_problem(msg, self.screen.eval_msgs)
                 if why is None:
                     matching.append(msg)
                 else:
@@ -1143,7 +954,7 @@ class EncryptedFedAvgBase:
             good = []
             for msg in valid:
                 try:
-                    self._drop_records(msg, server_round, "evaluate reply's ")
+                    self.screen.drop_records(msg, server_round, "evaluate reply's ")
                     check_metrics(msg.content, self.weighted_by_key)
                     good.append(msg)
                 except CiferError as exc:
@@ -1208,7 +1019,7 @@ class EncryptedFedAvgBase:
         return restored
 
     def _checkpoint_state(self, server_round: int, num_rounds: int, result: Result) -> Checkpoint:
-        index, digests = self._seen.to_blob()
+        index, digests = self.screen.seen.to_blob()
         state = {
             "strategy": self._strategy_id(),
             "fingerprint": self.key.fingerprint,
@@ -1293,7 +1104,7 @@ class EncryptedFedAvgBase:
             ) from None
         self._set_layout(saved.layout)
         self.examples_per_client = saved.examples_per_client
-        self.excluded, self.round_stats, self._seen = saved.excluded, saved.round_stats, seen
+        self.excluded, self.round_stats, self.screen.seen = saved.excluded, saved.round_stats, seen
         self._checkpoint_key = ckpt.integrity_key  # the resumed run keeps its key
         result = saved.result
         if saved.released:
@@ -1488,7 +1299,7 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         verdicts = Counter(
             self._verdict_of(m)
             for m in replies
-            if not m.has_error() and self._metadata_problem(m, self._eval_msgs) is None
+            if not m.has_error() and metadata_problem(m, self.screen.eval_msgs) is None
         )
         if verdicts["fail"] <= verdicts["pass"]:
             return
@@ -1661,7 +1472,7 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         aggregate: crypto.AnyEncrypted,
     ) -> Parts | None:
         holders = sorted(
-            (self._sent_index.get(_node(msg), len(self._sent_index)), _node(msg), parts)
+            (self.screen.sent_index.get(_node(msg), len(self.screen.sent_index)), _node(msg), parts)
             for msg, parts in accepted
             if PART_STATE in parts
         )

@@ -41,6 +41,7 @@ from cifer_flwr.exceptions import (
     ConfigError,
     LayoutMismatchError,
 )
+from cifer_flwr.strategies._screen import metadata_problem
 from cifer_flwr.strategies.fedavg import FedAvg
 
 __all__ = ["SecureFed"]
@@ -450,7 +451,7 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
 
     def _keeps_models(self, server_round: int) -> bool:
         # candidate groups need each model; a node banned this round is dropped from its sum
-        return self.aggregation_check or any(n in self.banned for n in self._sent_config)
+        return self.aggregation_check or any(n in self.banned for n in self.screen.sent_config)
 
     def _parse_reply(self, msg: Message, server_round: int) -> dict[str, crypto.AnyEncrypted]:
         parts = super()._parse_reply(msg, server_round)
@@ -475,7 +476,7 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
 
     def _refusals(self, replies: list[Message], sent: Mapping[int, Message]) -> tuple[int, int]:
         """Refusals and successes among the replies to the messages in ``sent`` (§6)."""
-        replies = [r for r in replies if self._metadata_problem(r, sent) is None]
+        replies = [r for r in replies if metadata_problem(r, sent) is None]
         refused = sum(
             1 for r in replies if r.has_error() and CHECK_FAILED in str(r.error.reason or "")
         )
@@ -494,7 +495,7 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
         sent = self._sent.get(server_round)
         if sent is not None and sent.rejected:
             self._collect_verdicts(server_round, sent, replies)
-        refused, accepted = self._refusals(replies, self._sent_msgs)
+        refused, accepted = self._refusals(replies, self.screen.sent_msgs)
         if sent is not None and refused and refused > accepted:
             self._reject(server_round, sent, "train", refused, accepted)
             return None, None
@@ -506,7 +507,7 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
         """Aggregate evaluation metrics; a refusal by the majority triggers recovery."""
         replies = list(replies)
         sent = self._eval_sent.get(server_round)
-        refused, accepted = self._refusals(replies, self._eval_msgs)
+        refused, accepted = self._refusals(replies, self.screen.eval_msgs)
         if sent is not None and refused and refused > accepted:
             self._reject(server_round, sent, "evaluate", refused, accepted)
         return super().aggregate_evaluate(server_round, replies)
@@ -630,7 +631,7 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
         voters = 0
         votes: dict[int, int] = {}
         for msg in replies:
-            if msg.has_error() or self._metadata_problem(msg, self._sent_msgs) is not None:
+            if msg.has_error() or metadata_problem(msg, self.screen.sent_msgs) is not None:
                 continue
             info = msg.content.config_records.get(REPLY_RECORD)
             value = None if info is None else info.get(REPLY_FAILED_GROUPS)
