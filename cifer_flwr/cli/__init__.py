@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cifer_flwr.cli import bench, demo, federation, keys, run, securetrain
+from cifer_flwr.cli import bench, demo, federation, flower_local, keys, run, securetrain
 
 app = typer.Typer(
     pretty_exceptions_show_locals=False,
@@ -19,6 +19,7 @@ app.add_typer(securetrain.app, name="securetrain")
 run.register(app)
 app.add_typer(federation.app, name="federation")
 app.command("runs")(federation.runs_cmd)
+app.add_typer(flower_local.app, name="flower-local")
 app.command("demo")(demo.demo)
 
 
