@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from cifer_flwr.tooling.federation import Federation, FederationError, ProcessInfo
 from cifer_flwr.tooling.federation.audit import find_secret_key
 from cifer_flwr.tooling.federation.certs import make_node_auth_key, make_tls_files
-from cifer_flwr.tooling.federation.local import _write_connection, parse_json_output
+from cifer_flwr.tooling.federation.local import _write_connection, flower_env, parse_json_output
 from cifer_flwr.tooling.federation.processes import descendants, is_alive, spawn, stop_pids
 from cifer_flwr.tooling.federation.runs import to_toml
 
@@ -83,6 +83,21 @@ def test_parse_json_output_skips_text():
         "run-id": 5,
     }
     assert parse_json_output("no json") is None
+
+
+def test_parse_json_output_ignores_colour_codes():
+    # what `flwr ... --format json` prints under FORCE_COLOR=1 (a Jupyter kernel sets it)
+    coloured = (
+        '\x1b[1m{\x1b[0m\n  \x1b[1;34m"success"\x1b[0m: \x1b[3;92mtrue\x1b[0m\n\x1b[1m}\x1b[0m\n'
+    )
+    assert parse_json_output(coloured) == {"success": True}
+
+
+def test_flower_env_drops_forced_colour(monkeypatch, tmp_path):
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setenv("CLICOLOR_FORCE", "1")
+    env = flower_env(tmp_path)
+    assert "FORCE_COLOR" not in env and "CLICOLOR_FORCE" not in env
 
 
 def test_stop_pids_stops_children_too(tmp_path):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -52,6 +53,9 @@ DEFAULT_DIR = Path(".cifer/federation")
 DEFAULT_CONNECTION = "cifer-local"
 STATE_FILE = "federation.json"
 _HOST = "127.0.0.1"
+#: Variables that make Flower's CLI colour its output even in a pipe (set by ipykernel).
+_FORCED_COLOR = ("FORCE_COLOR", "CLICOLOR_FORCE")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
 
 
 class FederationError(CiferError):
@@ -64,9 +68,13 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     Telemetry and update checks off, fast SuperExec polling, the interpreter's ``bin``
     first on ``PATH`` (the SuperLink starts ``flower-superexec`` by name), ``FLWR_HOME`` set,
     and ``CIFER_PRIVATE_KEY`` removed (keys reach SuperNodes through node config only).
+    ``FORCE_COLOR`` / ``CLICOLOR_FORCE`` are removed too: a Jupyter kernel sets them, and
+    Flower's CLI then colours its ``--format json`` output.
     """
     env = dict(os.environ)
     env.pop(ENV_PRIVATE_KEY, None)
+    for forced in _FORCED_COLOR:
+        env.pop(forced, None)
     env.update(
         FLWR_TELEMETRY_ENABLED="0",
         FLWR_DISABLE_UPDATE_CHECK="1",
@@ -408,7 +416,11 @@ class Federation:
 
 
 def parse_json_output(text: str) -> dict[str, Any] | None:
-    """The last JSON object printed by a ``flwr ... --format json`` call, if any."""
+    """The last JSON object printed by a ``flwr ... --format json`` call, if any.
+
+    Terminal colour codes are ignored (Flower colours JSON when colour is forced).
+    """
+    text = _ANSI.sub("", text)
     start = text.find("{")
     while start != -1:
         try:
