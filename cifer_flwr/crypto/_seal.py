@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tenseal.sealapi as sealapi
+import zstandard
 
 from cifer_flwr.crypto._protobuf import encode_varint
 from cifer_flwr.exceptions import CiphertextFormatError
@@ -28,10 +29,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SEAL_HEADER_SIZE",
+    "SEAL_MAGIC",
+    "SEAL_VERSION",
     "check_seal_blob",
+    "inflate_seal_blob",
     "seeded_bfv_vectors",
     "seeded_ciphertexts",
     "seeded_vectors",
+    "uncompressed_seal_blob",
+    "vector_message",
 ]
 
 SEAL_MAGIC = 0xA15E
@@ -47,7 +53,7 @@ def _seal_version() -> tuple[int, int]:
     return int(header.version_major), int(header.version_minor)
 
 
-_SEAL_VERSION = _seal_version()
+SEAL_VERSION = _seal_version()
 
 
 def _fail(what: str, message: str) -> CiphertextFormatError:
@@ -122,7 +128,7 @@ def _zstd_inflated_bound(frame: bytes, max_raw: int, what: str) -> int:
     return content
 
 
-def check_seal_blob(blob: bytes, max_raw: int, *, what: str = "SEAL object") -> None:
+def check_seal_blob(blob: bytes, max_raw: int, *, what: str = "SEAL object") -> int:
     """Check a SEAL serialization header and bound what loading it would inflate to.
 
     Parameters
@@ -141,6 +147,11 @@ def check_seal_blob(blob: bytes, max_raw: int, *, what: str = "SEAL object") -> 
         differs from the bytes present, or compressed data that may inflate beyond
         ``max_raw``.
 
+    Returns
+    -------
+    int
+        The size of the object's members once inflated (declared by the zstd frame).
+
     """
     if len(blob) < SEAL_HEADER_SIZE:
         raise _fail(what, f"{len(blob)} bytes, shorter than a SEAL header.")
@@ -151,11 +162,11 @@ def check_seal_blob(blob: bytes, max_raw: int, *, what: str = "SEAL object") -> 
             f"SEAL magic 0x{magic:04X} / header size {header_size}, expected "
             f"0x{SEAL_MAGIC:04X} / {SEAL_HEADER_SIZE}.",
         )
-    if (major, minor) != _SEAL_VERSION:
+    if (major, minor) != SEAL_VERSION:
         raise _fail(
             what,
             f"SEAL serialization version {major}.{minor}, expected "
-            f"{_SEAL_VERSION[0]}.{_SEAL_VERSION[1]} (the version this TenSEAL writes).",
+            f"{SEAL_VERSION[0]}.{SEAL_VERSION[1]} (the version this TenSEAL writes).",
         )
     if reserved:
         raise _fail(what, "non-zero reserved field in the SEAL header.")
@@ -164,14 +175,44 @@ def check_seal_blob(blob: bytes, max_raw: int, *, what: str = "SEAL object") -> 
     if compr == _COMPR_NONE:
         if size - SEAL_HEADER_SIZE > max_raw:
             raise _fail(what, f"{size} bytes, more than the {max_raw} expected.")
-    elif compr == _COMPR_ZSTD:
-        _zstd_inflated_bound(blob[SEAL_HEADER_SIZE:], max_raw, what)
-    else:
+        return int(size) - SEAL_HEADER_SIZE
+    if compr == _COMPR_ZSTD:
+        return _zstd_inflated_bound(blob[SEAL_HEADER_SIZE:], max_raw, what)
+    raise _fail(
+        what,
+        f"SEAL compression mode {compr}, expected 0 (none) or 2 (zstd) "
+        "(zlib streams cannot be bounded before inflation).",
+    )
+
+
+def inflate_seal_blob(blob: bytes, max_raw: int, *, what: str = "SEAL object") -> bytes:
+    """:func:`check_seal_blob`, then the object's members exactly as SEAL will read them.
+
+    A zstd-compressed object is inflated here (its size was bounded first), so that the
+    members' own sizes can be checked against the bytes present before SEAL parses them:
+    SEAL reads past the end of an inconsistent object with exceptions that escape TenSEAL
+    and abort the process (docs/design.md §5).
+
+    Raises
+    ------
+    CiphertextFormatError
+        When :func:`check_seal_blob` does, or the zstd data does not inflate to exactly the
+        size its frame declares.
+
+    """
+    declared = check_seal_blob(blob, max_raw, what=what)
+    body = bytes(blob[SEAL_HEADER_SIZE:])
+    if blob[5] != _COMPR_ZSTD:  # the header's compression mode byte
+        return body
+    try:
+        members = zstandard.ZstdDecompressor().decompress(body, max_output_size=declared)
+    except zstandard.ZstdError as exc:
+        raise _fail(what, f"the zstd data does not inflate ({exc}).") from exc
+    if len(members) != declared:
         raise _fail(
-            what,
-            f"SEAL compression mode {compr}, expected 0 (none) or 2 (zstd) "
-            "(zlib streams cannot be bounded before inflation).",
+            what, f"the zstd data inflates to {len(members)} bytes, its frame declares {declared}."
         )
+    return members
 
 
 @contextmanager
@@ -231,16 +272,26 @@ def seeded_vectors(
     seals = seeded_ciphertexts(
         ctx.seal_context().data, ctx.secret_key().data, _ckks_plaintexts(ctx, chunks, scale)
     )
-    tail = b"\x19" + struct.pack("<d", scale)
     return [
-        _sizes_field(len(chunk)) + b"\x12" + encode_varint(len(seal)) + seal + tail
-        for chunk, seal in zip(chunks, seals, strict=True)
+        vector_message(len(chunk), seal, scale) for chunk, seal in zip(chunks, seals, strict=True)
     ]
 
 
-def _sizes_field(count: int) -> bytes:
+def vector_message(count: int, seal: bytes, scale: float | None) -> bytes:
+    """Serialize a TenSEAL vector: one chunk of ``count`` values in ``seal``.
+
+    A ``CKKSVectorProto`` with ``scale``, a ``BFVVectorProto`` when ``scale`` is ``None``.
+    """
     size = encode_varint(count)
-    return b"\x0a" + encode_varint(len(size)) + size
+    message = b"\x0a" + encode_varint(len(size)) + size + b"\x12" + encode_varint(len(seal)) + seal
+    return message if scale is None else message + b"\x19" + struct.pack("<d", scale)
+
+
+def uncompressed_seal_blob(members: bytes) -> bytes:
+    """A SEAL object of this SEAL version holding ``members`` uncompressed."""
+    size = SEAL_HEADER_SIZE + len(members)
+    header = _SEAL_HEADER.pack(SEAL_MAGIC, SEAL_HEADER_SIZE, *SEAL_VERSION, _COMPR_NONE, 0, size)
+    return header + members
 
 
 def seeded_bfv_vectors(ctx: ts.Context, ints: list[npt.NDArray[np.int64]]) -> list[bytes]:
@@ -258,7 +309,4 @@ def seeded_bfv_vectors(ctx: ts.Context, ints: list[npt.NDArray[np.int64]]) -> li
             yield plain
 
     seals = seeded_ciphertexts(seal_context, ctx.secret_key().data, plaintexts())
-    return [
-        _sizes_field(len(chunk)) + b"\x12" + encode_varint(len(seal)) + seal
-        for chunk, seal in zip(ints, seals, strict=True)
-    ]
+    return [vector_message(len(chunk), seal, None) for chunk, seal in zip(ints, seals, strict=True)]

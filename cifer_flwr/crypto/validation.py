@@ -9,17 +9,19 @@ Every ciphertext another party sends is checked in three steps (docs/design.md �
 2. the SEAL serialization header of the embedded ciphertext is checked (magic, header size,
    version, compression mode, declared size equal to the bytes present), and for compressed
    data the zstd frame is walked so that the inflated size is bounded by the largest size-2
-   ciphertext of the preset *before* SEAL inflates anything (no decompression bomb);
-3. after TenSEAL parsed it, the SEAL ciphertext must have 2 polynomials, the preset's ring
-   degree, the expected level (parms id, which also pins the BFV plain modulus: it is part
-   of the parameters hashed into it), the expected scale, NTT form (CKKS; BFV ciphertexts
-   are not in NTT form), not be transparent, and have every coefficient reduced modulo its
-   prime (``sealapi.is_valid_for``).
+   ciphertext of the preset *before* anything is inflated (no decompression bomb);
+3. the object is inflated here and its members are checked before SEAL reads them
+   (:func:`check_ciphertext_members`: 2 polynomials, the preset's ring degree, the expected
+   level and parms id, which also pins the BFV plain modulus, NTT form for CKKS and not for
+   BFV, the expected scale, and coefficient arrays whose sizes match the bytes present); SEAL
+   then parses exactly these members, uncompressed;
+4. after TenSEAL parsed it, the ciphertext must not be transparent and every coefficient
+   must be reduced modulo its prime (``sealapi.is_valid_for``).
 
 A *seeded* ciphertext (a key holder's symmetric encryption whose random half is replaced
-by its PRNG seed, docs/design.md §4.7) passes the same three steps: its SEAL body is half
-as long, so the step-2 bound holds a fortiori, and SEAL's ``Ciphertext::load`` with the
-context expands the seed (refusing an unknown PRNG type) before step 3 checks the result.
+by its PRNG seed, docs/design.md §4.7) passes the same steps: its SEAL body is half as long
+plus the PRNG info, so the step-2 bound holds a fortiori, and SEAL's ``Ciphertext::load``
+with the context expands the seed before step 4 checks the result.
 
 Any failure raises :class:`~cifer_flwr.exceptions.CiphertextFormatError`; no TenSEAL
 exception escapes.
@@ -34,12 +36,21 @@ import tenseal as ts
 import tenseal.sealapi as sealapi
 
 from cifer_flwr.crypto._protobuf import varint
-from cifer_flwr.crypto._seal import SEAL_HEADER_SIZE, check_seal_blob
+from cifer_flwr.crypto._seal import (
+    SEAL_HEADER_SIZE,
+    SEAL_MAGIC,
+    SEAL_VERSION,
+    check_seal_blob,
+    inflate_seal_blob,
+    uncompressed_seal_blob,
+    vector_message,
+)
 from cifer_flwr.crypto.keys import Key
 from cifer_flwr.crypto.params import CkksParams
 from cifer_flwr.exceptions import CiferError, CiphertextFormatError, LayoutMismatchError
 
 __all__ = [
+    "check_ciphertext_members",
     "check_seal_blob",
     "load_chunk",
     "load_vector",
@@ -51,7 +62,13 @@ __all__ = [
 # Ciphertext members before the coefficients: parms_id (32), is_ntt_form (1), size,
 # poly_modulus_degree, coeff_modulus_size, scale, correction_factor (8 each), then the
 # coefficients as a DynArray with its own SEAL header and a u64 count.
-_CT_MEMBERS = 32 + 1 + 5 * 8 + SEAL_HEADER_SIZE + 8
+_CT_HEAD = struct.Struct("<32sBQQQdQ")
+_CT_MEMBERS = _CT_HEAD.size + SEAL_HEADER_SIZE + 8
+_SEAL_HEADER = struct.Struct("<HBBBBHQ")
+# A seeded ciphertext ends with its PRNG's info: a SEAL header, the PRNG type (1 byte:
+# 1 = BLAKE2xb, 2 = SHAKE-256) and a 64-byte seed (docs/design.md §4.7).
+_PRNG_INFO_SIZE = SEAL_HEADER_SIZE + 1 + 64
+_PRNG_TYPES = (1, 2)
 
 
 def _fail(what: str, message: str) -> CiphertextFormatError:
@@ -79,8 +96,10 @@ def max_ciphertext_bytes(params: CkksParams) -> int:
     return SEAL_HEADER_SIZE + raw + raw // 128 + 1024
 
 
-def parse_vector_proto(blob: bytes, params: CkksParams, *, what: str = "ciphertext") -> bytes:
-    """Parse a serialized TenSEAL ``CKKSVectorProto`` and return its one SEAL ciphertext.
+def parse_vector_proto(
+    blob: bytes, params: CkksParams, *, what: str = "ciphertext"
+) -> tuple[int, bytes]:
+    """Parse a serialized TenSEAL ``CKKSVectorProto``; return its size and SEAL ciphertext.
 
     The message must be exactly ``sizes`` (field 1, packed, one value in ``1..slots``),
     ``ciphertexts`` (field 2, exactly one) and ``scale`` (field 3, a double equal to
@@ -154,7 +173,7 @@ def parse_vector_proto(blob: bytes, params: CkksParams, *, what: str = "cipherte
     if size is None or not 1 <= size <= params.slots:
         raise _fail(what, f"declared size {size}, expected 1..{params.slots}.")
     if params.is_bfv:
-        return seal
+        return size, seal
     expected_scale = 2.0**params.scale_bits
     if scale != expected_scale:
         raise _fail(
@@ -162,7 +181,7 @@ def parse_vector_proto(blob: bytes, params: CkksParams, *, what: str = "cipherte
             f"scale {scale!r}, expected 2**{params.scale_bits} = {expected_scale:g} "
             f"(preset {params.name!r}).",
         )
-    return seal
+    return size, seal
 
 
 def _parms_id_at(key: Key, level: int) -> Any:
@@ -213,8 +232,13 @@ def load_vector(
     """
     params = key.params
     data = bytes(blob)
-    seal = parse_vector_proto(data, params, what=what)
-    check_seal_blob(seal, max_raw_ciphertext_bytes(params, level=level), what=what)
+    size, seal = parse_vector_proto(data, params, what=what)
+    members = inflate_seal_blob(seal, max_raw_ciphertext_bytes(params, level=level), what=what)
+    check_ciphertext_members(members, key, level=level, what=what)
+    # SEAL reads exactly the members checked above, uncompressed: its own zstd never runs
+    # on another party's bytes.
+    scale = None if params.is_bfv else 2.0**params.scale_bits
+    data = vector_message(size, uncompressed_seal_blob(members), scale)
     ctx = key.context()
     try:
         vec = ts.bfv_vector_from(ctx, data) if params.is_bfv else ts.ckks_vector_from(ctx, data)
@@ -230,8 +254,103 @@ def load_vector(
     if len(cts) != 1:
         raise _fail(what, f"{len(cts)} SEAL ciphertexts, expected 1.")
     ct = cts[0]
-    _check_seal_ciphertext(ct, key, level, what)
+    _check_seal_ciphertext(ct, key, what)
     return vec
+
+
+def check_ciphertext_members(
+    members: bytes, key: Key, *, level: int = 0, what: str = "ciphertext"
+) -> None:
+    """Check the inflated members of a SEAL ciphertext before SEAL parses them.
+
+    Every field SEAL reads must be the one a fresh size-2 ciphertext of ``key``'s preset at
+    ``level`` carries (parms id, NTT form, size, ring degree, prime count, scale, correction
+    factor), and the coefficient array's header and count must match the bytes present
+    exactly: a full ciphertext (``2 * degree * primes`` coefficients) or a seeded one (half
+    of them, then the PRNG info). SEAL reads an inconsistent object past its end with an
+    exception TenSEAL does not translate (the process aborts), so nothing else may reach it.
+
+    Raises
+    ------
+    CiphertextFormatError
+        Naming the first member that differs, what was found and what was expected.
+
+    """
+    params = key.params
+    primes = len(params.coeff_mod_bit_sizes) - 1 - level
+    degree = params.poly_modulus_degree
+    if len(members) < _CT_MEMBERS:
+        raise _fail(what, f"{len(members)} bytes of SEAL ciphertext members, fewer than a header.")
+    parms_id, ntt, size, found_degree, found_primes, scale, correction = _CT_HEAD.unpack_from(
+        members
+    )
+    preset = f"preset {params.name!r}"
+    if size != 2:
+        raise _fail(
+            what,
+            f"the SEAL ciphertext has {size} polynomials, expected 2 (a size-3 ciphertext is "
+            "an unrelinearized product).",
+        )
+    if found_degree != degree:
+        raise _fail(what, f"ring degree {found_degree}, expected {degree} ({preset}).")
+    if found_primes != primes:
+        at = len(params.coeff_mod_bit_sizes) - 1 - found_primes
+        raise _fail(
+            what,
+            f"ciphertext at level {at} ({found_primes} primes), expected level {level} "
+            f"({primes} primes) of {preset}.",
+        )
+    if parms_id != struct.pack("<4Q", *(_parms_id_at(key, level) or [0, 0, 0, 0])):
+        raise _fail(
+            what,
+            f"SEAL parms id {parms_id.hex()} is not the one of level {level} of {preset}: "
+            "made with other parameters (another plain modulus or primes).",
+        )
+    if ntt != (0 if params.is_bfv else 1):
+        form = "in NTT form; BFV ciphertexts are not" if ntt else "not in NTT form; CKKS ones are"
+        raise _fail(what, f"the SEAL ciphertext is {form} (NTT flag {ntt}).")
+    expected_scale = 1.0 if params.is_bfv else 2.0**params.scale_bits
+    if scale != expected_scale:
+        raise _fail(what, f"SEAL scale {scale!r}, expected {expected_scale:g} ({preset}).")
+    if correction != 1:
+        raise _fail(what, f"SEAL correction factor {correction}, expected 1.")
+    full = 2 * degree * primes
+    count = struct.unpack_from("<Q", members, _CT_HEAD.size + SEAL_HEADER_SIZE)[0]
+    tail = {full: 0, full // 2: _PRNG_INFO_SIZE}.get(count)
+    if tail is None:
+        raise _fail(
+            what,
+            f"the SEAL ciphertext declares {count} coefficients, expected {full} (full) or "
+            f"{full // 2} (seeded).",
+        )
+    array_end = _CT_MEMBERS + 8 * count
+    if len(members) != array_end + tail:
+        raise _fail(
+            what,
+            f"{len(members)} bytes of SEAL ciphertext members, expected {array_end + tail} "
+            f"for {count} coefficients.",
+        )
+    _check_plain_header(members, _CT_HEAD.size, array_end - _CT_HEAD.size, what)
+    if tail:
+        _check_plain_header(members, array_end, _PRNG_INFO_SIZE, what)
+        if members[array_end + SEAL_HEADER_SIZE] not in _PRNG_TYPES:
+            raise _fail(
+                what,
+                f"seeded ciphertext with PRNG type {members[array_end + SEAL_HEADER_SIZE]}, "
+                f"expected one of {_PRNG_TYPES}.",
+            )
+
+
+def _check_plain_header(members: bytes, offset: int, size: int, what: str) -> None:
+    """An inner SEAL header at ``offset``: this SEAL's version, uncompressed, ``size`` bytes."""
+    found = _SEAL_HEADER.unpack_from(members, offset)
+    expected = (SEAL_MAGIC, SEAL_HEADER_SIZE, *SEAL_VERSION, 0, 0, size)
+    if found != expected:
+        raise _fail(
+            what,
+            f"inner SEAL header {found} at offset {offset}, expected {expected} "
+            "(magic, header size, version, no compression, reserved, size).",
+        )
 
 
 def load_chunk(blob: bytes | bytearray | memoryview, key: Key, *, what: str = "ciphertext") -> Any:
@@ -251,38 +370,8 @@ def load_chunk(blob: bytes | bytearray | memoryview, key: Key, *, what: str = "c
     return vec
 
 
-def _check_seal_ciphertext(ct: Any, key: Key, level: int, what: str) -> None:
-    params = key.params
-    if ct.size() != 2:
-        raise _fail(
-            what,
-            f"the SEAL ciphertext has {ct.size()} polynomials, expected 2 (a size-3 "
-            "ciphertext is an unrelinearized product).",
-        )
-    if ct.poly_modulus_degree() != params.poly_modulus_degree:
-        raise _fail(
-            what,
-            f"ring degree {ct.poly_modulus_degree()}, expected {params.poly_modulus_degree}.",
-        )
-    primes = len(params.coeff_mod_bit_sizes) - 1 - level
-    expected_id = _parms_id_at(key, level)
-    if ct.coeff_modulus_size() != primes or list(ct.parms_id()) != list(expected_id or []):
-        found = len(params.coeff_mod_bit_sizes) - 1 - ct.coeff_modulus_size()
-        raise _fail(
-            what,
-            f"ciphertext at level {found} ({ct.coeff_modulus_size()} primes), expected "
-            f"level {level} ({primes} primes) of preset {params.name!r}.",
-        )
-    expected_scale = 1.0 if params.is_bfv else 2.0**params.scale_bits
-    if ct.scale != expected_scale:
-        raise _fail(
-            what,
-            f"SEAL scale {ct.scale!r}, expected {expected_scale:g} (preset {params.name!r}).",
-        )
-    if params.is_bfv and ct.is_ntt_form():
-        raise _fail(what, "the SEAL ciphertext is in NTT form; BFV ciphertexts are not.")
-    if not params.is_bfv and not ct.is_ntt_form():
-        raise _fail(what, "the SEAL ciphertext is not in NTT form (CKKS ciphertexts are).")
+def _check_seal_ciphertext(ct: Any, key: Key, what: str) -> None:
+    """What only the parsed ciphertext shows (its members were checked before SEAL read them)."""
     if ct.is_transparent():
         raise _fail(what, "the SEAL ciphertext is transparent (it encrypts nothing).")
     if not sealapi.is_valid_for(ct, key.context().seal_context().data):

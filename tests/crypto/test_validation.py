@@ -241,6 +241,69 @@ def test_decompression_bomb_is_refused_before_inflation(public_key):
             crypto.load_vector(blob, public_key)
 
 
+# ------------------------------------------------ the inflated members, before SEAL reads them
+
+
+def _rezip(seal: bytes, edit) -> bytes:
+    """Inflate a zstd SEAL object, apply ``edit`` to its members, compress it again honestly."""
+    import zstandard
+
+    members = bytearray(zstandard.ZstdDecompressor().decompress(seal[16:]))
+    frame = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(edit(members)))
+    return SEAL_HEADER.pack(0xA15E, 16, 4, 3, 2, 0, 16 + len(frame)) + frame
+
+
+def _put(offset: int, value: int, width: int = 8):
+    def edit(members: bytearray) -> bytearray:
+        members[offset : offset + width] = value.to_bytes(width, "little")
+        return members
+
+    return edit
+
+
+def test_inflated_members_must_match_the_bytes_present(key, public_key):
+    """A zstd frame can be honest while the SEAL object inside lies about its own sizes;
+    SEAL would read past its end (an exception that aborted the fuzzer's worker, issue 18).
+    Every member is checked on the inflated bytes, before SEAL sees anything."""
+    for chunk, seeded in ((fresh_chunk(key), True), (full_chunk(key), False)):
+        size, seal, scale = split_vector(chunk)
+        count = 4096 if seeded else 8192
+        end = 97 + 8 * count  # members before the coefficients: 73 + header 16 + count 8
+        cases = {
+            "3 polynomials": _put(33, 3),
+            "ring degree 8192": _put(41, 8192),
+            r"level -1 \(2 primes\)": _put(49, 2),
+            "scale 2.0": _put(57, 0x4000000000000000),
+            "correction factor 7": _put(65, 7),
+            "parms id": _put(0, 12345),
+            "not in NTT form": _put(32, 0, 1),
+            "inner SEAL header": _put(81, 10**9),  # the coefficient array's declared size
+            f"declares {count + 3} coefficients": _put(89, count + 3),
+            "bytes of SEAL ciphertext members": lambda m: m[:-800],
+            "fewer than a header": lambda m: m[:50],
+        }
+        if seeded:
+            cases["PRNG type 9"] = _put(end + 16, 9, 1)
+            # SEAL itself accepts a non-zero reserved field in the PRNG info's header
+            cases["inner SEAL header"] = _put(end + 6, 2, 1)
+        for message, edit in cases.items():
+            bad = vector_message(size, scale, _rezip(seal, edit))
+            with pytest.raises(CiphertextFormatError, match=message):
+                crypto.load_vector(bad, public_key)
+        # the honest object, inflated and compressed again, still loads and decrypts
+        same = vector_message(size, scale, _rezip(seal, lambda m: m))
+        assert crypto.load_vector(same, public_key).size() == size
+
+
+def test_zstd_data_that_does_not_inflate_to_its_declared_size(key, public_key):
+    size, seal, scale = split_vector(fresh_chunk(key))
+    frame = bytearray(seal[16:])
+    frame[len(frame) // 2] ^= 0xFF  # the frame's structure holds; its content is corrupt
+    bad = SEAL_HEADER.pack(0xA15E, 16, 4, 3, 2, 0, 16 + len(frame)) + bytes(frame)
+    with pytest.raises(CiphertextFormatError):
+        crypto.load_vector(vector_message(size, scale, bad), public_key)
+
+
 # ------------------------------------------------------------- after TenSEAL parsed it
 
 
