@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,6 +12,7 @@ import typer
 
 from cifer_flwr import crypto
 from cifer_flwr import securetrain as st
+from cifer_flwr import statistics as fstats
 from cifer_flwr.cli._common import console, fail, progress
 from cifer_flwr.crypto import container
 from cifer_flwr.exceptions import CiferError, ConfigError, KeyFileError, NotLinearModelError
@@ -423,15 +425,26 @@ def decrypt_model_cmd(
             stored = _container_source(input_model) == TENSORS_SOURCE
             with progress("decrypting", None, quiet=quiet or as_json):
                 tensors = decrypt_tensors(input_model, any_key)
+                stats = fstats.saved_scaling(input_model, any_key)
+            scaling = ""
+            if stats is not None:  # the federation's scaling (docs/design.md §4.10)
+                raw_model = fstats.fold_first_layer(tensors.arrays, stats)
+                if raw_model is not None:
+                    tensors = replace(tensors, arrays=raw_model)
+                    scaling = "the federation's scaling folded in: it works on raw rows"
+                else:
+                    side = fstats.write_plain_scaling(out, stats)
+                    scaling = f"it expects (x - mean) / std, mean and std in {side}"
             write_tensors(tensors, out)
             names = list(tensors.arrays)
             kind = "model" if stored else "federated model"
             summary = (
                 f"decrypted a {kind} ({len(names)} arrays: {', '.join(names[:4])}"
                 f"{'...' if len(names) > 4 else ''}) -> {out}"
+                + (f" ({scaling})" if scaling else "")
             )
             if as_json:
-                print(json.dumps({"output": str(out), "tensors": len(names)}))
+                print(json.dumps({"output": str(out), "tensors": len(names), "scaling": scaling}))
             else:
                 console.print(summary, highlight=False)
             return

@@ -12,12 +12,23 @@ from flwr.serverapp import Grid
 
 from cifer_flwr.exceptions import ConfigError
 from cifer_flwr.experiments.config import ExperimentConfig, compose, overrides_to_string
-from cifer_flwr.experiments.data import Partition, load_dataset, load_partition
+from cifer_flwr.experiments.data import (
+    Partition,
+    load_dataset,
+    load_file_dataset,
+    load_partition,
+)
 from cifer_flwr.experiments.results import ResultsWriter
+from cifer_flwr.experiments.scaling import (
+    exchange_statistics,
+    scaled_partition,
+    stored_statistics,
+)
 from cifer_flwr.experiments.tasks import TASKS, Task, TrainSettings, get_task
 from cifer_flwr.experiments.topology.centralized import run_centralized
 from cifer_flwr.experiments.topology.p2p import PeerRuntime, run_p2p
 from cifer_flwr.mods import private_key_for
+from cifer_flwr.statistics import FeatureStats, StatisticsError
 
 __all__ = [
     "ClientRuntime",
@@ -100,9 +111,18 @@ def run_on_grid(
         checkpoint_path=checkpoint_path if encrypted and centralized else None,
         save_path=save_path if encrypted and centralized else None,
     )
+    if not centralized and resume:
+        raise ConfigError("resume=true needs topology=centralized (p2p has no checkpoint).")
+    if exp.task.dataset_path:  # raw rows: the federation's scaling first (design §4.10)
+        exchange_statistics(
+            grid,
+            num_features=dataset_shape(exp.task.dataset_path)[0],
+            public_key=public_key if encrypted else None,
+            min_nodes=exp.federation.nodes,
+            timeout=limit,
+            save_path=save_path if encrypted and centralized else None,
+        )
     if not centralized:
-        if resume:
-            raise ConfigError("resume=true needs topology=centralized (p2p has no checkpoint).")
         writer.start()
         rounds = run_p2p(
             grid,
@@ -145,17 +165,58 @@ class ClientRuntime:
                 'the SuperNode needs --node-config "partition-id=I num-partitions=N"'
             ) from None
         self.partition_id = pid
-        self.data: Partition = load_partition(
-            load_dataset(exp.task.dataset_path or exp.task.dataset, seed=exp.seed),
+        path = exp.task.dataset_path
+        #: A dataset file's rows stay raw here; they are scaled with the federation's
+        #: statistics (docs/design.md §4.10), a built-in dataset comes standardized.
+        self.federated_scaling = bool(path)
+        dataset = (
+            load_file_dataset(path, seed=exp.seed, standardize=False)
+            if path
+            else load_dataset(exp.task.dataset, seed=exp.seed)
+        )
+        self.raw: Partition = load_partition(
+            dataset,
             pid,
             num,
             partitioner=exp.partitioning.partitioner.value,
             alpha=exp.partitioning.alpha,
             seed=exp.seed,
         )
+        self._data: Partition | None = None if self.federated_scaling else self.raw
+        self._stats: FeatureStats | None = None
         self.task = _task(exp)
         # the one key loader (cached per path), shared with ckks_mod
         self.key = private_key_for(context) if exp.encryption.enabled else None
+
+    @property
+    def data(self) -> Partition:
+        """The node's partition as the model sees it (scaled with the federation's stats).
+
+        Raises
+        ------
+        StatisticsError
+            With a dataset file, before this node took part in the statistics round.
+
+        """
+        if self._data is None:
+            raise StatisticsError(
+                "this node has no federated feature statistics for the run (it was not "
+                "connected for the statistics round); it cannot scale its rows."
+            )
+        return self._data
+
+    def rescale(self, context: Context) -> None:
+        """Scale the raw rows with the statistics kept in ``context.state`` (dataset files)."""
+        stats = stored_statistics(context) if self.federated_scaling else None
+        if stats is None or (
+            self._stats is not None
+            and self._stats.count == stats.count
+            and np.array_equal(self._stats.mean, stats.mean)
+            and np.array_equal(self._stats.std, stats.std)
+        ):
+            return
+        self._stats = stats
+        self._data = scaled_partition(self.raw, context)
 
     def settings(self, server_round: int, proximal_mu: float = 0.0) -> TrainSettings:
         """Local training settings for one round (deterministic per node and round)."""
@@ -188,6 +249,7 @@ def client_runtime(context: Context) -> ClientRuntime:
     key = (context.run_id, context.node_id, overrides)
     if key not in _RUNTIMES:
         _RUNTIMES[key] = ClientRuntime(_composed(overrides), context)
+    _RUNTIMES[key].rescale(context)
     return _RUNTIMES[key]
 
 

@@ -9,6 +9,7 @@ from flwr.clientapp import ClientApp
 
 from cifer_flwr.experiments.apps import switched_ckks_mod
 from cifer_flwr.experiments.experiment import client_runtime
+from cifer_flwr.experiments.scaling import answer_statistics
 from cifer_flwr.experiments.topology.p2p import p2p_evaluate, p2p_train
 
 #: The examples' client mod (``ckks_mod``, p2p messages passed through), switched by the
@@ -46,6 +47,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     loss, acc = rt.task.evaluate(arrays, rt.data)
     metrics = MetricRecord({"num-examples": len(rt.data.y_test), "loss": loss, "accuracy": acc})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query("cifer_stats")
+def statistics(msg: Message, context: Context) -> Message:
+    """The federated feature-statistics round (docs/design.md §4.10): sums, then the total."""
+    rt = client_runtime(context)
+    return answer_statistics(msg, context, rt.raw.x_train, encrypted=rt.exp.encryption.enabled)
 
 
 @app.train("p2p")

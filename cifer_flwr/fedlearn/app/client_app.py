@@ -1,7 +1,8 @@
 """ClientApp of the fedlearn API: this SuperNode's own data and model, CKKS through the mod.
 
 Node config (set by :class:`cifer_flwr.fedlearn.CiferClient`): ``dataset-path`` (this
-client's dataset file, used whole), ``model-path`` and ``model-class`` (the model it trains),
+client's dataset file, used whole; its raw rows are scaled with the federation's statistics,
+docs/design.md §4.10), ``model-path`` and ``model-class`` (the model it trains),
 ``private-key`` (read by ``ckks_mod``; it never leaves this machine).
 """
 
@@ -13,8 +14,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from cifer_flwr.exceptions import ConfigError
-from cifer_flwr.experiments.apps import encryption_mod
-from cifer_flwr.experiments.data import Partition, node_partition
+from cifer_flwr.experiments.apps import encryption_enabled, encryption_mod
+from cifer_flwr.experiments.data import Partition, load_file_dataset, whole
+from cifer_flwr.experiments.scaling import answer_statistics, scaled_partition
 from cifer_flwr.experiments.tasks import Task, TrainSettings, get_task
 
 app = ClientApp(mods=[encryption_mod])
@@ -39,8 +41,24 @@ def _runtime(context: Context) -> tuple[Task, Partition]:
             model_class=str(nc.get("model-class", "")),
         )
         seed = int(cast(int, context.run_config.get("seed", 0)))
-        _RUNTIMES[key] = (task, node_partition({"seed": seed}, nc))
+        # raw rows: scaled with the federation's statistics (docs/design.md §4.10)
+        raw = whole(load_file_dataset(str(data_path), seed=seed, standardize=False))
+        _RUNTIMES[key] = (task, raw)
     return _RUNTIMES[key]
+
+
+def _scaled(context: Context) -> tuple[Task, Partition]:
+    task, raw = _runtime(context)
+    return task, scaled_partition(raw, context)
+
+
+@app.query("cifer_stats")
+def statistics(msg: Message, context: Context) -> Message:
+    """The federated feature-statistics round: encrypted sums, then the total to keep."""
+    _, raw = _runtime(context)
+    return answer_statistics(
+        msg, context, raw.x_train, encrypted=encryption_enabled(context.run_config)
+    )
 
 
 def _arrays(msg: Message) -> dict[str, Any]:
@@ -50,7 +68,7 @@ def _arrays(msg: Message) -> dict[str, Any]:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train this client's model on its own data from the received (decrypted) model."""
-    task, data = _runtime(context)
+    task, data = _scaled(context)
     config: ConfigRecord = msg.content.config_records.get("config") or ConfigRecord()
     server_round = int(cast(int, config.get("server-round", 0)))
     settings = TrainSettings(
@@ -75,7 +93,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received (decrypted) model on this client's test split."""
-    task, data = _runtime(context)
+    task, data = _scaled(context)
     loss, acc = task.evaluate(_arrays(msg), data)
     metrics = MetricRecord({"num-examples": len(data.y_test), "loss": loss, "accuracy": acc})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

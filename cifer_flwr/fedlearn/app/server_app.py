@@ -1,7 +1,8 @@
 """ServerApp of the fedlearn API.
 
 The strategy specification comes from run config and is built by the one strategy builder;
-the initial model comes from the specification's model file.
+the initial model comes from the specification's model file. Before the first round the
+clients' feature statistics are summed under encryption (docs/design.md §4.10).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from cifer_flwr.experiments.apps import checkpoint_path, run_strategy
+from cifer_flwr.experiments.data import cached_dataset
+from cifer_flwr.experiments.scaling import exchange_statistics
 from cifer_flwr.fedlearn.strategy import Strategy
 
 app = ServerApp()
@@ -29,6 +32,14 @@ def main(grid: Grid, context: Context) -> None:
         min_nodes=int(cfg.get("min-nodes", 2)),
     )
     initial = ArrayRecord({k: Array(v) for k, v in spec.initial_arrays().items()})
+    public_key = str(cfg.get("public-key", "") or "") or None
+    exchange_statistics(  # every client scales its raw rows alike (docs/design.md §4.10)
+        grid,
+        num_features=cached_dataset(spec.data_path, spec.seed).num_features,
+        public_key=public_key if spec.encryption else None,
+        min_nodes=int(cfg.get("min-nodes", 2)),
+        save_path=save if spec.encryption else None,
+    )
     run_strategy(
         strategy,
         grid,
