@@ -33,8 +33,12 @@ from cifer_flwr.tooling.federation import processes
 from cifer_flwr.tooling.federation.local import Federation, FederationError, _exe
 
 __all__ = [
+    "FLOWER_START_WINDOW_S",
+    "TOKEN_REVOKED",
+    "RestartWatch",
     "RunInfo",
     "RunOutcome",
+    "TaskRestartedError",
     "list_runs",
     "round_line",
     "run_app",
@@ -43,6 +47,8 @@ __all__ = [
 ]
 
 RunConfigValue = bool | int | float | str
+#: Seconds one ``flwr ls`` may take (a fresh ``flwr`` process; slow on a busy machine).
+STATUS_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -181,7 +187,7 @@ def list_runs(fed: Federation, run_id: int | None = None) -> list[RunInfo]:
 
     """
     args = ["ls", fed.connection] + (["--run-id", str(run_id)] if run_id is not None else [])
-    data = fed.flwr_json(*args, timeout=30)
+    data = fed.flwr_json(*args, timeout=STATUS_TIMEOUT_S)
     runs = [RunInfo.from_flwr(r) for r in data.get("runs", [])]
     return sorted(runs, key=lambda r: (r.pending_at, r.run_id))
 
@@ -236,6 +242,75 @@ def server_app_error(log_text: str) -> str | None:
     return found
 
 
+#: What the SuperLink logs when a ServerApp / simulation process calls with a task token
+#: it has taken back (the task missed Flower's heartbeat window and was restarted).
+TOKEN_REVOKED = "Runtime task-token authentication failed"
+#: Seconds Flower gives a claimed task until its first heartbeat (flwr 1.41/1.42:
+#: ``HEARTBEAT_DEFAULT_INTERVAL``, not configurable).
+FLOWER_START_WINDOW_S = 30
+
+
+class TaskRestartedError(FederationError):
+    """Flower restarted the run's ServerApp / simulation process: the machine is too busy."""
+
+
+class RestartWatch:
+    """Watches the SuperLink's log for a restarted task process, from construction on.
+
+    Flower's SuperLink gives the process that runs a ServerApp (``flwr-serverapp``) or a
+    simulation (``flwr-simulation``) :data:`FLOWER_START_WINDOW_S` seconds after claiming
+    the task to send its first heartbeat; otherwise it takes the claim back, starts another
+    process, and answers the first one :data:`TOKEN_REVOKED`. On a busy machine each new
+    process is as slow as the last and adds load, so the run never starts (issue 22: no
+    round in 550 s, 36 such lines, 4 restarts). The first such line is the signal.
+    """
+
+    def __init__(self, fed: Federation) -> None:
+        superlink = [p for p in fed.processes if p.role == "superlink"]
+        self.log = Path(superlink[0].log) if superlink else None
+        self.offset = self.log.stat().st_size if self.log and self.log.is_file() else 0
+
+    def restarted(self) -> bool:
+        """Whether the SuperLink revoked a task token since the watch began."""
+        if self.log is None or not self.log.is_file():
+            return False
+        with open(self.log, "rb") as f:
+            f.seek(self.offset)
+            new = f.read()
+        cut = new.rfind(b"\n") + 1  # a line still being written is read next time
+        self.offset += cut
+        return TOKEN_REVOKED.encode() in new[:cut]
+
+    def error(self, run_id: int) -> TaskRestartedError:
+        """The error that stops the run: what happened, why, and what to do."""
+        cpus = os.cpu_count() or 1
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        return TaskRestartedError(
+            f"run {run_id} was stopped: Flower restarted its ServerApp/simulation process "
+            f"because it sent no heartbeat within Flower's fixed {FLOWER_START_WINDOW_S} s "
+            f"of being started (the SuperLink logged '{TOKEN_REVOKED}' in {self.log}). "
+            f"This machine is too busy for it (load average {load:.1f} on {cpus} CPUs), "
+            "and every restart adds load, so the run would not start at all. Run it again "
+            "when the machine is quieter, or with fewer SuperNodes."
+        )
+
+
+def _wait_watching(
+    proc: subprocess.Popen[bytes], timeout: float, watch: RestartWatch, run_id: int
+) -> None:
+    """Wait for ``proc`` like ``proc.wait(timeout)``; raise when the watch sees a restart."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            proc.wait(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+            return
+        except subprocess.TimeoutExpired:
+            if watch.restarted():
+                raise watch.error(run_id) from None
+            if time.monotonic() >= deadline:
+                raise
+
+
 def run_app(
     fed: Federation,
     app: str | os.PathLike[str],
@@ -276,6 +351,10 @@ def run_app(
     ------
     FederationError
         When the submission fails, or the run exceeds ``timeout`` (it is stopped first).
+    TaskRestartedError
+        When Flower restarts the run's ServerApp / simulation process because it missed
+        Flower's start window (a busy machine; :class:`RestartWatch`): the run is stopped
+        at the first restart, within about a minute of submission, not after ``timeout``.
 
     """
     runs_dir = fed.directory / "runs"
@@ -290,6 +369,7 @@ def run_app(
     log = Path(log_path) if log_path else results.with_suffix(".log")
     config["results-path"] = str(results)
     t0 = time.monotonic()
+    watch = RestartWatch(fed)  # from here on: lines of this run only
     with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
         f.write(to_toml(config))
         config_file = f.name
@@ -323,7 +403,7 @@ def run_app(
         )
         copier.start()
         try:
-            streamer.wait(timeout=remaining)
+            _wait_watching(streamer, remaining, watch, run_id)
         except subprocess.TimeoutExpired:
             streamer.terminate()
             try:
@@ -345,7 +425,9 @@ def run_app(
             copier.join(timeout=10)
 
     info = _status(fed, run_id)
-    deadline = time.monotonic() + 30
+    # each `flwr ls` is a fresh Python process: on a busy machine one took longer than the
+    # 30 s this wait used to allow, and a finished run was reported "unknown" (issue 22)
+    deadline = time.monotonic() + 2 * STATUS_TIMEOUT_S
     while (info is None or not info.status.startswith("finished")) and (
         time.monotonic() < deadline
     ):
