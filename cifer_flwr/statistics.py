@@ -45,6 +45,7 @@ __all__ = [
     "check_encrypted_sums",
     "check_plain_sums",
     "decode_sums",
+    "decrypt_scaled_model",
     "decrypt_scaling",
     "divisor_for",
     "encode_sums",
@@ -564,3 +565,44 @@ def write_plain_scaling(model_path: str | os.PathLike[str], stats: FeatureStats)
     np.savez(buf, allow_pickle=False, **stats.to_arrays())
     write_file_atomic(path, buf.getvalue())
     return path
+
+
+def decrypt_scaled_model(
+    model_path: str | os.PathLike[str], private_key: str | os.PathLike[str] | crypto.AnyKey
+) -> dict[str, npt.NDArray[Any]]:
+    """Decrypt a saved federated model with its federation's scaling folded in (key holders).
+
+    :func:`cifer_flwr.protocol.decrypt_global_model`, then the statistics saved beside the
+    model (``model.scaling.enc``, docs/design.md §4.10) folded into the first layer
+    (:func:`fold_first_layer`): the result takes raw rows. A model saved without statistics
+    (built-in datasets, bytes) is returned as decrypted.
+
+    Raises
+    ------
+    StatisticsError
+        When the model's first layer cannot absorb the scaling (use ``cifer securetrain
+        decrypt-model``, which writes it beside the model, or :func:`saved_scaling`).
+    KeyTypeError, KeyMismatchError, CiphertextFormatError
+        As :func:`~cifer_flwr.protocol.decrypt_global_model`.
+
+    """
+    from cifer_flwr.protocol import decrypt_global_model
+
+    key = (
+        private_key
+        if isinstance(private_key, crypto.Key | crypto.PaillierKey)
+        else crypto.load_private_key(private_key)
+    )
+    arrays = decrypt_global_model(Path(model_path), key)
+    stats = saved_scaling(model_path, key)
+    if stats is None:
+        return arrays
+    folded = fold_first_layer(arrays, stats)
+    if folded is None:
+        raise StatisticsError(
+            f"{model_path}: the model's first layer is not an affine layer over the "
+            f"{stats.num_features} features, so the federation's scaling cannot be folded "
+            "in; `cifer securetrain decrypt-model` writes it beside the model, or read it "
+            "with cifer_flwr.statistics.saved_scaling."
+        )
+    return folded

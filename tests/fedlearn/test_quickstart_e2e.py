@@ -88,10 +88,12 @@ def test_cifer_quick_start_from_the_readme(tmp_path, monkeypatch, capfd):
     assert [r["round"] for r in rows] == [1, 2]
     assert all(r["errors"] == [] and r["excluded"] == [] for r in rows)
     assert result.results["strategy-class"].startswith("cifer_flwr.strategies")
-    # the decrypted global model classifies the data (the server only ever held ciphertexts)
+    # the decrypted global model classifies *raw* rows (the federation's scaling is folded
+    # in, docs/design.md §4.10; the server only ever held ciphertexts)
+    assert (tmp_path / ".cifer/fedlearn/server/global-model.scaling.enc").is_file()
     model = ns["model"]
     assert set(model) == {"coef", "intercept"} and np.any(model["coef"] != 0)
-    data = load_file_dataset(tmp_path / "data" / "server.csv")
+    data = load_file_dataset(tmp_path / "data" / "server.csv", standardize=False)
     _, accuracy = SklearnLogReg().evaluate(
         model, Partition(data.x_train, data.y_train, data.x_test, data.y_test)
     )
