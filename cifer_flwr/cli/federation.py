@@ -124,6 +124,76 @@ def up_cmd(
     console.print(f"stop        cifer federation down --dir {directory}", highlight=False)
 
 
+@app.command("bundle")
+def bundle_cmd(
+    superlink_address: Annotated[
+        str,
+        typer.Option(
+            help="IP address or host name the SuperNodes reach the SuperLink at (the "
+            "certificate's SAN), e.g. 10.0.0.1."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="New or empty directory for the bundles.")],
+    nodes: Annotated[int, typer.Option(help="Number of SuperNodes (hosts).")] = 2,
+    port: Annotated[int, typer.Option(help="The SuperLink's port.")] = 9092,
+    keys: Annotated[
+        str, typer.Option(help="CKKS key pair NAME under --keys-dir (made when missing).")
+    ] = "federation",
+    keys_dir: Annotated[Path, typer.Option(help="Parent directory of key pairs.")] = Path("keys"),
+    preset: Annotated[
+        str, typer.Option(help="Parameter preset when the key pair is made.")
+    ] = "default",
+) -> None:
+    """Write what each host of a federation across machines needs: one bundle per host.
+
+    OUT/superlink: CA and SuperLink certificate for the address, the SuperNodes' auth public
+    keys, the CKKS public key, start.sh (flower-superlink, TLS, node auth) and flwr.sh (the
+    flwr CLI with connection 'cifer'). OUT/supernode-I: the CA, its own auth key pair, the
+    CKKS private key and start.sh (flower-supernode). Secrets are 0600.
+    Example: cifer federation bundle --superlink-address 10.0.0.1 --nodes 2 --out bundles
+    """
+    from cifer_flwr import crypto
+    from cifer_flwr.tooling.federation.bundle import BUNDLE_CONNECTION, make_bundles
+
+    try:
+        kdir = crypto.key_directory(keys_dir, keys)
+        private, public = kdir / crypto.PRIVATE_KEY_FILE, kdir / crypto.PUBLIC_KEY_FILE
+        if not private.is_file():
+            private, public = crypto.generate_key_pair(preset, kdir)
+            console.print(f"generated key pair {kdir}", highlight=False)
+        made = make_bundles(
+            out,
+            superlink_address=superlink_address,
+            nodes=nodes,
+            private_key=private,
+            public_key=public,
+            port=port,
+        )
+    except CiferError as exc:
+        raise fail(exc) from exc
+    console.print(
+        f"bundles for SuperLink {made.address} (key pair {made.fingerprint}) in {out}:",
+        highlight=False,
+    )
+    console.print(f"  {made.superlink}  -> the SuperLink host", highlight=False)
+    for node in made.supernodes:
+        console.print(f"  {node}  -> its own SuperNode host", highlight=False)
+    console.print(
+        "copy each directory to its host (secret files stay 0600), then\n"
+        "  SuperLink host:  ./start.sh   and, once it runs,\n"
+        + "".join(
+            f"                   ./flwr.sh supernode register supernodes/{n.name}.pub "
+            f"{BUNDLE_CONNECTION}\n"
+            for n in made.supernodes
+        )
+        + "  each SuperNode:  ./start.sh\n"
+        f"  the run:         ./flwr.sh run APP {BUNDLE_CONNECTION} --run-config "
+        f'"public-key=\\"$PWD/{crypto.PUBLIC_KEY_FILE}\\""   (in the SuperLink bundle)',
+        highlight=False,
+        markup=False,
+    )
+
+
 @app.command("down")
 def down_cmd(directory: DirOption = Path(".cifer/federation")) -> None:
     """Stop exactly the processes `up` started (PIDs from the state file), and their children.
