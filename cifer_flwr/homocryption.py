@@ -39,7 +39,12 @@ from cifer_flwr import crypto
 from cifer_flwr.crypto import paillier, vectors
 from cifer_flwr.crypto.keys import Key
 from cifer_flwr.crypto.params import CkksParams, for_depth
-from cifer_flwr.exceptions import ConfigError, KeyMismatchError, UnsupportedOperationError
+from cifer_flwr.exceptions import (
+    ConfigError,
+    KeyMismatchError,
+    KeyTypeError,
+    UnsupportedOperationError,
+)
 
 __all__ = [
     "Ciphertext",
@@ -53,6 +58,7 @@ __all__ = [
     "load_keys",
     "mul",
     "relinearize",
+    "scheme_of",
     "serialize",
 ]
 
@@ -90,6 +96,14 @@ class Keys:
     def is_private(self) -> bool:
         """Whether these keys can decrypt."""
         return self.key.is_private
+
+    def __post_init__(self) -> None:
+        found = scheme_of(self.key)
+        if self.scheme != found:
+            raise KeyTypeError(
+                f"keys labelled scheme {self.scheme!r:.40} hold a {found} key; build them with "
+                "load_keys / generate_named_keys, which read the scheme from the key."
+            )
 
     def public(self) -> Keys:
         """The public part: give it to whoever computes on ciphertexts."""
@@ -212,11 +226,30 @@ def load_keys(
     """
     folder = crypto.key_directory(directory, name)
     path = folder / (crypto.PRIVATE_KEY_FILE if private else crypto.PUBLIC_KEY_FILE)
-    if paillier.key_file_scheme(path) == "paillier":
-        pkey = paillier.load_private_key(path) if private else paillier.load_key(path)
-        return Keys("paillier", pkey, name)
+    # the one loader (as `cifer keys inspect` and decrypt-model): CKKS, packed or Paillier
     key = crypto.load_private_key(path) if private else crypto.load_key(path)
-    return Keys("ckks", key, name)
+    return Keys(scheme_of(key, source=str(path)), key, name)
+
+
+def scheme_of(key: Key | paillier.PaillierKey, *, source: str = "the key") -> Scheme:
+    """The HomoCryption scheme of a loaded key: ``"ckks"`` or ``"paillier"``.
+
+    Raises
+    ------
+    UnsupportedOperationError
+        For a ``packed`` (BFV) key: its exact integer sums serve federated aggregation,
+        HomoCryption computes on CKKS or Paillier keys.
+
+    """
+    if isinstance(key, paillier.PaillierKey):
+        return "paillier"
+    if key.params.is_bfv:
+        raise UnsupportedOperationError(
+            f"{source} is a {key.params.name!r} key (BFV integer scheme, for federated sums); "
+            "HomoCryption takes a CKKS or Paillier key: generate_named_keys(NAME, 'ckks') or "
+            "(NAME, 'paillier'), or `cifer keygen --preset default` / `--preset paillier`."
+        )
+    return "ckks"
 
 
 def _ckks(keys: Keys) -> Key:

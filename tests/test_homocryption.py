@@ -198,3 +198,22 @@ def test_readme_snippet_runs(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out == ["[3.5 0.5 6.5]", "[2.  2.  1.5 1. ]"]
     assert oct((tmp_path / "keys/notebook/private.key").stat().st_mode & 0o777) == "0o600"
+
+
+def test_every_scheme_loads_through_the_one_loader_and_packed_is_refused(ckks, pai, keydir):
+    """load_keys reads keys as `cifer keys inspect` does; the label always matches the key."""
+    from cifer_flwr import crypto
+
+    for keys in (ckks, pai):
+        for private in (True, False):
+            loaded = hc.load_keys(keys.name, directory=keydir, private=private)
+            assert loaded.scheme == keys.scheme and loaded.is_private is private
+            assert type(loaded.key) is type(crypto.load_key(keydir / keys.name / "public.key"))
+    crypto.write_key_pair(crypto.generate_key("packed"), keydir / "packed-a")
+    for private in (True, False):
+        with pytest.raises(UnsupportedOperationError, match=r"'packed' key .*CKKS or Paillier"):
+            hc.load_keys("packed-a", directory=keydir, private=private)
+    with pytest.raises(KeyTypeError, match="labelled scheme 'ckks' hold a paillier key"):
+        hc.Keys("ckks", pai.key)
+    with pytest.raises(KeyTypeError, match="labelled scheme 'paillier' hold a ckks key"):
+        hc.Keys("paillier", ckks.key)
