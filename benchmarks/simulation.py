@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from cifer_flwr import crypto
-from cifer_flwr.experiments.launch import APP_DIR
+from cifer_flwr.tooling.launch import APP_DIR
 from cifer_flwr.tooling.federation.runs import run_app
 from cifer_flwr.tooling.federation.simulation import simulation
 

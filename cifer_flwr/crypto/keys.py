@@ -24,7 +24,7 @@ import tenseal as ts
 
 from cifer_flwr.constants import KIND_KEY
 from cifer_flwr.crypto import container
-from cifer_flwr.crypto._protobuf import encode_varint, fields, payload
+from cifer_flwr.crypto._protobuf import encode_varint, fields, length_delimited, payload
 from cifer_flwr.crypto._seal import check_seal_blob
 from cifer_flwr.crypto.params import SCHEME_BFV, SCHEME_CKKS, CkksParams, get_preset
 from cifer_flwr.exceptions import (
@@ -41,13 +41,16 @@ __all__ = [
     "PRIVATE_KEY_FILE",
     "PUBLIC_KEY_FILE",
     "Key",
+    "check_private_key_permissions",
     "fingerprint_of",
     "generate_key",
     "key_directory",
     "load_key",
     "load_private_key",
     "load_public_key",
+    "parse_key",
     "check_key_directory",
+    "without_evaluation_keys",
     "write_key_pair",
 ]
 
@@ -57,7 +60,16 @@ PRIVATE_KEY_FILE = "private.key"
 PUBLIC_KEY_FILE = "public.key"
 _FORMAT_VERSION = 1
 _KEY_HEADER_FIELDS = frozenset(
-    {"format_version", "private", "params", "fingerprint", "created", "kind", "blobs_sha256"}
+    {
+        "format_version",
+        "private",
+        "params",
+        "fingerprint",
+        "created",
+        "kind",
+        "blobs_sha256",
+        "public_digest",
+    }
 )
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 #: Largest key file accepted (deep training keys with rotations weigh hundreds of MB).
@@ -95,6 +107,10 @@ class Key:
         Whether the key can decrypt.
     public_bytes : bytes
         Serialized public context (public key and evaluation keys, no secret key).
+    slim : bool
+        A securetrain training key: its private key file keeps the public key but omits the
+        (large) evaluation keys, which only the computing party needs (the key holder
+        encrypts and decrypts). A slim key loaded from that file has no evaluation keys.
 
     """
 
@@ -104,6 +120,7 @@ class Key:
     public_bytes: bytes = field(repr=False)
     _private_bytes: bytes | None = field(default=None, repr=False)
     _contexts: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    slim: bool = field(default=False, repr=False, compare=False)
 
     @property
     def short_fingerprint(self) -> str:
@@ -133,7 +150,7 @@ class Key:
 
     def public(self) -> Key:
         """Return the public part of this key (same fingerprint, cannot decrypt)."""
-        return Key(self.params, self.fingerprint, False, self.public_bytes)
+        return Key(self.params, self.fingerprint, False, self.public_bytes, slim=self.slim)
 
     def require_private(self, action: str = "decrypt") -> None:
         """Raise :class:`KeyTypeError` unless this key holds a secret key."""
@@ -161,7 +178,17 @@ class Key:
             "fingerprint": self.fingerprint,
             "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         }
-        blobs = [self.public_bytes]
+        public = self.public_bytes
+        if self.slim and self.is_private:  # the evaluation keys stay in public.key only
+            public = without_evaluation_keys(public)
+            header["public_digest"] = fingerprint_of(public)
+        elif self.slim and fingerprint_of(public) != self.fingerprint:
+            raise KeyTypeError(
+                f"this public key (fingerprint {self.short_fingerprint}) comes from a private "
+                "key file that omits the evaluation keys, so it cannot be written as a "
+                "public key file; the complete one is the public.key written with it."
+            )
+        blobs = [public]
         if self.is_private:
             assert self._private_bytes is not None
             blobs.append(self._private_bytes)
@@ -383,7 +410,15 @@ def _load_context(raw: bytes, params: CkksParams, *, private: bool, what: str) -
     return ctx
 
 
-def _check_permissions(path: Path) -> None:
+def check_private_key_permissions(path: Path) -> None:
+    """Refuse a private key file that group or others may read or write (as ssh does).
+
+    Raises
+    ------
+    KeyFileError
+        Naming the mode and the ``chmod 600`` that fixes it.
+
+    """
     mode = path.stat().st_mode
     if os.name == "posix" and mode & 0o077:
         raise KeyFileError(
@@ -393,7 +428,18 @@ def _check_permissions(path: Path) -> None:
         )
 
 
-def _parse(data: bytes, source: str, path: Path | None = None) -> Key:
+def parse_key(data: bytes, source: str, path: Path | None = None) -> Key:
+    """Parse and validate the bytes of a CKKS key file (``source`` names it in messages).
+
+    ``path``: the file the bytes were read from; a private key's file permissions are
+    checked there (:func:`check_private_key_permissions`).
+
+    Raises
+    ------
+    KeyFileError
+        For anything but a well-formed cifer key whose SEAL objects load and work.
+
+    """
     try:
         header, blobs = container.unpack(data, kind=KIND_KEY)
     except CiphertextFormatError as exc:
@@ -408,7 +454,7 @@ def _parse(data: bytes, source: str, path: Path | None = None) -> Key:
             f"{_FORMAT_VERSION} and a boolean 'private'."
         )
     if path is not None and is_private:
-        _check_permissions(path)
+        check_private_key_permissions(path)
     if not isinstance(header.get("params"), dict):
         raise KeyFileError(f"{source}: the key header has no CKKS parameters object.")
     try:
@@ -421,11 +467,17 @@ def _parse(data: bytes, source: str, path: Path | None = None) -> Key:
             f"{2 if is_private else 1} for a {'private' if is_private else 'public'} key)."
         )
     fingerprint = fingerprint_of(blobs[0])
-    if fingerprint != header.get("fingerprint"):
+    slim = "public_digest" in header  # a training key's private file (Key.slim)
+    claimed = header.get("public_digest") if slim else header.get("fingerprint")
+    if fingerprint != claimed or (slim and not is_private):
         raise KeyFileError(
             f"{source}: the key material hashes to {fingerprint} but the header says "
-            f"{str(header.get('fingerprint'))[:40]}; the file was altered."
+            f"{str(claimed)[:40]}; the file was altered."
         )
+    if slim:
+        fingerprint = str(header.get("fingerprint"))
+        if not re.fullmatch(r"[0-9a-f]{32}", fingerprint):
+            raise KeyFileError(f"{source}: malformed key fingerprint {fingerprint[:40]!r}.")
     public_top = _check_context_bytes(blobs[0], params, f"{source} (public part)")
     if is_private:
         private_top = _check_context_bytes(blobs[1], params, f"{source} (private part)")
@@ -439,9 +491,24 @@ def _parse(data: bytes, source: str, path: Path | None = None) -> Key:
             )
     main = blobs[1] if is_private else blobs[0]
     ctx = _load_context(main, params, private=is_private, what=source)
-    key = Key(params, fingerprint, is_private, blobs[0], blobs[1] if is_private else None)
+    key = Key(
+        params, fingerprint, is_private, blobs[0], blobs[1] if is_private else None, slim=slim
+    )
     key._contexts["main"] = ctx
     return key
+
+
+def without_evaluation_keys(public_bytes: bytes) -> bytes:
+    """The public context without relinearization and Galois keys (public key kept)."""
+    # TenSEALContextProto: 2 = public part; inside it 4 = relinearization, 5 = Galois keys
+    out = b""
+    for number, _, raw in fields(public_bytes):
+        if number == 2:
+            inner = b"".join(r for n, _, r in fields(payload(raw)) if n not in (4, 5))
+            out += length_delimited(2, inner)
+        else:
+            out += raw
+    return out
 
 
 def _public_key_field(top: dict[int, bytes]) -> bytes | None:
@@ -523,7 +590,7 @@ def load_key(path: str | os.PathLike[str], *, want: str | None = None) -> Key:
         data = p.read_bytes()
     except OSError as exc:
         raise KeyFileError(f"key file {str(p)!r} cannot be read: {exc}") from exc
-    return _parse(data, str(p), p)
+    return parse_key(data, str(p), p)
 
 
 class KeyFileLike(Protocol):

@@ -63,7 +63,7 @@ from cifer_flwr.crypto import keys as _keys
 from cifer_flwr.crypto.encoding import Layout, flatten, unflatten
 from cifer_flwr.crypto.headers import check_fingerprint, check_meta, finite_number, parse_layout
 from cifer_flwr.crypto.keys import (
-    _check_permissions,
+    check_private_key_permissions,
     fingerprint_of,
 )
 from cifer_flwr.exceptions import (
@@ -547,7 +547,7 @@ def _parse_key(data: bytes, source: str, path: Path | None = None) -> PaillierKe
             f"format_version {_FORMAT_VERSION}, scheme 'paillier'.",
         )
     if path is not None and is_private:
-        _check_permissions(path)
+        check_private_key_permissions(path)
     try:
         params = PaillierParams.from_dict(header["params"])
     except CiferError as exc:

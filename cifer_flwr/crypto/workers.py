@@ -285,9 +285,9 @@ class _Worker:
     """State of one worker process: its key and its running sums (by group id)."""
 
     def __init__(self, key_bytes: bytes) -> None:
-        from cifer_flwr.crypto.keys import _parse
+        from cifer_flwr.crypto.keys import parse_key
 
-        self.key = _parse(key_bytes, "the key given to a crypto worker")
+        self.key = parse_key(key_bytes, "the key given to a crypto worker")
         self.sums: dict[int, list[Any]] = {}
         self.pending: tuple[int, list[Any]] | None = None
 

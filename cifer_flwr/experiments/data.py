@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 
 from cifer_flwr.exceptions import ConfigError, DatasetError
 from cifer_flwr.extras import require
+from cifer_flwr.securetrain.formats import HARNESS_DATASET_SUFFIXES, TABLE_READERS, column_index
 
 __all__ = [
     "cached_dataset",
@@ -60,8 +61,9 @@ __all__ = [
 DATASETS = ("digits", "breast-cancer", "mnist")
 #: Environment variable overriding the cache directory of the bundled datasets.
 ENV_CACHE = "CIFER_DATA_CACHE"
-#: File suffixes :func:`load_file_dataset` reads (TFRecords need TensorFlow).
-DATASET_SUFFIXES = (".npz", ".npy", ".csv", ".tfrecord", ".tfrecords")
+#: File suffixes :func:`load_file_dataset` reads (TFRecords need TensorFlow), from
+#: :mod:`cifer_flwr.securetrain.formats`.
+DATASET_SUFFIXES = HARNESS_DATASET_SUFFIXES
 #: Most classes a dataset file may have (labels are integers ``0 .. MAX_CLASSES - 1``).
 MAX_CLASSES = 1000
 #: Most examples and features a TFRecord file may hold (its size is checked as well).
@@ -260,8 +262,6 @@ def _features_of(raw: NDArray[Any], source: str) -> NDArray[np.float64]:
 def _table_split(
     table: NDArray[Any], header: list[str] | None, label_column: str | int | None, source: str
 ) -> tuple[NDArray[np.float64], IntArray]:
-    from cifer_flwr.securetrain.data import _column_index
-
     if table.ndim != 2 or table.shape[1] < 2:
         raise DatasetError(
             f"{source}: expected a table of feature columns and a label column, got shape "
@@ -270,7 +270,7 @@ def _table_split(
     if label_column is None and header is not None:
         named = [c for c in ("label", "target", "y", "class") if c in header]
         label_column = named[0] if named else None
-    idx = _column_index(label_column, header, table.shape[1])
+    idx = column_index(label_column, header, table.shape[1])
     x = _features_of(np.delete(table, idx, axis=1), source)
     return x, _labels_of(table[:, idx], x.shape[0], source)
 
@@ -432,17 +432,12 @@ def load_file_dataset(
     p = check_dataset_file(path)
     source = str(p)
     suffix = p.suffix.lower()
-    from cifer_flwr.securetrain.data import _read_csv
-    from cifer_flwr.securetrain.limits import read_npy
-
     test: tuple[NDArray[np.float64], IntArray] | None = None
     try:
         if suffix == ".npz":
             x, y, test = _read_npz_dataset(p)
-        elif suffix == ".npy":
-            x, y = _table_split(read_npy(p, error=DatasetError), None, label_column, source)
-        elif suffix == ".csv":
-            header, table = _read_csv(p)
+        elif suffix in TABLE_READERS:
+            header, table = TABLE_READERS[suffix](p)
             x, y = _table_split(table, header, label_column, source)
         else:
             x, y = _read_tfrecord(p)

@@ -197,7 +197,7 @@ def train_plaintext(
     """
     if learning_rate is None:
         learning_rate = default_learning_rate(dataset.num_features)
-    _check_hyper(iterations, learning_rate)
+    check_training_settings(iterations, learning_rate)
     scaler = Scaler.fit(dataset.X) if standardize else None
     data = dataset if scaler is None else scaler.transform(dataset)
     starts: list[LogisticModel | None]
@@ -270,13 +270,6 @@ def _check_features(model_features: int, data_features: int) -> None:
         )
 
 
-def _check_hyper(iterations: int, learning_rate: float) -> None:
-    if iterations < 1:
-        raise ConfigError(f"--iterations must be at least 1, got {iterations}.")
-    if not (math.isfinite(learning_rate) and learning_rate > 0):
-        raise ConfigError(f"--learning-rate must be a positive number, got {learning_rate}.")
-
-
 def check_training_settings(iterations: int, learning_rate: float) -> None:
     """Refuse fewer than 1 iteration or a learning rate that is not a positive number.
 
@@ -288,7 +281,10 @@ def check_training_settings(iterations: int, learning_rate: float) -> None:
         Naming the value found and what is expected.
 
     """
-    _check_hyper(iterations, learning_rate)
+    if iterations < 1:
+        raise ConfigError(f"--iterations must be at least 1, got {iterations}.")
+    if not (math.isfinite(learning_rate) and learning_rate > 0):
+        raise ConfigError(f"--learning-rate must be a positive number, got {learning_rate}.")
 
 
 def depth_for(iterations: int) -> int:
@@ -354,7 +350,7 @@ def params_for_iterations(iterations: int) -> CkksParams:
         says how many iterations fit.
 
     """
-    _check_hyper(iterations, 1.0)
+    check_training_settings(iterations, 1.0)
     params, size = _fits(iterations)
     if params is None:
         most = max_iterations()

@@ -9,9 +9,6 @@ back into the model she decrypts (docs/design.md §4.6). Files never go through 
 
 from __future__ import annotations
 
-import array
-import csv
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +18,13 @@ import numpy as np
 import numpy.typing as npt
 
 from cifer_flwr.exceptions import DatasetError
-from cifer_flwr.securetrain.limits import CSV_FIELD_LIMIT, MAX_CSV_BYTES, read_npy, read_npz
+from cifer_flwr.securetrain.formats import (
+    SECURETRAIN_DATASET_SUFFIXES,
+    column_index,
+    read_table,
+    suffix_of,
+)
+from cifer_flwr.securetrain.limits import read_npz
 
 __all__ = [
     "DATASET_EXTENSIONS",
@@ -34,7 +37,8 @@ __all__ = [
     "signed_design",
 ]
 
-DATASET_EXTENSIONS = (".npz", ".npy", ".csv")
+#: The dataset suffixes securetrain reads (:mod:`.formats`).
+DATASET_EXTENSIONS = SECURETRAIN_DATASET_SUFFIXES
 _FEATURE_KEYS = ("X", "features", "x")
 _LABEL_KEYS = ("y", "labels", "Y")
 #: Most classes a dataset may have (one-vs-rest trains one encrypted model per class).
@@ -140,22 +144,6 @@ def _labels(
     return np.searchsorted(classes, arr).astype(np.int64), tuple(float(c) for c in classes)
 
 
-def _column_index(label_column: str | int | None, header: list[str] | None, ncols: int) -> int:
-    if label_column is None:
-        return ncols - 1
-    if header is not None and str(label_column) in header:
-        return header.index(str(label_column))
-    try:
-        idx = int(label_column)
-    except ValueError:
-        raise DatasetError(
-            f"label column {label_column!r} not found; columns are {header}."
-        ) from None
-    if not -ncols <= idx < ncols:
-        raise DatasetError(f"label column {idx} is out of range for {ncols} columns.")
-    return idx % ncols
-
-
 def _split(
     table: npt.NDArray[Any],
     label_column: str | int | None,
@@ -167,7 +155,7 @@ def _split(
             f"{source}: expected a table with feature columns and a label column, got shape "
             f"{table.shape}."
         )
-    idx = _column_index(label_column, header, table.shape[1])
+    idx = column_index(label_column, header, table.shape[1])
     x = _features(np.delete(table, idx, axis=1), source)
     y, classes = _labels(table[:, idx], x.shape[0], source)
     return Dataset(x, y, classes)
@@ -202,21 +190,14 @@ def load_dataset(
 
     """
     p = Path(path)
-    ext = p.suffix.lower()
-    if ext not in DATASET_EXTENSIONS:
-        raise DatasetError(
-            f"unknown dataset extension {ext or '(none)'!r} for {p}; use one of "
-            f"{', '.join(DATASET_EXTENSIONS)}."
-        )
+    ext = suffix_of(p, DATASET_EXTENSIONS, what="dataset", error=DatasetError)
     if not p.is_file():
         raise DatasetError(f"dataset file {str(p)!r} does not exist.")
     source = str(p)
     try:
         if ext == ".npz":
             return _load_npz(p, features_key, labels_key)
-        if ext == ".npy":
-            return _split(read_npy(p, error=DatasetError), label_column, None, source)
-        header, table = _read_csv(p)
+        header, table = read_table(p)
     except OSError as exc:
         raise DatasetError(f"{source}: cannot read the file ({exc}).") from exc
     return _split(table, label_column, header, source)
@@ -241,68 +222,6 @@ def _load_npz(path: Path, features_key: str | None, labels_key: str | None) -> D
     x = _features(arrays[chosen[0]], source)
     y, classes = _labels(arrays[chosen[1]], x.shape[0], source)
     return Dataset(x, y, classes)
-
-
-def _read_csv(path: Path) -> tuple[list[str], npt.NDArray[np.float64]]:
-    """Parse a CSV of numbers into ``(header, table)`` within the limits of :mod:`.limits`.
-
-    The file may hold at most :data:`~.limits.MAX_CSV_BYTES` bytes and a field at most
-    :data:`~.limits.CSV_FIELD_LIMIT` characters; values are converted row by row into one
-    flat float buffer (8 bytes a value), so memory stays proportional to the file.
-    """
-    source = str(path)
-    size = path.stat().st_size
-    if size > MAX_CSV_BYTES:
-        raise DatasetError(
-            f"{source}: the CSV is {size} bytes, over the limit of {MAX_CSV_BYTES} bytes "
-            f"({MAX_CSV_BYTES >> 20} MiB); refused before reading. Convert it to .npy / .npz "
-            "or use fewer rows."
-        )
-    previous = csv.field_size_limit(CSV_FIELD_LIMIT)
-    flat = array.array("d")
-    header: list[str] = []
-    line = 0
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.reader(fh)
-            for row in reader:
-                line = reader.line_num
-                if not row:
-                    continue
-                if not header:
-                    header = [h.strip() for h in row]
-                    continue
-                if len(row) != len(header):
-                    raise DatasetError(
-                        f"{source}, line {line}: {len(row)} columns, the header has "
-                        f"{len(header)}; rows do not all have {len(header)} columns."
-                    )
-                for col, cell in enumerate(row):
-                    text = cell.strip()
-                    try:
-                        flat.append(float(text) if text else math.nan)
-                    except ValueError:
-                        raise DatasetError(
-                            f"{source}, line {line}, column {header[col]!r}: {text[:40]!r} is "
-                            "text, not a number; encode categorical columns and labels as "
-                            "numbers before training."
-                        ) from None
-    except csv.Error as exc:
-        raise DatasetError(
-            f"{source}, line {line + 1}: {exc} (a field may hold at most {CSV_FIELD_LIMIT} "
-            "characters); the file is not a table of numbers."
-        ) from exc
-    except UnicodeDecodeError as exc:
-        raise DatasetError(
-            f"{source}, after line {line}: the file is not UTF-8 text ({exc.reason}); save "
-            "the CSV as UTF-8."
-        ) from exc
-    finally:
-        csv.field_size_limit(previous)
-    if not header or not flat:
-        raise DatasetError(f"{source}: a CSV needs a header row and at least one data row.")
-    table = np.frombuffer(flat, dtype=np.float64).reshape(-1, len(header))
-    return header, table.copy()
 
 
 def save_dataset(dataset: Dataset, path: str | os.PathLike[str]) -> Path:

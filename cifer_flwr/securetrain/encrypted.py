@@ -61,7 +61,7 @@ from cifer_flwr.securetrain.algorithm import (
     LEVELS_PER_ITERATION,
     SIGMOID_COEFFS,
     START_SCORE_LIMIT,
-    _check_hyper,
+    check_training_settings,
     default_learning_rate,
     max_row_norm,
     more_depth,
@@ -901,7 +901,7 @@ def train_encrypted(
     """
     if learning_rate is None:
         learning_rate = default_learning_rate(design.num_features)
-    _check_hyper(iterations, learning_rate)
+    check_training_settings(iterations, learning_rate)
     if model.num_features != design.num_features:
         raise FeatureMismatchError(
             f"the encrypted model has {model.num_features} features but the data has "

@@ -38,6 +38,7 @@ import numpy.typing as npt
 from cifer_flwr.exceptions import FeatureMismatchError, ModelFormatError, NotLinearModelError
 from cifer_flwr.extras import require
 from cifer_flwr.securetrain.data import Dataset, Scaler
+from cifer_flwr.securetrain.formats import SECURETRAIN_MODEL_SUFFIXES
 from cifer_flwr.securetrain.limits import (
     MAX_MODEL_BYTES,
     ZIP_ERRORS,
@@ -47,6 +48,7 @@ from cifer_flwr.securetrain.limits import (
 
 __all__ = [
     "MODEL_EXTENSIONS",
+    "check_h5_dataset",
     "Classifier",
     "LogisticModel",
     "OneVsRestModel",
@@ -58,7 +60,8 @@ __all__ = [
     "write_model",
 ]
 
-MODEL_EXTENSIONS = (".h5", ".keras", ".pt", ".npz", ".safetensors")
+#: The model suffixes securetrain reads and writes (:mod:`.formats`).
+MODEL_EXTENSIONS = SECURETRAIN_MODEL_SUFFIXES
 _NPZ_LINEAR = frozenset({"weight", "bias", "classes"})
 #: HDF5 filters a weight dataset may use (built into HDF5 / h5py; anything else would load a
 #: filter plugin).
@@ -338,7 +341,7 @@ def _from_arrays(
     return OneVsRestModel.from_matrix(w, b, classes)
 
 
-def _check_h5_dataset(dset: Any, source: str, name: str, *, any_rank: bool = False) -> None:
+def check_h5_dataset(dset: Any, source: str, name: str, *, any_rank: bool = False) -> None:
     """Refuse anything but a small numeric dataset stored inside the file itself.
 
     A logistic model's weights are float and of rank 1 or 2; ``any_rank`` (any model's
@@ -421,7 +424,7 @@ def _read_h5(path: Path) -> Classifier:
             arrays = []
             for name in (found["kernel"][0], found["bias"][0]):
                 dset = fh[name]
-                _check_h5_dataset(dset, source, name)
+                check_h5_dataset(dset, source, name)
                 arrays.append(np.asarray(dset[()]))
     except ModelFormatError:
         raise

@@ -32,9 +32,10 @@ import numpy.typing as npt
 
 from cifer_flwr.exceptions import ModelFormatError
 from cifer_flwr.extras import require
+from cifer_flwr.securetrain.formats import SECURETRAIN_MODEL_SUFFIXES
 from cifer_flwr.securetrain.limits import MAX_MODEL_BYTES, read_npz
 from cifer_flwr.securetrain.model import (
-    _check_h5_dataset,
+    check_h5_dataset,
     load_keras,
     load_state_dict,
     save_keras,
@@ -50,7 +51,8 @@ __all__ = [
     "write_tensors",
 ]
 
-TENSOR_EXTENSIONS = (".h5", ".keras", ".pt", ".npz", ".safetensors")
+#: The model suffixes read and written as tensors (:mod:`.formats`).
+TENSOR_EXTENSIONS = SECURETRAIN_MODEL_SUFFIXES
 #: Name of the uint8 array that carries a Keras architecture (JSON) inside the encrypted file.
 ARCHITECTURE_ARRAY = "__keras_architecture__"
 #: Largest safetensors JSON header accepted (the format allows 100 MB; names and shapes of
@@ -325,7 +327,7 @@ def _read_h5(path: Path) -> ModelTensors:
                     dset = root[layer][wname]
                     if not isinstance(dset, h5py.Dataset):
                         raise ModelFormatError(f"{source}: {layer}/{wname} is not a dataset.")
-                    _check_h5_dataset(dset, source, f"{layer}/{wname}", any_rank=True)
+                    check_h5_dataset(dset, source, f"{layer}/{wname}", any_rank=True)
                     total += dset.size * 8
                     if total > MAX_MODEL_BYTES:
                         raise ModelFormatError(

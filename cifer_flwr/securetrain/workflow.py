@@ -30,8 +30,11 @@ from cifer_flwr.securetrain.algorithm import (
     params_for_iterations,
     period_for,
 )
-from cifer_flwr.securetrain.data import DATASET_EXTENSIONS
-from cifer_flwr.securetrain.model import MODEL_EXTENSIONS
+from cifer_flwr.securetrain.formats import (
+    ENCRYPTED_SUFFIX,
+    SECURETRAIN_DATASET_SUFFIXES,
+    SECURETRAIN_MODEL_SUFFIXES,
+)
 from cifer_flwr.securetrain.tensors import ModelTensors
 
 __all__ = [
@@ -48,7 +51,7 @@ __all__ = [
     "prepare_encryption_key",
 ]
 
-ENCRYPTED_EXTENSION = ".enc"
+ENCRYPTED_EXTENSION = ENCRYPTED_SUFFIX
 #: CKKS preset of a key made for a model that is only stored encrypted (not trained):
 #: values up to 2**18 with about 1e-9 relative error, so tensors round-trip within 1e-6.
 MODEL_PRESET = "precise"
@@ -81,13 +84,13 @@ def check_encrypted_output(
     """
     p = Path(path)
     ext = p.suffix.lower()
-    if ext in DATASET_EXTENSIONS and dataset:
+    if ext in SECURETRAIN_DATASET_SUFFIXES and dataset:
         raise OutputPathError(
             f"{p} names a plaintext {ext} dataset, but the encrypted dataset is a cifer "
             f"container that no numpy or CSV reader can open; write "
             f"{p.with_suffix(ENCRYPTED_EXTENSION)} instead (only .enc is accepted)."
         )
-    if ext in MODEL_EXTENSIONS:
+    if ext in SECURETRAIN_MODEL_SUFFIXES:
         raise OutputPathError(
             f"{p} names a plaintext {ext} model, but this result is encrypted: only the "
             "holder of the private key can decrypt it, so it cannot be written as "
@@ -115,7 +118,7 @@ def check_plain_output(path: str | os.PathLike[str], *, force: bool = False) -> 
     """
     p = Path(path)
     ext = p.suffix.lower()
-    if ext not in MODEL_EXTENSIONS:
+    if ext not in SECURETRAIN_MODEL_SUFFIXES:
         raise OutputPathError(
             f"unknown model extension {ext or '(none)'!r} for {p}; a decrypted model is "
             "written as .h5 / .keras (Keras), .pt (PyTorch state dict), .npz or .safetensors."

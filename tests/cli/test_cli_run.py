@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from cifer_flwr.experiments.launch import expand_sweep
+from cifer_flwr.tooling.launch import expand_sweep
 
 
 @pytest.mark.parametrize(
@@ -99,7 +99,7 @@ def test_progress_words_match_the_run():
     from pathlib import Path
 
     from cifer_flwr.experiments.config import compose
-    from cifer_flwr.experiments.launch import describe_run, done_line
+    from cifer_flwr.tooling.launch import describe_run, done_line
 
     assert describe_run(compose(["topology=p2p", "topology.graph=ring"])) == (
         "p2p gossip on a ring graph, no aggregating server"

@@ -183,7 +183,7 @@ def test_a_failed_experiment_is_one_line_and_the_sweep_goes_on(tmp_path):
         "import sys\n"
         "from pathlib import Path\n"
         "from cifer_flwr.exceptions import CiferError\n"
-        "from cifer_flwr.experiments import launch\n"
+        "from cifer_flwr.tooling import launch\n"
         "def fake(exp, out_dir, progress=None):\n"
         "    if exp.seed == 1:\n"
         "        raise CiferError('run 7 ended finished:failed: the ServerApp failed: boom')\n"

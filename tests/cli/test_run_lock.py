@@ -15,7 +15,7 @@ import pytest
 
 from cifer_flwr import crypto
 from cifer_flwr.exceptions import OutputPathError
-from cifer_flwr.experiments.launch import LOCK_FILE, claim_output_dir
+from cifer_flwr.tooling.launch import LOCK_FILE, claim_output_dir
 
 RUN_ARGS = ["task=digits-sklearn", "num_rounds=1", "federation.nodes=2", "federation.tls=false"]
 
@@ -95,7 +95,7 @@ def test_claim_output_dir_is_exclusive_nested_and_released(tmp_path):
             [
                 sys.executable,
                 "-c",
-                "from cifer_flwr.experiments.launch import claim_output_dir\n"
+                "from cifer_flwr.tooling.launch import claim_output_dir\n"
                 f"with claim_output_dir({str(run_dir)!r}): pass\n",
             ],
             capture_output=True,

@@ -31,7 +31,7 @@ import pytest
 
 from cifer_flwr import crypto, strategies
 from cifer_flwr.experiments.config import compose, overrides_to_string
-from cifer_flwr.experiments.launch import APP_DIR
+from cifer_flwr.tooling.launch import APP_DIR
 from cifer_flwr.protocol import decrypt_global_model
 from cifer_flwr.tooling.federation import Federation, up
 from cifer_flwr.tooling.federation.processes import cmdline, descendants, is_alive

@@ -36,10 +36,10 @@ from cifer_flwr.securetrain import (
     LogisticModel,
     encrypt_dataset,
     encrypt_model,
+    formats,
     limits,
     save_encrypted,
 )
-from cifer_flwr.securetrain import data as data_module
 
 MEMORY_LIMIT = 3 << 30
 
@@ -462,7 +462,7 @@ def test_csv_size_text_and_encoding(tmp_path, monkeypatch):
         "columns",
     )
     Path("ok.csv").write_text("a,b,y\n" + "1,2,0\n3,4,1\n" * 100)
-    monkeypatch.setattr(data_module, "MAX_CSV_BYTES", 1000)
+    monkeypatch.setattr(formats, "MAX_CSV_BYTES", 1000)  # the CSV reader
     clean_error(
         ["securetrain", "encrypt-dataset", "--dataset", "ok.csv", "--output", "d.enc"],
         "over the limit of 1000 bytes",
@@ -473,7 +473,7 @@ def test_limits_are_the_documented_ones():
     assert limits.MAX_ARRAY_BYTES == 1 << 30
     assert limits.MAX_CSV_BYTES == 256 << 20
     assert limits.CSV_FIELD_LIMIT == 64 << 10
-    assert data_module.MAX_CSV_BYTES is limits.MAX_CSV_BYTES
+    assert formats.MAX_CSV_BYTES is limits.MAX_CSV_BYTES
 
 
 def test_legitimate_files_still_load(tmp_path):

@@ -38,6 +38,7 @@ from cifer_flwr.experiments.tasks.keras_mlp import KerasMLP
 from cifer_flwr.experiments.tasks.sklearn_logreg import SklearnLogReg
 from cifer_flwr.experiments.tasks.torch_mlp import TorchMLP
 from cifer_flwr.extras import require
+from cifer_flwr.securetrain.formats import HARNESS_MODEL_SUFFIXES
 
 __all__ = [
     "MODEL_CLASS_PATTERN",
@@ -50,8 +51,8 @@ __all__ = [
     "read_model_arrays",
 ]
 
-#: Suffixes :func:`model_task` accepts.
-MODEL_SUFFIXES = (".npz", ".pt", ".pth", ".h5", ".keras")
+#: Suffixes :func:`model_task` accepts (:mod:`cifer_flwr.securetrain.formats`).
+MODEL_SUFFIXES = HARNESS_MODEL_SUFFIXES
 #: ``package.module:Class`` (a class or a factory called without arguments).
 MODEL_CLASS_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 #: Largest Keras model file (read by Keras/h5py as a whole).

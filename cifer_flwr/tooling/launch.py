@@ -1,5 +1,8 @@
 """Hydra entry point behind ``cifer run``: compose, validate, deploy on 127.0.0.1, collect.
 
+It sits in tooling, above the experiment harness it composes and below the CLI, because it
+brings up local deployments (:mod:`cifer_flwr.tooling.federation`).
+
 Each experiment writes into Hydra's output directory: ``config.yaml`` (the resolved,
 validated config; Hydra's own copy is in ``.hydra/``), ``results.json`` (per round: accuracy,
 loss, bytes, encryption and aggregation seconds; ``metrics.json`` links to it), ``metrics.png``
@@ -32,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cifer_flwr import crypto
+from cifer_flwr import crypto, experiments
 from cifer_flwr.exceptions import CiferError, ConfigError, OutputPathError
 from cifer_flwr.experiments.config import (
     CONF_DIR,
@@ -62,8 +65,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The generic Flower app submitted with ``flwr run``.
-APP_DIR = Path(__file__).resolve().parent / "app"
+#: The generic Flower app submitted with ``flwr run`` (the harness's ``experiments/app``).
+APP_DIR = Path(experiments.__file__).resolve().parent / "app"
 
 Progress = Callable[[str], None]
 
