@@ -296,11 +296,16 @@ def test_inflated_members_must_match_the_bytes_present(key, public_key):
 
 
 def test_zstd_data_that_does_not_inflate_to_its_declared_size(key, public_key):
+    import zstandard
+
     size, seal, scale = split_vector(fresh_chunk(key))
-    frame = bytearray(seal[16:])
-    frame[len(frame) // 2] ^= 0xFF  # the frame's structure holds; its content is corrupt
-    bad = SEAL_HEADER.pack(0xA15E, 16, 4, 3, 2, 0, 16 + len(frame)) + bytes(frame)
-    with pytest.raises(CiphertextFormatError):
+    members = zstandard.ZstdDecompressor().decompress(seal[16:])
+    short = members[:-8]
+    # one raw block of 8 bytes fewer than the frame declares (single segment, 4-byte size)
+    frame = struct.pack("<IBI", 0xFD2FB528, 0b1010_0000, len(members))
+    frame += (1 | len(short) << 3).to_bytes(3, "little") + short
+    bad = SEAL_HEADER.pack(0xA15E, 16, 4, 3, 2, 0, 16 + len(frame)) + frame
+    with pytest.raises(CiphertextFormatError, match="inflate"):
         crypto.load_vector(vector_message(size, scale, bad), public_key)
 
 
