@@ -71,6 +71,9 @@ DIST_MODULES = {
     "ruff": {"ruff"},
     "mypy": {"mypy"},
     "cryptography": {"cryptography"},
+    "nbclient": {"nbclient"},
+    "nbformat": {"nbformat"},
+    "ipykernel": {"ipykernel"},
 }
 OPTIONAL = set(extras.EXTRAS)
 #: What `python -m pytest` imports beyond the core: the `test` extra's promise.
@@ -233,7 +236,7 @@ def needs(argv: list[str]) -> set[str]:
         return app_modules(argv[2])
     assert prog == "cifer", argv
     sub = argv[1]
-    if sub in ("keygen", "keys", "federation", "runs", "bench"):
+    if sub in ("keygen", "keys", "federation", "runs", "bench", "flower-local"):
         return set()
     if sub == "demo":  # runs examples/quickstart-pytorch
         return app_modules("examples/quickstart-pytorch")
