@@ -102,7 +102,8 @@ def generate_training_key(params: CkksParams, *, max_period: int) -> Key:
     The public part holds the public key, relinearization keys and Galois keys for the
     rotation steps ``1, 2, 4, ..., max_period / 2`` only. The private part holds the secret
     key and the public key (no evaluation keys, so it loads fast: it only encrypts and
-    decrypts).
+    decrypts); so does its private key *file* (``Key.slim``: the evaluation keys, nearly
+    all of the public material, are written to the public key file only).
 
     Parameters
     ----------
@@ -157,7 +158,8 @@ def generate_training_key(params: CkksParams, *, max_period: int) -> Key:
     private = ctx.serialize(
         save_public_key=True, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
     )
-    return Key(params, fingerprint_of(rebuilt), True, rebuilt, private)
+    # slim: the private key file keeps only what the key holder needs (Key.slim)
+    return Key(params, fingerprint_of(rebuilt), True, rebuilt, private, slim=True)
 
 
 def has_training_keys(key: Key) -> bool:
