@@ -65,6 +65,7 @@ from cifer_flwr.experiments.strategy_builder import (
 )
 from cifer_flwr.flower_types import ClientAppCallable, Mod
 from cifer_flwr.mods import ckks_mod
+from cifer_flwr.strategies import stream_replies
 
 if TYPE_CHECKING:  # the type Flower's public Grid declares for set_run / run; type only
     from flwr.supercore.run import Run
@@ -371,17 +372,13 @@ class MeteredGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Push, then pull every ``poll_interval`` s until all replies or ``timeout``."""
-        pending = set(self.push_messages(list(messages)))
-        end = None if timeout is None else time.time() + timeout
-        replies: list[Message] = []
-        while pending and (end is None or time.time() < end):
-            got = list(self.pull_messages(pending))
-            replies.extend(got)
-            pending.difference_update(m.metadata.reply_to_message_id for m in got)
-            if pending:
-                time.sleep(self.pull_interval)
-        return replies
+        """Push, then pull every ``poll_interval`` s until all replies or ``timeout``.
+
+        The strategies' pull loop (:func:`cifer_flwr.strategies.stream_replies`), every
+        pending id in each pull.
+        """
+        messages = list(messages)
+        return list(stream_replies(self, messages, timeout, batch=max(1, len(messages))))
 
 
 def _metrics(record: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import replace
 from logging import INFO
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -89,6 +89,7 @@ from cifer_flwr.strategies._checkpoint import (
 from cifer_flwr.strategies._fold import Accepted, FoldMode, FoldPolicy, Parts, RoundFold
 from cifer_flwr.strategies._masking import RoundMasking, check_masking_key
 from cifer_flwr.strategies._memory import release_large_buffers
+from cifer_flwr.strategies._pull import pull_batch, stream_replies
 from cifer_flwr.strategies._replies import (
     REPLY_CONFIG_BYTES,
     DigestMemory,
@@ -100,16 +101,12 @@ from cifer_flwr.strategies._replies import (
 from cifer_flwr.strategies._screen import ReplyScreen, metadata_problem
 
 __all__ = [
-    "PULL_BATCH",
-    "PULL_BYTES",
-    "PULL_INTERVAL",
     "STATE_HOLDERS",
     "Accepted",
     "EncryptedFedAvgBase",
     "EncryptedFedOptBase",
     "Parts",
     "load_server_key",
-    "stream_replies",
 ]
 
 log = logging.getLogger("cifer_flwr.strategies")
@@ -122,82 +119,6 @@ _T = TypeVar("_T")
 STATE_HOLDERS = 2
 #: Longest exclusion reason kept (in the log and the results file).
 _MAX_REASON = 500
-
-
-#: Most reply ids asked for in one ``pull_messages`` call while streaming a round: the
-#: replies the ServerApp holds at once, whatever the cohort size (docs/design.md §6).
-PULL_BATCH = 2
-#: Largest model reply (bound from its layout) pulled together with another: larger ones
-#: are pulled one id per call, so only one is held at a time (docs/design.md §6, memory).
-PULL_BYTES = 256 * 1024 * 1024
-#: Seconds between sweeps of ``pull_messages`` when no reply was ready (Flower's
-#: in-memory grid advertises its own ``pull_interval``, which is used instead).
-PULL_INTERVAL = 0.2
-
-
-def stream_replies(
-    grid: Grid,
-    messages: Iterable[Message],
-    timeout: float | None,
-    *,
-    batch: int = PULL_BATCH,
-    interval: float | None = None,
-) -> Iterator[Message]:
-    """Push ``messages`` now and return an iterator over their replies as they arrive.
-
-    The streaming form of Flower 1.41's ``Grid.send_and_receive`` (same timeout
-    semantics: ``timeout`` seconds after the push, ``None`` waits for every reply): the
-    pending reply ids are pulled at most ``batch`` at a time, so the caller holds only
-    the replies it has not consumed yet instead of the whole cohort's.
-
-    Parameters
-    ----------
-    grid : Grid
-        The grid Flower gave the ServerApp.
-    messages : iterable of Message
-        The messages to send (pushed before this function returns).
-    timeout : float or None
-        Seconds to wait for replies, counted from the push.
-    batch : int
-        Most reply ids per ``pull_messages`` call (>= 1).
-    interval : float, optional
-        Sleep between sweeps with no reply (default: the grid's ``pull_interval`` or
-        :data:`PULL_INTERVAL`).
-
-    Returns
-    -------
-    Iterator[Message]
-        The replies, in arrival order; replies that do not arrive in time are not
-        yielded (as with ``send_and_receive``).
-
-    """
-    if batch < 1:
-        raise ConfigError(f"batch must be >= 1, got {batch}.")
-    pending = list(dict.fromkeys(grid.push_messages(list(messages))))
-    end = None if timeout is None else time.time() + timeout  # from the push, as Flower's
-    pause = float(getattr(grid, "pull_interval", PULL_INTERVAL) if interval is None else interval)
-    return _pull(grid, pending, end, batch, pause)
-
-
-def _pull(
-    grid: Grid, pending: list[str], end: float | None, batch: int, pause: float
-) -> Iterator[Message]:
-    waiting = dict.fromkeys(pending)
-    while waiting and (end is None or time.time() < end):
-        got_any = False
-        snapshot = list(waiting)
-        for start in range(0, len(snapshot), batch):
-            window = snapshot[start : start + batch]
-            for reply in grid.pull_messages(window):
-                done = reply.metadata.reply_to_message_id
-                if done in waiting:
-                    del waiting[done]
-                    got_any = True
-                    yield reply
-            if end is not None and time.time() >= end:
-                return
-        if waiting and not got_any:
-            time.sleep(pause)
 
 
 def load_server_key(public_key: str | os.PathLike[str] | crypto.AnyKey) -> crypto.AnyKey:
@@ -705,23 +626,12 @@ class EncryptedFedAvgBase:
     def _stream_replies(
         self, grid: Grid, messages: Iterable[Message], timeout: float | None
     ) -> Iterator[Message]:
-        """Push ``messages`` now; return an iterator pulling the replies as they arrive.
-
-        A grid that offers its own ``stream_replies(messages, timeout)`` (a metering
-        wrapper, say) is used as is; otherwise :func:`stream_replies`.
-        """
-        own = getattr(grid, "stream_replies", None)
-        if callable(own):
-            return cast(Iterator[Message], own(messages, timeout))
+        """Push ``messages`` now; return an iterator pulling the replies as they arrive."""
         return stream_replies(grid, messages, timeout, batch=self._pull_batch())
 
     def _pull_batch(self) -> int:
-        """Reply ids per pull: :data:`PULL_BATCH`, or 1 for replies above :data:`PULL_BYTES`."""
-        if self.layout is None:
-            return PULL_BATCH
-        params = self.key.params
-        reply = self.layout.num_chunks(params.slots) * crypto.max_ciphertext_bytes(params)
-        return max(1, min(PULL_BATCH, PULL_BYTES // max(1, reply)))
+        """Reply ids per pull (:func:`~cifer_flwr.strategies._pull.pull_batch`)."""
+        return pull_batch(self.key.params, self.layout)
 
     def _fold_key(self, msg: Message) -> Hashable:
         """Replies that may only be added together share a key (FedOpt: the state digest)."""

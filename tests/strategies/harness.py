@@ -41,6 +41,8 @@ class InProcessGrid(Grid):
         self.pushed: list[list[Message]] = []  # the messages of each push (call), in order
         self.replies: list[Message] = []
         self.calls = 0
+        #: seconds (of the virtual clock, see VirtualClock) between sweeps of the pull loop
+        self.pull_interval = 60.0
 
     def set_run(self, run):  # pragma: no cover - unused
         pass
@@ -83,11 +85,26 @@ class InProcessGrid(Grid):
         return got
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None):
+        # Flower's API for the phases the strategies do not stream (evaluate, masking
+        # stages): every reply is there at once, a dropped one never comes
         return self.pull_messages(self.push_messages(list(messages)))
 
-    def stream_replies(self, messages: Iterable[Message], timeout: float | None = None):
-        # the encrypted strategies stream through this; a dropped reply never waits
-        return iter(self.send_and_receive(messages, timeout=timeout))
+
+class VirtualClock:
+    """Stands in for the ``time`` module of the strategies' pull loop.
+
+    The loop is the production one (``cifer_flwr.strategies._pull``); only its clock is
+    virtual, so a dropped reply is waited for until the timeout without real sleeping.
+    """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(seconds, 0.01)
 
 
 INITIAL = {

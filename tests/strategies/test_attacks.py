@@ -471,7 +471,10 @@ def scenario(name: str, priv: str, pub: str) -> dict[str, Any]:
 def _isolated(name: str, priv: str, pub: str) -> dict[str, Any]:
     code = (
         "import json, sys\n"
+        "from cifer_flwr.strategies import _pull\n"
+        "from tests.strategies.harness import VirtualClock\n"
         "from tests.strategies.test_attacks import scenario\n"
+        "_pull.time = VirtualClock()  # as the conftest fixture does in-process\n"
         "print('RESULT=' + json.dumps(scenario(sys.argv[1], sys.argv[2], sys.argv[3])))\n"
     )
     proc = subprocess.run(

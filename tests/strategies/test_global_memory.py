@@ -19,7 +19,6 @@ from cifer_flwr.crypto import container
 from cifer_flwr.crypto import paillier as pl
 from cifer_flwr.crypto.records import _groups, record_bundle_stream
 from cifer_flwr.exceptions import CiphertextFormatError
-from cifer_flwr.strategies._base import PULL_BATCH, PULL_BYTES
 from cifer_flwr.strategies._checkpoint import (
     ENV_CHECKPOINT_KEY,
     Checkpoint,
@@ -27,6 +26,7 @@ from cifer_flwr.strategies._checkpoint import (
     write_checkpoint,
 )
 from cifer_flwr.strategies._memory import release_large_buffers
+from cifer_flwr.strategies._pull import PULL_BATCH, PULL_BYTES
 from tests.strategies.harness import run_encrypted
 
 NODES = (1, 2, 3)

@@ -33,8 +33,6 @@ class OneByOneGrid(InProcessGrid):
     alive: what the server holds between replies.
     """
 
-    stream_replies = None  # no shortcut: the strategy streams through push/pull itself
-
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.handed: list[weakref.ref] = []
@@ -126,7 +124,7 @@ def _config():
 
 
 class FakeClock:
-    """Stands in for the ``time`` module of the strategy base: sleeping advances it."""
+    """Stands in for the ``time`` module of the pull loop: sleeping advances it."""
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -142,10 +140,10 @@ class FakeClock:
 
 
 def test_a_reply_that_never_comes_ends_at_the_timeout(key_files, monkeypatch):
-    from cifer_flwr.strategies import _base
+    from cifer_flwr.strategies import _pull
 
     clock = FakeClock()
-    monkeypatch.setattr(_base, "time", clock)
+    monkeypatch.setattr(_pull, "time", clock)
     grid = _grid(key_files, True, {})
     grid.tamper = lambda call, replies: replies[1:]  # the first node never replies
     grid.pull_interval, grid.count_alive = 5.0, False

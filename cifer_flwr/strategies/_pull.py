@@ -1,0 +1,107 @@
+"""The one pull loop: push a round's messages and yield the replies as they arrive (§6).
+
+Every place that waits for replies goes through :func:`stream_replies`: the strategies'
+streamed train rounds and any ``send_and_receive`` of ours (the harness's metering grid,
+the benchmark's grid). It follows Flower 1.41's ``Grid.send_and_receive`` semantics
+(``timeout`` counted from the push, ``None`` waits for every reply), pulling the pending
+ids ``batch`` at a time so the caller holds only the replies it has not consumed yet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+from cifer_flwr import crypto
+from cifer_flwr.exceptions import ConfigError
+
+__all__ = ["PULL_BATCH", "PULL_BYTES", "PULL_INTERVAL", "pull_batch", "stream_replies"]
+
+#: Most reply ids asked for in one ``pull_messages`` call while streaming a round: the
+#: replies the ServerApp holds at once, whatever the cohort size (docs/design.md §6).
+PULL_BATCH = 2
+#: Largest model reply (bound from its layout) pulled together with another: larger ones
+#: are pulled one id per call, so only one is held at a time (docs/design.md §6, memory).
+PULL_BYTES = 256 * 1024 * 1024
+#: Seconds between sweeps of ``pull_messages`` when no reply was ready (Flower's
+#: in-memory grid advertises its own ``pull_interval``, which is used instead).
+PULL_INTERVAL = 0.2
+
+
+def stream_replies(
+    grid: Grid,
+    messages: Iterable[Message],
+    timeout: float | None,
+    *,
+    batch: int = PULL_BATCH,
+    interval: float | None = None,
+) -> Iterator[Message]:
+    """Push ``messages`` now and return an iterator over their replies as they arrive.
+
+    The streaming form of Flower 1.41's ``Grid.send_and_receive`` (same timeout
+    semantics: ``timeout`` seconds after the push, ``None`` waits for every reply): the
+    pending reply ids are pulled at most ``batch`` at a time, so the caller holds only
+    the replies it has not consumed yet instead of the whole cohort's.
+
+    Parameters
+    ----------
+    grid : Grid
+        The grid Flower gave the ServerApp.
+    messages : iterable of Message
+        The messages to send (pushed before this function returns).
+    timeout : float or None
+        Seconds to wait for replies, counted from the push.
+    batch : int
+        Most reply ids per ``pull_messages`` call (>= 1).
+    interval : float, optional
+        Sleep between sweeps with no reply (default: the grid's ``pull_interval`` or
+        :data:`PULL_INTERVAL`).
+
+    Returns
+    -------
+    Iterator[Message]
+        The replies, in arrival order; replies that do not arrive in time are not
+        yielded (as with ``send_and_receive``).
+
+    """
+    if batch < 1:
+        raise ConfigError(f"batch must be >= 1, got {batch}.")
+    pending = list(dict.fromkeys(grid.push_messages(list(messages))))
+    end = None if timeout is None else time.time() + timeout  # from the push, as Flower's
+    pause = float(getattr(grid, "pull_interval", PULL_INTERVAL) if interval is None else interval)
+    return _pull(grid, pending, end, batch, pause)
+
+
+def _pull(
+    grid: Grid, pending: list[str], end: float | None, batch: int, pause: float
+) -> Iterator[Message]:
+    waiting = dict.fromkeys(pending)
+    while waiting and (end is None or time.time() < end):
+        got_any = False
+        snapshot = list(waiting)
+        for start in range(0, len(snapshot), batch):
+            window = snapshot[start : start + batch]
+            for reply in grid.pull_messages(window):
+                done = reply.metadata.reply_to_message_id
+                if done in waiting:
+                    del waiting[done]
+                    got_any = True
+                    yield reply
+            if end is not None and time.time() >= end:
+                return
+        if waiting and not got_any:
+            time.sleep(pause)
+
+
+def pull_batch(params: crypto.AnyParams, layout: crypto.Layout | None) -> int:
+    """Reply ids per pull: :data:`PULL_BATCH`, or 1 for replies above :data:`PULL_BYTES`.
+
+    A model reply's size is bounded from its layout (chunks x the largest ciphertext).
+    """
+    if layout is None:
+        return PULL_BATCH
+    reply = layout.num_chunks(params.slots) * crypto.max_ciphertext_bytes(params)
+    return max(1, min(PULL_BATCH, PULL_BYTES // max(1, reply)))
