@@ -1,4 +1,4 @@
-"""``cifer federation up|down|status``: a local Flower deployment on 127.0.0.1."""
+"""``cifer federation up|down|status|bundle``: a local Flower deployment, or bundles per host."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     pretty_exceptions_show_locals=False,
-    help="Start, inspect and stop a local Flower deployment (SuperLink + SuperNodes).",
+    help="Start, inspect and stop a local Flower deployment (SuperLink + SuperNodes), or "
+    "write per-host bundles for one across machines (bundle).",
     no_args_is_help=True,
 )
 
