@@ -137,6 +137,9 @@ def bundle_cmd(
     out: Annotated[Path, typer.Option("--out", help="New or empty directory for the bundles.")],
     nodes: Annotated[int, typer.Option(help="Number of SuperNodes (hosts).")] = 2,
     port: Annotated[int, typer.Option(help="The SuperLink's port.")] = 9092,
+    valid_days: Annotated[
+        int, typer.Option(help="Days the CA and SuperLink certificates are valid.")
+    ] = 365,
     keys: Annotated[
         str, typer.Option(help="CKKS key pair NAME under --keys-dir (made when missing).")
     ] = "federation",
@@ -169,6 +172,7 @@ def bundle_cmd(
             private_key=private,
             public_key=public,
             port=port,
+            valid_days=valid_days,
         )
     except CiferError as exc:
         raise fail(exc) from exc

@@ -59,6 +59,11 @@ def test_bundles_hold_what_each_host_needs_and_no_more(tmp_path, key_files, addr
     server = x509.load_pem_x509_certificate((link / "server.crt").read_bytes())
     server.verify_directly_issued_by(ca)
     assert address in _san(server)
+    for cert in (ca, server):  # a year by default (a local federation's are 30 days)
+        valid = cert.not_valid_after_utc - cert.not_valid_before_utc
+        assert 365 <= valid.days <= 366
+    manifest = json.loads((link / "bundle.json").read_text())
+    assert manifest["certificate-expires"] == server.not_valid_after_utc.isoformat()
     server_key = serialization.load_pem_private_key((link / "server.key").read_bytes(), None)
     assert server_key.public_key().public_numbers() == server.public_key().public_numbers()
 
@@ -147,28 +152,21 @@ def test_flwr_wrapper_writes_the_connection_wherever_the_bundle_is(tmp_path, key
 
 
 @pytest.mark.parametrize(
-    ("address", "nodes", "port", "match"),
+    ("options", "match"),
     [
-        ("https://10.0.0.1", 2, 9092, "neither an IP address nor a host name"),
-        ("10.0.0.1:9092", 2, 9092, "neither an IP address nor a host name"),
-        ("0.0.0.0", 2, 9092, "not an address a SuperNode can connect to"),
-        ("10.0.0.1", 0, 9092, "--nodes must be at least 1"),
-        ("10.0.0.1", 2, 70000, "--port must be between 1 and 65535"),
+        ({"superlink_address": "https://10.0.0.1"}, "neither an IP address nor a host name"),
+        ({"superlink_address": "10.0.0.1:9092"}, "neither an IP address nor a host name"),
+        ({"superlink_address": "0.0.0.0"}, "not an address a SuperNode can connect to"),
+        ({"nodes": 0}, "--nodes must be at least 1"),
+        ({"port": 70000}, "--port must be between 1 and 65535"),
+        ({"valid_days": 0}, "--valid-days must be between 1 and 3650"),
     ],
 )
-def test_bad_input_is_refused_before_anything_is_written(
-    tmp_path, key_files, address, nodes, port, match
-):
+def test_bad_input_is_refused_before_anything_is_written(tmp_path, key_files, options, match):
     private, public = key_files
+    kwargs = {"superlink_address": "10.0.0.1", "nodes": 2, **options}
     with pytest.raises(BundleError, match=match):
-        make_bundles(
-            tmp_path / "out",
-            superlink_address=address,
-            nodes=nodes,
-            private_key=private,
-            public_key=public,
-            port=port,
-        )
+        make_bundles(tmp_path / "out", private_key=private, public_key=public, **kwargs)
     assert not (tmp_path / "out").exists()
 
 

@@ -33,6 +33,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
 from cifer_flwr import crypto
 from cifer_flwr.constants import NODE_CONFIG_PRIVATE_KEY
 from cifer_flwr.exceptions import CiferError
@@ -41,6 +43,7 @@ from cifer_flwr.tooling.federation.certs import make_node_auth_key, make_tls_fil
 __all__ = [
     "BUNDLE_CONNECTION",
     "DEFAULT_PORT",
+    "DEFAULT_VALID_DAYS",
     "BundleError",
     "Bundles",
     "bind_host",
@@ -49,6 +52,8 @@ __all__ = [
 
 #: Port of the SuperLink (Fleet, Control and Runtime API share it in Flower 1.41/1.42).
 DEFAULT_PORT = 9092
+#: Days the CA and SuperLink certificates of a bundle are valid.
+DEFAULT_VALID_DAYS = 365
 #: Name of the ``flwr`` connection ``flwr.sh`` writes.
 BUNDLE_CONNECTION = "cifer"
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -156,6 +161,11 @@ def _load_pair(private_key: Path, public_key: Path) -> str:
     return priv.short_fingerprint
 
 
+def _expiry(cert: Path) -> str:
+    """``notAfter`` of a PEM certificate, ISO 8601 UTC."""
+    return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc.isoformat()
+
+
 def _superlink_lines(host: str, port: int) -> list[str]:
     args = [
         "flower-superlink",
@@ -225,6 +235,7 @@ def make_bundles(
     private_key: str | os.PathLike[str],
     public_key: str | os.PathLike[str],
     port: int = DEFAULT_PORT,
+    valid_days: int = DEFAULT_VALID_DAYS,
 ) -> Bundles:
     """Write one bundle per host: the SuperLink's and one per SuperNode.
 
@@ -242,6 +253,8 @@ def make_bundles(
         bundle, the public key to the SuperLink bundle.
     port : int
         The SuperLink's port.
+    valid_days : int
+        Validity of the CA and SuperLink certificates (then: new bundles).
 
     Returns
     -------
@@ -264,6 +277,8 @@ def make_bundles(
         raise BundleError(f"--nodes must be at least 1, got {nodes}.")
     if not 1 <= port <= 65535:
         raise BundleError(f"--port must be between 1 and 65535, got {port}.")
+    if not 1 <= valid_days <= 3650:
+        raise BundleError(f"--valid-days must be between 1 and 3650, got {valid_days}.")
     fingerprint = _load_pair(Path(private_key), Path(public_key))
     root = Path(out)
     _prepare_out(root)
@@ -272,7 +287,7 @@ def make_bundles(
     link = root / "superlink"
     (link / "supernodes").mkdir(mode=0o700, parents=True)
     os.chmod(link, 0o700)
-    tls = make_tls_files(link, hosts=(host,))
+    tls = make_tls_files(link, hosts=(host,), valid_days=valid_days)
     _write(link / crypto.PUBLIC_KEY_FILE, Path(public_key).read_bytes(), 0o644)
     secret = Path(private_key).read_bytes()
     supernodes: list[Path] = []
@@ -309,6 +324,7 @@ def make_bundles(
             "listen": _address(bind_host(host), port),
             "supernodes": [f"supernodes/supernode-{i}.pub" for i in range(nodes)],
             "key-fingerprint": fingerprint,
+            "certificate-expires": _expiry(tls.server_cert),
             "secret-files": ["server.key"],
             "start": "./start.sh",
             "register": [

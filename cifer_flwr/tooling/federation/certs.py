@@ -58,7 +58,9 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def make_tls_files(directory: str | os.PathLike[str], hosts: tuple[str, ...] = ()) -> TlsFiles:
+def make_tls_files(
+    directory: str | os.PathLike[str], hosts: tuple[str, ...] = (), *, valid_days: int = _VALID_DAYS
+) -> TlsFiles:
     """Create a CA and a SuperLink server certificate in ``directory``.
 
     Parameters
@@ -68,6 +70,8 @@ def make_tls_files(directory: str | os.PathLike[str], hosts: tuple[str, ...] = (
     hosts : tuple of str
         Extra DNS names or IP addresses for the server certificate; ``127.0.0.1`` and
         ``localhost`` are always included.
+    valid_days : int
+        Validity of the CA and the server certificate, in days.
 
     Returns
     -------
@@ -77,7 +81,7 @@ def make_tls_files(directory: str | os.PathLike[str], hosts: tuple[str, ...] = (
     """
     d = Path(directory)
     now = _dt.datetime.now(_dt.UTC)
-    not_before, not_after = now - _dt.timedelta(minutes=5), now + _dt.timedelta(days=_VALID_DAYS)
+    not_before, not_after = now - _dt.timedelta(minutes=5), now + _dt.timedelta(days=valid_days)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cifer local federation CA")])
