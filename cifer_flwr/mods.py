@@ -291,7 +291,7 @@ def _encrypt_checked(
             f"the SecureFed config has no '{CFG_SESSION}'; the server's cifer_flwr is older "
             "than this client's. Use the same cifer_flwr version on both sides."
         )
-    if not isinstance(key, crypto.Key):
+    if not crypto.has_reserved_slots(key):
         raise CiferError(
             "SecureFed's integrity values need reserved ciphertext slots, which a Paillier key "
             "does not have; run SecureFed with a CKKS or packed key (docs/design.md §4.4)."
@@ -454,7 +454,7 @@ class _TrainMasker:
         session, self.last = _session(context)
         if session is None:
             raise MaskingError("a masked train message arrived, but this client shared no keys.")
-        if not isinstance(key, crypto.Key) or not key.params.is_bfv:
+        if not crypto.has_exact_sums(key):
             raise MaskingError(
                 f"masking needs preset 'packed' (exact sums); this client's key is "
                 f"{key.params.name!r}."

@@ -1023,7 +1023,7 @@ def open_global(
     """
     model = parts.get(PART_MODEL)
     if PART_CHECK in parts or group_indices(parts):
-        if not isinstance(key, crypto.Key):  # Paillier has no integrity slots (§4.8)
+        if not crypto.has_reserved_slots(key):  # Paillier has no integrity slots (§4.8)
             raise AggregationCheckError(
                 "a SecureFed aggregate arrived for a Paillier key; SecureFed needs a CKKS or "
                 "packed key (docs/design.md §4.4)."

@@ -1,10 +1,13 @@
 """Encryption primitives: the only part of cifer_flwr that imports TenSEAL or phe ("hazmat").
 
 Everything above this package works with :class:`EncryptedArrays` / :class:`PaillierArrays`,
-:class:`Key` / :class:`PaillierKey` and Flower ``ArrayRecord`` objects, never with TenSEAL
-or phe types directly. ``encrypt``, ``decrypt``, ``aggregate``, the (de)serializers, the
-records and the key loaders take either scheme and dispatch on the key or object
-(:mod:`.schemes`, docs/design.md §4.8).
+keys and Flower ``ArrayRecord`` objects, never with TenSEAL or phe types directly. Every key
+implements one interface, :class:`SchemeKey` (``encrypt``, ``decrypt``, ``from_bytes``,
+``fingerprint``, ``has_reserved_slots``, ``exact_sums``, ...), and comes from one loader,
+:func:`load_key` (:func:`load_private_key` / :func:`load_public_key` also check its kind);
+``encrypt``, ``decrypt``, ``aggregate``, the (de)serializers and the records take a key of
+any scheme (:mod:`.schemes`, docs/design.md §3, §4.8). The per-scheme modules (``ckks``,
+``paillier``, ``keys``) are the crypto layer's own: code above it imports this package.
 """
 
 import sys as _sys
@@ -34,7 +37,12 @@ from cifer_flwr.crypto.keys import (
     key_directory,
     write_key_pair,
 )
-from cifer_flwr.crypto.paillier import PaillierArrays, PaillierKey, PaillierParams
+from cifer_flwr.crypto.paillier import (
+    PaillierArrays,
+    PaillierKey,
+    PaillierParams,
+    is_paillier_preset,
+)
 from cifer_flwr.crypto.params import PRESETS, CkksParams, for_depth, get_preset
 from cifer_flwr.crypto.records import (
     bundle_from_record,
@@ -49,6 +57,7 @@ from cifer_flwr.crypto.schemes import (
     AnyEncrypted,
     AnyKey,
     AnyParams,
+    SchemeKey,
     add,
     aggregate,
     bundle_from_bytes,
@@ -57,6 +66,8 @@ from cifer_flwr.crypto.schemes import (
     encrypt,
     from_bytes,
     generate_key_pair,
+    has_exact_sums,
+    has_reserved_slots,
     load_key,
     load_private_key,
     load_public_key,
@@ -75,6 +86,7 @@ __all__ = [
     "PaillierArrays",
     "PaillierKey",
     "PaillierParams",
+    "SchemeKey",
     "PRIVATE_KEY_FILE",
     "PUBLIC_KEY_FILE",
     "CkksParams",
@@ -103,6 +115,9 @@ __all__ = [
     "generate_key",
     "generate_key_pair",
     "get_preset",
+    "has_exact_sums",
+    "has_reserved_slots",
+    "is_paillier_preset",
     "is_encrypted_record",
     "record_ciphertexts",
     "key_directory",

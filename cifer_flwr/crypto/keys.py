@@ -16,10 +16,12 @@ import os
 import re
 import shlex
 import stat
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import numpy.typing as npt
 import tenseal as ts
 
 from cifer_flwr.constants import KIND_KEY
@@ -33,9 +35,13 @@ from cifer_flwr.exceptions import (
     ConfigError,
     KeyExistsError,
     KeyFileError,
+    KeyMismatchError,
     KeyTypeError,
     OutputPathError,
 )
+
+if TYPE_CHECKING:
+    from cifer_flwr.crypto.ckks import EncryptedArrays
 
 __all__ = [
     "PRIVATE_KEY_FILE",
@@ -168,6 +174,95 @@ class Key:
                 f"(fingerprint {self.short_fingerprint}) was given; pass the public key file "
                 "(keys/NAME/public.key) instead."
             )
+
+    # ----------------------------------------------------------- the scheme interface
+    # (crypto.SchemeKey, docs/design.md §3): the same methods on a Paillier key; the
+    # protocol, the client mod and the strategies call these and never name a scheme.
+
+    @property
+    def scheme(self) -> str:
+        """``"ckks"``, or ``"bfv"`` for the exact integer sums of preset ``packed``."""
+        return self.params.scheme
+
+    @property
+    def has_reserved_slots(self) -> bool:
+        """Ciphertexts can carry SecureFed's integrity values in reserved slots (§4.4)."""
+        return True
+
+    @property
+    def exact_sums(self) -> bool:
+        """Sums are exact integers, which secure aggregation's masks need (§4.9)."""
+        return self.params.is_bfv
+
+    def encrypt(
+        self,
+        arrays: Mapping[str, npt.ArrayLike],
+        *,
+        weight: float = 1.0,
+        meta: Mapping[str, Any] | None = None,
+        reserved: int = 0,
+        fill: npt.ArrayLike | None = None,
+        summands: int = 1,
+        mask: npt.ArrayLike | None = None,
+    ) -> EncryptedArrays:
+        """Encrypt named arrays times ``weight`` (:func:`cifer_flwr.crypto.ckks.encrypt`)."""
+        from cifer_flwr.crypto import ckks
+
+        return ckks.encrypt(
+            arrays,
+            self,
+            weight=weight,
+            meta=meta,
+            reserved=reserved,
+            fill=fill,
+            summands=summands,
+            mask=mask,
+        )
+
+    def decrypt(self, enc: Any, *, divisor: float = 1.0) -> dict[str, npt.NDArray[Any]]:
+        """Decrypt ``enc`` to named arrays divided by ``divisor``.
+
+        Raises
+        ------
+        KeyTypeError
+            For a public key.
+        KeyMismatchError
+            When ``enc`` was encrypted under another key or scheme.
+
+        """
+        from cifer_flwr.crypto import ckks
+
+        if not isinstance(enc, ckks.EncryptedArrays):
+            raise KeyMismatchError(enc.fingerprint, self.fingerprint, "encrypted arrays")
+        return ckks.decrypt(enc, self, divisor=divisor)
+
+    def from_bytes(self, data: bytes) -> EncryptedArrays:
+        """Parse a serialized encrypted-arrays container, validating everything (§5)."""
+        from cifer_flwr.crypto import ckks
+
+        return ckks.from_bytes(data, self)
+
+    def from_header_and_chunks(
+        self,
+        header: Mapping[str, Any],
+        chunks: Sequence[bytes],
+        *,
+        what: str = "encrypted arrays",
+        container: bool = False,
+        defer: bool | None = None,
+    ) -> EncryptedArrays:
+        """Rebuild one encrypted part from its header and ciphertext bytes (validated)."""
+        from cifer_flwr.crypto import ckks
+
+        return ckks.from_header_and_chunks(
+            header, chunks, self, what=what, container=container, defer=defer
+        )
+
+    def max_ciphertext_bytes(self) -> int:
+        """Largest serialized ciphertext of this key's parameters (reply size bounds)."""
+        from cifer_flwr.crypto.validation import max_ciphertext_bytes
+
+        return max_ciphertext_bytes(self.params)
 
     def to_bytes(self) -> bytes:
         """Serialize into a key-file container (inverse of :func:`load_key` on bytes)."""

@@ -426,6 +426,100 @@ class PaillierKey:
                 "(keys/NAME/public.key) instead."
             )
 
+    # ----------------------------------------------------------- the scheme interface
+    # (crypto.SchemeKey, docs/design.md §3): the same methods as a CKKS / packed Key.
+
+    @property
+    def has_reserved_slots(self) -> bool:
+        """Paillier ciphertexts carry no reserved slots (SecureFed needs CKKS or packed)."""
+        return False
+
+    @property
+    def exact_sums(self) -> bool:
+        """Sums are exact, but secure aggregation's masks need packed (BFV) slots (§4.9)."""
+        return False
+
+    def encrypt(
+        self,
+        arrays: Mapping[str, npt.ArrayLike],
+        *,
+        weight: float = 1.0,
+        meta: Mapping[str, Any] | None = None,
+        reserved: int = 0,
+        fill: npt.ArrayLike | None = None,
+        summands: int = 1,
+        mask: npt.ArrayLike | None = None,
+    ) -> PaillierArrays:
+        """Quantize with unbiased stochastic rounding, clip to ``[-bound, bound]``, encrypt.
+
+        ``summands`` (the cohort) must fit the preset's headroom (``params.max_summands``);
+        values beyond ``bound`` are clipped and counted in the result's local ``clipped``
+        (never in the public header), like ``packed`` (docs/design.md §4.7-4.8).
+
+        Raises
+        ------
+        ConfigError
+            ``summands`` outside ``1..params.max_summands``.
+        UnsupportedOperationError
+            For ``mask`` (secure aggregation), ``reserved`` slots or ``fill`` values.
+
+        """
+        if mask is not None:
+            raise UnsupportedOperationError(
+                "masks (secure aggregation) need the exact packed sums of preset 'packed'; "
+                "Paillier keys cannot carry them (docs/design.md §4.9)."
+            )
+        if reserved or fill is not None:
+            raise UnsupportedOperationError(
+                f"Paillier ciphertexts have no reserved slots (asked for {reserved}); "
+                "SecureFed's per-ciphertext integrity values need a CKKS or packed key "
+                "(encryption.preset=default or packed), docs/design.md §4.4."
+            )
+        limit = self.params.max_summands
+        if not 1 <= int(summands) <= limit:
+            raise ConfigError(
+                f"summands must be 1..{limit} for preset {self.params.name!r} (its headroom "
+                f"bits hold the sum of that many updates), got {summands}; use smaller cohorts."
+            )
+        enc = encrypt(arrays, self, weight=weight, meta=meta, clip=True, rounding="stochastic")
+        return replace(enc, meta=dict(meta or {}), clipped=int(enc.meta.get("clipped", 0)))
+
+    def decrypt(self, enc: Any, *, divisor: float = 1.0) -> dict[str, npt.NDArray[Any]]:
+        """Decrypt ``enc`` to named arrays divided by ``divisor``.
+
+        Raises
+        ------
+        KeyTypeError
+            For a public key.
+        KeyMismatchError
+            When ``enc`` was encrypted under another key or scheme.
+
+        """
+        if not isinstance(enc, PaillierArrays):
+            raise KeyMismatchError(enc.fingerprint, self.fingerprint, "encrypted arrays")
+        return decrypt(enc, self, divisor=divisor)
+
+    def from_bytes(self, data: bytes) -> PaillierArrays:
+        """Parse a serialized Paillier container, validating everything (§5)."""
+        return from_bytes(data, self)
+
+    def from_header_and_chunks(
+        self,
+        header: Mapping[str, Any],
+        chunks: Sequence[bytes],
+        *,
+        what: str = "encrypted arrays",
+        container: bool = False,
+        defer: bool | None = None,
+    ) -> PaillierArrays:
+        """Rebuild one encrypted part from its header and ciphertexts (parsed eagerly)."""
+        del defer  # Paillier parts are parsed eagerly
+        return from_header_and_chunks(header, chunks, self, what=what, container=container)
+
+    def max_ciphertext_bytes(self) -> int:
+        """Size of one serialized ciphertext of this key's parameters."""
+        return self.params.ciphertext_bytes
+
     def _numbers(self) -> dict[str, Any]:
         """Cached big integers: ``n``, ``n**2`` and, when private, the CRT constants."""
         if "n" not in self._cache:

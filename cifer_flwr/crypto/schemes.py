@@ -1,9 +1,11 @@
 """One API over both schemes: CKKS/BFV (:mod:`.ckks`) and Paillier (:mod:`.paillier`).
 
-The crypto layer's public functions (``crypto.encrypt``, ``decrypt``, ``aggregate``,
-``to_bytes``/``from_bytes``, the bundles and records, the key loaders) dispatch here on the
-type of the key or of the encrypted object, so that the protocol, the client mod and the
-strategies never name a scheme (docs/design.md §4.8). A Paillier key file is recognized by
+Every key implements one interface, :class:`SchemeKey` (``encrypt``, ``decrypt``,
+``from_bytes``, ``fingerprint``, ``has_reserved_slots``, ...), as cryptography's key classes
+do; the crypto layer's public functions (``crypto.encrypt``, ``decrypt``, ``aggregate``,
+``to_bytes``/``from_bytes``, the bundles and records) call its methods, so that the
+protocol, the client mod and the strategies never name a scheme (docs/design.md §3, §4.8).
+:func:`load_key` is the one loader of every key file. A Paillier key file is recognized by
 its container kind (read from the header only); every other file goes to the CKKS loader
 and its messages.
 """
@@ -14,7 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, Protocol, TypeGuard, TypeVar, overload
 
 import numpy.typing as npt
 
@@ -39,6 +41,7 @@ __all__ = [
     "AnyEncrypted",
     "AnyKey",
     "AnyParams",
+    "SchemeKey",
     "add",
     "aggregate",
     "bundle_from_bytes",
@@ -48,6 +51,8 @@ __all__ = [
     "from_bytes",
     "from_header_and_chunks",
     "generate_key_pair",
+    "has_exact_sums",
+    "has_reserved_slots",
     "load_key",
     "load_private_key",
     "load_public_key",
@@ -56,8 +61,113 @@ __all__ = [
     "with_meta",
 ]
 
-#: A key of either scheme.
+
+class SchemeKey(Protocol):
+    """The scheme interface every key implements.
+
+    CKKS and ``packed`` (BFV) by :class:`~cifer_flwr.crypto.keys.Key`, Paillier by
+    :class:`PaillierKey`. Code above the crypto layer calls these methods and properties
+    and never names a scheme (docs/design.md §3); a key comes from the one loader,
+    :func:`load_key` (or :func:`load_private_key` / :func:`load_public_key`, which also
+    check the kind).
+    """
+
+    @property
+    def params(self) -> CkksParams | PaillierParams:
+        """The parameter preset the key was made for."""
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the public material (equal for a private key and its public key)."""
+
+    @property
+    def short_fingerprint(self) -> str:
+        """First 12 hex digits of the fingerprint, for messages."""
+
+    @property
+    def is_private(self) -> bool:
+        """Whether the key can decrypt."""
+
+    @property
+    def scheme(self) -> str:
+        """``"ckks"``, ``"bfv"`` (preset ``packed``) or ``"paillier"``."""
+
+    @property
+    def has_reserved_slots(self) -> bool:
+        """Ciphertexts can carry SecureFed's integrity values (§4.4)."""
+
+    @property
+    def exact_sums(self) -> bool:
+        """Sums are exact packed integers, as secure aggregation's masks need (§4.9)."""
+
+    def public(self) -> SchemeKey:
+        """The public part (same fingerprint, cannot decrypt)."""
+
+    def require_private(self, action: str = ...) -> None:
+        """Raise ``KeyTypeError`` unless the key holds a secret key."""
+
+    def require_public(self, holder: str = ...) -> None:
+        """Raise ``KeyTypeError`` if the key holds a secret key."""
+
+    def to_bytes(self) -> bytes:
+        """The key file's bytes."""
+
+    def max_ciphertext_bytes(self) -> int:
+        """Largest serialized ciphertext (reply size bounds)."""
+
+    def encrypt(
+        self,
+        arrays: Mapping[str, npt.ArrayLike],
+        *,
+        weight: float = ...,
+        meta: Mapping[str, Any] | None = ...,
+        reserved: int = ...,
+        fill: npt.ArrayLike | None = ...,
+        summands: int = ...,
+        mask: npt.ArrayLike | None = ...,
+    ) -> EncryptedArrays | PaillierArrays:
+        """Encrypt named arrays times ``weight`` (see :func:`encrypt`)."""
+
+    def decrypt(self, enc: Any, *, divisor: float = ...) -> dict[str, npt.NDArray[Any]]:
+        """Decrypt to named arrays divided by ``divisor`` (see :func:`decrypt`)."""
+
+    def from_bytes(self, data: bytes) -> EncryptedArrays | PaillierArrays:
+        """Parse a serialized container, validating everything (docs/design.md §5)."""
+
+    def from_header_and_chunks(
+        self,
+        header: Mapping[str, Any],
+        chunks: Sequence[bytes],
+        *,
+        what: str = ...,
+        container: bool = ...,
+        defer: bool | None = ...,
+    ) -> EncryptedArrays | PaillierArrays:
+        """Rebuild one encrypted part from its header and ciphertext bytes (validated)."""
+
+
+#: A key of either scheme (each implements :class:`SchemeKey`).
 AnyKey = Key | PaillierKey
+# mypy checks that both key classes implement the interface
+_CKKS_KEY: type[SchemeKey] = Key
+_PAILLIER_KEY: type[SchemeKey] = PaillierKey
+
+
+def has_reserved_slots(key: Key | PaillierKey) -> TypeGuard[Key]:
+    """Whether ``key``'s ciphertexts have reserved slots (SecureFed's integrity values).
+
+    ``key.has_reserved_slots``, as a type guard: after it, the type checker knows the key
+    encrypts slot vectors (CKKS or ``packed``).
+    """
+    return key.has_reserved_slots
+
+
+def has_exact_sums(key: Key | PaillierKey) -> TypeGuard[Key]:
+    """Whether ``key`` sums exact packed integers (secure aggregation's masks, §4.9).
+
+    ``key.exact_sums``, as a type guard (the ``packed`` preset).
+    """
+    return key.exact_sums
 #: Encrypted arrays of either scheme.
 AnyEncrypted = EncryptedArrays | PaillierArrays
 #: Parameters of either scheme.
@@ -184,37 +294,15 @@ def encrypt(
         Paillier: ``reserved`` slots or ``fill`` values were asked for.
 
     """
-    if not isinstance(key, PaillierKey):
-        return ckks.encrypt(
-            arrays,
-            key,
-            weight=weight,
-            meta=meta,
-            reserved=reserved,
-            fill=fill,
-            summands=summands,
-            mask=mask,
-        )
-    if mask is not None:
-        raise UnsupportedOperationError(
-            "masks (secure aggregation) need the exact packed sums of preset 'packed'; "
-            "Paillier keys cannot carry them (docs/design.md §4.9)."
-        )
-    if reserved or fill is not None:
-        raise UnsupportedOperationError(
-            f"Paillier ciphertexts have no reserved slots (asked for {reserved}); SecureFed's "
-            "per-ciphertext integrity values need a CKKS or packed key (encryption.preset="
-            "default or packed), docs/design.md §4.4."
-        )
-    limit = key.params.max_summands
-    if not 1 <= int(summands) <= limit:
-        raise ConfigError(
-            f"summands must be 1..{limit} for preset {key.params.name!r} (its headroom bits "
-            f"hold the sum of that many updates), got {summands}; use smaller cohorts."
-        )
-    enc = paillier.encrypt(arrays, key, weight=weight, meta=meta, clip=True, rounding="stochastic")
-    # the clipped count stays local (never in the public header), as for packed (§4.7)
-    return replace(enc, meta=dict(meta or {}), clipped=int(enc.meta.get("clipped", 0)))
+    return key.encrypt(
+        arrays,
+        weight=weight,
+        meta=meta,
+        reserved=reserved,
+        fill=fill,
+        summands=summands,
+        mask=mask,
+    )
 
 
 def decrypt(
@@ -230,11 +318,7 @@ def decrypt(
         When ``enc`` was encrypted under another key (or scheme).
 
     """
-    if isinstance(enc, PaillierArrays) and isinstance(key, PaillierKey):
-        return paillier.decrypt(enc, key, divisor=divisor)
-    if isinstance(enc, EncryptedArrays) and isinstance(key, Key):
-        return ckks.decrypt(enc, key, divisor=divisor)
-    raise KeyMismatchError(enc.fingerprint, key.fingerprint, "encrypted arrays")
+    return key.decrypt(enc, divisor=divisor)
 
 
 @overload
@@ -316,9 +400,7 @@ def from_bytes(data: bytes, key: PaillierKey) -> PaillierArrays: ...
 def from_bytes(data: bytes, key: Key | PaillierKey) -> EncryptedArrays | PaillierArrays: ...
 def from_bytes(data: bytes, key: Key | PaillierKey) -> EncryptedArrays | PaillierArrays:
     """Parse :func:`to_bytes` output with ``key`` (public suffices), validating everything."""
-    if isinstance(key, PaillierKey):
-        return paillier.from_bytes(data, key)
-    return ckks.from_bytes(data, key)
+    return key.from_bytes(data)
 
 
 @overload
@@ -366,11 +448,7 @@ def from_header_and_chunks(
     reaches TenSEAL or the big-integer arithmetic (docs/design.md §5). ``defer``: see
     :func:`cifer_flwr.crypto.ckks.from_header_and_chunks` (Paillier parses eagerly).
     """
-    if isinstance(key, PaillierKey):
-        return paillier.from_header_and_chunks(header, chunks, key, what=what, container=container)
-    return ckks.from_header_and_chunks(
-        header, chunks, key, what=what, container=container, defer=defer
-    )
+    return key.from_header_and_chunks(header, chunks, what=what, container=container, defer=defer)
 
 
 # --------------------------------------------------------------------------- bundles

@@ -23,8 +23,7 @@ from typing import Any, Final
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cifer_flwr.crypto import get_preset
-from cifer_flwr.crypto.paillier import is_paillier_preset
+from cifer_flwr.crypto import get_preset, is_paillier_preset
 from cifer_flwr.exceptions import ConfigError, UnknownPresetError
 from cifer_flwr.experiments.tasks import TASKS
 from cifer_flwr.strategies.registry import REGISTRY, strategy_spec

@@ -39,9 +39,7 @@ import numpy.typing as npt
 from cifer_flwr import crypto
 from cifer_flwr.constants import KIND_ENCRYPTED_DATASET, KIND_ENCRYPTED_MODEL
 from cifer_flwr.crypto import container
-from cifer_flwr.crypto.ckks import from_header_and_chunks
 from cifer_flwr.crypto.headers import finite_number
-from cifer_flwr.crypto.keys import Key
 from cifer_flwr.crypto.linalg import (
     Ciphertext,
     encrypt_constant,
@@ -130,7 +128,7 @@ class EncryptedDataset:
         ``chunks`` ciphertexts.
     num_samples, num_features, period : int
         Public shape and layout.
-    key : Key
+    key : crypto.Key
         The key the ciphertexts belong to.
     meta : dict
         Public annotations (creation time).
@@ -145,7 +143,7 @@ class EncryptedDataset:
     num_samples: int
     num_features: int
     period: int
-    key: Key = field(repr=False)
+    key: crypto.Key = field(repr=False)
     meta: dict[str, Any] = field(default_factory=dict)
     outputs: int = 1
     scaler: crypto.EncryptedArrays | None = field(default=None, repr=False)
@@ -217,7 +215,7 @@ class EncryptedModel:
         One constant ciphertext per coefficient, ``outputs`` blocks of ``[bias, weight...]``.
     scale : float
         Public factor: plaintext coefficient = ``scale`` x decrypted value.
-    key : Key
+    key : crypto.Key
         The key the ciphertexts belong to.
     meta : dict
         Public training annotations (iterations, learning rate, samples, class labels).
@@ -234,7 +232,7 @@ class EncryptedModel:
 
     coefficients: tuple[Ciphertext, ...] = field(repr=False)
     scale: float
-    key: Key = field(repr=False)
+    key: crypto.Key = field(repr=False)
     meta: dict[str, Any] = field(default_factory=dict)
     outputs: int = 1
     scaler: crypto.EncryptedArrays | None = field(default=None, repr=False)
@@ -294,12 +292,12 @@ def _scaler_blobs(scaler: crypto.EncryptedArrays | None) -> list[bytes]:
     return [] if scaler is None else [bytes(b) for b in scaler.serialized_chunks()]
 
 
-def encrypt_scaler(scaler: Scaler, key: Key) -> crypto.EncryptedArrays:
+def encrypt_scaler(scaler: Scaler, key: crypto.Key) -> crypto.EncryptedArrays:
     """Encrypt the owner's scaler under her key (inverse of :func:`decrypt_scaler`)."""
     return crypto.encrypt({SCALER_ARRAY: scaler.to_words()}, key)
 
 
-def decrypt_scaler(enc: crypto.EncryptedArrays, key: Key, num_features: int) -> Scaler:
+def decrypt_scaler(enc: crypto.EncryptedArrays, key: crypto.Key, num_features: int) -> Scaler:
     """Decrypt and check a scaler (its words must round to exact 16-bit integers).
 
     Raises
@@ -392,7 +390,7 @@ def plain_design(dataset: Dataset, params: CkksParams, *, standardize: bool = Tr
 
 def encrypt_dataset(
     dataset: Dataset,
-    key: Key,
+    key: crypto.Key,
     *,
     standardize: bool = True,
     progress: Progress | None = None,
@@ -442,7 +440,7 @@ def _outputs(model: Classifier) -> list[LogisticModel]:
 
 def encrypt_model(
     model: Classifier,
-    key: Key,
+    key: crypto.Key,
     *,
     scaler: crypto.EncryptedArrays | None = None,
     progress: Progress | None = None,
@@ -476,7 +474,7 @@ def _classes(meta: dict[str, Any], outputs: int) -> tuple[float, ...] | None:
     return None
 
 
-def decrypt_model(enc: EncryptedModel, key: Key) -> Classifier:
+def decrypt_model(enc: EncryptedModel, key: crypto.Key) -> Classifier:
     """Decrypt with the private key (the slot average reduces CKKS noise).
 
     When the model carries its data owner's encrypted scaler, the scaler is decrypted and
@@ -513,7 +511,7 @@ def decrypt_model(enc: EncryptedModel, key: Key) -> Classifier:
 
 
 def _coefficients(
-    enc: EncryptedModel, key: Key, purpose: str, not_finite: str
+    enc: EncryptedModel, key: crypto.Key, purpose: str, not_finite: str
 ) -> npt.NDArray[np.float64]:
     """The model's decrypted coefficients (private key of the model's key pair, finite)."""
     key.require_private(purpose)
@@ -526,7 +524,7 @@ def _coefficients(
 
 
 def refresh_model(
-    enc: EncryptedModel, key: Key, *, progress: Progress | None = None
+    enc: EncryptedModel, key: crypto.Key, *, progress: Progress | None = None
 ) -> EncryptedModel:
     """Key holder's refresh: decrypt the coefficients and encrypt them again at level 0.
 
@@ -613,7 +611,7 @@ def _meta(header: dict[str, Any], what: str) -> dict[str, Any]:
     return dict(meta)
 
 
-def _check_header(header: dict[str, Any], key: Key, what: str) -> None:
+def _check_header(header: dict[str, Any], key: crypto.Key, what: str) -> None:
     version = header.get("format_version")
     if isinstance(version, bool) or version != FORMAT_VERSION:
         raise CiphertextFormatError(
@@ -641,7 +639,7 @@ def _check_header(header: dict[str, Any], key: Key, what: str) -> None:
         )
 
 
-def load_encrypted_dataset(path: str | os.PathLike[str], key: Key) -> EncryptedDataset:
+def load_encrypted_dataset(path: str | os.PathLike[str], key: crypto.Key) -> EncryptedDataset:
     """Read an encrypted dataset file with the data owner's public (or private) key.
 
     Every header field is checked (types, ranges, and that the shape, period, chunk count
@@ -696,7 +694,7 @@ def _outputs_field(header: dict[str, Any], what: str) -> int:
 
 
 def _split_scaler(
-    header: dict[str, Any], blobs: list[bytes], key: Key, what: str, num_features: int
+    header: dict[str, Any], blobs: list[bytes], key: crypto.Key, what: str, num_features: int
 ) -> tuple[list[bytes], crypto.EncryptedArrays | None]:
     """Separate and validate the encrypted scaler's ciphertexts (the last blobs)."""
     if "scaler" not in header:
@@ -707,8 +705,8 @@ def _split_scaler(
     chunks = raw["chunks"]
     if isinstance(chunks, bool) or not isinstance(chunks, int) or not 1 <= chunks <= len(blobs):
         raise _bad(what, "scaler.chunks", chunks, f"an integer in [1, {len(blobs)}]")
-    enc = from_header_and_chunks(
-        raw["header"], blobs[-chunks:], key, what=f"{what}, encrypted scaler"
+    enc = key.from_header_and_chunks(
+        raw["header"], blobs[-chunks:], what=f"{what}, encrypted scaler"
     )
     layout = enc.layout
     expected = ((SCALER_ARRAY,), ((8 * num_features,),), ("uint16",))
@@ -722,7 +720,7 @@ def _split_scaler(
     return blobs[:-chunks], enc
 
 
-def load_encrypted_model(path: str | os.PathLike[str], key: Key) -> EncryptedModel:
+def load_encrypted_model(path: str | os.PathLike[str], key: crypto.Key) -> EncryptedModel:
     """Read an encrypted model file (public key to train, private key to decrypt).
 
     Every header field is checked (types, ranges, one level per coefficient within the

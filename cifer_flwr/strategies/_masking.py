@@ -36,7 +36,7 @@ def _mask_record(payload: bytes, server_round: int) -> ConfigRecord:
 
 def check_masking_key(key: crypto.AnyKey) -> None:
     """Refuse masking before anything starts unless the key is the exact ``packed`` scheme."""
-    if not isinstance(key, crypto.Key) or not key.params.is_bfv:
+    if not crypto.has_exact_sums(key):
         raise MaskingError(
             f"masking=True needs the exact sums of preset 'packed' (BFV); this key's preset is "
             f"{key.params.name!r}. Generate the keys with `cifer keygen --preset packed` "

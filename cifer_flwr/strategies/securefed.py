@@ -218,7 +218,7 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
             train_metrics_aggr_fn=train_metrics_aggr_fn,
             evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
         )
-        if not isinstance(self.key, crypto.Key):
+        if not crypto.has_reserved_slots(self.key):
             raise ConfigError(
                 f"SecureFed needs a CKKS or packed key: its per-ciphertext integrity values "
                 f"(docs/design.md §4.4) use reserved slots, which the {self.key.params.name!r} "
