@@ -7,7 +7,8 @@ write your own encrypted strategy; ``fedavgm.py`` is the worked example.
 ranges and run-config keys.
 """
 
-from cifer_flwr.strategies._base import EncryptedFedAvgBase, EncryptedFedOptBase
+from cifer_flwr.strategies._base import EncryptedFedAvgBase
+from cifer_flwr.strategies._fedopt import EncryptedFedOptBase
 from cifer_flwr.strategies._pull import stream_replies
 from cifer_flwr.strategies.fedadagrad import FedAdagrad
 from cifer_flwr.strategies.fedadam import FedAdam

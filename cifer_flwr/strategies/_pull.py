@@ -9,6 +9,7 @@ ids ``batch`` at a time so the caller holds only the replies it has not consumed
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator
 
@@ -19,6 +20,8 @@ from cifer_flwr import crypto
 from cifer_flwr.exceptions import ConfigError
 
 __all__ = ["PULL_BATCH", "PULL_BYTES", "PULL_INTERVAL", "pull_batch", "stream_replies"]
+
+log = logging.getLogger("cifer_flwr.strategies")
 
 #: Most reply ids asked for in one ``pull_messages`` call while streaming a round: the
 #: replies the ServerApp holds at once, whatever the cohort size (docs/design.md §6).
@@ -90,6 +93,13 @@ def _pull(
                     del waiting[done]
                     got_any = True
                     yield reply
+                else:  # a second reply to one message, or a reply to no pending one
+                    log.warning(
+                        "dropped a reply of node %s to message %.40r: no reply to it is "
+                        "awaited (a duplicate, or a reply to another push)",
+                        reply.metadata.src_node_id,
+                        done,
+                    )
             if end is not None and time.time() >= end:
                 return
         if waiting and not got_any:

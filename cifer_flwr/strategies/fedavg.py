@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-
-from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg as FlwrFedAvg
 
-from cifer_flwr import crypto
 from cifer_flwr.strategies._base import EncryptedFedAvgBase
 
 __all__ = ["FedAvg"]
@@ -48,58 +43,17 @@ class FedAvg(EncryptedFedAvgBase, FlwrFedAvg):
         pairwise and self masks to its quantized update, so a single reply decrypts to
         uniform noise and only the sum of at least ``max(3, min_replies)`` clients can be
         unmasked. Needs preset ``packed``; anything else is refused here.
-    fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, \
-min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key, \
-train_metrics_aggr_fn, evaluate_metrics_aggr_fn
-        As in Flower's FedAvg.
+    fold : {"auto", "in-process", "workers"} (default: "auto")
+        Where the replies' ciphertexts are validated and added (docs/design.md §6.1):
+        ``"auto"`` uses the crypto worker processes for a round of at least
+        ``crypto.workers.PARALLEL_MIN_CHUNKS`` (1024) ciphertexts when two or more workers
+        are available (``$CIFER_WORKERS``, else the CPUs), in-process otherwise;
+        ``"in-process"`` never starts workers; ``"workers"`` always uses them (CKKS and
+        ``packed`` keys, two or more workers).
+    **flower_kwargs
+        Forwarded to Flower's FedAvg with its defaults: ``fraction_train``,
+        ``fraction_evaluate``, ``min_train_nodes``, ``min_evaluate_nodes``,
+        ``min_available_nodes``, ``weighted_by_key``, ``arrayrecord_key``,
+        ``configrecord_key``, ``train_metrics_aggr_fn``, ``evaluate_metrics_aggr_fn``.
 
     """
-
-    def __init__(
-        self,
-        *,
-        public_key: str | os.PathLike[str] | crypto.AnyKey,
-        save_path: str | os.PathLike[str] | None = None,
-        examples_per_client: float = 1000.0,
-        min_replies: int = 2,
-        checkpoint_path: str | os.PathLike[str] | None = None,
-        resume: bool = False,
-        masking: bool = False,
-        fraction_train: float = 1.0,
-        fraction_evaluate: float = 1.0,
-        min_train_nodes: int = 2,
-        min_evaluate_nodes: int = 2,
-        min_available_nodes: int = 2,
-        weighted_by_key: str = "num-examples",
-        arrayrecord_key: str = "arrays",
-        configrecord_key: str = "config",
-        train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
-        evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
-    ) -> None:
-        FlwrFedAvg.__init__(
-            self,
-            fraction_train=fraction_train,
-            fraction_evaluate=fraction_evaluate,
-            min_train_nodes=min_train_nodes,
-            min_evaluate_nodes=min_evaluate_nodes,
-            min_available_nodes=min_available_nodes,
-            weighted_by_key=weighted_by_key,
-            arrayrecord_key=arrayrecord_key,
-            configrecord_key=configrecord_key,
-            train_metrics_aggr_fn=train_metrics_aggr_fn,
-            evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
-        )
-        self._init_encryption(
-            public_key,
-            save_path,
-            examples_per_client,
-            min_replies=min_replies,
-            checkpoint_path=checkpoint_path,
-            resume=resume,
-            masking=masking,
-        )
-
-    def summary(self) -> None:
-        """Log the strategy's configuration, encryption included."""
-        self._summary_encryption()
-        FlwrFedAvg.summary(self)

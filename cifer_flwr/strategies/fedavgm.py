@@ -2,21 +2,19 @@
 
 This file is the reference for writing your own encrypted strategy: subclass Flower's class
 and one of the public base classes (:class:`~cifer_flwr.strategies.EncryptedFedAvgBase`,
-:class:`~cifer_flwr.strategies.EncryptedFedOptBase`), restate Flower's arguments
-keyword-only, add the encryption ones, and describe the update as a public
+:class:`~cifer_flwr.strategies.EncryptedFedOptBase`), which take the encryption arguments and
+forward Flower's (``**flower_kwargs``), and describe the update as a public
 :class:`~cifer_flwr.protocol.OptimizerSpec` the key holders apply (docs/design.md §4.3.1).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+from typing import Any
 
-from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvgM as FlwrFedAvgM
 
-from cifer_flwr import crypto, protocol
-from cifer_flwr.strategies._base import EncryptedFedOptBase
+from cifer_flwr import protocol
+from cifer_flwr.strategies._fedopt import EncryptedFedOptBase
 
 __all__ = ["FedAvgM"]
 
@@ -37,16 +35,16 @@ class FedAvgM(EncryptedFedOptBase, FlwrFedAvgM):
 
     Parameters
     ----------
-    public_key, save_path, examples_per_client, min_replies, checkpoint_path, resume, masking
+    public_key, save_path, examples_per_client, min_replies, checkpoint_path, resume, \
+masking, fold
         As in :class:`cifer_flwr.strategies.FedAvg`.
-    server_learning_rate : float
-        As in Flower's FedAvgM; must be finite and > 0.
-    server_momentum : float
-        As in Flower's FedAvgM; must lie in [0, 1).
-    fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, \
-min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key, \
-train_metrics_aggr_fn, evaluate_metrics_aggr_fn
-        As in Flower's FedAvgM.
+    **flower_kwargs
+        Forwarded to Flower's FedAvgM with its defaults: ``fraction_train``,
+        ``fraction_evaluate``, ``min_train_nodes``, ``min_evaluate_nodes``,
+        ``min_available_nodes``, ``weighted_by_key``, ``arrayrecord_key``,
+        ``configrecord_key``, ``train_metrics_aggr_fn``, ``evaluate_metrics_aggr_fn``,
+        ``server_learning_rate`` (1.0; finite and > 0), ``server_momentum`` (0.0; in
+        [0, 1)).
 
     Raises
     ------
@@ -57,55 +55,10 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
 
     _opt_kind = "avgm"
 
-    def __init__(
-        self,
-        *,
-        public_key: str | os.PathLike[str] | crypto.AnyKey,
-        save_path: str | os.PathLike[str] | None = None,
-        examples_per_client: float = 1000.0,
-        min_replies: int = 2,
-        checkpoint_path: str | os.PathLike[str] | None = None,
-        resume: bool = False,
-        masking: bool = False,
-        fraction_train: float = 1.0,
-        fraction_evaluate: float = 1.0,
-        min_train_nodes: int = 2,
-        min_evaluate_nodes: int = 2,
-        min_available_nodes: int = 2,
-        weighted_by_key: str = "num-examples",
-        arrayrecord_key: str = "arrays",
-        configrecord_key: str = "config",
-        train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
-        evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
-        server_learning_rate: float = 1.0,
-        server_momentum: float = 0.0,
-    ) -> None:
-        FlwrFedAvgM.__init__(
-            self,
-            fraction_train=fraction_train,
-            fraction_evaluate=fraction_evaluate,
-            min_train_nodes=min_train_nodes,
-            min_evaluate_nodes=min_evaluate_nodes,
-            min_available_nodes=min_available_nodes,
-            weighted_by_key=weighted_by_key,
-            arrayrecord_key=arrayrecord_key,
-            configrecord_key=configrecord_key,
-            train_metrics_aggr_fn=train_metrics_aggr_fn,
-            evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
-            server_learning_rate=server_learning_rate,
-            server_momentum=server_momentum,
-        )
+    def _init_encryption(self, *args: Any, **kwargs: Any) -> None:
         # the key holders validate the same way; refuse bad settings here, at construction
         protocol.OptimizerSpec.from_dict(self.optimizer.to_dict())
-        self._init_encryption(
-            public_key,
-            save_path,
-            examples_per_client,
-            min_replies=min_replies,
-            checkpoint_path=checkpoint_path,
-            resume=resume,
-            masking=masking,
-        )
+        super()._init_encryption(*args, **kwargs)
 
     @property
     def optimizer(self) -> protocol.OptimizerSpec:
@@ -121,8 +74,3 @@ train_metrics_aggr_fn, evaluate_metrics_aggr_fn
     def _state_groups(self) -> tuple[int, ...]:
         """The state holds ``x`` (initially) or ``x, m``; FedAvgM has no ``v``."""
         return (1, 2)
-
-    def summary(self) -> None:
-        """Log the strategy's configuration, encryption included."""
-        self._summary_encryption()
-        FlwrFedAvgM.summary(self)

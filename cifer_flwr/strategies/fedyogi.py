@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-
-from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedYogi as FlwrFedYogi
 
-from cifer_flwr import crypto
-from cifer_flwr.strategies._base import EncryptedFedOptBase
+from cifer_flwr.strategies._fedopt import EncryptedFedOptBase
 
 __all__ = ["FedYogi"]
 
@@ -27,74 +22,16 @@ class FedYogi(EncryptedFedOptBase, FlwrFedYogi):
 
     Parameters
     ----------
-    public_key, save_path, examples_per_client, min_replies, checkpoint_path, resume, masking
+    public_key, save_path, examples_per_client, min_replies, checkpoint_path, resume, \
+masking, fold
         As in :class:`cifer_flwr.strategies.FedAvg`.
-    eta, eta_l, beta_1, beta_2, tau
-        As in Flower's FedYogi.
-    fraction_train, fraction_evaluate, min_train_nodes, min_evaluate_nodes, \
-min_available_nodes, weighted_by_key, arrayrecord_key, configrecord_key, \
-train_metrics_aggr_fn, evaluate_metrics_aggr_fn
-        As in Flower's FedYogi.
+    **flower_kwargs
+        Forwarded to Flower's FedYogi with its defaults: ``fraction_train``,
+        ``fraction_evaluate``, ``min_train_nodes``, ``min_evaluate_nodes``,
+        ``min_available_nodes``, ``weighted_by_key``, ``arrayrecord_key``,
+        ``configrecord_key``, ``train_metrics_aggr_fn``, ``evaluate_metrics_aggr_fn``,
+        ``eta``, ``eta_l``, ``beta_1``, ``beta_2``, ``tau``.
 
     """
 
     _opt_kind = "yogi"
-
-    def __init__(
-        self,
-        *,
-        public_key: str | os.PathLike[str] | crypto.AnyKey,
-        save_path: str | os.PathLike[str] | None = None,
-        examples_per_client: float = 1000.0,
-        min_replies: int = 2,
-        checkpoint_path: str | os.PathLike[str] | None = None,
-        resume: bool = False,
-        masking: bool = False,
-        fraction_train: float = 1.0,
-        fraction_evaluate: float = 1.0,
-        min_train_nodes: int = 2,
-        min_evaluate_nodes: int = 2,
-        min_available_nodes: int = 2,
-        weighted_by_key: str = "num-examples",
-        arrayrecord_key: str = "arrays",
-        configrecord_key: str = "config",
-        train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
-        evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
-        eta: float = 1e-2,
-        eta_l: float = 0.0316,
-        beta_1: float = 0.9,
-        beta_2: float = 0.99,
-        tau: float = 1e-3,
-    ) -> None:
-        FlwrFedYogi.__init__(
-            self,
-            fraction_train=fraction_train,
-            fraction_evaluate=fraction_evaluate,
-            min_train_nodes=min_train_nodes,
-            min_evaluate_nodes=min_evaluate_nodes,
-            min_available_nodes=min_available_nodes,
-            weighted_by_key=weighted_by_key,
-            arrayrecord_key=arrayrecord_key,
-            configrecord_key=configrecord_key,
-            train_metrics_aggr_fn=train_metrics_aggr_fn,
-            evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
-            eta=eta,
-            eta_l=eta_l,
-            beta_1=beta_1,
-            beta_2=beta_2,
-            tau=tau,
-        )
-        self._init_encryption(
-            public_key,
-            save_path,
-            examples_per_client,
-            min_replies=min_replies,
-            checkpoint_path=checkpoint_path,
-            resume=resume,
-            masking=masking,
-        )
-
-    def summary(self) -> None:
-        """Log the strategy's configuration, encryption included."""
-        self._summary_encryption()
-        FlwrFedYogi.summary(self)
