@@ -68,8 +68,8 @@ def _execute(notebook: Path, tmp_path: Path, namespace: bool) -> str:
         "CIFER_NOTEBOOK_WORK": str(tmp_path / "work"),
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "MPLBACKEND": "Agg",
     }
+    env.pop("MPLBACKEND", None)  # the kernel's inline backend puts the plot into the notebook
     cmd = [*prefix, sys.executable, "-m", "tests.notebooks.execute", str(notebook), str(out)]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
