@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from cifer_flwr import crypto
-from cifer_flwr.tooling.launch import APP_DIR
 from cifer_flwr.tooling.federation.runs import run_app
 from cifer_flwr.tooling.federation.simulation import simulation
+from cifer_flwr.tooling.launch import APP_DIR
 
 
 def one_run(

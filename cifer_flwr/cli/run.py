@@ -53,8 +53,8 @@ def run(
     cifer run topology=p2p topology.graph=ring num_rounds=5 |
     cifer run -m strategy=fedavg,fedyogi encryption=ckks,none num_rounds=2
     """
-    from cifer_flwr.tooling.launch import hydra_entry, validate_sweep
     from cifer_flwr.tooling.federation.processes import Terminated, terminate_as_interrupt
+    from cifer_flwr.tooling.launch import hydra_entry, validate_sweep
 
     args = list(ctx.args)
     try:

@@ -168,6 +168,8 @@ def has_exact_sums(key: Key | PaillierKey) -> TypeGuard[Key]:
     ``key.exact_sums``, as a type guard (the ``packed`` preset).
     """
     return key.exact_sums
+
+
 #: Encrypted arrays of either scheme.
 AnyEncrypted = EncryptedArrays | PaillierArrays
 #: Parameters of either scheme.

@@ -31,11 +31,11 @@ import pytest
 
 from cifer_flwr import crypto, strategies
 from cifer_flwr.experiments.config import compose, overrides_to_string
-from cifer_flwr.tooling.launch import APP_DIR
 from cifer_flwr.protocol import decrypt_global_model
 from cifer_flwr.tooling.federation import Federation, up
 from cifer_flwr.tooling.federation.processes import cmdline, descendants, is_alive
 from cifer_flwr.tooling.federation.runs import RunOutcome, run_app
+from cifer_flwr.tooling.launch import APP_DIR
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -26,9 +26,9 @@ import pytest
 
 from cifer_flwr.exceptions import ConfigError, MissingExtraError
 from cifer_flwr.experiments.config import compose, overrides_to_string
-from cifer_flwr.tooling.launch import run_experiment, validate_sweep
 from cifer_flwr.extras import install_command
 from cifer_flwr.tooling.federation import processes
+from cifer_flwr.tooling.launch import run_experiment, validate_sweep
 
 NODES = 20
 ROUNDS = 2
