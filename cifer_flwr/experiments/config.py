@@ -1,7 +1,9 @@
 """Structured experiment configuration: composed by Hydra from ``conf/``, validated here.
 
-Strategies have one typed config each (:class:`FedAvgConfig`, :class:`FedYogiConfig`, ...);
-their dataclass defaults are the one source of ``conf/strategy/*.yaml``. Every entry point
+Strategies have one typed config each (:class:`FedAvgConfig`, :class:`FedYogiConfig`, ...)
+whose defaults and ranges come from the library's registry
+(:data:`cifer_flwr.strategies.REGISTRY`); ``conf/strategy/*.yaml`` is rendered from them.
+Every entry point
 validates with :func:`check_experiment` before anything starts (before key generation,
 before a federation is brought up): ``cifer run`` and the generic app through
 :func:`compose` / :func:`validate`, ``cifer demo`` directly. A typo in a group option
@@ -289,8 +291,9 @@ def strategy_yaml(name: str) -> str:
     """The text of ``conf/strategy/NAME.yaml``, rendered from the dataclass defaults."""
     cls = STRATEGY_CONFIGS[strategy_name(name)]
     lines = [
-        f"# {cls.__name__} defaults (rendered from cifer_flwr/experiments/config.py by",
-        "# `python -m cifer_flwr.experiments.config`; edit the dataclass, not this file)",
+        f"# {cls.__name__} defaults, from the library's registry (rendered by",
+        "# `python -m cifer_flwr.experiments.config`; edit cifer_flwr/strategies/registry.py,",
+        "# not this file)",
         f"name: {cls.name}",
     ]
     for f in fields(cls):
