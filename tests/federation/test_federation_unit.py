@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from cifer_flwr.tooling.federation import Federation, FederationError, ProcessInfo
 from cifer_flwr.tooling.federation.audit import find_secret_key
 from cifer_flwr.tooling.federation.certs import make_node_auth_key, make_tls_files
-from cifer_flwr.tooling.federation.local import _write_connection, flower_env, parse_json_output
+from cifer_flwr.tooling.federation.local import flower_env, parse_json_output, write_connection
 from cifer_flwr.tooling.federation.processes import descendants, is_alive, spawn, stop_pids
 from cifer_flwr.tooling.federation.runs import to_toml
 
@@ -42,7 +42,7 @@ def test_node_auth_key_is_p384_openssh(tmp_path):
 
 def test_connection_toml(tmp_path):
     fed = Federation(directory=tmp_path, address="127.0.0.1:1234", tls=True, ca_cert="/x/ca.crt")
-    _write_connection(fed)
+    write_connection(fed)
     conf = tomllib.loads((fed.flwr_home / "config.toml").read_text())
     assert conf["superlink"]["default"] == "cifer-local"
     assert conf["superlink"]["cifer-local"] == {
@@ -50,7 +50,7 @@ def test_connection_toml(tmp_path):
         "root-certificates": "/x/ca.crt",
     }
     fed.tls = False
-    _write_connection(fed)
+    write_connection(fed)
     conf = tomllib.loads((fed.flwr_home / "config.toml").read_text())
     assert conf["superlink"]["cifer-local"]["insecure"] is True
 

@@ -23,7 +23,7 @@ from cifer_flwr.experiments.data import Partition, load_file_dataset
 from cifer_flwr.experiments.tasks.sklearn_logreg import SklearnLogReg
 from cifer_flwr.protocol import decrypt_global_model
 from cifer_flwr.tooling.federation import processes
-from cifer_flwr.tooling.federation.local import _free_port
+from cifer_flwr.tooling.federation.local import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -58,7 +58,7 @@ def test_cifer_quick_start_from_the_readme(tmp_path, monkeypatch, capfd):
 
     (config,) = _blocks("json")
     (script,) = _blocks("python")
-    port = str(_free_port())
+    port = str(free_port())
     assert config.count("9092") == 1 and script.count("9092") == 1
     for i in range(2):
         text = config.replace("9092", port).replace("client0.csv", f"client{i}.csv")

@@ -13,7 +13,7 @@ import pytest
 
 from cifer_flwr import fedlearn as fl
 from cifer_flwr.tooling.federation.certs import make_tls_files
-from cifer_flwr.tooling.federation.local import _free_port
+from cifer_flwr.tooling.federation.local import free_port
 from cifer_flwr.tooling.federation.processes import is_alive
 
 pytestmark = pytest.mark.e2e
@@ -24,7 +24,7 @@ def test_secure_server_and_client(tmp_path):
     x = np.random.default_rng(0).normal(size=(20, 3))
     np.savez(tmp_path / "data.npz", x=x, y=(x[:, 0] > 0).astype(int))
     np.savez(tmp_path / "model.npz", coef=np.zeros((1, 3)), intercept=np.zeros(1))
-    port = _free_port()
+    port = free_port()
     config = {
         "ip_address": "127.0.0.1",
         "port": port,

@@ -46,7 +46,10 @@ __all__ = [
     "FederationError",
     "ProcessInfo",
     "flower_env",
+    "flower_executable",
+    "free_port",
     "up",
+    "write_connection",
 ]
 
 DEFAULT_DIR = Path(".cifer/federation")
@@ -86,7 +89,15 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     return env
 
 
-def _exe(name: str) -> str:
+def flower_executable(name: str) -> str:
+    """Path of Flower's executable ``name`` (this environment's first, then ``PATH``).
+
+    Raises
+    ------
+    FederationError
+        When Flower is not installed here.
+
+    """
     local = Path(sys.executable).parent / name
     if local.exists():
         return str(local)
@@ -99,7 +110,8 @@ def _exe(name: str) -> str:
     return found
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((_HOST, 0))
         return int(s.getsockname()[1])
@@ -211,7 +223,7 @@ class Federation:
         """Run ``flwr ARGS`` with this federation's FLWR_HOME; output captured."""
         try:
             return subprocess.run(
-                [_exe("flwr"), *args],
+                [flower_executable("flwr"), *args],
                 env=self.env(),
                 capture_output=True,
                 text=True,
@@ -330,9 +342,9 @@ class Federation:
             config += f" {name}={json.dumps(str(value))}"
         if key:
             config += f' {NODE_CONFIG_PRIVATE_KEY}="{Path(key).resolve()}"'
-        port = _free_port()
+        port = free_port()
         args = [
-            _exe("flower-supernode"),
+            flower_executable("flower-supernode"),
             "--superlink",
             self.address,
             "--host",
@@ -441,7 +453,8 @@ def _is_ours(p: ProcessInfo) -> bool:
     return not current or any(Path(a).name == Path(p.args[0]).name for a in current[:5])
 
 
-def _write_connection(fed: Federation) -> None:
+def write_connection(fed: Federation) -> None:
+    """Write the federation's connection into ``FLWR_HOME``'s ``config.toml`` (``flwr`` CLI)."""
     fed.flwr_home.mkdir(parents=True, exist_ok=True)
     lines = [
         "[superlink]",
@@ -536,7 +549,7 @@ def up(
         shutil.rmtree(d / sub, ignore_errors=True)
     d.mkdir(parents=True, exist_ok=True)
 
-    port = _free_port() if port is None else port
+    port = free_port() if port is None else port
     fed = Federation(
         directory=d,
         address=f"{_HOST}:{port}",
@@ -549,7 +562,7 @@ def up(
         detached=detached,
     )
     args = [
-        _exe("flower-superlink"),
+        flower_executable("flower-superlink"),
         "--host",
         _HOST,
         "--port",
@@ -571,7 +584,7 @@ def up(
         args.append("--insecure")
     if auth:
         args.append("--enable-supernode-auth")
-    _write_connection(fed)
+    write_connection(fed)
     try:
         home = d / "home" / "superlink"
         home.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from cifer_flwr.tooling.federation import processes
-from cifer_flwr.tooling.federation.local import Federation, FederationError, _exe
+from cifer_flwr.tooling.federation.local import Federation, FederationError, flower_executable
 
 __all__ = [
     "FLOWER_START_WINDOW_S",
@@ -390,7 +390,7 @@ def run_app(
     remaining = max(1.0, timeout - (time.monotonic() - t0))
     with open(log, "wb") as out:
         streamer = subprocess.Popen(
-            [_exe("flwr"), "log", str(run_id), fed.connection, "--stream"],
+            [flower_executable("flwr"), "log", str(run_id), fed.connection, "--stream"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -49,10 +49,10 @@ from cifer_flwr.tooling.federation.local import (
     Federation,
     FederationError,
     ProcessInfo,
-    _exe,
-    _free_port,
-    _write_connection,
     flower_env,
+    flower_executable,
+    free_port,
+    write_connection,
 )
 
 __all__ = [
@@ -212,7 +212,7 @@ def up_simulation(
     for sub in ("logs", "home", "flwr-home"):
         shutil.rmtree(d / sub, ignore_errors=True)
     d.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     scratch: list[str] = []
     if ray_tmp_dir is None:  # Ray's session files go with the federation (issue 22)
         ray_tmp_dir = tempfile.mkdtemp(prefix="cifer-ray-")
@@ -228,7 +228,7 @@ def up_simulation(
         scratch_dirs=scratch,
     )
     args = [
-        _exe("flower-superlink"),
+        flower_executable("flower-superlink"),
         "--insecure",
         "--simulation",
         "--host",
@@ -237,7 +237,7 @@ def up_simulation(
         str(port),
         "--disable-runtime-dependency-installation",
     ]
-    _write_connection(fed)
+    write_connection(fed)
     try:
         home = d / "home" / "superlink"
         home.mkdir(parents=True, exist_ok=True)
