@@ -17,7 +17,7 @@ The recombination ``sum_j total_j * 64**j`` is exact integer arithmetic, so are 
 and variance (``n * Q - S**2``).
 
 This module is the pure part (numpy and :mod:`cifer_flwr.crypto`); the message exchange on
-a Flower ``Grid`` lives in :mod:`cifer_flwr.experiments.scaling`.
+a Flower ``Grid`` and in a ClientApp lives in :mod:`cifer_flwr.scaling`.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ __all__ = [
     "fold_first_layer",
     "local_sums",
     "open_sums",
+    "plain_scaling_path",
+    "read_plain_scaling",
     "saved_scaling",
     "scaling_path",
     "stats_from_sums",
@@ -559,12 +561,37 @@ def write_plain_scaling(model_path: str | os.PathLike[str], stats: FeatureStats)
 
     from cifer_flwr.crypto.container import write_file_atomic
 
-    p = Path(model_path)
-    path = p.with_name(f"{p.stem}.scaling.npz")
+    path = plain_scaling_path(model_path)
     buf = io.BytesIO()
     np.savez(buf, allow_pickle=False, **stats.to_arrays())
     write_file_atomic(path, buf.getvalue())
     return path
+
+
+def plain_scaling_path(model_path: str | os.PathLike[str]) -> Path:
+    """Where :func:`write_plain_scaling` puts the scaling (``m.npz`` -> ``m.scaling.npz``)."""
+    p = Path(model_path)
+    return p.with_name(f"{p.stem}.scaling.npz")
+
+
+def read_plain_scaling(model_path: str | os.PathLike[str]) -> FeatureStats | None:
+    """The scaling :func:`write_plain_scaling` wrote beside a model (``None`` when none).
+
+    Raises
+    ------
+    StatisticsError
+        For a file that is not such a scaling (no pickle is ever loaded).
+
+    """
+    path = plain_scaling_path(model_path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in ("mean", "std", "count") if name in data}
+    except (OSError, ValueError) as exc:
+        raise StatisticsError(f"{path}: not a scaling file ({exc}).") from None
+    return FeatureStats.from_arrays(arrays)
 
 
 def decrypt_scaled_model(

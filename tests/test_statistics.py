@@ -14,13 +14,13 @@ from flwr.clientapp import ClientApp
 from cifer_flwr import crypto
 from cifer_flwr import statistics as fstats
 from cifer_flwr.exceptions import CiferError, RunFailedError
-from cifer_flwr.experiments.scaling import (
+from cifer_flwr.mods import ckks_mod
+from cifer_flwr.scaling import (
     STATS_RECORD,
     answer_statistics,
     exchange_statistics,
     stored_statistics,
 )
-from cifer_flwr.mods import ckks_mod
 from tests.strategies.harness import InProcessGrid
 
 F = 5
@@ -87,8 +87,12 @@ def test_every_key_holder_gets_numpys_mean_and_std_of_the_union(key_files, tmp_p
         np.testing.assert_allclose(fstats.decrypt_scaling(done.path, private).std, std, rtol=1e-7)
         with pytest.raises(CiferError):
             fstats.decrypt_scaling(done.path, private.public())
-    else:
-        assert done.path is None
+    else:  # the plaintext baseline's server saw the sums: it writes the scaling beside
+        assert done.path == fstats.plain_scaling_path(save)
+        saved = fstats.read_plain_scaling(save)
+        assert saved is not None and saved.count == stats.count
+        np.testing.assert_allclose(saved.mean, mean, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(saved.std, std, rtol=1e-7)
 
 
 def _replace_sums(node: int, make) -> object:

@@ -151,7 +151,7 @@ def _standardize(
     )
 
 
-def _load_mnist() -> Dataset:  # pragma: no cover - needs the network
+def _load_mnist(standardize: bool = True) -> Dataset:  # pragma: no cover - needs the network
     try:
         from datasets import load_dataset as hf_load  # type: ignore[import-not-found]
     except ImportError as exc:
@@ -165,7 +165,7 @@ def _load_mnist() -> Dataset:  # pragma: no cover - needs the network
         x = np.asarray(ds["image"], dtype=np.float32).reshape(-1, 784) / 255.0
         out.append((x, np.asarray(ds["label"], dtype=np.int64)))
     (xtr, ytr), (xte, yte) = out
-    xtr_s, xte_s = _standardize(xtr, xte)
+    xtr_s, xte_s = _standardize(xtr, xte) if standardize else (xtr, xte)
     return Dataset("mnist", xtr_s, ytr, xte_s, yte, 10, (28, 28))
 
 
@@ -457,7 +457,9 @@ def load_file_dataset(
     return Dataset(str(p.resolve()), xtr_s, ytr, xte_s, yte, classes, None)
 
 
-def load_dataset(name: str = "digits", *, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+def load_dataset(
+    name: str = "digits", *, test_fraction: float = 0.2, seed: int = 0, standardize: bool = True
+) -> Dataset:
     """Load a built-in dataset, split it (stratified) and standardize it.
 
     Parameters
@@ -472,11 +474,14 @@ def load_dataset(name: str = "digits", *, test_fraction: float = 0.2, seed: int 
         Share of each class held out as the global test set.
     seed : int
         Seed of the split.
+    standardize : bool
+        Standardize with the training split's statistics; ``False``: the raw rows (as
+        float32), for clients that scale with the federation's statistics (§4.10).
 
     Returns
     -------
     Dataset
-        Standardized train and test splits.
+        Standardized (or raw) train and test splits.
 
     Raises
     ------
@@ -485,9 +490,11 @@ def load_dataset(name: str = "digits", *, test_fraction: float = 0.2, seed: int 
 
     """
     if is_dataset_file(name):
-        return load_file_dataset(name, test_fraction=test_fraction, seed=seed)
+        return load_file_dataset(
+            name, test_fraction=test_fraction, seed=seed, standardize=standardize
+        )
     if name == "mnist":
-        return _load_mnist()
+        return _load_mnist(standardize)
     shapes: dict[str, tuple[int, tuple[int, int] | None]] = {
         "digits": (10, (8, 8)),
         "breast-cancer": (2, None),
@@ -500,7 +507,10 @@ def load_dataset(name: str = "digits", *, test_fraction: float = 0.2, seed: int 
     classes, shape = shapes[name]
     x, y = _bundled(name)
     xtr, ytr, xte, yte = _split(x, y, test_fraction, seed)
-    xtr_s, xte_s = _standardize(xtr, xte)
+    if standardize:
+        xtr_s, xte_s = _standardize(xtr, xte)
+    else:
+        xtr_s, xte_s = xtr.astype(np.float32), xte.astype(np.float32)
     return Dataset(name, xtr_s, ytr, xte_s, yte, classes, shape)
 
 
@@ -600,9 +610,9 @@ def load_partition(
 
 
 @lru_cache(maxsize=4)
-def cached_dataset(name: str, seed: int = 0) -> Dataset:
+def cached_dataset(name: str, seed: int = 0, standardize: bool = True) -> Dataset:
     """:func:`load_dataset` once per process (a ClientApp process may handle many messages)."""
-    return load_dataset(name, seed=seed)
+    return load_dataset(name, seed=seed, standardize=standardize)
 
 
 def whole(dataset: Dataset) -> Partition:
@@ -615,20 +625,22 @@ def node_partition(
     node_config: Mapping[str, Any],
     *,
     default_dataset: str = "digits",
+    standardize: bool = True,
 ) -> Partition:
     """Return this SuperNode's partition, as the examples configure it.
 
     Run config: ``dataset-path`` or ``dataset`` (see :func:`run_dataset`), ``seed`` (default
     42), ``partitioner``, ``dirichlet-alpha``; node config:
     ``partition-id``, ``num-partitions``, and ``dataset-path``: this node's own dataset file,
-    used whole (each node brings its own data, nothing is partitioned).
+    used whole (each node brings its own data, nothing is partitioned). ``standardize=False``
+    gives the raw rows (the examples scale them with the federation's statistics, §4.10).
     """
     seed = int(run_config.get("seed", 42))
     own = str(node_config.get(DATASET_PATH_KEY, "") or "")
     if own:
-        return whole(cached_dataset(own, seed))
+        return whole(cached_dataset(own, seed, standardize))
     return load_partition(
-        cached_dataset(run_dataset(run_config, default_dataset), seed),
+        cached_dataset(run_dataset(run_config, default_dataset), seed, standardize),
         int(node_config.get("partition-id", 0)),
         int(node_config.get("num-partitions", 1)),
         partitioner=str(run_config.get("partitioner", "iid")),

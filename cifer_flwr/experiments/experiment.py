@@ -19,15 +19,12 @@ from cifer_flwr.experiments.data import (
     load_partition,
 )
 from cifer_flwr.experiments.results import ResultsWriter
-from cifer_flwr.experiments.scaling import (
-    exchange_statistics,
-    scaled_partition,
-    stored_statistics,
-)
+from cifer_flwr.experiments.scaling import scaled_partition
 from cifer_flwr.experiments.tasks import TASKS, Task, TrainSettings, get_task
 from cifer_flwr.experiments.topology.centralized import run_centralized
 from cifer_flwr.experiments.topology.p2p import PeerRuntime, run_p2p
 from cifer_flwr.mods import private_key_for
+from cifer_flwr.scaling import exchange_statistics, stored_statistics
 from cifer_flwr.statistics import FeatureStats, StatisticsError
 
 __all__ = [

@@ -2,6 +2,12 @@
 
 Usage: python -m tests.examples.run_example EXAMPLE_DIR PRIVATE_KEY PUBLIC_KEY OUT_JSON KEY=VALUE...
 
+With run config ``save-path``, the saved final model is then evaluated by the example's own
+``task.evaluate_arrays`` on the raw held-out rows, written to ``OUT_JSON`` with suffix
+``.final.json``: ``raw`` (encrypted: decrypted with the federation's scaling folded in;
+plaintext: with the scaling saved beside it) and ``unscaled`` (the weights as trained, on raw
+rows).
+
 A subprocess per run: TensorFlow must be imported after TenSEAL (docs/design.md §7), and each
 example imports its own package (``sklearnexample``, ``tfexample``, ...).
 """
@@ -53,6 +59,34 @@ def main() -> None:
         grid,
         Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=run_config),
     )
+    if run_config.get("save-path"):
+        final = evaluate_saved(
+            importlib.import_module(f"{project['components']['serverapp'].split('.')[0]}.task"),
+            Path(str(run_config["save-path"])),
+            priv,
+            run_config,
+        )
+        Path(out).with_suffix(".final.json").write_text(json.dumps(final))
+
+
+def evaluate_saved(task, save: Path, priv: str, run_config: dict) -> dict:
+    """The saved model on the raw held-out rows: as the library hands it to a key holder
+    (``decrypt_scaled_model``) or the plaintext model with the scaling saved beside it."""
+    import io
+
+    import numpy as np
+
+    from cifer_flwr import statistics
+    from cifer_flwr.protocol import decrypt_global_model
+
+    if save.suffix == ".npz":
+        with np.load(io.BytesIO(save.read_bytes()), allow_pickle=False) as data:
+            trained = {k: data[k] for k in data.files}
+        raw = task.evaluate_arrays(trained, run_config, statistics.read_plain_scaling(save))
+    else:
+        trained = decrypt_global_model(save, priv)
+        raw = task.evaluate_arrays(statistics.decrypt_scaled_model(save, priv), run_config)
+    return {"raw": raw, "unscaled": task.evaluate_arrays(trained, run_config)}
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cifer_flwr import statistics
 from cifer_flwr.tooling.demo import find_example
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +52,12 @@ def accuracies(results: dict) -> list[float]:
     return [row["accuracy"] for row in results["rounds"]]
 
 
+def final_evaluation(results: dict) -> dict:
+    """What run_example measured on the saved model (``raw`` / ``unscaled`` rows)."""
+    out = Path(results["run-config"]["results-path"])
+    return json.loads(out.with_suffix(".final.json").read_text())
+
+
 @pytest.mark.parametrize(
     ("example", "module", "strategy"),
     [
@@ -63,8 +70,23 @@ def accuracies(results: dict) -> list[float]:
 )
 def test_example_encrypted_matches_plaintext(example, module, strategy, key_files, tmp_path):
     pytest.importorskip(module)
-    enc = run_example(example, key_files, tmp_path, encryption=True, strategy=strategy)
-    plain = run_example(example, key_files, tmp_path, encryption=False, strategy=strategy)
+    enc_model, plain_model = tmp_path / "model.enc", tmp_path / "model-plain.npz"
+    enc = run_example(
+        example,
+        key_files,
+        tmp_path,
+        encryption=True,
+        strategy=strategy,
+        **{"save-path": str(enc_model)},
+    )
+    plain = run_example(
+        example,
+        key_files,
+        tmp_path,
+        encryption=False,
+        strategy=strategy,
+        **{"save-path": str(plain_model)},
+    )
     assert enc["encrypted"] is True and plain["encrypted"] is False
     assert len(enc["rounds"]) == len(plain["rounds"]) == ROUNDS
     acc_enc, acc_plain = accuracies(enc), accuracies(plain)
@@ -73,6 +95,16 @@ def test_example_encrypted_matches_plaintext(example, module, strategy, key_file
     assert acc_enc[-1] > 0.5
     # the ciphertext rounds moved more bytes than the plaintext ones (it really was encrypted)
     assert enc["rounds"][0]["bytes-received"] > plain["rounds"][0]["bytes-received"]
+
+    # issue 19 item 4: the nodes scaled with the federation's statistics (a statistics round
+    # before round 1); the decrypted model, its scaling folded in, takes the raw held-out
+    # rows and scores within 1 point of the run's own evaluation on standardised rows
+    enc_final, plain_final = final_evaluation(enc), final_evaluation(plain)
+    assert statistics.scaling_path(enc_model).is_file()  # encrypted, beside the model
+    assert enc_final["raw"]["accuracy"] == pytest.approx(acc_enc[-1], abs=0.01), enc_final
+    assert plain_final["raw"]["accuracy"] == pytest.approx(acc_plain[-1], abs=0.01), plain_final
+    # without its scaling, the trained model is not a raw-row model (the scaling is needed)
+    assert enc_final["unscaled"]["accuracy"] < enc_final["raw"]["accuracy"] - 0.05, enc_final
 
 
 # --- your own dataset file and initial model (issue 11 item 4) ------------------------------

@@ -318,16 +318,25 @@ def test_sklearn_example_trains_on_a_csv_from_run_config(tmp_path, monkeypatch):
     sys.modules.pop("sklearnexample.task", None)
     from sklearnexample import task  # type: ignore[import-not-found]
 
+    from cifer_flwr.statistics import FeatureStats
+
     cfg = {"dataset": str(csv), "seed": 42, "lr": 0.05}
     assert task.dataset_shape(cfg) == (5, 2)
     params = task.initial_params(cfg)
     assert params["coef"].shape == (1, 5)
-    parts = [task.load_data(cfg, {"partition-id": i, "num-partitions": 2}) for i in range(2)]
-    assert sum(len(p.y_train) for p in parts) == 64  # 80 % of 80, split across the 2 nodes
+    nodes = [{"partition-id": i, "num-partitions": 2} for i in range(2)]
+    raw = [task.load_data(cfg, node) for node in nodes]  # raw rows
+    assert sum(len(p.y_train) for p in raw) == 64  # 80 % of 80, split across the 2 nodes
+    # the scaling the statistics round gives every node: the union of their training rows
+    union = np.concatenate([p.x_train for p in raw]).astype(np.float64)
+    scaling = FeatureStats(len(union), union.mean(axis=0), union.std(axis=0))
+    part = task.load_data(cfg, nodes[0], scaling)
+    np.testing.assert_allclose(part.x_train, scaling.standardize(raw[0].x_train))
     model = task.make_model(cfg)
     task.set_params(model, params, 2)
-    task.train(model, parts[0].x_train, parts[0].y_train, 5, 2)
-    assert task.evaluate_arrays(task.get_params(model), cfg)["accuracy"] > 0.8
+    task.train(model, part.x_train, part.y_train, 5, 2)
+    # evaluated on the raw held-out rows, standardised with the model's scaling
+    assert task.evaluate_arrays(task.get_params(model), cfg, scaling)["accuracy"] > 0.8
 
 
 def test_hydra_task_model_path_gives_the_initial_model(tmp_path):

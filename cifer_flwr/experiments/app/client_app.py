@@ -9,8 +9,8 @@ from flwr.clientapp import ClientApp
 
 from cifer_flwr.experiments.apps import switched_ckks_mod
 from cifer_flwr.experiments.experiment import client_runtime
-from cifer_flwr.experiments.scaling import answer_statistics
 from cifer_flwr.experiments.topology.p2p import p2p_evaluate, p2p_train
+from cifer_flwr.scaling import answer_statistics
 
 #: The examples' client mod (``ckks_mod``, p2p messages passed through), switched by the
 #: Hydra config's ``encryption`` instead of run config ``encryption``.

@@ -12,8 +12,8 @@ from flwr.serverapp import Grid, ServerApp
 
 from cifer_flwr.experiments.apps import checkpoint_path, run_strategy
 from cifer_flwr.experiments.data import cached_dataset
-from cifer_flwr.experiments.scaling import exchange_statistics
 from cifer_flwr.fedlearn.strategy import Strategy
+from cifer_flwr.scaling import exchange_statistics
 
 app = ServerApp()
 

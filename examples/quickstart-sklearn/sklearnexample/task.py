@@ -20,6 +20,7 @@ from cifer_flwr.experiments.data import (
     run_dataset_shape,
 )
 from cifer_flwr.experiments.tasks.model_files import check_model_arrays, read_model_arrays
+from cifer_flwr.statistics import FeatureStats
 
 # (num features, num classes) of the datasets this example knows
 SHAPES = {"breast-cancer": (30, 2), "digits": (64, 10), "mnist": (784, 10)}
@@ -76,12 +77,23 @@ def get_params(model: SGDClassifier) -> dict[str, np.ndarray]:
     return {"coef": model.coef_.copy(), "intercept": model.intercept_.copy()}
 
 
-def load_data(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Partition:
-    """This SuperNode's data: node config ``dataset-path`` (its own file, used whole), else its
-    partition (``partition-id`` / ``num-partitions``) of run config ``dataset-path``/``dataset``."""
-    part = node_partition(run_config, node_config, default_dataset="breast-cancer")
+def load_data(
+    run_config: Mapping[str, Any],
+    node_config: Mapping[str, Any],
+    scaling: FeatureStats | None = None,
+) -> Partition:
+    """This SuperNode's raw rows: node config ``dataset-path`` (its own file, used whole), else
+    its partition (``partition-id`` / ``num-partitions``) of run config ``dataset-path`` /
+    ``dataset``; standardised with ``scaling`` (the federation's mean and std) when given."""
+    part = node_partition(
+        run_config, node_config, default_dataset="breast-cancer", standardize=False
+    )
     source = str(node_config.get(DATASET_PATH_KEY, "") or run_dataset(run_config, "breast-cancer"))
-    return check_partition(part, *dataset_shape(run_config), source)
+    part = check_partition(part, *dataset_shape(run_config), source)
+    if scaling is None:
+        return part
+    x_train, x_test = scaling.standardize(part.x_train), scaling.standardize(part.x_test)
+    return Partition(x_train, part.y_train, x_test, part.y_test)
 
 
 def train(model: SGDClassifier, x: np.ndarray, y: np.ndarray, epochs: int, classes: int) -> None:
@@ -101,12 +113,21 @@ def test(model: SGDClassifier, x: np.ndarray, y: np.ndarray, classes: int) -> tu
 
 
 def evaluate_arrays(
-    arrays: Mapping[str, np.ndarray], run_config: Mapping[str, Any]
+    arrays: Mapping[str, np.ndarray],
+    run_config: Mapping[str, Any],
+    scaling: FeatureStats | None = None,
 ) -> dict[str, float]:
-    """Evaluate plaintext parameters (e.g. a decrypted final model) on the global test set."""
+    """Evaluate plaintext parameters on the global test set's raw rows.
+
+    ``arrays`` take raw rows (``decrypt_scaled_model`` folds the federation's scaling into
+    ``coef``/``intercept``); a model that expects standardised rows comes with its
+    ``scaling``, applied to the rows first.
+    """
     _, classes = dataset_shape(run_config)
     model = make_model(run_config)
     set_params(model, arrays, classes)
-    ds = cached_dataset(run_dataset(run_config, "breast-cancer"), int(run_config.get("seed", 42)))
-    loss, accuracy = test(model, ds.x_test, ds.y_test, classes)
+    seed = int(run_config.get("seed", 42))
+    ds = cached_dataset(run_dataset(run_config, "breast-cancer"), seed, standardize=False)
+    x = ds.x_test if scaling is None else scaling.standardize(ds.x_test)
+    loss, accuracy = test(model, x, ds.y_test, classes)
     return {"loss": loss, "accuracy": accuracy, "num-examples": float(len(ds.y_test))}

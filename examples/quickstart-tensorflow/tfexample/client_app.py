@@ -1,7 +1,9 @@
 """ClientApp: an ordinary Flower Keras client; ``encryption_mod`` adds CKKS around it.
 
 The SuperNode's node config gives ``partition-id``, ``num-partitions`` and ``private-key``
-(the path of the CKKS private key, read by the mod; it never leaves this machine).
+(the path of the CKKS private key, read by the mod; it never leaves this machine). The node
+holds raw rows; before round 1 the federation sums every node's feature statistics under
+encryption and each node standardises with the global mean and std (``cifer_stats``).
 """
 
 from __future__ import annotations
@@ -9,10 +11,19 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from cifer_flwr.experiments.apps import encryption_mod
+from cifer_flwr.experiments.apps import encryption_enabled, encryption_mod
+from cifer_flwr.scaling import answer_statistics, global_statistics
 from tfexample import task
 
 app = ClientApp(mods=[encryption_mod])
+
+
+@app.query("cifer_stats")
+def statistics(msg: Message, context: Context) -> Message:
+    # this node's encrypted feature sums; then the federation's total, kept in context.state
+    data = task.load_data(context.run_config, context.node_config)  # raw rows
+    encrypted = encryption_enabled(context.run_config)
+    return answer_statistics(msg, context, data.x_train, encrypted=encrypted)
 
 
 @app.train()
@@ -20,7 +31,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg = context.run_config
     model = task.make_model(cfg)
     task.set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
-    data = task.load_data(cfg, context.node_config)
+    data = task.load_data(cfg, context.node_config, global_statistics(context))
     server_round = int(msg.content["config"].get("server-round", 0))
     partition = int(context.node_config.get("partition-id", 0))
     task.set_seed(int(cfg["seed"]) * 10_000 + server_round * 100 + partition)
@@ -43,7 +54,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = context.run_config
     model = task.make_model(cfg)
     task.set_weights(model, msg.content["arrays"].to_numpy_ndarrays())
-    data = task.load_data(cfg, context.node_config)
+    data = task.load_data(cfg, context.node_config, global_statistics(context))
     loss, accuracy = model.evaluate(data.x_test, data.y_test, verbose=0)
     metrics = MetricRecord(
         {"loss": float(loss), "accuracy": float(accuracy), "num-examples": len(data.y_test)}

@@ -21,11 +21,18 @@ from cifer_flwr.experiments.data import (
     run_dataset_shape,
 )
 from cifer_flwr.experiments.tasks.model_files import check_model_arrays, read_model_arrays
+from cifer_flwr.statistics import FeatureStats
 
 # (num features, num classes) of the datasets this example knows
 SHAPES = {"digits": (64, 10), "breast-cancer": (30, 2), "mnist": (784, 10)}
 #: Run config key of the initial model file: .keras / .h5 (or .npz ``layer0`` ..).
 MODEL_PATH_KEY = "model-path"
+
+
+def dataset_shape(run_config: Mapping[str, Any]) -> tuple[int, int]:
+    """(features, classes): run config ``num-features``/``num-classes``, ``dataset-path``
+    (your own file) or ``dataset`` (a known name)."""
+    return run_dataset_shape(run_config, SHAPES, "digits")
 
 
 def make_model(run_config: Mapping[str, Any]) -> keras.Model:
@@ -34,7 +41,7 @@ def make_model(run_config: Mapping[str, Any]) -> keras.Model:
     Its shape: run config ``num-features``/``num-classes``, ``dataset-path`` (your own file)
     or ``dataset`` (a known name).
     """
-    features, classes = run_dataset_shape(run_config, SHAPES, "digits")
+    features, classes = dataset_shape(run_config)
     keras.utils.set_random_seed(int(run_config.get("seed", 42)))
     model = keras.Sequential(
         [
@@ -53,12 +60,21 @@ def make_model(run_config: Mapping[str, Any]) -> keras.Model:
     return model
 
 
-def load_data(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Partition:
-    """This SuperNode's data: node config ``dataset-path`` (its own file, used whole), else its
-    partition (``partition-id`` / ``num-partitions``) of run config ``dataset-path``/``dataset``."""
-    part = node_partition(run_config, node_config, default_dataset="digits")
+def load_data(
+    run_config: Mapping[str, Any],
+    node_config: Mapping[str, Any],
+    scaling: FeatureStats | None = None,
+) -> Partition:
+    """This SuperNode's raw rows: node config ``dataset-path`` (its own file, used whole), else
+    its partition (``partition-id`` / ``num-partitions``) of run config ``dataset-path`` /
+    ``dataset``; standardised with ``scaling`` (the federation's mean and std) when given."""
+    part = node_partition(run_config, node_config, default_dataset="digits", standardize=False)
     source = str(node_config.get(DATASET_PATH_KEY, "") or run_dataset(run_config, "digits"))
-    return check_partition(part, *run_dataset_shape(run_config, SHAPES, "digits"), source)
+    part = check_partition(part, *dataset_shape(run_config), source)
+    if scaling is None:
+        return part
+    x_train, x_test = scaling.standardize(part.x_train), scaling.standardize(part.x_test)
+    return Partition(x_train, part.y_train, x_test, part.y_test)
 
 
 def model_weights(model: keras.Model) -> dict[str, np.ndarray]:
@@ -92,11 +108,20 @@ def set_weights(model: keras.Model, weights: Sequence[np.ndarray]) -> None:
 
 
 def evaluate_arrays(
-    arrays: Mapping[str, np.ndarray], run_config: Mapping[str, Any]
+    arrays: Mapping[str, np.ndarray],
+    run_config: Mapping[str, Any],
+    scaling: FeatureStats | None = None,
 ) -> dict[str, float]:
-    """Evaluate plaintext model arrays (e.g. a decrypted final model) on the global test set."""
+    """Evaluate plaintext model arrays on the global test set's raw rows.
+
+    ``arrays`` take raw rows (``decrypt_scaled_model`` folds the federation's scaling into
+    the first ``Dense`` layer); a model that expects standardised rows comes with its
+    ``scaling``, applied to the rows first.
+    """
     model = make_model(run_config)
     set_weights(model, [arrays[k] for k in sorted(arrays, key=int)])
-    ds = cached_dataset(run_dataset(run_config, "digits"), int(run_config.get("seed", 42)))
-    loss, accuracy = model.evaluate(ds.x_test, ds.y_test, verbose=0)
+    seed = int(run_config.get("seed", 42))
+    ds = cached_dataset(run_dataset(run_config, "digits"), seed, standardize=False)
+    x = ds.x_test if scaling is None else scaling.standardize(ds.x_test)
+    loss, accuracy = model.evaluate(x, ds.y_test, verbose=0)
     return {"loss": float(loss), "accuracy": float(accuracy), "num-examples": float(len(ds.y_test))}
