@@ -34,7 +34,6 @@ import io
 import logging
 import os
 import time
-from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from logging import INFO
 from pathlib import Path
@@ -59,8 +58,6 @@ from cifer_flwr.constants import (
     PART_MODEL,
     REPLY_RECORD,
 )
-from cifer_flwr.crypto import records as crypto_records
-from cifer_flwr.crypto.container import write_file_atomic
 from cifer_flwr.exceptions import (
     CiferError,
     CiphertextFormatError,
@@ -71,27 +68,23 @@ from cifer_flwr.exceptions import (
 )
 from cifer_flwr.strategies._checkpoint import (
     Checkpoint,
+    RunCheckpoints,
     RunSettings,
-    new_checkpoint_key,
-    read_checkpoint,
-    remove_temp_files,
     restore_state,
     result_to_json,
-    write_checkpoint,
 )
 from cifer_flwr.strategies._fold import Accepted, FoldMode, FoldPolicy, Parts, RoundFold
 from cifer_flwr.strategies._masking import RoundMasking, check_masking_key
 from cifer_flwr.strategies._memory import release_large_buffers
 from cifer_flwr.strategies._pull import pull_batch, stream_replies
+from cifer_flwr.strategies._release import GlobalModel
 from cifer_flwr.strategies._replies import (
     REPLY_CONFIG_BYTES,
     DigestMemory,
     ReplyError,
-    check_metrics,
-    describe_schema,
     metric_schema,
 )
-from cifer_flwr.strategies._screen import ReplyScreen, metadata_problem
+from cifer_flwr.strategies._screen import ReplyScreen, consistent_metrics, metadata_problem
 
 __all__ = [
     "Accepted",
@@ -169,7 +162,6 @@ masking, fold
     configrecord_key: str
     train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord]
     evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord]
-    _check_and_log_replies: Callable[..., tuple[list[Message], list[Message]]]
     #: ConfigRecords a reply may carry, with the most bytes each may take; any other is
     #: dropped before the reply is kept (docs/design.md §6). A subclass whose client side
     #: adds another record extends this mapping.
@@ -254,6 +246,8 @@ masking, fold
         self.key = load_server_key(public_key)
         release_large_buffers()  # freed ciphertext buffers go back to the OS (§6, memory)
         self.save_path = Path(save_path) if save_path is not None else None
+        #: the released global model, the one serialized copy kept (docs/design.md §6.2)
+        self.global_model = GlobalModel(self.save_path)
         if not examples_per_client > 0:
             raise ConfigError(f"examples_per_client must be > 0, got {examples_per_client}.")
         if isinstance(min_replies, bool) or not isinstance(min_replies, int) or min_replies < 2:
@@ -268,9 +262,10 @@ masking, fold
             )
         self.examples_per_client = float(examples_per_client)
         self.min_replies = min_replies
-        self._min_replies = min_replies
-        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path is not None else None
-        self.resume = bool(resume)
+        #: the run's checkpoint file, resume flag and MAC key
+        self.checkpoints = RunCheckpoints(
+            Path(checkpoint_path) if checkpoint_path is not None else None, bool(resume)
+        )
         self.masking = bool(masking)
         if self.masking:
             check_masking_key(self.key)
@@ -287,8 +282,7 @@ masking, fold
 
     def _reset_round_memory(self) -> None:
         self.screen.reset()
-        self._global_parts: Parts | None = None
-        self._global_arrays: ArrayRecord | None = None
+        self.global_model.clear()
         self._defer = False
 
     # ------------------------------------------------------------------ helpers
@@ -304,14 +298,14 @@ masking, fold
         log.info("\t│\t├── server holds ciphertexts and the public key only")
         log.info(
             "\t│\t├── min_replies %d: rounds with fewer valid replies release nothing",
-            self._min_replies,
+            self.min_replies,
         )
         log.info("\t│\t├── replayed / duplicated / echoed ciphertexts are refused (SHA-256)")
         if self.masking:
             log.info(
                 "\t│\t├── masking on: pairwise + self masks inside the sums; the server and "
                 "colluding clients below the threshold see only sums of >= %d clients (§4.9)",
-                max(3, self._min_replies),
+                max(3, self.min_replies),
             )
         log.info(
             "\t│\t└── checkpoint: %s%s",
@@ -342,34 +336,26 @@ masking, fold
         return {}
 
     def _set_global(self, parts: Parts) -> None:
-        """Make ``parts`` the global model (serialized on first use: :meth:`_global_record`)."""
-        self._global_parts = parts
-        self._global_arrays = None
+        """Make ``parts`` the global model (:class:`~._release.GlobalModel`)."""
+        self.global_model.set(parts)
 
     def _global_record(self) -> ArrayRecord:
-        """The global model as the record sent to clients: the one copy the strategy keeps.
-
-        Built once from the parts given to :meth:`_set_global`, pack by pack; the parts
-        (SEAL objects of the size of the model) are then dropped, and saving and
-        checkpoints stream from this record (docs/design.md §6, memory).
-        """
-        if self._global_arrays is None:
-            if self._global_parts is None:
-                raise ConfigError("no global model yet; call start() first.")
-            self._global_arrays = crypto.bundle_to_record(self._global_parts)
-            self._global_parts = None
-        return self._global_arrays
+        """The global model as the record sent to clients: the one copy kept (§6.2)."""
+        return self.global_model.record()
 
     def _save(self, parts: Parts, server_round: int) -> None:
-        """Write the global model just set with ``_set_global(parts)`` to ``save_path``.
+        """Write the global model just set with ``_set_global(parts)`` to ``save_path``."""
+        self.global_model.save(server_round)
 
-        Streamed from :meth:`_global_record` (the bytes of ``crypto.bundle_to_bytes``).
-        """
-        if self.save_path is None:
-            return
-        stream = crypto_records.record_bundle_stream(self._global_record())
-        write_file_atomic(self.save_path, stream.pieces())
-        log.info("saved encrypted global model of round %d to %s", server_round, self.save_path)
+    @property
+    def checkpoint_path(self) -> Path | None:
+        """The checkpoint written after every round (``None``: off)."""
+        return self.checkpoints.path
+
+    @property
+    def resume(self) -> bool:
+        """Whether ``start`` continues from the checkpoint."""
+        return self.checkpoints.resume
 
     @property
     def layout(self) -> crypto.Layout | None:
@@ -523,13 +509,13 @@ masking, fold
         cohort = len(messages)
         if cohort == 0:
             return []
-        if cohort < self._min_replies:
+        if cohort < self.min_replies:
             log.warning(
                 "round %d: only %d clients sampled, fewer than min_replies=%d; this round "
                 "cannot release an aggregate.",
                 server_round,
                 cohort,
-                self._min_replies,
+                self.min_replies,
             )
         divisor = protocol.weight_divisor(cohort, self.examples_per_client)
         out = []
@@ -581,35 +567,6 @@ masking, fold
         """Every check of one train reply, cheapest first; returns its parsed parts."""
         self.screen.screen(msg, server_round)
         return self._parse_reply(msg, server_round)
-
-    def _consistent_metrics(
-        self,
-        server_round: int,
-        items: list[_T],
-        message: Callable[[_T], Message],
-        what: str,
-    ) -> list[_T]:
-        """Keep the replies whose metric names/list lengths are those most replies have.
-
-        Flower aggregates metrics only over replies of one schema (and raises otherwise).
-        """
-        if not items:
-            return items
-        schemas = [metric_schema(message(item).content) for item in items]
-        counts = Counter(schemas)
-        best = max(counts, key=lambda s: (counts[s], -schemas.index(s)))
-        kept = []
-        for item, schema in zip(items, schemas, strict=True):
-            if schema == best:
-                kept.append(item)
-                continue
-            self._exclude(
-                server_round,
-                _node(message(item)),
-                f"{what}its metrics {describe_schema(schema)} differ in names or list "
-                f"lengths from those most replies carry {describe_schema(best)}.",
-            )
-        return kept
 
     # ------------------------------------------------------------------ streamed rounds
     def _stream_replies(
@@ -780,10 +737,12 @@ masking, fold
             tally["errors"],
         )
         t0 = time.perf_counter()
-        accepted = self._consistent_metrics(server_round, fold.members(), lambda item: item[0], "")
+        accepted = consistent_metrics(
+            fold.members(), lambda item: item[0], functools.partial(self._exclude, server_round)
+        )
         accepted = self._select_replies(server_round, accepted)
         total = None
-        if len(accepted) >= self._min_replies:
+        if len(accepted) >= self.min_replies:
             total = fold.total(accepted)
         stats["aggregate-s"] = fold.add_s + time.perf_counter() - t0
         stats["valid-replies"] = float(len(accepted))
@@ -797,13 +756,13 @@ masking, fold
             if total is None:
                 stats["released"] = 0.0
                 return None, self._cifer_metrics(server_round, False, len(accepted))
-        if total is None or len(accepted) < self._min_replies:
+        if total is None or len(accepted) < self.min_replies:
             log.warning(
                 "round %d: %d valid encrypted updates, fewer than the %d required; "
                 "nothing is aggregated or released this round.",
                 server_round,
                 len(accepted),
-                self._min_replies,
+                self.min_replies,
             )
             stats["released"] = 0.0
             return None, self._cifer_metrics(server_round, False, len(accepted))
@@ -842,25 +801,12 @@ masking, fold
         ``evaluate_metrics_aggr_fn`` sees them.
         """
         try:
-            matching = []
-            for msg in replies:
-                why = metadata_problem(msg, self.screen.eval_msgs)
-                if why is None:
-                    matching.append(msg)
-                else:
-                    self._exclude(server_round, _node(msg), f"evaluate reply: {why}")
-            valid, _ = self._check_and_log_replies(matching, is_train=False, validate=False)
-            good = []
-            for msg in valid:
-                try:
-                    self.screen.drop_records(msg, server_round, "evaluate reply's ")
-                    check_metrics(msg.content, self.weighted_by_key)
-                    good.append(msg)
-                except CiferError as exc:
-                    self._exclude(server_round, _node(msg), f"evaluate reply: {exc}")
-                except Exception as exc:
-                    self._internal_error(server_round, _node(msg), exc)
-            good = self._consistent_metrics(server_round, good, lambda m: m, "evaluate reply: ")
+            good = self.screen.evaluate_replies(
+                replies,
+                server_round,
+                functools.partial(self._exclude, server_round),
+                functools.partial(self._internal_error, server_round),
+            )
             if not good:
                 return None
             return self.evaluate_metrics_aggr_fn([m.content for m in good], self.weighted_by_key)
@@ -875,10 +821,6 @@ masking, fold
             return None
 
     # ------------------------------------------------------------------ checkpoints
-    #: The run's checkpoint key (HMAC, docs/design.md §6): made at the first checkpoint,
-    #: or the one a resumed checkpoint verified with.
-    _checkpoint_key: bytes | None = None
-
     def _strategy_id(self) -> str:
         return f"{type(self).__module__}.{type(self).__qualname__}"
 
@@ -897,17 +839,8 @@ masking, fold
         self, num_rounds: int | None = None
     ) -> tuple[Parts, Result, int] | None:
         """Remove leftover temp files; on resume, load the checkpoint if there is one."""
-        path = self.checkpoint_path
+        path = self.checkpoints.to_resume()
         if path is None:
-            return None
-        for tmp in remove_temp_files(path):
-            log.info("removed %s, left behind by an interrupted checkpoint write", tmp)
-        if not self.resume:
-            if path.exists():
-                log.info("resume=False: the checkpoint %s will be overwritten", path)
-            return None
-        if not path.exists():
-            log.info("resume=True but no checkpoint at %s yet: starting from round 1", path)
             return None
         restored = self._restore(path, num_rounds)
         log.info(
@@ -927,7 +860,7 @@ masking, fold
             "masking": self.masking,
             "round": server_round,
             "num_rounds": num_rounds,
-            "min_replies": self._min_replies,
+            "min_replies": self.min_replies,
             "examples_per_client": self.examples_per_client,
             "layout": self._require_layout().to_dict(),
             "excluded": {
@@ -938,27 +871,12 @@ masking, fold
             "result": result_to_json(result),
             "extra": self._checkpoint_extra(),
         }
-        if self._checkpoint_key is None:  # a new run: a new key (a resumed one keeps its)
-            self._checkpoint_key = new_checkpoint_key()
-        return Checkpoint(state, self._global_record(), digests, self._checkpoint_key)
+        return Checkpoint(state, self._global_record(), digests, self.checkpoints.run_key())
 
     def _write_checkpoint(self, server_round: int, num_rounds: int, result: Result) -> None:
-        if self.checkpoint_path is None:
-            return
-        try:
-            ckpt = self._checkpoint_state(server_round, num_rounds, result)
-            write_checkpoint(self.checkpoint_path, ckpt)
-        except (OSError, CiferError, TypeError, ValueError) as exc:
-            log.error(
-                "round %d: writing the checkpoint %s failed (%s: %s); the run goes on, but "
-                "cannot resume from this round",
-                server_round,
-                self.checkpoint_path,
-                type(exc).__name__,
-                exc,
-            )
-            return
-        log.info("round %d: checkpoint written to %s", server_round, self.checkpoint_path)
+        self.checkpoints.write(
+            server_round, lambda: self._checkpoint_state(server_round, num_rounds, result)
+        )
 
     def _restore(self, path: Path, num_rounds: int | None = None) -> tuple[Parts, Result, int]:
         """Load the checkpoint at ``path`` for this run (docs/design.md §6, resume).
@@ -967,13 +885,13 @@ masking, fold
         type and range and that the settings (key, preset, strategy, optimizer,
         ``min_replies``, masking) are this run's and the round is within ``num_rounds``.
         """
-        ckpt = read_checkpoint(path)
+        ckpt = self.checkpoints.read(path)
         run = RunSettings(
             fingerprint=self.key.fingerprint,
             preset=self.key.params.name,
             strategy=self._strategy_id(),
             optimizer=self._optimizer_json(),
-            min_replies=self._min_replies,
+            min_replies=self.min_replies,
             masking=self.masking,
             num_rounds=num_rounds,
         )
@@ -1004,7 +922,6 @@ masking, fold
         self._set_layout(saved.layout)
         self.examples_per_client = saved.examples_per_client
         self.excluded, self.round_stats, self.screen.seen = saved.excluded, saved.round_stats, seen
-        self._checkpoint_key = ckpt.integrity_key  # the resumed run keeps its key
         result = saved.result
         if saved.released:
             result.arrays = crypto.bundle_to_record(parts)

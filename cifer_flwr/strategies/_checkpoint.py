@@ -36,7 +36,7 @@ import os
 import secrets
 import stat
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from cifer_flwr.crypto.records import record_bundle_stream
 from cifer_flwr.exceptions import CiferError, CiphertextFormatError, ConfigError, KeyMismatchError
 
 __all__ = [
+    "RunCheckpoints",
     "CHECKPOINT_FORMAT",
     "ENV_CHECKPOINT_KEY",
     "Checkpoint",
@@ -612,3 +613,74 @@ def restore_state(
     return RestoredState(
         done, total, layout, float(examples), excluded, round_stats, seen, result, released, extra
     )
+
+
+class RunCheckpoints:
+    """The checkpoint file of one run: where, whether to resume, its MAC key.
+
+    The collaborator a strategy holds for checkpointing: it cleans what an interrupted
+    write left, says whether there is a checkpoint to resume, writes one after every round
+    (a failed write is logged and the run goes on) and keeps the run's HMAC key (made at
+    the first write, or the one a resumed checkpoint verified with). What goes in the
+    checkpoint and how it is applied stay the strategy's (``_checkpoint_state`` /
+    ``_restore``).
+
+    Parameters
+    ----------
+    path : path, optional
+        The checkpoint file (``None``: no checkpoints).
+    resume : bool
+        Continue from ``path`` when it exists.
+
+    """
+
+    def __init__(self, path: Path | None, resume: bool) -> None:
+        self.path = path
+        self.resume = resume
+        self.key: bytes | None = None
+
+    def to_resume(self) -> Path | None:
+        """Remove leftover temp files; the checkpoint to resume from, or ``None``."""
+        path = self.path
+        if path is None:
+            return None
+        for tmp in remove_temp_files(path):
+            log.info("removed %s, left behind by an interrupted checkpoint write", tmp)
+        if not self.resume:
+            if path.exists():
+                log.info("resume=False: the checkpoint %s will be overwritten", path)
+            return None
+        if not path.exists():
+            log.info("resume=True but no checkpoint at %s yet: starting from round 1", path)
+            return None
+        return path
+
+    def read(self, path: Path) -> Checkpoint:
+        """Read and verify ``path``; the run keeps its MAC key."""
+        ckpt = read_checkpoint(path)
+        self.key = ckpt.integrity_key
+        return ckpt
+
+    def run_key(self) -> bytes:
+        """The run's MAC key (a new run: a new key; a resumed one keeps its)."""
+        if self.key is None:
+            self.key = new_checkpoint_key()
+        return self.key
+
+    def write(self, server_round: int, build: Callable[[], Checkpoint]) -> None:
+        """Write the checkpoint ``build()`` makes; a failure is logged, the run goes on."""
+        if self.path is None:
+            return
+        try:
+            write_checkpoint(self.path, build())
+        except (OSError, CiferError, TypeError, ValueError) as exc:
+            log.error(
+                "round %d: writing the checkpoint %s failed (%s: %s); the run goes on, but "
+                "cannot resume from this round",
+                server_round,
+                self.path,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        log.info("round %d: checkpoint written to %s", server_round, self.path)

@@ -171,7 +171,7 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
             evaluate_config=evaluate_config,
             evaluate_fn=evaluate_fn,
         )
-        if result.arrays and (self._global_parts is not None or self._global_arrays is not None):
+        if result.arrays and self.global_model.is_set:
             result.arrays = self._global_record()
         return result
 
@@ -195,7 +195,7 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         return [m for m in messages if int(m.metadata.dst_node_id) not in self.banned]
 
     def _current_global(self, arrays: ArrayRecord) -> ArrayRecord:
-        if self._global_parts is None and self._global_arrays is None:
+        if not self.global_model.is_set:
             return arrays
         return self._global_record()
 

@@ -72,16 +72,18 @@ def stream_replies(
     """
     if batch < 1:
         raise ConfigError(f"batch must be >= 1, got {batch}.")
-    pending = list(dict.fromkeys(grid.push_messages(list(messages))))
+    messages = list(messages)
+    ids = list(grid.push_messages(messages))
+    # each pending id with the node it was sent to: only that node's reply settles it
+    pending = {i: int(m.metadata.dst_node_id) for i, m in zip(ids, messages, strict=False)}
     end = None if timeout is None else time.time() + timeout  # from the push, as Flower's
     pause = float(getattr(grid, "pull_interval", PULL_INTERVAL) if interval is None else interval)
     return _pull(grid, pending, end, batch, pause)
 
 
 def _pull(
-    grid: Grid, pending: list[str], end: float | None, batch: int, pause: float
+    grid: Grid, waiting: dict[str, int], end: float | None, batch: int, pause: float
 ) -> Iterator[Message]:
-    waiting = dict.fromkeys(pending)
     while waiting and (end is None or time.time() < end):
         got_any = False
         snapshot = list(waiting)
@@ -89,15 +91,21 @@ def _pull(
             window = snapshot[start : start + batch]
             for reply in grid.pull_messages(window):
                 done = reply.metadata.reply_to_message_id
-                if done in waiting:
+                sender = int(reply.metadata.src_node_id)
+                if waiting.get(done) == sender:
                     del waiting[done]
+                    got_any = True
+                    yield reply
+                elif done in waiting:
+                    # claims to answer another node's message: the caller refuses it (its
+                    # metadata check); the message's own node may still answer it
                     got_any = True
                     yield reply
                 else:  # a second reply to one message, or a reply to no pending one
                     log.warning(
                         "dropped a reply of node %s to message %.40r: no reply to it is "
                         "awaited (a duplicate, or a reply to another push)",
-                        reply.metadata.src_node_id,
+                        sender,
                         done,
                     )
             if end is not None and time.time() >= end:

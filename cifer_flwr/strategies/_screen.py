@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from flwr.app import ArrayRecord, Message
 
@@ -40,7 +41,12 @@ from cifer_flwr.constants import (
     REPLY_RECORD,
     STYPE_HEADER,
 )
-from cifer_flwr.exceptions import CiphertextFormatError, ConfigError, LayoutMismatchError
+from cifer_flwr.exceptions import (
+    CiferError,
+    CiphertextFormatError,
+    ConfigError,
+    LayoutMismatchError,
+)
 from cifer_flwr.strategies._fold import Parts, node_of
 from cifer_flwr.strategies._replies import (
     HEADER_ALLOWANCE,
@@ -49,12 +55,19 @@ from cifer_flwr.strategies._replies import (
     check_metrics,
     check_reply_info,
     chunk_digests,
+    describe_schema,
     drop_foreign_config_records,
+    metric_schema,
 )
 
-__all__ = ["KEY_ALLOWANCE", "ReplyScreen", "metadata_problem"]
+__all__ = ["KEY_ALLOWANCE", "ReplyScreen", "consistent_metrics", "metadata_problem"]
 
 log = logging.getLogger("cifer_flwr.strategies")
+#: Flower's own logger (the "Received N results" lines go there, as Flower's strategies')
+flwr_log = logging.getLogger("flwr")
+_T = TypeVar("_T")
+#: ``exclude(node, reason)``: record a refused reply
+Exclude = Callable[[int, str], None]
 
 #: Bytes allowed per ciphertext ``Array`` for its key name in the record.
 KEY_ALLOWANCE = 64
@@ -273,6 +286,53 @@ class ReplyScreen:
             dict.fromkeys(digests, f"node {node}'s reply in round {server_round} (a duplicate)")
         )
 
+    def evaluate_replies(
+        self,
+        replies: Iterable[Message],
+        server_round: int,
+        exclude: Exclude,
+        internal_error: Callable[[int, Exception], None],
+    ) -> list[Message]:
+        """The evaluate replies whose metrics may be aggregated; the others are excluded.
+
+        A reply to another message, an error reply (logged as Flower's strategies do),
+        foreign ConfigRecords (dropped), hostile metrics and a metric schema other than
+        most replies' are refused, each reason prefixed ``evaluate reply:``.
+        """
+        what = "evaluate reply: "
+        matching, errors = [], []
+        for msg in replies:
+            why = metadata_problem(msg, self.eval_msgs)
+            if why is not None:
+                exclude(node_of(msg), what + why)
+            elif msg.has_error():
+                errors.append(msg)
+            else:
+                matching.append(msg)
+        if matching or errors:
+            flwr_log.info(
+                "aggregate_evaluate: Received %s results and %s failures",
+                len(matching),
+                len(errors),
+            )
+        for msg in errors:
+            flwr_log.info(
+                "\t> Received error in reply from node %d: %s",
+                msg.metadata.src_node_id,
+                msg.error.reason,
+            )
+        good = []
+        for msg in matching:
+            try:
+                self.drop_records(msg, server_round, "evaluate reply's ")
+                check_metrics(msg.content, self.weighted_by_key)
+                good.append(msg)
+            except CiferError as exc:
+                exclude(node_of(msg), what + str(exc))
+            except Exception as exc:
+                internal_error(node_of(msg), exc)
+        return consistent_metrics(good, lambda m: m, exclude, what)
+
     def parse(self, msg: Message, divisor: float, *, defer: bool = False) -> Parts:
         """Parse a screened reply into its parts: part set, counts, layout and weight.
 
@@ -323,6 +383,32 @@ class ReplyScreen:
                 f"(expected weight {expected:.6g})."
             )
         return parts
+
+
+def consistent_metrics(
+    items: list[_T], message: Callable[[_T], Message], exclude: Exclude, what: str = ""
+) -> list[_T]:
+    """Keep the replies whose metric names/list lengths are those most replies have.
+
+    Flower aggregates metrics only over replies of one schema (and raises otherwise); the
+    others are excluded with ``what`` before their reason.
+    """
+    if not items:
+        return items
+    schemas = [metric_schema(message(item).content) for item in items]
+    counts = Counter(schemas)
+    best = max(counts, key=lambda s: (counts[s], -schemas.index(s)))
+    kept = []
+    for item, schema in zip(items, schemas, strict=True):
+        if schema == best:
+            kept.append(item)
+            continue
+        exclude(
+            node_of(message(item)),
+            f"{what}its metrics {describe_schema(schema)} differ in names or list "
+            f"lengths from those most replies carry {describe_schema(best)}.",
+        )
+    return kept
 
 
 def check_part_set(parts: Iterable[str], expected: Mapping[str, int]) -> None:

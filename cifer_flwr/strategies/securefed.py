@@ -229,7 +229,6 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
         self.clip_norm = clip_norm
         self.noise_multiplier = noise_multiplier
         self.aggregation_check = aggregation_check
-        self._min_replies = min_cohort
 
     def _reset_round_memory(self) -> None:
         super()._reset_round_memory()

@@ -127,7 +127,7 @@ def test_the_strategy_keeps_only_the_record_and_saves_it(tmp_path, key_files, ke
         key_files, "FedAvg", 2, NODES, COMMON, save_path=save, checkpoint_path=ckpt
     )
     record = strategy._global_record()
-    assert strategy._global_parts is None  # no SEAL objects of the model kept
+    assert strategy.global_model.parts is None  # no SEAL objects of the model kept
     assert strategy._global_record() is record  # built once
     saved = save.read_bytes()
     assert saved == b"".join(record_bundle_stream(record).pieces())

@@ -288,8 +288,8 @@ def test_duplicated_reply_is_refused(key_files, caplog):
         for why in all_excluded(strategy)
         for word in ("duplicate", "replay", "second reply")
     )
-    # the copy answers the message node 1 already answered: the pull loop drops it
-    dropped_by_pull = any("dropped a reply of node 1" in r.getMessage() for r in caplog.records)
+    # the copy answers a message its node already answered: the pull loop drops it
+    dropped_by_pull = any("dropped a reply of node" in r.getMessage() for r in caplog.records)
     refused_by_holders = any("more than once" in r for r in error_reasons(grid))
     assert refused_by_server or dropped_by_pull or refused_by_holders
     assert strategy.round_stats[1]["valid-replies"] == 3  # the copy was not summed
