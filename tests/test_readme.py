@@ -215,7 +215,10 @@ def needs(argv: list[str]) -> set[str]:
             return set()
         if argv[1:3] == ["-m", "pytest"]:
             return TEST_SUITE
-        script = ROOT / argv[1]
+        if argv[1] == "-m":  # a module of this repository, run as a script
+            script = ROOT / (argv[2].replace(".", "/") + ".py")
+        else:
+            script = ROOT / argv[1]
         tree = ast.parse(script.read_text())
         mods = {
             a.name.split(".")[0]
