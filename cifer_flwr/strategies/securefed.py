@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg as FlwrFedAvg
 from flwr.serverapp.strategy import Result
@@ -41,6 +41,7 @@ from cifer_flwr.exceptions import (
     ConfigError,
     LayoutMismatchError,
 )
+from cifer_flwr.strategies._fold import FoldMode
 from cifer_flwr.strategies._screen import metadata_problem
 from cifer_flwr.strategies.fedavg import FedAvg
 
@@ -147,10 +148,15 @@ class SecureFed(FedAvg):
         DP noise multiplier ``sigma``; needs ``clip_norm``.
     aggregation_check : bool (default: True)
         Add the aggregation check (and with it recovery).
-    public_key, save_path, examples_per_client, checkpoint_path, resume, fraction_train, \
-fraction_evaluate, min_train_nodes, min_evaluate_nodes, min_available_nodes, weighted_by_key, \
-arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_fn
+    public_key, save_path, examples_per_client, checkpoint_path, resume, masking, fold
         As in :class:`cifer_flwr.strategies.FedAvg`.
+    min_train_nodes, min_available_nodes : int (default: 3)
+        As in Flower's FedAvg, raised to ``min_cohort`` when lower.
+    **flower_kwargs
+        Forwarded to Flower's FedAvg with its defaults: ``fraction_train``,
+        ``fraction_evaluate``, ``min_evaluate_nodes``, ``weighted_by_key``,
+        ``arrayrecord_key``, ``configrecord_key``, ``train_metrics_aggr_fn``,
+        ``evaluate_metrics_aggr_fn``.
 
     Attributes
     ----------
@@ -176,16 +182,10 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
         checkpoint_path: str | os.PathLike[str] | None = None,
         resume: bool = False,
         masking: bool = False,
-        fraction_train: float = 1.0,
-        fraction_evaluate: float = 1.0,
+        fold: FoldMode = "auto",
         min_train_nodes: int = 3,
-        min_evaluate_nodes: int = 2,
         min_available_nodes: int = 3,
-        weighted_by_key: str = "num-examples",
-        arrayrecord_key: str = "arrays",
-        configrecord_key: str = "config",
-        train_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
-        evaluate_metrics_aggr_fn: Callable[[list[RecordDict], str], MetricRecord] | None = None,
+        **flower_kwargs: Any,
     ) -> None:
         if min_cohort < 2:
             raise ConfigError(
@@ -199,6 +199,8 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
                 f"noise_multiplier={noise_multiplier} needs clip_norm (noise is scaled to the "
                 "clipping bound) and must be >= 0."
             )
+        if "min_replies" in flower_kwargs:
+            raise ConfigError("SecureFed takes min_cohort (its min_replies); drop min_replies.")
         super().__init__(
             public_key=public_key,
             save_path=save_path,
@@ -207,16 +209,10 @@ arrayrecord_key, configrecord_key, train_metrics_aggr_fn, evaluate_metrics_aggr_
             checkpoint_path=checkpoint_path,
             resume=resume,
             masking=masking,
-            fraction_train=fraction_train,
-            fraction_evaluate=fraction_evaluate,
+            fold=fold,
             min_train_nodes=max(min_train_nodes, min_cohort),
-            min_evaluate_nodes=min_evaluate_nodes,
             min_available_nodes=max(min_available_nodes, min_cohort),
-            weighted_by_key=weighted_by_key,
-            arrayrecord_key=arrayrecord_key,
-            configrecord_key=configrecord_key,
-            train_metrics_aggr_fn=train_metrics_aggr_fn,
-            evaluate_metrics_aggr_fn=evaluate_metrics_aggr_fn,
+            **flower_kwargs,
         )
         if not crypto.has_reserved_slots(self.key):
             raise ConfigError(
