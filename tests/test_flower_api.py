@@ -9,6 +9,7 @@ exist in the installed Flower (so an upgrade that moves one fails here, not in a
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import inspect
 import textwrap
@@ -56,6 +57,11 @@ ALLOWED: dict[tuple[str, str], str] = {
 }
 
 
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
 def flower_imports(sources: list[Path] = SOURCES) -> list[tuple[str, str, str]]:
     """(file, module, name) of every ``from flwr... import name`` / ``import flwr...``."""
     found = []
@@ -63,7 +69,7 @@ def flower_imports(sources: list[Path] = SOURCES) -> list[tuple[str, str, str]]:
         for path in sorted(base.rglob("*.py")):
             if "build" in path.parts:
                 continue
-            tree = ast.parse(path.read_text(), filename=str(path))
+            tree = _tree(path)
             rel = str(path.relative_to(base.parent))
             for node in ast.walk(tree):
                 if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -146,7 +152,8 @@ def _flower_classes() -> list[type]:
     ]
 
 
-def flower_private_attributes() -> set[str]:
+@functools.cache
+def flower_private_attributes() -> frozenset[str]:
     """Single-underscore names Flower's strategy / Grid classes define or set on ``self``."""
     names: set[str] = set()
     for cls in _flower_classes():
@@ -161,16 +168,16 @@ def flower_private_attributes() -> set[str]:
             and node.attr.startswith("_")
             and not node.attr.startswith("__")
         }
-    return names - {"_abc_impl"}
+    return frozenset(names - {"_abc_impl"})
 
 
-def private_attribute_uses(names: set[str], sources: list[Path] = SOURCES) -> list[str]:
+def private_attribute_uses(names: frozenset[str], sources: list[Path] = SOURCES) -> list[str]:
     """Where our code reads, calls, declares or overrides one of ``names``."""
     found = []
     for base in sources:
         for path in sorted(base.rglob("*.py")):
             rel = str(path.relative_to(base.parent))
-            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            for node in ast.walk(_tree(path)):
                 if isinstance(node, ast.Attribute) and node.attr in names:
                     hit = node.attr
                 elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
