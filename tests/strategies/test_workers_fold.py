@@ -93,3 +93,42 @@ def test_masked_sums_from_the_workers_unmask(packed_key_files, forced_workers):
     assert all(ours.round_stats[r]["mask-cohort"] == 3 for r in range(1, ROUNDS + 1))
     gap = max(float(np.abs(enc[k][n] - plain[k][n]).max()) for k in plain for n in plain[k])
     assert 0 < gap <= 1e-5, gap
+
+
+@pytest.fixture
+def counted_stages(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Two workers available (the threshold left as it is); counts the staged replies."""
+    monkeypatch.setenv(workers.ENV_WORKERS, "2")
+    staged: list[int] = []
+    original = crypto.CryptoWorkers.stage
+
+    def stage(self, group, blobs, *, what):
+        staged.append(len(blobs))
+        return original(self, group, blobs, what=what)
+
+    monkeypatch.setattr(crypto.CryptoWorkers, "stage", stage)
+    return staged
+
+
+@pytest.mark.slow  # ~11 s on a loaded 2-core machine (two runs and a worker pool)
+def test_fold_is_chosen_at_construction(key_files, counted_stages, monkeypatch):
+    """fold='workers' sums this tiny model in the workers, 'in-process' never does."""
+    priv, pub = key_files
+    plain = _run(flwr_strategy.FedAvg(**COMMON), priv, False)
+    enc = _run(strategies.FedAvg(public_key=pub, fold="workers", **COMMON), priv, True)
+    assert len(counted_stages) == 3 * ROUNDS  # below PARALLEL_MIN_CHUNKS, yet in the workers
+    gap = max(float(np.abs(enc[k][n] - plain[k][n]).max()) for k in plain for n in plain[k])
+    assert gap <= 1e-5, gap
+    monkeypatch.setattr(workers, "PARALLEL_MIN_CHUNKS", 1)  # 'auto' would now use them
+    _run(strategies.FedAvg(public_key=pub, fold="in-process", **COMMON), priv, True)
+    assert len(counted_stages) == 3 * ROUNDS  # nothing more was staged
+
+
+def test_fold_workers_is_refused_without_workers(key_files, monkeypatch):
+    from cifer_flwr.exceptions import ConfigError
+
+    monkeypatch.setenv(workers.ENV_WORKERS, "1")
+    with pytest.raises(ConfigError, match="fold='workers' needs at least 2 worker"):
+        strategies.FedAvg(public_key=key_files[1], fold="workers")
+    with pytest.raises(ConfigError, match="expected one of"):
+        strategies.FedAvg(public_key=key_files[1], fold="gpu")  # type: ignore[arg-type]
