@@ -215,10 +215,9 @@ def needs(argv: list[str]) -> set[str]:
             return set()
         if argv[1:3] == ["-m", "pytest"]:
             return TEST_SUITE
-        if argv[1] == "-m":  # a module of this repository, run as a script
-            script = ROOT / (argv[2].replace(".", "/") + ".py")
-        else:
-            script = ROOT / argv[1]
+        # python -m MODULE: a module of this repository, read as its file
+        module_file = argv[2].replace(".", "/") + ".py" if argv[1] == "-m" else ""
+        script = ROOT / (module_file or argv[1])
         tree = ast.parse(script.read_text())
         mods = {
             a.name.split(".")[0]
