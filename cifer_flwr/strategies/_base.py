@@ -30,41 +30,29 @@ valid replies release nothing. After every round an atomic checkpoint lets ``sta
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import os
-import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from logging import INFO
 from pathlib import Path
 from typing import Any, TypeVar
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
-from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 
 from cifer_flwr import crypto, protocol
 from cifer_flwr.constants import (
     CFG_COHORT,
     CFG_WEIGHT_DIVISOR,
     CFG_WEIGHTED_BY,
-    METRIC_AGGREGATE_S,
-    METRIC_CLIPPED,
-    METRIC_EXCLUDED,
-    METRIC_MASKED,
-    METRIC_RELEASED,
-    METRIC_VALID_REPLIES,
     PART_MODEL,
     REPLY_RECORD,
 )
 from cifer_flwr.exceptions import (
-    CiferError,
     CiphertextFormatError,
     ConfigError,
     LayoutMismatchError,
     UnsupportedOperationError,
-    WorkerError,
 )
 from cifer_flwr.strategies._checkpoint import (
     Checkpoint,
@@ -73,7 +61,7 @@ from cifer_flwr.strategies._checkpoint import (
     restore_state,
     result_to_json,
 )
-from cifer_flwr.strategies._fold import Accepted, FoldMode, FoldPolicy, Parts, RoundFold
+from cifer_flwr.strategies._fold import Accepted, FoldMode, FoldPolicy, Parts
 from cifer_flwr.strategies._masking import RoundMasking, check_masking_key
 from cifer_flwr.strategies._memory import release_large_buffers
 from cifer_flwr.strategies._pull import pull_batch, stream_replies
@@ -82,9 +70,15 @@ from cifer_flwr.strategies._replies import (
     REPLY_CONFIG_BYTES,
     DigestMemory,
     ReplyError,
-    metric_schema,
 )
-from cifer_flwr.strategies._screen import ReplyScreen, consistent_metrics, metadata_problem
+from cifer_flwr.strategies._rounds import (
+    MAX_REASON,
+    cifer_metrics,
+    log_encryption_summary,
+    run_rounds,
+    train_round,
+)
+from cifer_flwr.strategies._screen import ReplyScreen
 
 __all__ = [
     "Accepted",
@@ -97,9 +91,6 @@ log = logging.getLogger("cifer_flwr.strategies")
 #: Flower's own logger (its round banners go there, as Flower's strategies' do)
 flwr_log = logging.getLogger("flwr").log
 _T = TypeVar("_T")
-
-#: Longest exclusion reason kept (in the log and the results file).
-_MAX_REASON = 500
 
 
 def load_server_key(public_key: str | os.PathLike[str] | crypto.AnyKey) -> crypto.AnyKey:
@@ -149,7 +140,7 @@ class EncryptedFedAvgBase:
     ----------
     public_key, save_path, examples_per_client, min_replies, checkpoint_path, resume, \
 masking, fold
-        See :meth:`_init_encryption`.
+        See :class:`cifer_flwr.strategies.FedAvg`.
     **flower_kwargs
         Forwarded to the Flower strategy next in the MRO (``fraction_train``,
         ``min_train_nodes``, ``weighted_by_key``, ``eta``, ...), with Flower's defaults.
@@ -209,29 +200,9 @@ masking, fold
         masking: bool = False,
         fold: FoldMode = "auto",
     ) -> None:
-        """Set up the encryption; call it from ``__init__`` after Flower's ``__init__``.
+        """Set up the encryption (``__init__`` calls it after Flower's ``__init__``).
 
-        Parameters
-        ----------
-        public_key : str, path or Key
-            The CKKS public key (a file holding a secret key is refused).
-        save_path : str or path, optional
-            Where the encrypted global model is written after every released round.
-        examples_per_client : float
-            First-round guess of the examples per client (scales the weights sent).
-        min_replies : int
-            Fewest valid replies a round needs to release an aggregate (>= 2).
-        checkpoint_path : str or path, optional
-            Checkpoint written after every round.
-        resume : bool
-            Continue from ``checkpoint_path`` if it exists.
-        masking : bool
-            Secure aggregation inside the sums (docs/design.md §4.9): pairwise and self masks
-            that only the sum of at least ``max(3, min_replies)`` clients removes. Needs
-            preset ``packed``.
-        fold : {"auto", "in-process", "workers"}
-            Where the replies' ciphertexts are validated and added
-            (:data:`~cifer_flwr.strategies._fold.FoldMode`; docs/design.md §6.1).
+        The arguments are documented on :class:`cifer_flwr.strategies.FedAvg`.
 
         Raises
         ------
@@ -287,31 +258,7 @@ masking, fold
 
     # ------------------------------------------------------------------ helpers
     def _summary_encryption(self) -> None:
-        p = self.key.params
-        log.info(
-            "\t├──> %s encryption: preset %s (%d-bit security), key fingerprint %s",
-            p.scheme.upper(),
-            p.name,
-            p.security_bits,
-            self.key.short_fingerprint,
-        )
-        log.info("\t│\t├── server holds ciphertexts and the public key only")
-        log.info(
-            "\t│\t├── min_replies %d: rounds with fewer valid replies release nothing",
-            self.min_replies,
-        )
-        log.info("\t│\t├── replayed / duplicated / echoed ciphertexts are refused (SHA-256)")
-        if self.masking:
-            log.info(
-                "\t│\t├── masking on: pairwise + self masks inside the sums; the server and "
-                "colluding clients below the threshold see only sums of >= %d clients (§4.9)",
-                max(3, self.min_replies),
-            )
-        log.info(
-            "\t│\t└── checkpoint: %s%s",
-            self.checkpoint_path or "off",
-            " (resume)" if self.resume else "",
-        )
+        log_encryption_summary(self)
 
     def _encrypt_initial(self, arrays: Mapping[str, Any]) -> Parts:
         """Encrypt the plaintext initial model into the first global parts."""
@@ -373,8 +320,8 @@ masking, fold
         self.screen.set_layout(layout)
 
     def _exclude(self, server_round: int, node: int, reason: str) -> None:
-        if len(reason) > _MAX_REASON:  # reasons may quote what a client sent
-            reason = reason[: _MAX_REASON - 3] + "..."
+        if len(reason) > MAX_REASON:  # reasons may quote what a client sent
+            reason = reason[: MAX_REASON - 3] + "..."
         log.warning("round %d: excluded node %d: %s", server_round, node, reason)
         self.excluded.setdefault(server_round, []).append((node, reason))
 
@@ -407,8 +354,10 @@ masking, fold
         round 1) or an encrypted record. The returned ``Result.arrays`` is encrypted. With
         ``resume=True`` and a checkpoint at ``checkpoint_path``, the run continues from the
         round after the checkpoint's (``initial_arrays`` is then ignored) and the returned
-        ``Result`` covers the restored rounds and the new ones. The loop is Flower's
-        ``Strategy.start`` with a first round other than 1.
+        ``Result`` covers the restored rounds and the new ones. The loop
+        (:func:`~cifer_flwr.strategies._rounds.run_rounds`) is Flower's ``Strategy.start``
+        with a first round other than 1; replies of both phases come through the one pull
+        loop.
 
         Raises
         ------
@@ -426,69 +375,9 @@ masking, fold
                 "never holds under encryption; drop evaluate_fn and rely on federated "
                 "evaluation (fraction_evaluate > 0), where the clients decrypt."
             )
-        self.excluded, self.round_stats = {}, {}
-        self._reset_round_memory()
-        restored = self._prepare_checkpoint(num_rounds)
-        if restored is not None:
-            parts, result, done = restored
-        else:
-            parts, result, done = self._to_parts(initial_arrays), Result(), 0
-            self._set_layout(self._model_layout(parts))
-        self._set_global(parts)
-        arrays = self._global_record()  # the one copy of the global model (§6.2)
-        del parts, restored
-
-        flwr_log(INFO, "Starting %s strategy:", type(self).__name__)
-        log_strategy_start_info(num_rounds, arrays, train_config, evaluate_config)
-        self.summary()
-        flwr_log(INFO, "")
-        if done:
-            flwr_log(INFO, "Resuming after round %d of %d from the checkpoint", done, num_rounds)
-        train_config = ConfigRecord() if train_config is None else train_config
-        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
-        t_start = time.time()
-        for current_round in range(done + 1, num_rounds + 1):
-            flwr_log(INFO, "")
-            flwr_log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
-            # Replies are pulled and folded one by one (docs/design.md §6, streamed
-            # aggregation): the ServerApp never holds the whole cohort's replies.
-            messages = self.configure_train(current_round, arrays, train_config, grid)
-            if self._masking is not None:  # advertise + share first (docs/design.md §4.9)
-                messages = self._masking.setup(
-                    grid,
-                    current_round,
-                    list(messages),
-                    timeout,
-                    self._exclude,
-                    partition=functools.partial(self._mask_groups, current_round),
-                )
-            train_replies = self._stream_replies(grid, messages, timeout)
-            agg_arrays, agg_train_metrics = self.aggregate_train(current_round, train_replies)
-            if agg_arrays is not None:
-                result.arrays = agg_arrays
-                arrays = agg_arrays
-            if agg_train_metrics is not None:
-                flwr_log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_train_metrics)
-                result.train_metrics_clientapp[current_round] = agg_train_metrics
-            evaluate_replies = grid.send_and_receive(
-                messages=self.configure_evaluate(current_round, arrays, evaluate_config, grid),
-                timeout=timeout,
-            )
-            agg_evaluate_metrics = self.aggregate_evaluate(current_round, evaluate_replies)
-            if agg_evaluate_metrics is not None:
-                flwr_log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_evaluate_metrics)
-                result.evaluate_metrics_clientapp[current_round] = agg_evaluate_metrics
-            self._write_checkpoint(current_round, num_rounds, result)
-
-        flwr_log(INFO, "")
-        flwr_log(INFO, "Strategy execution finished in %.2fs", time.time() - t_start)
-        flwr_log(INFO, "")
-        flwr_log(INFO, "Final results:")
-        flwr_log(INFO, "")
-        for line in io.StringIO(str(result)):
-            flwr_log(INFO, "\t%s", line.strip("\n"))
-        flwr_log(INFO, "")
-        return result
+        return run_rounds(
+            self, grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config
+        )
 
     def _base_configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -591,37 +480,6 @@ masking, fold
         """
         return False
 
-    def _fold_reply(
-        self, server_round: int, fold: RoundFold, tally: dict[str, int], msg: Message
-    ) -> None:
-        """Check one reply and, if valid, add its model to the running sum of its group."""
-        node = _node(msg)
-        problem = metadata_problem(msg, self.screen.sent_msgs)
-        if problem is not None:
-            self._exclude(server_round, node, problem)
-            return
-        if msg.has_error():
-            tally["errors"] += 1
-            reason = f"error reply: {msg.error.reason}"[:_MAX_REASON]
-            self.excluded.setdefault(server_round, []).append((node, reason))
-            return
-        tally["received"] += 1
-        tally["bytes"] += sum(r.count_bytes() for r in msg.content.array_records.values())
-        try:
-            parts = self._check_reply(msg, server_round)
-            fold.add((metric_schema(msg.content), self._fold_key(msg)), msg, parts)
-        except WorkerError:
-            raise  # the workers' running sums are lost: the round fails (aggregate_train)
-        except Exception as exc:
-            self._refuse(server_round, msg, exc)
-
-    def _refuse(self, server_round: int, msg: Message, exc: Exception) -> None:
-        """Exclude a reply: its reason for a CiferError, else as an internal error (a bug)."""
-        if isinstance(exc, CiferError):
-            self._exclude(server_round, _node(msg), str(exc))
-        else:  # last line of defence: a bug never stops the round
-            self._internal_error(server_round, _node(msg), exc)
-
     def _round_chunks(self) -> int:
         """Ciphertexts a round sums (the model's chunks times the cohort)."""
         if self.layout is None:
@@ -657,32 +515,6 @@ masking, fold
         """
         return {PART_MODEL: aggregate}
 
-    def _cifer_metrics(self, server_round: int, released: bool, valid: int) -> MetricRecord:
-        return MetricRecord(
-            {
-                METRIC_MASKED: int(self.masking),
-                METRIC_RELEASED: int(released),
-                METRIC_VALID_REPLIES: valid,
-                METRIC_EXCLUDED: len(self.excluded.get(server_round, [])),
-            }
-        )
-
-    def _aggregate_train_metrics(self, server_round: int, accepted: Accepted) -> MetricRecord:
-        try:
-            return self.train_metrics_aggr_fn(
-                [msg.content for msg, _ in accepted], self.weighted_by_key
-            )
-        except Exception as exc:
-            log.error(
-                "round %d: train_metrics_aggr_fn failed (%s: %s); the round's client metrics "
-                "are left out",
-                server_round,
-                type(exc).__name__,
-                exc,
-                exc_info=exc,
-            )
-            return MetricRecord()
-
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -695,7 +527,7 @@ masking, fold
         """
         stats = self.round_stats.setdefault(server_round, {})
         try:
-            return self._aggregate_train(server_round, replies, stats)
+            return train_round(self, server_round, replies, stats)
         except Exception as exc:  # last line of defence: a bug never stops the run
             log.error(
                 "round %d: aggregation failed (%s: %s); nothing is released this round.",
@@ -705,91 +537,7 @@ masking, fold
                 exc_info=exc,
             )
             stats["released"] = 0.0
-            return None, self._cifer_metrics(server_round, False, 0)
-
-    def _aggregate_train(
-        self, server_round: int, replies: Iterable[Message], stats: dict[str, float]
-    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        fold = self.fold_policy.fold(
-            self.key,
-            self._round_chunks(),
-            keep_models=self._keeps_models(server_round),
-            arrayrecord_key=self.arrayrecord_key,
-            reject=functools.partial(self._refuse, server_round),
-        )
-        tally = {"received": 0, "errors": 0, "bytes": 0}
-        self.excluded.setdefault(server_round, [])
-        t_start = time.perf_counter()
-        self._defer = fold.defer
-        try:
-            for msg in replies:
-                self._fold_reply(server_round, fold, tally, msg)
-                del msg  # the running sum holds what counts
-            fold.flush()
-        finally:
-            self._defer = False
-        stats["receive-fold-s"] = time.perf_counter() - t_start
-        stats["bytes-received"] = float(tally["bytes"])
-        flwr_log(
-            INFO,
-            "aggregate_train: Received %s results and %s failures",
-            tally["received"],
-            tally["errors"],
-        )
-        t0 = time.perf_counter()
-        accepted = consistent_metrics(
-            fold.members(), lambda item: item[0], functools.partial(self._exclude, server_round)
-        )
-        accepted = self._select_replies(server_round, accepted)
-        total = None
-        if len(accepted) >= self.min_replies:
-            total = fold.total(accepted)
-        stats["aggregate-s"] = fold.add_s + time.perf_counter() - t0
-        stats["valid-replies"] = float(len(accepted))
-        del fold
-        if total is not None and self._masking is not None:
-            # survivors reveal what removes the residual mask (docs/design.md §4.9)
-            total = self._masking.unmask(
-                server_round, [_node(msg) for msg, _ in accepted], total, self._exclude
-            )
-            stats.update(self._masking.stats.pop(server_round, {}))
-            if total is None:
-                stats["released"] = 0.0
-                return None, self._cifer_metrics(server_round, False, len(accepted))
-        if total is None or len(accepted) < self.min_replies:
-            log.warning(
-                "round %d: %d valid encrypted updates, fewer than the %d required; "
-                "nothing is aggregated or released this round.",
-                server_round,
-                len(accepted),
-                self.min_replies,
-            )
-            stats["released"] = 0.0
-            return None, self._cifer_metrics(server_round, False, len(accepted))
-        t0 = time.perf_counter()
-        total = crypto.with_meta(total, round=server_round)
-        new_parts = self._next_global(server_round, accepted, total)
-        stats["aggregate-s"] += time.perf_counter() - t0
-        self.examples_per_client = total.weight * stats["weight-divisor"] / len(accepted)
-        metrics = self._aggregate_train_metrics(server_round, accepted)
-        metrics[METRIC_AGGREGATE_S] = stats["aggregate-s"]
-        clipped = [
-            float(value)
-            for msg, _ in accepted
-            for record in msg.content.metric_records.values()
-            if isinstance(value := record.get(METRIC_CLIPPED), int | float)
-        ]
-        if clipped:  # packed: values clipped by the key holders are counted, not averaged
-            metrics[METRIC_CLIPPED] = sum(clipped)
-            stats["clipped"] = sum(clipped)
-        released = new_parts is not None
-        metrics.update(self._cifer_metrics(server_round, released, len(accepted)))
-        stats["released"] = float(released)
-        if new_parts is None:
-            return None, metrics
-        self._set_global(new_parts)
-        self._save(new_parts, server_round)
-        return self._global_record(), metrics
+            return None, cifer_metrics(self, server_round, False, 0)
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
