@@ -452,9 +452,12 @@ masking, fold
         divisor = self.round_stats[server_round]["weight-divisor"]
         return self.screen.parse(msg, divisor, defer=self._defer)
 
-    def _check_reply(self, msg: Message, server_round: int) -> Parts:
-        """Every check of one train reply, cheapest first; returns its parsed parts."""
-        self.screen.screen(msg, server_round)
+    def _check_reply(self, msg: Message, server_round: int, size: int | None = None) -> Parts:
+        """Every check of one train reply, cheapest first; returns its parsed parts.
+
+        ``size``: the reply's ``ArrayRecord`` bytes when the caller counted them already.
+        """
+        self.screen.screen(msg, server_round, size)
         return self._parse_reply(msg, server_round)
 
     # ------------------------------------------------------------------ streamed rounds

@@ -182,9 +182,10 @@ def _fold_reply(
         strategy.excluded.setdefault(server_round, []).append((node, reason))
         return
     tally["received"] += 1
-    tally["bytes"] += sum(r.count_bytes() for r in msg.content.array_records.values())
+    size = sum(r.count_bytes() for r in msg.content.array_records.values())
+    tally["bytes"] += size
     try:
-        parts = strategy._check_reply(msg, server_round)
+        parts = strategy._check_reply(msg, server_round, size)
         fold.add((metric_schema(msg.content), strategy._fold_key(msg)), msg, parts)
     except WorkerError:
         raise  # the workers' running sums are lost: the round fails (aggregate_train)

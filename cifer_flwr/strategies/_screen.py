@@ -220,8 +220,11 @@ class ReplyScreen:
                 sorted(self.reply_config_records),
             )
 
-    def screen(self, msg: Message, server_round: int) -> None:
+    def screen(self, msg: Message, server_round: int, size: int | None = None) -> None:
         """Every check of a train reply before parsing (steps 2-5 of the module docstring).
+
+        ``size`` is the bytes of the reply's ``ArrayRecord`` s when the caller counted them
+        (each reply's bytes are counted once); ``None`` counts them here.
 
         Raises
         ------
@@ -257,7 +260,8 @@ class ReplyScreen:
         if named:
             check_part_set(named, expected)
         max_bytes, max_arrays = self.limits(node)
-        size = record.count_bytes()
+        if size is None:
+            size = record.count_bytes()  # the one record: all the reply's bytes
         if size > max_bytes or len(record) > max_arrays:
             raise ReplyError(
                 f"reply of {size} bytes in {len(record)} arrays exceeds the {max_bytes} bytes "
