@@ -45,6 +45,7 @@ __all__ = [
     "check_encrypted_sums",
     "check_plain_sums",
     "decode_sums",
+    "decrypt_model_and_scaling",
     "decrypt_scaled_model",
     "decrypt_scaling",
     "divisor_for",
@@ -594,6 +595,38 @@ def read_plain_scaling(model_path: str | os.PathLike[str]) -> FeatureStats | Non
     return FeatureStats.from_arrays(arrays)
 
 
+def decrypt_model_and_scaling(
+    model_path: str | os.PathLike[str], private_key: str | os.PathLike[str] | crypto.AnyKey
+) -> tuple[dict[str, npt.NDArray[Any]], FeatureStats | None]:
+    """Decrypt a saved federated model and the scaling it still needs (key holders).
+
+    The statistics saved beside the model (``model.scaling.enc``) are folded into its first
+    layer where that is affine (:func:`fold_first_layer`; the scaling returned is then
+    ``None``: the model takes raw rows); otherwise (a convolution first, e.g.) the model is
+    returned as trained with the scaling beside it, to apply as ``stats.standardize(x)``.
+    A model saved without statistics comes back as decrypted, with ``None``.
+
+    Raises
+    ------
+    KeyTypeError, KeyMismatchError, CiphertextFormatError, StatisticsError
+        As :func:`~cifer_flwr.protocol.decrypt_global_model` and :func:`decrypt_scaling`.
+
+    """
+    from cifer_flwr.protocol import decrypt_global_model
+
+    key = (
+        private_key
+        if isinstance(private_key, crypto.Key | crypto.PaillierKey)
+        else crypto.load_private_key(private_key)
+    )
+    arrays = decrypt_global_model(Path(model_path), key)
+    stats = saved_scaling(model_path, key)
+    if stats is None:
+        return arrays, None
+    folded = fold_first_layer(arrays, stats)
+    return (arrays, stats) if folded is None else (folded, None)
+
+
 def decrypt_scaled_model(
     model_path: str | os.PathLike[str], private_key: str | os.PathLike[str] | crypto.AnyKey
 ) -> dict[str, npt.NDArray[Any]]:
@@ -613,23 +646,12 @@ def decrypt_scaled_model(
         As :func:`~cifer_flwr.protocol.decrypt_global_model`.
 
     """
-    from cifer_flwr.protocol import decrypt_global_model
-
-    key = (
-        private_key
-        if isinstance(private_key, crypto.Key | crypto.PaillierKey)
-        else crypto.load_private_key(private_key)
-    )
-    arrays = decrypt_global_model(Path(model_path), key)
-    stats = saved_scaling(model_path, key)
-    if stats is None:
-        return arrays
-    folded = fold_first_layer(arrays, stats)
-    if folded is None:
+    arrays, stats = decrypt_model_and_scaling(model_path, private_key)
+    if stats is not None:
         raise StatisticsError(
             f"{model_path}: the model's first layer is not an affine layer over the "
             f"{stats.num_features} features, so the federation's scaling cannot be folded "
-            "in; `cifer securetrain decrypt-model` writes it beside the model, or read it "
-            "with cifer_flwr.statistics.saved_scaling."
+            "in; `cifer securetrain decrypt-model` writes it beside the model, or use "
+            "cifer_flwr.statistics.decrypt_model_and_scaling."
         )
-    return folded
+    return arrays

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cifer_flwr import crypto, protocol
+from cifer_flwr import crypto, statistics
 from cifer_flwr import masking as secagg
 from cifer_flwr.exceptions import CiferError, ConfigError
 from cifer_flwr.experiments.config import (
@@ -37,6 +37,7 @@ from cifer_flwr.experiments.config import (
 )
 from cifer_flwr.experiments.data import load_dataset
 from cifer_flwr.experiments.strategy_builder import baseline_name
+from cifer_flwr.statistics import FeatureStats
 from cifer_flwr.tooling.federation.audit import find_secret_key
 from cifer_flwr.tooling.federation.local import Federation, up
 from cifer_flwr.tooling.federation.runs import RunOutcome, run_app
@@ -95,11 +96,19 @@ def _task_module(app_dir: Path) -> ModuleType:
 
 
 def evaluate_with_example(
-    app_dir: Path, arrays: Mapping[str, np.ndarray], run_config: Mapping[str, Any]
+    app_dir: Path,
+    arrays: Mapping[str, np.ndarray],
+    run_config: Mapping[str, Any],
+    scaling: FeatureStats | None = None,
 ) -> dict[str, float]:
-    """Evaluate plaintext model arrays with the example's ``task.evaluate_arrays``."""
+    """Evaluate plaintext model arrays with the example's ``task.evaluate_arrays``.
+
+    The examples evaluate on raw held-out rows: ``arrays`` take raw rows, or come with the
+    federation's ``scaling`` (docs/design.md §4.10), as
+    :func:`~cifer_flwr.statistics.decrypt_model_and_scaling` returns them.
+    """
     module = _task_module(app_dir)
-    return dict(module.evaluate_arrays(arrays, run_config))
+    return dict(module.evaluate_arrays(arrays, run_config, scaling))
 
 
 def demo_experiment(
@@ -358,9 +367,12 @@ def run_demo(
     run_config = dict(report.encrypted.get("run-config", {}))
     report.model_file = model_file
     report.model_bytes = model_file.stat().st_size
-    arrays = protocol.decrypt_global_model(model_file, private)
-    report.final_encrypted = evaluate_with_example(example, arrays, run_config)
-    report.final_plaintext = evaluate_with_example(example, _load_npz(plain_file), run_config)
+    arrays, scaling = statistics.decrypt_model_and_scaling(model_file, private)
+    report.final_encrypted = evaluate_with_example(example, arrays, run_config, scaling)
+    plain_scaling = statistics.read_plain_scaling(plain_file)
+    report.final_plaintext = evaluate_with_example(
+        example, _load_npz(plain_file), run_config, plain_scaling
+    )
     report.total_s = time.monotonic() - t_start
     (d / "demo.json").write_text(json.dumps(report.to_dict(), indent=2))
     return report

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from cifer_flwr import crypto
-from cifer_flwr.protocol import decrypt_global_model
+from cifer_flwr.statistics import decrypt_model_and_scaling
 from cifer_flwr.tooling.demo import evaluate_with_example, find_example
 from cifer_flwr.tooling.federation import processes
 from cifer_flwr.tooling.federation.audit import find_secret_key
@@ -250,8 +250,10 @@ def test_encrypted_run_across_hosts_from_bundles(tmp_path, key_files):
     for row in out["rounds"]:
         assert row["train-replies"] == NODES and row["errors"] == [] and row["excluded"] == []
     # the model the server saved is a ciphertext only a SuperNode bundle's key opens
-    arrays = decrypt_global_model(model, bundles.supernodes[0] / crypto.PRIVATE_KEY_FILE)
-    accuracy = evaluate_with_example(EXAMPLE, arrays, out["run-config"])["accuracy"]
+    # (with the federation's feature scaling beside it: the CNN cannot absorb it, §4.10)
+    key = bundles.supernodes[0] / crypto.PRIVATE_KEY_FILE
+    arrays, scaling = decrypt_model_and_scaling(model, key)
+    accuracy = evaluate_with_example(EXAMPLE, arrays, out["run-config"], scaling)["accuracy"]
     print(f"accuracy after {ROUNDS} round(s) across hosts: {accuracy:.3f}")
     assert accuracy > 0.3
     # the SuperNodes reached the SuperLink over the links, from their own addresses, over TLS

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifer_flwr import crypto
-from cifer_flwr.protocol import decrypt_global_model
+from cifer_flwr import crypto, statistics
 from cifer_flwr.tooling.demo import evaluate_with_example, find_example
 from cifer_flwr.tooling.federation import Federation, up
 from cifer_flwr.tooling.federation.audit import find_secret_key
@@ -131,10 +130,17 @@ def test_encrypted_run_matches_plaintext(deployment, keys, strategy):
     assert all(r["aggregate-s"] is not None for r in enc["rounds"])
 
     run_config = enc["run-config"]
-    decrypted = evaluate_with_example(EXAMPLE, decrypt_global_model(model, priv), run_config)
-    baseline = evaluate_with_example(EXAMPLE, _load_npz(plain_model), run_config)
+    # the nodes scaled their raw rows with the federation's statistics (§4.10); the CNN's
+    # first layer (a convolution) cannot absorb them, so the scaling comes beside the model
+    arrays, scaling = statistics.decrypt_model_and_scaling(model, priv)
+    assert scaling is not None and scaling.num_features == 64
+    decrypted = evaluate_with_example(EXAMPLE, arrays, run_config, scaling)
+    plain_scaling = statistics.read_plain_scaling(plain_model)
+    baseline = evaluate_with_example(EXAMPLE, _load_npz(plain_model), run_config, plain_scaling)
     assert abs(decrypted["accuracy"] - baseline["accuracy"]) <= 0.02, (decrypted, baseline)
     assert decrypted["accuracy"] > 0.5
+    # on raw held-out rows, within 1 point of the run's own evaluation on standardised rows
+    assert abs(decrypted["accuracy"] - enc["rounds"][-1]["accuracy"]) <= 0.01, decrypted
     # per-round federated accuracy agrees too
     for e, p in zip(enc["rounds"], plain["rounds"], strict=True):
         assert abs(e["accuracy"] - p["accuracy"]) <= 0.02
@@ -148,6 +154,7 @@ def test_encrypted_run_matches_plaintext(deployment, keys, strategy):
         fed.parent / f"{strategy}-enc.json",
         fed.parent / f"{strategy}-enc.log",
         model,
+        statistics.scaling_path(model),
     ]
     hits, scanned = find_secret_key(server_side, priv)
     assert scanned >= 5 and hits == []
@@ -176,7 +183,9 @@ def test_wrong_private_key_is_excluded_and_run_completes(deployment, keys):
 
 
 def test_another_key_pairs_public_key_fails_the_run_naming_the_cause(deployment, keys):
-    """Every node refuses the server's key: nothing is released, so the run failed (issue 22)."""
+    """The server's key is another pair's: the statistics round before round 1 finds every
+    node's sums (all but one, after the wrong-key test added the node holding that pair's
+    private key) under another key, releases nothing and fails the run naming the cause."""
     _, _, wrong = keys
     lines: list[str] = []
     bad = run_app(
@@ -192,13 +201,10 @@ def test_another_key_pairs_public_key_fails_the_run_naming_the_cause(deployment,
         on_round=lines.append,
     )
     assert bad.status == "finished:failed" and not bad.completed
-    assert bad.results is not None and bad.results["status"] == "error"
-    assert "no round released an aggregate" in bad.results["error"]
-    # every node refuses (this test alone), or all but the one holding that pair's private
-    # key (after the wrong-key test added it): either way the cause is the server's key
-    assert "refused the server's key" in bad.results["error"], bad.results["error"]
-    assert "no round released an aggregate" in bad.errors[0], bad.errors
-    assert len(lines) == 2 and all("released nothing" in line for line in lines), lines
+    assert "feature statistics" in bad.errors[0], bad.errors
+    assert "fewer than the minimum 2" in bad.errors[0], bad.errors
+    assert "key fingerprint" in bad.errors[0], bad.errors  # the cause: another key pair
+    assert lines == []  # no round started
 
 
 def test_failed_server_app_is_reported_and_cifer_runs_lists_the_runs(deployment, keys):

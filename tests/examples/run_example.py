@@ -4,9 +4,9 @@ Usage: python -m tests.examples.run_example EXAMPLE_DIR PRIVATE_KEY PUBLIC_KEY O
 
 With run config ``save-path``, the saved final model is then evaluated by the example's own
 ``task.evaluate_arrays`` on the raw held-out rows, written to ``OUT_JSON`` with suffix
-``.final.json``: ``raw`` (encrypted: decrypted with the federation's scaling folded in;
-plaintext: with the scaling saved beside it) and ``unscaled`` (the weights as trained, on raw
-rows).
+``.final.json``: ``raw`` (encrypted: decrypted with the federation's scaling folded in,
+``folded``, or applied to the rows where the first layer cannot absorb it; plaintext: with
+the scaling saved beside it) and ``unscaled`` (the weights as trained, on raw rows).
 
 A subprocess per run: TensorFlow must be imported after TenSEAL (docs/design.md §7), and each
 example imports its own package (``sklearnexample``, ``tfexample``, ...).
@@ -71,7 +71,7 @@ def main() -> None:
 
 def evaluate_saved(task, save: Path, priv: str, run_config: dict) -> dict:
     """The saved model on the raw held-out rows: as the library hands it to a key holder
-    (``decrypt_scaled_model``) or the plaintext model with the scaling saved beside it."""
+    (``decrypt_model_and_scaling``) or the plaintext model with the scaling saved beside it."""
     import io
 
     import numpy as np
@@ -79,14 +79,18 @@ def evaluate_saved(task, save: Path, priv: str, run_config: dict) -> dict:
     from cifer_flwr import statistics
     from cifer_flwr.protocol import decrypt_global_model
 
+    folded = False
     if save.suffix == ".npz":
         with np.load(io.BytesIO(save.read_bytes()), allow_pickle=False) as data:
             trained = {k: data[k] for k in data.files}
         raw = task.evaluate_arrays(trained, run_config, statistics.read_plain_scaling(save))
     else:
         trained = decrypt_global_model(save, priv)
-        raw = task.evaluate_arrays(statistics.decrypt_scaled_model(save, priv), run_config)
-    return {"raw": raw, "unscaled": task.evaluate_arrays(trained, run_config)}
+        arrays, scaling = statistics.decrypt_model_and_scaling(save, priv)
+        folded = scaling is None
+        raw = task.evaluate_arrays(arrays, run_config, scaling)
+    unscaled = task.evaluate_arrays(trained, run_config)
+    return {"raw": raw, "unscaled": unscaled, "folded": folded}
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ def test_example_encrypted_matches_plaintext(example, module, strategy, key_file
     # rows and scores within 1 point of the run's own evaluation on standardised rows
     enc_final, plain_final = final_evaluation(enc), final_evaluation(plain)
     assert statistics.scaling_path(enc_model).is_file()  # encrypted, beside the model
+    assert enc_final["folded"]  # into coef/intercept or the first Dense layer
     assert enc_final["raw"]["accuracy"] == pytest.approx(acc_enc[-1], abs=0.01), enc_final
     assert plain_final["raw"]["accuracy"] == pytest.approx(acc_plain[-1], abs=0.01), plain_final
     # without its scaling, the trained model is not a raw-row model (the scaling is needed)

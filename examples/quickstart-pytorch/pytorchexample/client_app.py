@@ -1,7 +1,9 @@
 """ClientApp: an ordinary Flower PyTorch client; ``encryption_mod`` adds CKKS around it.
 
 The SuperNode's node config gives ``partition-id``, ``num-partitions`` and ``private-key``
-(the path of the CKKS private key, read by the mod; it never leaves this machine).
+(the path of the CKKS private key, read by the mod; it never leaves this machine). The node
+holds raw rows; before round 1 the federation sums every node's feature statistics under
+encryption and each node standardises with the global mean and std (``cifer_stats``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from cifer_flwr.experiments.apps import encryption_mod
+from cifer_flwr.experiments.apps import encryption_enabled, encryption_mod
+from cifer_flwr.scaling import answer_statistics, global_statistics
 from pytorchexample import task
 
 torch.set_num_threads(1)
@@ -19,12 +22,20 @@ torch.set_num_threads(1)
 app = ClientApp(mods=[encryption_mod])
 
 
+@app.query("cifer_stats")
+def statistics(msg: Message, context: Context) -> Message:
+    # this node's encrypted feature sums; then the federation's total, kept in context.state
+    data = task.load_data(context.run_config, context.node_config)  # raw rows
+    encrypted = encryption_enabled(context.run_config)
+    return answer_statistics(msg, context, data.x_train, encrypted=encrypted)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = context.run_config
     model = task.make_model(cfg)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    data = task.load_data(cfg, context.node_config)
+    data = task.load_data(cfg, context.node_config, global_statistics(context))
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
     partition = int(context.node_config.get("partition-id", 0))
@@ -48,7 +59,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = context.run_config
     model = task.make_model(cfg)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    data = task.load_data(cfg, context.node_config)
+    data = task.load_data(cfg, context.node_config, global_statistics(context))
     loss, accuracy = task.test(model, data.x_test, data.y_test)
     metrics = MetricRecord({"loss": loss, "accuracy": accuracy, "num-examples": len(data.y_test)})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

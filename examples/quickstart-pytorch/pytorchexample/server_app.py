@@ -5,7 +5,8 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from cifer_flwr.experiments.apps import make_strategy, run_strategy
+from cifer_flwr.experiments.apps import encryption_enabled, make_strategy, path_option, run_strategy
+from cifer_flwr.scaling import exchange_statistics
 from pytorchexample import task
 
 app = ServerApp()
@@ -15,9 +16,20 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     # e.g. cifer_flwr.strategies.FedAvg(public_key=".../public.key", save_path=...),
     # or flwr.serverapp.strategy.FedAvg when run config says encryption = false
-    strategy = make_strategy(context.run_config)
+    cfg = context.run_config
+    strategy = make_strategy(cfg)
+    # before round 1: every node's feature sums, added as ciphertexts; each node standardises
+    # its raw rows with the global mean/std, saved (encrypted) beside the model
+    _, side = task.image_shape(cfg)
+    exchange_statistics(
+        grid,
+        num_features=side * side,
+        public_key=path_option(cfg, "public-key") if encryption_enabled(cfg) else None,
+        min_nodes=int(cfg["min-nodes"]),
+        save_path=path_option(cfg, "save-path"),
+    )
     # run config model-path: your own initial Net weights (.pt state dict), checked
-    model = task.initial_model(context.run_config)
+    model = task.initial_model(cfg)
     # plaintext initial weights: the strategy encrypts them with the public key before round 1
     run_strategy(
         strategy,

@@ -21,6 +21,7 @@ from cifer_flwr.experiments.data import (
     run_dataset_shape,
 )
 from cifer_flwr.experiments.tasks.model_files import check_model_arrays, read_model_arrays
+from cifer_flwr.statistics import FeatureStats
 
 # (num features, num classes) of the datasets this example knows: square grey images
 SHAPES = {"digits": (64, 10), "mnist": (784, 10)}
@@ -83,13 +84,22 @@ def initial_model(run_config: Mapping[str, Any]) -> Net:
     return model
 
 
-def load_data(run_config: Mapping[str, Any], node_config: Mapping[str, Any]) -> Partition:
-    """This SuperNode's data: node config ``dataset-path`` (its own file, used whole), else its
-    partition (``partition-id`` / ``num-partitions``) of run config ``dataset-path``/``dataset``."""
-    part = node_partition(run_config, node_config, default_dataset="digits")
+def load_data(
+    run_config: Mapping[str, Any],
+    node_config: Mapping[str, Any],
+    scaling: FeatureStats | None = None,
+) -> Partition:
+    """This SuperNode's raw rows: node config ``dataset-path`` (its own file, used whole), else
+    its partition (``partition-id`` / ``num-partitions``) of run config ``dataset-path`` /
+    ``dataset``; standardised with ``scaling`` (the federation's mean and std) when given."""
+    part = node_partition(run_config, node_config, default_dataset="digits", standardize=False)
     classes, side = image_shape(run_config)
     source = str(node_config.get(DATASET_PATH_KEY, "") or run_dataset(run_config, "digits"))
-    return check_partition(part, side * side, classes, source)
+    part = check_partition(part, side * side, classes, source)
+    if scaling is None:
+        return part
+    x_train, x_test = scaling.standardize(part.x_train), scaling.standardize(part.x_test)
+    return Partition(x_train, part.y_train, x_test, part.y_test)
 
 
 def train(
@@ -141,11 +151,20 @@ def test(model: Net, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 
 def evaluate_arrays(
-    arrays: Mapping[str, np.ndarray], run_config: Mapping[str, Any]
+    arrays: Mapping[str, np.ndarray],
+    run_config: Mapping[str, Any],
+    scaling: FeatureStats | None = None,
 ) -> dict[str, float]:
-    """Evaluate plaintext model arrays (e.g. a decrypted final model) on the global test set."""
+    """Evaluate plaintext model arrays on the global test set's raw rows.
+
+    The CNN's first layer is a convolution, which cannot absorb the federation's scaling:
+    the model comes with its ``scaling`` (``decrypt_model_and_scaling``), applied to the
+    rows first.
+    """
     model = make_model(run_config)
     model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()})
-    ds = cached_dataset(run_dataset(run_config, "digits"), int(run_config.get("seed", 42)))
-    loss, accuracy = test(model, ds.x_test, ds.y_test)
+    seed = int(run_config.get("seed", 42))
+    ds = cached_dataset(run_dataset(run_config, "digits"), seed, standardize=False)
+    x = ds.x_test if scaling is None else scaling.standardize(ds.x_test)
+    loss, accuracy = test(model, x, ds.y_test)
     return {"loss": loss, "accuracy": accuracy, "num-examples": float(len(ds.y_test))}
