@@ -126,15 +126,9 @@ def test_a_private_flower_import_is_caught(tmp_path, source):
     assert len(found) == 2 and len(bad) == 1 and bad[0] not in ALLOWED
 
 
-#: Private attribute of a Flower class -> why our code still touches it. Unlike ALLOWED,
-#: an entry that is no longer used does not fail (the strategies are being recomposed to
-#: drop the one below, issue 20 item 1): delete it with its last use.
-ALLOWED_ATTRIBUTES: dict[str, str] = {
-    "_check_and_log_replies": (
-        "strategies/_base.py reuses FedAvg's reply screening for evaluate replies; "
-        "issue 20 item 1 replaces it with our own screening collaborator"
-    ),
-}
+#: Private attribute of a Flower class -> why our code still touches it (none today; an
+#: entry that is no longer used fails, like ALLOWED).
+ALLOWED_ATTRIBUTES: dict[str, str] = {}
 
 
 def _flower_classes() -> list[type]:
@@ -195,7 +189,10 @@ def test_no_private_attribute_of_a_flower_class_is_used_or_overridden():
     names = flower_private_attributes()
     assert "_construct_messages" in names  # the scan sees FedAvg's private helpers
     assert set(ALLOWED_ATTRIBUTES) <= names, set(ALLOWED_ATTRIBUTES) - names
-    uses = [u for u in private_attribute_uses(names) if u.split(": ")[1] not in ALLOWED_ATTRIBUTES]
+    all_uses = private_attribute_uses(names)
+    unused = set(ALLOWED_ATTRIBUTES) - {u.split(": ")[1] for u in all_uses}
+    assert not unused, f"allowed private attributes no longer used, delete them: {unused}"
+    uses = [u for u in all_uses if u.split(": ")[1] not in ALLOWED_ATTRIBUTES]
     assert not uses, (
         "private attributes of Flower's classes (they change without notice between Flower "
         "releases; use the public hooks or our own collaborators):\n" + "\n".join(uses)
