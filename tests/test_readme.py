@@ -387,6 +387,7 @@ def test_run_without_matplotlib_writes_results_and_notes_the_plot(tmp_path):
     assert not (tmp_path / "metrics.png").exists()
 
 
+@pytest.mark.slow  # several seconds: outside the quick loop, in the full suite
 def test_cheap_readme_commands_work_with_only_the_readme_extras(tmp_path):
     """keygen, keys inspect, report, federation down: run with every other extra blocked."""
     cheap = [

@@ -33,7 +33,7 @@ def test_round_trip_preserves_names_shapes_dtypes(key):
         np.testing.assert_allclose(out[name], arr, atol=tol, rtol=0)
 
 
-@pytest.mark.parametrize("k", [1, 10, 1000])
+@pytest.mark.parametrize("k", [1, 10, pytest.param(1000, marks=pytest.mark.slow)])
 def test_sum_of_k_weighted_encryptions_matches_numpy(key, public_key, k):
     rng = np.random.default_rng(k)
     base = rng.uniform(-1, 1, 3000)

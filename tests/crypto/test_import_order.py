@@ -6,6 +6,7 @@ import sys
 import pytest
 
 
+@pytest.mark.slow  # several seconds: outside the quick loop, in the full suite
 def test_crypto_after_tensorflow_is_refused_with_a_reason():
     pytest.importorskip("tensorflow")
     code = "import tensorflow\nfrom cifer_flwr import crypto\n"
@@ -14,6 +15,7 @@ def test_crypto_after_tensorflow_is_refused_with_a_reason():
     assert "must be imported before tensorflow/keras" in res.stderr
 
 
+@pytest.mark.slow  # several seconds: outside the quick loop, in the full suite
 def test_crypto_before_tensorflow_works():
     pytest.importorskip("tensorflow")
     code = (

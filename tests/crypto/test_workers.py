@@ -113,6 +113,7 @@ def test_parallel_encrypt_and_decrypt_match_in_process(keys, preset: str) -> Non
     assert full is key.context()
 
 
+@pytest.mark.slow  # several seconds: outside the quick loop, in the full suite
 def test_validate_and_sum_commits_only_accepted_replies(keys) -> None:
     key = keys["packed"]
     pub = key.public()

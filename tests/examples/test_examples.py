@@ -62,7 +62,7 @@ def final_evaluation(results: dict) -> dict:
     ("example", "module", "strategy"),
     [
         ("quickstart-sklearn", "sklearn", "fedavg"),
-        ("quickstart-sklearn", "sklearn", "fedyogi"),
+        pytest.param("quickstart-sklearn", "sklearn", "fedyogi", marks=pytest.mark.slow),
         pytest.param(
             "quickstart-tensorflow", "tensorflow", "fedavg", marks=pytest.mark.slow
         ),  # TensorFlow's start-up alone takes several seconds per process

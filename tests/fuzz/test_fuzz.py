@@ -56,6 +56,7 @@ def test_corpus_replays_without_crash_hang_or_stray_exception(materials):
     assert not bad, json.dumps(bad, indent=1)
 
 
+@pytest.mark.slow  # several seconds: outside the quick loop, in the full suite
 def test_fixed_budget_over_all_parsers(materials):
     outcomes = fuzz.run_campaign(materials, list(fuzz.PARSERS), BUDGET, SEED, workers=2)
     table = fuzz.tally(outcomes, list(fuzz.PARSERS))
@@ -66,6 +67,7 @@ def test_fixed_budget_over_all_parsers(materials):
     assert not failures, fuzz.format_table(table) + "\n" + detail
 
 
+@pytest.mark.slow  # several seconds: outside the quick loop, in the full suite
 def test_harness_reports_crash_hang_and_stray_exception_then_continues(materials):
     pool = fuzz.Pool(materials.root, 1, timeout=3.0)
     try:

@@ -216,6 +216,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # several seconds: outside the quick loop, in the full suite
 def test_sigkill_during_checkpoint_writes_leaves_a_valid_file(tmp_path):
     """SIGKILL a process that keeps rewriting a checkpoint: the file always reads back."""
     ckpt = tmp_path / "run.ckpt"

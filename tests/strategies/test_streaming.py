@@ -74,6 +74,7 @@ def _common() -> dict:
     }
 
 
+@pytest.mark.slow  # several seconds: outside the quick loop, in the full suite
 def test_streamed_sum_equals_flower_fedavg_and_holds_one_reply_at_a_time(key_files):
     plain_seen: dict = {}
     plain = FlowerFedAvg(**_common())
@@ -101,6 +102,7 @@ def test_streamed_sum_equals_flower_fedavg_and_holds_one_reply_at_a_time(key_fil
     assert max(grid.alive_at_pull) <= 1, grid.alive_at_pull
 
 
+@pytest.mark.slow  # several seconds: outside the quick loop, in the full suite
 def test_the_live_reply_count_sees_a_batch_aggregation(key_files):
     """Control: handing all replies at once (Flower's send_and_receive) keeps them alive."""
     grid = _grid(key_files, True, {})
@@ -154,6 +156,7 @@ def test_a_reply_that_never_comes_ends_at_the_timeout(key_files, monkeypatch):
     assert clock.now >= 1000.0 + 30.0  # it waited out the timeout (train phase)
 
 
+@pytest.mark.slow  # several seconds: outside the quick loop, in the full suite
 def test_fedopt_streams_by_state_digest_and_keeps_the_majority(key_files):
     """Replies trained from another state are summed apart and dropped as a group."""
     seen: dict = {}
