@@ -310,19 +310,31 @@ def runs_cmd(
         runs = list_runs(fed, run_id)
     except CiferError as exc:
         raise fail(exc) from exc
+    show_runs(
+        runs,
+        as_json=as_json,
+        empty=f"no runs on the federation in {directory} yet",
+        follow=f"FLWR_HOME={fed.flwr_home} flwr log RUN_ID {fed.connection} --stream",
+    )
+
+
+def show_runs(runs: list[RunInfo], *, as_json: bool, empty: str, follow: str) -> None:
+    """Print ``runs`` (a table and each failed run's reason, or JSON) and exit 1 if one failed.
+
+    A run failed when it finished without succeeding (Flower's ``finished:failed`` or
+    ``finished:stopped``); ``empty`` is printed when there are none, ``follow`` says how
+    to follow one run.
+    """
     failed = [r for r in runs if r.status.startswith("finished") and not r.succeeded]
     if as_json:
         print(json.dumps([r.to_dict() for r in runs], indent=2))
         raise typer.Exit(code=1 if failed else 0)
     if not runs:
-        console.print(f"no runs on the federation in {directory} yet", highlight=False)
+        console.print(empty, highlight=False)
         return
     console.print(runs_table(runs, failed))
     for r in failed:
         console.print(f"run {r.run_id}: {r.details or r.status}", markup=False, highlight=False)
-    console.print(
-        f"follow one   FLWR_HOME={fed.flwr_home} flwr log RUN_ID {fed.connection} --stream",
-        highlight=False,
-    )
+    console.print(f"follow one   {follow}", highlight=False)
     if failed:
         raise typer.Exit(code=1)

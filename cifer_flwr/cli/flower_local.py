@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 from typing import Annotated
@@ -75,7 +74,7 @@ def runs_cmd(
     `flwr run` exits 0 even when the run fails; this exits 1 when a listed run failed or
     was stopped, and prints each failed run's reason. Example: cifer flower-local runs
     """
-    from cifer_flwr.cli.federation import runs_table
+    from cifer_flwr.cli.federation import show_runs
     from cifer_flwr.tooling.federation import FederationError
     from cifer_flwr.tooling.federation.flower_local import FlowerLocal
     from cifer_flwr.tooling.federation.runs import list_runs
@@ -90,19 +89,12 @@ def runs_cmd(
         runs = list_runs(local, run_id)
     except CiferError as exc:
         raise fail(exc) from exc
-    failed = [r for r in runs if r.status.startswith("finished") and not r.succeeded]
-    if as_json:
-        print(json.dumps([r.to_dict() for r in runs], indent=2))
-        raise typer.Exit(code=1 if failed else 0)
-    if not runs:
-        console.print("no runs on Flower's local SuperLink yet", highlight=False)
-        return
-    console.print(runs_table(runs, failed))
-    for r in failed:
-        console.print(f"run {r.run_id}: {r.details or r.status}", markup=False, highlight=False)
-    console.print("follow one   flwr log RUN_ID local --stream", highlight=False)
-    if failed:
-        raise typer.Exit(code=1)
+    show_runs(
+        runs,
+        as_json=as_json,
+        empty="no runs on Flower's local SuperLink yet",
+        follow="flwr log RUN_ID local --stream",
+    )
 
 
 @app.command("down")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import inspect
 import io
+import json
 
+import pytest
+import typer
 from rich.console import Console
 from typer.testing import CliRunner
 
 from cifer_flwr.cli import app
-from cifer_flwr.cli.federation import runs_table, up_cmd
+from cifer_flwr.cli.federation import runs_table, show_runs, up_cmd
 from cifer_flwr.experiments.config import FederationConfig
 from cifer_flwr.tooling.federation import Federation
 from cifer_flwr.tooling.federation.runs import RunInfo
@@ -62,3 +65,26 @@ def test_federation_down_removes_the_ray_session_directory(tmp_path):
     assert res.exit_code == 0, res.output
     assert not scratch.exists()
     assert Federation.load(tmp_path / "fed").scratch_dirs == []
+
+
+def _run(status: str, details: str = "") -> RunInfo:
+    return RunInfo(
+        run_id=7 if status.endswith("failed") else 8, app="a", status=status, details=details
+    )
+
+
+def test_show_runs_exits_1_with_the_reason_of_a_failed_run(capsys):
+    """`cifer runs` and `cifer flower-local runs` share it: flwr run's exit code says nothing."""
+    runs = [_run("finished:completed"), _run("finished:failed", "ValueError: public-key")]
+    with pytest.raises(typer.Exit) as ended:
+        show_runs(runs, as_json=True, empty="none", follow="F")
+    assert ended.value.exit_code == 1
+    assert [r["status"] for r in json.loads(capsys.readouterr().out)] == [r.status for r in runs]
+    with pytest.raises(typer.Exit) as ended:
+        show_runs(runs, as_json=False, empty="none", follow="flwr log RUN_ID x")
+    assert ended.value.exit_code == 1
+    out = capsys.readouterr().out
+    assert "run 7: ValueError: public-key" in out and "follow one   flwr log RUN_ID x" in out
+    show_runs([_run("finished:completed"), _run("running")], as_json=False, empty="-", follow="F")
+    show_runs([], as_json=False, empty="no runs here yet", follow="F")
+    assert "no runs here yet" in capsys.readouterr().out
