@@ -375,9 +375,14 @@ masking, fold
                 "never holds under encryption; drop evaluate_fn and rely on federated "
                 "evaluation (fraction_evaluate > 0), where the clients decrypt."
             )
-        return run_rounds(
+        result = run_rounds(
             self, grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config
         )
+        return self._final_result(result)
+
+    def _final_result(self, result: Result) -> Result:
+        """Hook: the run's ``Result`` before :meth:`start` returns it (here unchanged)."""
+        return result
 
     def _base_configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

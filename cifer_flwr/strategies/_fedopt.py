@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -146,31 +146,12 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         messages = FlwrFedAvg.configure_train(self, server_round, arrays, config, grid)  # type: ignore[arg-type]
         return [m for m in messages if int(m.metadata.dst_node_id) not in self.banned]
 
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
-    ) -> Result:
-        """Run the federated loop (see :meth:`EncryptedFedAvgBase.start`).
+    def _final_result(self, result: Result) -> Result:
+        """``Result.arrays`` is the current global.
 
-        ``Result.arrays`` is the current global: when the key holders refused the state of
-        the last round's global in its evaluation, the other asked holder's state replaced
-        it (docs/design.md §4.3).
+        When the key holders refused the state of the last round's global in its
+        evaluation, the other asked holder's state replaced it (docs/design.md §4.3).
         """
-        result = super().start(
-            grid,
-            initial_arrays,
-            num_rounds=num_rounds,
-            timeout=timeout,
-            train_config=train_config,
-            evaluate_config=evaluate_config,
-            evaluate_fn=evaluate_fn,
-        )
         if result.arrays and self.global_model.is_set:
             result.arrays = self._global_record()
         return result

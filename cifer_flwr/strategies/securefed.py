@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -266,31 +266,13 @@ class SecureFed(FedAvg):
         self.integrity_events = list(extra.get("events") or [])
         self._restored_release = extra.get("release")
 
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
-    ) -> Result:
-        """Run the federated loop (see :meth:`cifer_flwr.strategies.FedAvg.start`).
+    def _final_result(self, result: Result) -> Result:
+        """``Result.arrays`` is the release key holders should use.
 
-        ``Result.arrays`` is the release key holders should use: the last aggregate with
-        its candidate groups (``protocol.open_global`` falls back to the groups that pass
-        when the full aggregate fails), or the previous one if the last was dropped.
+        The last aggregate with its candidate groups (``protocol.open_global`` falls back to
+        the groups that pass when the full aggregate fails), or the previous one if the last
+        was dropped.
         """
-        result = super().start(
-            grid,
-            initial_arrays,
-            num_rounds=num_rounds,
-            timeout=timeout,
-            train_config=train_config,
-            evaluate_config=evaluate_config,
-            evaluate_fn=evaluate_fn,
-        )
         if self._release is not None and self._release.round > 0:
             result.arrays = crypto.bundle_to_record(self._release.parts)
         return result
