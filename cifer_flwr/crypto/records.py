@@ -21,6 +21,11 @@ fill the rest of the pack exactly (no trailing bytes, no overlaps: offsets are i
 the packs of a part together hold exactly the header's ``num_chunks`` ciphertexts. All of it
 is checked before any payload reaches TenSEAL or phe; each payload then goes through the
 scheme's validated loader (crypto/validation.py ``load_vector`` for CKKS/BFV).
+
+Reading a record is two steps: :func:`frame_record` checks all of that and locates every
+ciphertext (views into the packs, nothing deserialized or copied), :func:`bundle_from_framed`
+parses the located ciphertexts; :func:`bundle_from_record` is the two together. A server
+hashes a reply's ciphertexts (replay checks) between the two, so the packs are walked once.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, overload
 
 from flwr.app import Array, ArrayRecord
@@ -43,13 +49,17 @@ from cifer_flwr.crypto.ckks import EncryptedArrays
 from cifer_flwr.crypto.headers import check_part_name
 from cifer_flwr.crypto.keys import Key
 from cifer_flwr.crypto.paillier import PaillierArrays, PaillierKey
-from cifer_flwr.crypto.schemes import from_header_and_chunks, max_ciphertext_bytes
+from cifer_flwr.crypto.schemes import AnyParams, from_header_and_chunks, max_ciphertext_bytes
 from cifer_flwr.exceptions import CiphertextFormatError, ConfigError, LayoutMismatchError
 
 __all__ = [
     "PACK_BYTES",
+    "FramedPart",
+    "FramedRecord",
+    "bundle_from_framed",
     "bundle_from_record",
     "bundle_to_record",
+    "frame_record",
     "from_array_record",
     "is_encrypted_record",
     "pack_ciphertexts",
@@ -423,6 +433,161 @@ def record_headers(record: ArrayRecord) -> dict[str, dict[str, Any]]:
     return headers
 
 
+@dataclass(frozen=True)
+class FramedPart:
+    """One part of a :class:`FramedRecord`: its JSON header and its ciphertexts, framed.
+
+    ``chunks`` are read-only memoryviews into the record's packs (no copy), exactly the
+    header's ``num_chunks`` of them, each of ``1 .. max_ciphertext_bytes`` bytes; the
+    header's fields are not validated yet (:func:`bundle_from_framed` does).
+    """
+
+    header: dict[str, Any]
+    chunks: tuple[memoryview, ...]
+
+
+@dataclass(frozen=True)
+class FramedRecord:
+    """An encrypted ``ArrayRecord`` whose structure and pack framing were checked once.
+
+    Made only by :func:`frame_record`: every ciphertext is located (views into the packs)
+    but none is deserialized, so another party's reply can be hashed (replay checks)
+    before any of it reaches TenSEAL or phe, and then parsed with
+    :func:`bundle_from_framed` without walking its packs again (docs/design.md §6).
+    """
+
+    parts: dict[str, FramedPart]
+    #: the parameters of the key the framing was checked against (largest ciphertext)
+    params: AnyParams
+
+    def ciphertexts(self) -> Iterator[memoryview]:
+        """Every ciphertext of every part, part by part, as views into the packs."""
+        for part in self.parts.values():
+            yield from part.chunks
+
+
+def frame_record(record: ArrayRecord, key: Key | PaillierKey) -> FramedRecord:
+    """Check an encrypted record's structure and framing, locating every ciphertext once.
+
+    Every entry must be a part header or a ciphertext pack ``PART.ct.NNNNNN`` of a part that
+    has a header, numbered 0, 1, ... without gaps; each pack's framing is checked against
+    what the header's ``num_chunks`` still allows and against the key's largest ciphertext,
+    and the packs of a part must hold exactly ``num_chunks`` ciphertexts. Nothing is
+    deserialized and nothing is copied: the result holds views into ``record``'s packs.
+
+    Parameters
+    ----------
+    record : ArrayRecord
+        Another party's record (hostile).
+    key : Key or PaillierKey
+        The key the record will be parsed with (public suffices); only its parameters are
+        used here.
+
+    Returns
+    -------
+    FramedRecord
+        The parts, in the record's header order; :func:`bundle_from_framed` parses them.
+
+    Raises
+    ------
+    CiphertextFormatError, LayoutMismatchError
+        For a malformed record or packs that do not hold the ciphertexts their headers
+        declare.
+
+    """
+    headers = record_headers(record)
+    packs: dict[str, dict[int, bytes]] = {part: {} for part in headers}
+    for name, arr in record.items():
+        part, index = _split_name(name)
+        if index is None:
+            continue
+        if arr.stype != STYPE_CIPHERTEXT:
+            raise CiphertextFormatError(
+                f"entry {name!r} has stype {str(arr.stype)[:60]!r}, expected {STYPE_CIPHERTEXT!r}."
+            )
+        if part not in packs:
+            raise CiphertextFormatError(f"ciphertext {name!r} belongs to no header.")
+        packs[part][index] = arr.data
+    limit = max_ciphertext_bytes(key.params)
+    parts: dict[str, FramedPart] = {}
+    for part, header in headers.items():
+        got = packs[part]
+        if sorted(got) != list(range(len(got))):
+            missing = sorted(set(range(max(got, default=-1) + 1)) - set(got))
+            raise LayoutMismatchError(
+                f"part {part!r}: ciphertexts numbered {sorted(got)[:5]}...; expected 0.."
+                f"{len(got) - 1} without gaps (missing {missing[:5]})."
+            )
+        what = f"part {part!r}"
+        needed = _num_chunks(header, what)
+        chunks: list[memoryview] = []
+        for i in range(len(got)):
+            if len(chunks) == needed:
+                raise LayoutMismatchError(
+                    f"{what}: the header needs {needed} ciphertexts, but packs {i}.."
+                    f"{len(got) - 1} remain after them; drop the extra packs."
+                )
+            chunks += unpack_ciphertexts(
+                got[i],
+                max_items=needed - len(chunks),
+                max_item_bytes=limit,
+                what=f"{what}, pack {i} of {len(got)}",
+                views=True,
+            )
+        if len(chunks) != needed:
+            raise LayoutMismatchError(
+                f"{what}: the header needs {needed} ciphertexts, the packs hold {len(chunks)}."
+            )
+        parts[part] = FramedPart(header, tuple(chunks))
+    return FramedRecord(parts, key.params)
+
+
+@overload
+def bundle_from_framed(
+    framed: FramedRecord, key: Key, *, defer: bool | None = ...
+) -> dict[str, EncryptedArrays]: ...
+@overload
+def bundle_from_framed(
+    framed: FramedRecord, key: PaillierKey, *, defer: bool | None = ...
+) -> dict[str, PaillierArrays]: ...
+@overload
+def bundle_from_framed(
+    framed: FramedRecord, key: Key | PaillierKey, *, defer: bool | None = ...
+) -> dict[str, EncryptedArrays | PaillierArrays]: ...
+def bundle_from_framed(
+    framed: FramedRecord, key: Key | PaillierKey, *, defer: bool | None = None
+) -> dict[str, Any]:
+    """Rebuild every part of a :func:`frame_record` result, validating each header and ciphertext.
+
+    The packs are not walked again: each part's ciphertexts are copied out of their views
+    (the parts outlive the record) and go through the scheme's validated parser
+    (:func:`~cifer_flwr.crypto.schemes.from_header_and_chunks`; ``defer`` as there: SEAL
+    loads of large parts may happen later, in the crypto workers, docs/design.md §6.1).
+
+    Raises
+    ------
+    ConfigError
+        When ``key`` has other parameters than the key ``framed`` was checked against.
+    CiphertextFormatError, LayoutMismatchError, KeyMismatchError
+        For a malformed header or ciphertext, a layout that does not match the
+        ciphertexts, or another key.
+
+    """
+    if key.params != framed.params:
+        raise ConfigError(
+            "bundle_from_framed: the record was framed for another key's parameters; frame "
+            "it with the key that parses it."
+        )
+    out: dict[str, Any] = {}
+    for part, framed_part in framed.parts.items():
+        blobs = [bytes(view) for view in framed_part.chunks]
+        out[part] = from_header_and_chunks(
+            framed_part.header, blobs, key, what=f"part {part!r}", defer=defer
+        )
+        del blobs
+    return out
+
+
 @overload
 def bundle_from_record(
     record: ArrayRecord, key: Key, *, defer: bool | None = ...
@@ -440,12 +605,12 @@ def bundle_from_record(
 ) -> dict[str, Any]:
     """Rebuild every encrypted part of an ``ArrayRecord``; ``key`` (either scheme) may be public.
 
-    Every entry must be a part header or a ciphertext pack ``PART.ct.NNNNNN`` of a part that
-    has a header, numbered 0, 1, ... without gaps; the packs' framing is checked against the
-    header's ``num_chunks`` and the key's largest ciphertext before any ciphertext is
-    deserialized; every header field and ciphertext is validated (docs/design.md §5).
-    ``defer`` as in :func:`~cifer_flwr.crypto.schemes.from_header_and_chunks` (SEAL loads
-    of large parts may happen later, in the crypto workers, docs/design.md §6.1).
+    :func:`frame_record` then :func:`bundle_from_framed`: the record's structure and every
+    pack's framing are checked (against the headers' ``num_chunks`` and the key's largest
+    ciphertext) before any ciphertext is deserialized; every header field and ciphertext
+    is validated (docs/design.md §5). ``defer`` as in
+    :func:`~cifer_flwr.crypto.schemes.from_header_and_chunks` (SEAL loads of large parts
+    may happen later, in the crypto workers, docs/design.md §6.1).
 
     Raises
     ------
@@ -453,51 +618,7 @@ def bundle_from_record(
         For a malformed record, a layout that does not match the ciphertexts, or another key.
 
     """
-    headers = record_headers(record)
-    chunks: dict[str, dict[int, bytes]] = {part: {} for part in headers}
-    for name, arr in record.items():
-        part, index = _split_name(name)
-        if index is None:
-            continue
-        if arr.stype != STYPE_CIPHERTEXT:
-            raise CiphertextFormatError(
-                f"entry {name!r} has stype {str(arr.stype)[:60]!r}, expected {STYPE_CIPHERTEXT!r}."
-            )
-        if part not in chunks:
-            raise CiphertextFormatError(f"ciphertext {name!r} belongs to no header.")
-        chunks[part][index] = arr.data
-    out: dict[str, Any] = {}
-    for part, header in headers.items():
-        got = chunks[part]
-        if sorted(got) != list(range(len(got))):
-            missing = sorted(set(range(max(got, default=-1) + 1)) - set(got))
-            raise LayoutMismatchError(
-                f"part {part!r}: ciphertexts numbered {sorted(got)[:5]}...; expected 0.."
-                f"{len(got) - 1} without gaps (missing {missing[:5]})."
-            )
-        what = f"part {part!r}"
-        needed = _num_chunks(header, what)
-        limit = max_ciphertext_bytes(key.params)
-        blobs: list[bytes] = []
-        for i in range(len(got)):
-            if len(blobs) == needed:
-                raise LayoutMismatchError(
-                    f"{what}: the header needs {needed} ciphertexts, but packs {i}.."
-                    f"{len(got) - 1} remain after them; drop the extra packs."
-                )
-            blobs += unpack_ciphertexts(
-                got[i],
-                max_items=needed - len(blobs),
-                max_item_bytes=limit,
-                what=f"{what}, pack {i} of {len(got)}",
-            )
-        if len(blobs) != needed:
-            raise LayoutMismatchError(
-                f"{what}: the header needs {needed} ciphertexts, the packs hold {len(blobs)}."
-            )
-        out[part] = from_header_and_chunks(header, blobs, key, what=what, defer=defer)
-        del blobs
-    return out
+    return bundle_from_framed(frame_record(record, key), key, defer=defer)
 
 
 def from_array_record(

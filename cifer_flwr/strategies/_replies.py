@@ -23,7 +23,7 @@ from cifer_flwr.constants import (
     REPLY_STATE_DIGEST,
     REPLY_UPDATE_NORM,
 )
-from cifer_flwr.crypto.records import record_ciphertext_views
+from cifer_flwr.crypto import FramedRecord, record_ciphertext_views
 from cifer_flwr.exceptions import CiferError
 
 __all__ = [
@@ -277,9 +277,16 @@ def check_reply_info(info: Mapping[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- digests
-def chunk_digests(record: ArrayRecord) -> list[bytes]:
-    """SHA-256 of every ciphertext of an encrypted record (inside its packs), in record order."""
+def chunk_digests(record: ArrayRecord | FramedRecord) -> list[bytes]:
+    """SHA-256 of every ciphertext of an encrypted record (inside its packs).
+
+    A :class:`~cifer_flwr.crypto.FramedRecord` (a reply framed once by the screen, then
+    parsed from the same views) is hashed part by part; an ``ArrayRecord`` (the server's
+    own global model) in record order, with structural framing checks only.
+    """
     # views into the packs: no copy of the model (docs/design.md §6, memory)
+    if isinstance(record, FramedRecord):
+        return [hashlib.sha256(blob).digest() for blob in record.ciphertexts()]
     return [hashlib.sha256(blob).digest() for blob in record_ciphertext_views(record)]
 
 

@@ -10,12 +10,17 @@ reply is what the node it was sent to may return. In order, cheapest first:
    ``cifer`` record's entries well formed;
 4. its size: larger than the parts expected from the node can take is refused *before*
    parsing;
-5. the replay memory: a reply repeating any ciphertext already received or sent (this
-   round or an earlier one, the global model included) is refused;
-6. parsing (the crypto layer validates every ciphertext), the exact set of parts, count,
-   layout and weight.
+5. the record's structure and pack framing (:func:`~cifer_flwr.crypto.frame_record`:
+   every ciphertext located, none deserialized), then the replay memory: a reply
+   repeating any ciphertext already received or sent (this round or an earlier one, the
+   global model included) is refused;
+6. parsing the ciphertexts located in step 5 (the crypto layer validates every one), the
+   exact set of parts, count, layout and weight.
 
 The parts expected from a node are derived once per round from the config sent to it.
+Each reply's packs are walked once: :meth:`ReplyScreen.screen` keeps the framed record of
+the reply it passed (one reply's views, never the cohort's) and :meth:`ReplyScreen.parse`
+takes it.
 """
 
 from __future__ import annotations
@@ -145,6 +150,8 @@ class ReplyScreen:
         self._expected: dict[int, dict[str, int]] = {}
         self._examples: dict[int, float] = {}
         self._replied: set[int] = set()
+        #: the record screen() passed last, framed (parse() takes it): one reply at most
+        self._framed: tuple[ArrayRecord, crypto.FramedRecord] | None = None
 
     # ------------------------------------------------------------------ the round
     def set_layout(self, layout: crypto.Layout) -> None:
@@ -162,6 +169,7 @@ class ReplyScreen:
         """Start a train round: remember the global model sent (an echo is refused)."""
         self.sent_config, self.sent_index, self.sent_msgs = {}, {}, {}
         self._expected, self._examples, self._replied = {}, {}, set()
+        self._framed = None
         self.seen.freeze(before=server_round)
         digests = chunk_digests(arrays)
         self.seen.add(server_round, digests)
@@ -224,7 +232,9 @@ class ReplyScreen:
         """Every check of a train reply before parsing (steps 2-5 of the module docstring).
 
         ``size`` is the bytes of the reply's ``ArrayRecord`` s when the caller counted them
-        (each reply's bytes are counted once); ``None`` counts them here.
+        (each reply's bytes are counted once); ``None`` counts them here. The framed
+        record of a reply that passes is kept for :meth:`parse` (replacing the previous
+        one), so its packs are not walked again.
 
         Raises
         ------
@@ -232,6 +242,7 @@ class ReplyScreen:
             The reason the reply is refused.
 
         """
+        self._framed = None
         node = node_of(msg)
         if node not in self.sent_config:
             raise ReplyError(f"node {node} was not sampled in round {server_round}.")
@@ -268,11 +279,13 @@ class ReplyScreen:
                 f"in {max_arrays} arrays that the parts expected from this node "
                 f"({expected} chunks) can take; refused before parsing."
             )
-        self._remember(record, node, server_round)
+        framed = crypto.frame_record(record, self.key)
+        self._remember(framed, node, server_round)
+        self._framed = (record, framed)
 
-    def _remember(self, record: ArrayRecord, node: int, server_round: int) -> None:
+    def _remember(self, framed: crypto.FramedRecord, node: int, server_round: int) -> None:
         """Refuse a reply repeating a known ciphertext; remember its own."""
-        digests = chunk_digests(record)
+        digests = chunk_digests(framed)
         if len(set(digests)) != len(digests):
             raise ReplyError("reply repeats one of its own ciphertexts (a duplicated chunk).")
         for digest in digests:
@@ -341,7 +354,9 @@ class ReplyScreen:
         """Parse a screened reply into its parts: part set, counts, layout and weight.
 
         ``divisor`` is the round's public weight divisor; with ``defer`` the model's SEAL
-        loads are left to the crypto workers (docs/design.md §6.1).
+        loads are left to the crypto workers (docs/design.md §6.1). The ciphertexts are
+        those :meth:`screen` framed and hashed for this very record (its framing is
+        dropped here, whatever the outcome); a record it did not pass is framed now.
 
         Raises
         ------
@@ -351,11 +366,16 @@ class ReplyScreen:
         """
         content = msg.content
         node = node_of(msg)
+        held, self._framed = self._framed, None
         if self.arrayrecord_key not in content.array_records:
             raise CiphertextFormatError(f"reply has no ArrayRecord '{self.arrayrecord_key}'.")
-        parts = crypto.bundle_from_record(
-            content.array_records[self.arrayrecord_key], self.key, defer=defer
-        )
+        record = content.array_records[self.arrayrecord_key]
+        framed = held[1] if held is not None and held[0] is record else None
+        del held
+        if framed is None:
+            framed = crypto.frame_record(record, self.key)
+        parts = crypto.bundle_from_framed(framed, self.key, defer=defer)
+        del framed
         check_part_set(parts, self.expected_parts(node))
         for name, enc in parts.items():
             if name != PART_MODEL and isinstance(enc, crypto.EncryptedArrays):
