@@ -14,7 +14,7 @@ from cifer_flwr.crypto.records import (
     pack_ciphertexts,
     unpack_ciphertexts,
 )
-from cifer_flwr.exceptions import CiphertextFormatError, LayoutMismatchError
+from cifer_flwr.exceptions import CiphertextFormatError, ConfigError, LayoutMismatchError
 
 
 def test_array_record_round_trip(key, public_key):
@@ -144,8 +144,11 @@ def test_hostile_packs_never_reach_tenseal(key, public_key, monkeypatch):
     seen: list[int] = []
     monkeypatch.setattr(ckks, "load_vector", lambda *a, **k: seen.append(1))
     for data, name, message in cases:
+        hostile = _with_pack(record, name, data)
         with pytest.raises(CiphertextFormatError, match=message):
-            crypto.bundle_from_record(_with_pack(record, name, data), public_key)
+            crypto.frame_record(hostile, public_key)  # what a server checks before hashing
+        with pytest.raises(CiphertextFormatError, match=message):
+            crypto.bundle_from_record(hostile, public_key)
     assert seen == []  # nothing was handed to TenSEAL
     with pytest.raises(LayoutMismatchError):
         crypto.bundle_from_record(_with_pack(record, "cifer.model.ct.000000", None), public_key)
@@ -165,3 +168,41 @@ def test_a_record_header_must_state_its_ciphertext_count(key, public_key):
     )
     with pytest.raises(CiphertextFormatError, match="num_chunks"):
         crypto.bundle_from_record(ArrayRecord(items), public_key)
+
+
+# ----------------------------------------------------------------------------- framing
+def test_frame_record_locates_every_ciphertext_as_views_into_the_packs(key, public_key):
+    model, state = crypto.encrypt(SMALL, key), crypto.encrypt({"s": np.ones(10)}, key)
+    record = crypto.bundle_to_record({"model": model, "state": state}, pack_bytes=70_000)
+    framed = crypto.frame_record(record, public_key)
+    assert list(framed.parts) == ["model", "state"]
+    packs = {name: arr.data for name, arr in record.items() if ".ct." in name}
+    for part, enc in (("model", model), ("state", state)):
+        chunks = framed.parts[part].chunks
+        assert framed.parts[part].header == enc.header()
+        assert [bytes(v) for v in chunks] == enc.serialized_chunks()
+        # no copy: each view is read-only and its buffer is one of the record's packs
+        assert all(v.readonly and any(v.obj is data for data in packs.values()) for v in chunks)
+    every = model.serialized_chunks() + state.serialized_chunks()
+    assert [bytes(v) for v in framed.ciphertexts()] == every
+    assert sorted(map(bytes, framed.ciphertexts())) == sorted(crypto.record_ciphertexts(record))
+
+
+def test_bundle_from_framed_is_bundle_from_record(key, public_key):
+    record = crypto.bundle_to_record({"model": crypto.encrypt(SMALL, key)}, pack_bytes=1)
+    framed = crypto.frame_record(record, public_key)
+    parts = crypto.bundle_from_framed(framed, public_key)
+    again = crypto.bundle_from_framed(framed, public_key)  # the framing is not consumed
+    whole = crypto.bundle_from_record(record, public_key)
+    assert list(parts) == list(whole) == ["model"]
+    for got in (parts["model"], again["model"]):
+        assert got.serialized_chunks() == whole["model"].serialized_chunks()
+        np.testing.assert_allclose(crypto.decrypt(got, key)["w"], SMALL["w"], atol=1e-6)
+
+
+def test_a_framing_is_parsed_only_with_the_parameters_it_was_checked_for(key, public_key):
+    params = paillier.PaillierParams("paillier-test", 1024, 24, 12, 4.0, "tests only (insecure)")
+    other = paillier.generate_key(params, insecure=True)
+    framed = crypto.frame_record(crypto.to_array_record(crypto.encrypt(SMALL, key)), public_key)
+    with pytest.raises(ConfigError, match="framed for another key"):
+        crypto.bundle_from_framed(framed, other)
