@@ -436,20 +436,23 @@ def _checkpoint_seed(pub: Any, fedopt: bool, ckpt_key: bytes, root: Path) -> byt
     from flwr.serverapp.strategy import Result
 
     from cifer_flwr.strategies._checkpoint import write_checkpoint
+    from cifer_flwr.strategies._resume import checkpoint_of
 
     strategy, _, _ = _new_strategy(pub, fedopt)
     plain = ArrayRecord({k: Array(v) for k, v in _small_model(np.random.default_rng(5)).items()})
     parts = strategy._to_parts(plain)
-    strategy._set_layout(strategy._model_layout(parts))
-    strategy._set_global(parts)
-    strategy.excluded = {2: [(3, "a replay of round 1")]}
-    strategy.round_stats = {1: {"valid": 3.0, "round-s": 0.5}, 2: {"valid": 2.0}}
+    strategy.layout = strategy._model_layout(parts)
+    strategy.global_model.set(parts)
+    strategy.ledger.begin(CHECKPOINT_ROUNDS)
+    strategy.ledger.excluded = {2: [(3, "a replay of round 1")]}
+    strategy.ledger.round_stats = {1: {"valid": 3.0, "round-s": 0.5}, 2: {"valid": 2.0}}
     strategy.screen.seen.add(1, [bytes([i]) * 32 for i in range(3)])
     strategy.screen.seen.add(2, [bytes([9 - i]) * 32 for i in range(2)])
     result = Result()
     result.train_metrics_clientapp = {1: MetricRecord({"loss": 0.5, "n": 3}), 2: MetricRecord({})}
     result.evaluate_metrics_clientapp = {2: MetricRecord({"accuracy": 0.75})}
-    ckpt = strategy._checkpoint_state(2, CHECKPOINT_ROUNDS, result)
+    strategy.ledger.result = result
+    ckpt = checkpoint_of(strategy, 2)
     with tempfile.TemporaryDirectory(dir=root) as tmp:
         path = Path(tmp) / "seed.ckpt"
         write_checkpoint(path, dataclasses.replace(ckpt, integrity_key=ckpt_key))
@@ -1390,6 +1393,7 @@ class Targets:
         of them restores is checked and decrypted."""
         from cifer_flwr.exceptions import CiferError
         from cifer_flwr.strategies._checkpoint import checkpoint_key_path
+        from cifer_flwr.strategies._resume import restore_run
 
         path = self.tmp / "fuzz.ckpt"
         path.write_bytes(data)
@@ -1402,7 +1406,8 @@ class Targets:
         for fedopt in (False, True):
             strategy, _, _ = _new_strategy(self.pub, fedopt, checkpoint_path=path, resume=True)
             try:
-                parts, _, done = strategy._restore(path, CHECKPOINT_ROUNDS)
+                parts = restore_run(strategy, path, CHECKPOINT_ROUNDS)
+                done = strategy.ledger.done
             except CiferError as exc:
                 refused = exc
                 continue
@@ -1428,10 +1433,7 @@ class Targets:
 
         setup = self._strategy_setup(fedopt)
         strategy, grid, initial = _new_strategy(self.pub, fedopt)
-        if hasattr(strategy, "_set_layout"):
-            strategy._set_layout(setup["layout"])
-        else:
-            strategy.layout = setup["layout"]
+        strategy.layout = setup["layout"]
         messages = list(strategy.configure_train(1, initial, ConfigRecord(), grid))
         for i, msg in enumerate(messages):
             msg.metadata.__dict__["_message_id"] = f"fuzz-{i}"

@@ -36,13 +36,10 @@ ALLOWED: dict[tuple[str, str], str] = {
         "mods.py replies with Flower's MOD_FAILED_PRECONDITION code, as Flower's own mods "
         "do; Flower exports no public error codes"
     ),
-    ("flwr.serverapp.strategy.strategy_utils", "log_strategy_start_info"): (
-        "strategies/_base.py prints Flower's own strategy-start lines so that our logs read "
-        "like Flower's strategies'; logging only (owner: strategies)"
-    ),
     ("flwr.supercore.run", "Run"): (
-        "apps.MeteredGrid wraps Flower's Grid, whose public abstract set_run/run are typed "
-        "with this class; imported under TYPE_CHECKING only"
+        "apps.MeteredGrid and strategies._pull.StreamingGrid wrap Flower's Grid, whose "
+        "public abstract set_run/run are typed with this class; imported under TYPE_CHECKING "
+        "only"
     ),
     ("flwr.common.serde", "message_to_proto"): (
         "cifer bench round plays the SuperLink between processes: Flower's own protobuf "

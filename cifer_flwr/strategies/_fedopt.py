@@ -143,7 +143,7 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         # Flower's FedOpt.configure_train reads the plaintext arrays; skip to FedAvg's.
-        messages = FlwrFedAvg.configure_train(self, server_round, arrays, config, grid)  # type: ignore[arg-type]
+        messages = FlwrFedAvg.configure_train(self, server_round, arrays, config, grid)
         return [m for m in messages if int(m.metadata.dst_node_id) not in self.banned]
 
     def _final_result(self, result: Result) -> Result:
@@ -153,7 +153,7 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         evaluation, the other asked holder's state replaced it (docs/design.md §4.3).
         """
         if result.arrays and self.global_model.is_set:
-            result.arrays = self._global_record()
+            result.arrays = self.global_model.record()
         return result
 
     def configure_train(
@@ -178,7 +178,7 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
     def _current_global(self, arrays: ArrayRecord) -> ArrayRecord:
         if not self.global_model.is_set:
             return arrays
-        return self._global_record()
+        return self.global_model.record()
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
@@ -225,10 +225,10 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
             return
         node, state = self._state_alt
         self._state_alt = None
-        parts = crypto.bundle_from_record(self._global_record(), self.key)
+        parts = crypto.bundle_from_record(self.global_model.record(), self.key)
         parts[PART_STATE] = state
-        self._set_global(parts)
-        self._save(parts, server_round)
+        self.global_model.set(parts)
+        self.global_model.save(server_round)
         self._state_source = (server_round, node)
         log.warning(
             "round %d: the refused FedOpt state is replaced by node %d's (the other asked holder)",
@@ -242,7 +242,7 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
         return {CFG_RETURN_STATE: index < STATE_HOLDERS}
 
     def _state_layout_ok(self, layout: crypto.Layout) -> bool:
-        model = self._require_layout()
+        model = self.screen.require_layout()
         n = len(model.names)
         full = protocol.state_names(model.names, moments=True)
         groups = len(layout.names) // n if n else 0
@@ -315,7 +315,7 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
                     "pass": passes,
                 }
             )
-            self._exclude(
+            self.ledger.exclude(
                 server_round,
                 holder,
                 f"returned a FedOpt state in round {state_round} that {fails} key holders "
@@ -350,7 +350,7 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
                 },
             )
             for msg, _ in accepted:
-                self._exclude(
+                self.ledger.exclude(
                     server_round,
                     _node(msg),
                     "no strict majority of the valid replies agrees on the FedOpt state digest.",
@@ -369,7 +369,7 @@ class EncryptedFedOptBase(EncryptedFedAvgBase):
                 (digest or "missing")[:12],
                 majority[:12],
             )
-            self._exclude(
+            self.ledger.exclude(
                 server_round,
                 _node(msg),
                 f"trained from another FedOpt state: digest {(digest or 'missing')[:12]}, "

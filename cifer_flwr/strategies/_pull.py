@@ -1,25 +1,38 @@
 """The one pull loop: push a round's messages and yield the replies as they arrive (§6).
 
 Every place that waits for replies goes through :func:`stream_replies`: the strategies'
-streamed train rounds and any ``send_and_receive`` of ours (the harness's metering grid,
-the benchmark's grid). It follows Flower 1.41's ``Grid.send_and_receive`` semantics
-(``timeout`` counted from the push, ``None`` waits for every reply), pulling the pending
-ids ``batch`` at a time so the caller holds only the replies it has not consumed yet.
+rounds (Flower's ``Strategy.start`` is given a :class:`StreamingGrid`, whose
+``send_and_receive`` streams), the masking stages and any ``send_and_receive`` of ours (the
+harness's metering grid, the benchmark's grid). It follows Flower's
+``Grid.send_and_receive`` semantics (``timeout`` counted from the push, ``None`` waits for
+every reply), pulling the pending ids ``batch`` at a time so the caller holds only the
+replies it has not consumed yet.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
-from flwr.app import Message
+from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
 from cifer_flwr import crypto
 from cifer_flwr.exceptions import ConfigError
 
-__all__ = ["PULL_BATCH", "PULL_BYTES", "PULL_INTERVAL", "pull_batch", "stream_replies"]
+if TYPE_CHECKING:
+    from flwr.supercore.run import Run
+
+__all__ = [
+    "PULL_BATCH",
+    "PULL_BYTES",
+    "PULL_INTERVAL",
+    "StreamingGrid",
+    "pull_batch",
+    "stream_replies",
+]
 
 log = logging.getLogger("cifer_flwr.strategies")
 
@@ -123,3 +136,70 @@ def pull_batch(params: crypto.AnyParams, layout: crypto.Layout | None) -> int:
         return PULL_BATCH
     reply = layout.num_chunks(params.slots) * crypto.max_ciphertext_bytes(params)
     return max(1, min(PULL_BATCH, PULL_BYTES // max(1, reply)))
+
+
+class StreamingGrid(Grid):
+    """``grid`` with a ``send_and_receive`` that streams (:func:`stream_replies`).
+
+    What an encrypted strategy hands to Flower's ``Strategy.start``: Flower's loop passes
+    the iterator to ``aggregate_train`` / ``aggregate_evaluate``, which consume the replies
+    one at a time as they arrive, so the ServerApp never holds a whole cohort's replies
+    (docs/design.md §6). Everything else is the wrapped grid's.
+
+    Parameters
+    ----------
+    grid : Grid
+        The grid Flower gave the ServerApp.
+    train_batch : callable
+        The reply ids to pull per call for train messages (their replies carry models:
+        :func:`pull_batch`); the replies of other messages (evaluate, masking stages) are
+        small and pulled all at once.
+
+    """
+
+    def __init__(self, grid: Grid, train_batch: Callable[[], int]) -> None:
+        self.inner = grid
+        self.train_batch = train_batch
+
+    def set_run(self, run: Run) -> None:
+        """Delegate to the wrapped grid."""
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        """Delegate to the wrapped grid."""
+        return self.inner.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """Delegate to the wrapped grid."""
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """Delegate to the wrapped grid."""
+        return self.inner.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Delegate to the wrapped grid."""
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Delegate to the wrapped grid."""
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterator[Message]:
+        """Push ``messages`` now; return an iterator pulling their replies as they arrive."""
+        messages = list(messages)
+        if not messages:
+            return iter(())
+        train = messages[0].metadata.message_type == MessageType.TRAIN
+        batch = self.train_batch() if train else len(messages)
+        return stream_replies(self.inner, messages, timeout, batch=batch)

@@ -1,29 +1,28 @@
-"""The federated loop of an encrypted strategy: Flower's ``Strategy.start`` on ciphertexts.
+"""A train round of an encrypted strategy, as Flower's ``Strategy.start`` drives it.
 
-:func:`run_rounds` is Flower 1.41's ``Strategy.start`` loop with what encryption changes:
-the global model is encrypted before round 1 (or restored from a checkpoint, so the first
-round may be later than 1), a masked round runs its setup stages first, train replies are
-streamed through the one pull loop (:func:`~cifer_flwr.strategies.stream_replies`) and folded
-one by one, and a checkpoint is written after every round.
+:func:`configure_train_messages` adds the encryption settings to the messages Flower's
+sampling made; :func:`train_round` folds the replies one by one as the pull loop
+(:func:`~cifer_flwr.strategies.stream_replies`) yields them, selects, sums, unmasks and
+releases (docs/design.md §3.2, §6).
 """
 
 from __future__ import annotations
 
 import functools
-import io
 import logging
 import time
 from collections.abc import Iterable
 from logging import INFO
 from typing import TYPE_CHECKING
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result
-from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 
-from cifer_flwr import crypto
+from cifer_flwr import crypto, protocol
 from cifer_flwr.constants import (
+    CFG_COHORT,
+    CFG_WEIGHT_DIVISOR,
+    CFG_WEIGHTED_BY,
     METRIC_AGGREGATE_S,
     METRIC_CLIPPED,
     METRIC_EXCLUDED,
@@ -33,7 +32,7 @@ from cifer_flwr.constants import (
 )
 from cifer_flwr.exceptions import CiferError, WorkerError
 from cifer_flwr.strategies._fold import Accepted, RoundFold, node_of
-from cifer_flwr.strategies._pull import stream_replies
+from cifer_flwr.strategies._ledger import MAX_REASON
 from cifer_flwr.strategies._replies import metric_schema
 from cifer_flwr.strategies._screen import consistent_metrics, metadata_problem
 
@@ -41,97 +40,16 @@ if TYPE_CHECKING:
     from cifer_flwr.strategies._base import EncryptedFedAvgBase
 
 __all__ = [
-    "MAX_REASON",
     "cifer_metrics",
+    "configure_train_messages",
     "log_encryption_summary",
     "refuse",
-    "run_rounds",
     "train_round",
 ]
 
 log = logging.getLogger("cifer_flwr.strategies")
 #: Flower's own logger (its round banners go there, as Flower's strategies' do)
 flwr_log = logging.getLogger("flwr").log
-#: Longest exclusion reason kept (in the log and the results file).
-MAX_REASON = 500
-
-
-def run_rounds(
-    strategy: EncryptedFedAvgBase,
-    grid: Grid,
-    initial_arrays: ArrayRecord,
-    num_rounds: int,
-    timeout: float,
-    train_config: ConfigRecord | None,
-    evaluate_config: ConfigRecord | None,
-) -> Result:
-    """Run ``strategy``'s rounds on ``grid`` (see ``EncryptedFedAvgBase.start``)."""
-    strategy.excluded, strategy.round_stats = {}, {}
-    strategy._reset_round_memory()
-    restored = strategy._prepare_checkpoint(num_rounds)
-    if restored is not None:
-        parts, result, done = restored
-    else:
-        parts, result, done = strategy._to_parts(initial_arrays), Result(), 0
-        strategy._set_layout(strategy._model_layout(parts))
-    strategy._set_global(parts)
-    arrays = strategy._global_record()  # the one copy of the global model (§6.2)
-    del parts, restored
-
-    flwr_log(INFO, "Starting %s strategy:", type(strategy).__name__)
-    log_strategy_start_info(num_rounds, arrays, train_config, evaluate_config)
-    strategy.summary()
-    flwr_log(INFO, "")
-    if done:
-        flwr_log(INFO, "Resuming after round %d of %d from the checkpoint", done, num_rounds)
-    train_config = ConfigRecord() if train_config is None else train_config
-    evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
-    t_start = time.time()
-    for current_round in range(done + 1, num_rounds + 1):
-        flwr_log(INFO, "")
-        flwr_log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
-        # Replies are pulled and folded one by one (docs/design.md §6, streamed
-        # aggregation): the ServerApp never holds the whole cohort's replies.
-        messages = strategy.configure_train(current_round, arrays, train_config, grid)
-        masking = strategy._masking
-        if masking is not None:  # advertise + share first (docs/design.md §4.9)
-            messages = masking.setup(
-                grid,
-                current_round,
-                list(messages),
-                timeout,
-                strategy._exclude,
-                partition=functools.partial(strategy._mask_groups, current_round),
-            )
-        train_replies = strategy._stream_replies(grid, messages, timeout)
-        agg_arrays, agg_train_metrics = strategy.aggregate_train(current_round, train_replies)
-        if agg_arrays is not None:
-            result.arrays = agg_arrays
-            arrays = agg_arrays
-        if agg_train_metrics is not None:
-            flwr_log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_train_metrics)
-            result.train_metrics_clientapp[current_round] = agg_train_metrics
-        evaluate_messages = list(
-            strategy.configure_evaluate(current_round, arrays, evaluate_config, grid)
-        )
-        evaluate_replies = list(
-            stream_replies(grid, evaluate_messages, timeout, batch=max(1, len(evaluate_messages)))
-        )
-        agg_evaluate_metrics = strategy.aggregate_evaluate(current_round, evaluate_replies)
-        if agg_evaluate_metrics is not None:
-            flwr_log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_evaluate_metrics)
-            result.evaluate_metrics_clientapp[current_round] = agg_evaluate_metrics
-        strategy._write_checkpoint(current_round, num_rounds, result)
-
-    flwr_log(INFO, "")
-    flwr_log(INFO, "Strategy execution finished in %.2fs", time.time() - t_start)
-    flwr_log(INFO, "")
-    flwr_log(INFO, "Final results:")
-    flwr_log(INFO, "")
-    for line in io.StringIO(str(result)):
-        flwr_log(INFO, "\t%s", line.strip("\n"))
-    flwr_log(INFO, "")
-    return result
 
 
 def log_encryption_summary(strategy: EncryptedFedAvgBase) -> None:
@@ -150,6 +68,12 @@ def log_encryption_summary(strategy: EncryptedFedAvgBase) -> None:
         strategy.min_replies,
     )
     log.info("\t│\t├── replayed / duplicated / echoed ciphertexts are refused (SHA-256)")
+    if strategy.ledger.done:
+        log.info(
+            "\t│\t├── resumed after round %d of %d from the checkpoint",
+            strategy.ledger.done,
+            strategy.ledger.num_rounds,
+        )
     if strategy.masking:
         log.info(
             "\t│\t├── masking on: pairwise + self masks inside the sums; the server and "
@@ -174,18 +98,19 @@ def _fold_reply(
     node = node_of(msg)
     problem = metadata_problem(msg, strategy.screen.sent_msgs)
     if problem is not None:
-        strategy._exclude(server_round, node, problem)
+        strategy.ledger.exclude(server_round, node, problem)
         return
     if msg.has_error():
         tally["errors"] += 1
         reason = f"error reply: {msg.error.reason}"[:MAX_REASON]
-        strategy.excluded.setdefault(server_round, []).append((node, reason))
+        strategy.ledger.excluded.setdefault(server_round, []).append((node, reason))
         return
     tally["received"] += 1
     size = sum(r.count_bytes() for r in msg.content.array_records.values())
     tally["bytes"] += size
     try:
-        parts = strategy._check_reply(msg, server_round, size)
+        strategy.screen.screen(msg, server_round, size)
+        parts = strategy._parse_reply(msg, server_round)
         fold.add((metric_schema(msg.content), strategy._fold_key(msg)), msg, parts)
     except WorkerError:
         raise  # the workers' running sums are lost: the round fails (aggregate_train)
@@ -196,9 +121,65 @@ def _fold_reply(
 def refuse(strategy: EncryptedFedAvgBase, server_round: int, msg: Message, exc: Exception) -> None:
     """Exclude a reply: its reason for a CiferError, else as an internal error (a bug)."""
     if isinstance(exc, CiferError):
-        strategy._exclude(server_round, node_of(msg), str(exc))
+        strategy.ledger.exclude(server_round, node_of(msg), str(exc))
     else:  # last line of defence: a bug never stops the round
-        strategy._internal_error(server_round, node_of(msg), exc)
+        strategy.ledger.internal_error(server_round, node_of(msg), exc)
+
+
+def configure_train_messages(
+    strategy: EncryptedFedAvgBase,
+    server_round: int,
+    arrays: ArrayRecord,
+    config: ConfigRecord,
+    grid: Grid,
+) -> list[Message]:
+    """The sampled nodes' train messages with the encryption settings (``configure_train``).
+
+    Each message's config gets the round's public weight divisor, the cohort size and the
+    subclass's entries (``_extra_config``); what each node was sent is remembered for its
+    reply's checks, and large rounds start the crypto workers while the clients train
+    (§6.1).
+    """
+    config[CFG_WEIGHTED_BY] = strategy.weighted_by_key
+    messages = list(strategy._base_configure_train(server_round, arrays, config, grid))
+    strategy.screen.open_round(server_round, arrays)
+    cohort = len(messages)
+    if cohort == 0:
+        return []
+    if cohort < strategy.min_replies:
+        log.warning(
+            "round %d: only %d clients sampled, fewer than min_replies=%d; this round "
+            "cannot release an aggregate.",
+            server_round,
+            cohort,
+            strategy.min_replies,
+        )
+    divisor = protocol.weight_divisor(cohort, strategy.examples_per_client)
+    out = []
+    for index, msg in enumerate(messages):
+        node = msg.metadata.dst_node_id
+        cfg = ConfigRecord(dict(msg.content.config_records[strategy.configrecord_key]))
+        cfg[CFG_WEIGHT_DIVISOR] = divisor
+        cfg[CFG_COHORT] = cohort  # packed preset: the sum's headroom (docs/design.md §4.7)
+        cfg.update(strategy._extra_config(index, node, cohort, server_round))
+        content = RecordDict({strategy.arrayrecord_key: arrays, strategy.configrecord_key: cfg})
+        sent = Message(
+            content=content,
+            message_type=msg.metadata.message_type,
+            dst_node_id=node,
+            group_id=msg.metadata.group_id,
+        )
+        strategy.screen.sent(int(node), index, cfg, sent)  # its reply is checked against it
+        out.append(sent)
+    strategy.ledger.round_stats[server_round] = {
+        "bytes-sent": float(arrays.count_bytes() * cohort),
+        "weight-divisor": divisor,
+    }
+    # large rounds: the crypto workers start while the clients train (§6.1)
+    strategy.fold_policy.workers(
+        strategy.key, strategy._round_chunks(), strategy._keeps_models(server_round)
+    )
+    return out
 
 
 def cifer_metrics(
@@ -210,7 +191,7 @@ def cifer_metrics(
             METRIC_MASKED: int(strategy.masking),
             METRIC_RELEASED: int(released),
             METRIC_VALID_REPLIES: valid,
-            METRIC_EXCLUDED: len(strategy.excluded.get(server_round, [])),
+            METRIC_EXCLUDED: strategy.ledger.excluded_in(server_round),
         }
     )
 
@@ -250,7 +231,7 @@ def train_round(
         reject=functools.partial(refuse, strategy, server_round),
     )
     tally = {"received": 0, "errors": 0, "bytes": 0}
-    strategy.excluded.setdefault(server_round, [])
+    strategy.ledger.excluded.setdefault(server_round, [])
     t_start = time.perf_counter()
     strategy._defer = fold.defer
     try:
@@ -270,7 +251,9 @@ def train_round(
     )
     t0 = time.perf_counter()
     accepted = consistent_metrics(
-        fold.members(), lambda item: item[0], functools.partial(strategy._exclude, server_round)
+        fold.members(),
+        lambda item: item[0],
+        functools.partial(strategy.ledger.exclude, server_round),
     )
     accepted = strategy._select_replies(server_round, accepted)
     total = None
@@ -282,7 +265,7 @@ def train_round(
     if total is not None and strategy._masking is not None:
         # survivors reveal what removes the residual mask (docs/design.md §4.9)
         total = strategy._masking.unmask(
-            server_round, [node_of(msg) for msg, _ in accepted], total, strategy._exclude
+            server_round, [node_of(msg) for msg, _ in accepted], total, strategy.ledger.exclude
         )
         stats.update(strategy._masking.stats.pop(server_round, {}))
         if total is None:
@@ -319,6 +302,6 @@ def train_round(
     stats["released"] = float(released)
     if new_parts is None:
         return None, metrics
-    strategy._set_global(new_parts)
-    strategy._save(new_parts, server_round)
-    return strategy._global_record(), metrics
+    strategy.global_model.set(new_parts)
+    strategy.global_model.save(server_round)
+    return strategy.global_model.record(), metrics

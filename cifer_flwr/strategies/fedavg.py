@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from flwr.serverapp.strategy import FedAvg as FlwrFedAvg
-
 from cifer_flwr.strategies._base import EncryptedFedAvgBase
 
 __all__ = ["FedAvg"]
 
 
-class FedAvg(EncryptedFedAvgBase, FlwrFedAvg):
+class FedAvg(EncryptedFedAvgBase):
     """Federated Averaging on CKKS ciphertexts.
 
     Same arguments as :class:`flwr.serverapp.strategy.FedAvg`, plus the encryption ones.

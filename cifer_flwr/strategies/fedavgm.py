@@ -55,10 +55,10 @@ masking, fold
 
     _opt_kind = "avgm"
 
-    def _init_encryption(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         # the key holders validate the same way; refuse bad settings here, at construction
         protocol.OptimizerSpec.from_dict(self.optimizer.to_dict())
-        super()._init_encryption(*args, **kwargs)
 
     @property
     def optimizer(self) -> protocol.OptimizerSpec:

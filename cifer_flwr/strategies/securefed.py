@@ -497,7 +497,7 @@ class SecureFed(FedAvg):
         for msg, parts in super()._select_replies(server_round, accepted):
             node = int(msg.metadata.src_node_id)
             if node in self.banned:
-                self._exclude(server_round, node, "node excluded by SecureFed's recovery")
+                self.ledger.exclude(server_round, node, "node excluded by SecureFed's recovery")
             else:
                 kept.append((msg, parts))
         return kept
@@ -681,6 +681,6 @@ class SecureFed(FedAvg):
                 release.base.round,
             )
             self._release = release.base
-            self._set_global(release.base.parts)
-            self._save(release.base.parts, server_round)
+            self.global_model.set(release.base.parts)
+            self.global_model.save(server_round)
             self._event(server_round, "dropped", release_round=release.round)

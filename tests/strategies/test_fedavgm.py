@@ -161,7 +161,7 @@ def test_returned_state_groups_are_checked_per_optimizer(encrypted_run, key_file
     ours = encrypted_run[0]
     layout = ours.layout
     yogi = strategies.FedYogi(public_key=key_files[1], **COMMON)
-    yogi._set_layout(layout)
+    yogi.layout = layout
 
     def state(groups: int):
         names = protocol.state_names(layout.names, moments=True)[: groups * len(layout.names)]
@@ -171,22 +171,20 @@ def test_returned_state_groups_are_checked_per_optimizer(encrypted_run, key_file
     assert [yogi._state_layout_ok(state(g)) for g in (1, 2, 3)] == [True, False, True]
 
 
-class MinimalStrategy(strategies.EncryptedFedAvgBase, flwr_strategy.FedAvg):
+class MinimalStrategy(strategies.EncryptedFedAvgBase, flwr_strategy.FedProx):
     """The subclass sketched in EncryptedFedAvgBase's docstring."""
 
-    def __init__(self, *, public_key, **flower_kwargs):
-        flwr_strategy.FedAvg.__init__(self, **flower_kwargs)
-        self._init_encryption(public_key, None, 1000.0)
 
-    def summary(self) -> None:
-        self._summary_encryption()
-        flwr_strategy.FedAvg.summary(self)
-
-
-def test_the_documented_minimal_subclass_is_an_encrypted_fedavg(key_files):
+def test_the_documented_minimal_subclass_is_an_encrypted_fedprox(key_files):
     priv, pub = key_files
-    enc_seen, grid, _ = run(MinimalStrategy(public_key=pub, **COMMON), priv, True)
-    plain_seen, _, _ = run(flwr_strategy.FedAvg(**COMMON), priv, False)
+    ours = MinimalStrategy(public_key=pub, proximal_mu=0.5, **COMMON)
+    enc_seen, grid, _ = run(ours, priv, True)
+    plain_seen, _, _ = run(flwr_strategy.FedProx(proximal_mu=0.5, **COMMON), priv, False)
+    assert all(
+        m.content["config"]["proximal-mu"] == 0.5
+        for m in grid.sent
+        if m.metadata.message_type == "train"
+    )
     for key, arrays in enc_seen.items():
         assert max_gap(arrays, plain_seen[key]) <= 1e-5, key
     for msg in grid.sent:

@@ -126,9 +126,9 @@ def test_the_strategy_keeps_only_the_record_and_saves_it(tmp_path, key_files, ke
     strategy, _, result = run_encrypted(
         key_files, "FedAvg", 2, NODES, COMMON, save_path=save, checkpoint_path=ckpt
     )
-    record = strategy._global_record()
+    record = strategy.global_model.record()
     assert strategy.global_model.parts is None  # no SEAL objects of the model kept
-    assert strategy._global_record() is record  # built once
+    assert strategy.global_model.record() is record  # built once
     saved = save.read_bytes()
     assert saved == b"".join(record_bundle_stream(record).pieces())
     assert read_checkpoint(ckpt).model == saved
@@ -143,11 +143,11 @@ def test_large_replies_are_pulled_one_at_a_time(key_files):
     assert strategy._pull_batch() == PULL_BATCH  # no layout yet
     slots = strategy.key.params.slots
     small = crypto.Layout(("w",), ((10 * slots,),), ("float32",))
-    strategy._set_layout(small)
+    strategy.layout = small
     assert strategy._pull_batch() == PULL_BATCH
     per_chunk = crypto.max_ciphertext_bytes(strategy.key.params)
     chunks = PULL_BYTES // per_chunk + 1
-    strategy._set_layout(crypto.Layout(("w",), ((chunks * slots,),), ("float32",)))
+    strategy.layout = crypto.Layout(("w",), ((chunks * slots,),), ("float32",))
     assert strategy._pull_batch() == 1
 
 

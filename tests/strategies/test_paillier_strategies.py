@@ -96,7 +96,7 @@ def test_paillier_decrypted_models_match_flower_plaintext(name, paillier_files):
     for rnd in range(1, ROUNDS + 1):
         assert result.train_metrics_clientapp[rnd][METRIC_CLIPPED] == 0
     # the saved global decrypts with the private key file to the last model sent
-    saved = b"".join(record_bundle_stream(ours._global_record()).pieces())
+    saved = b"".join(record_bundle_stream(ours.global_model.record()).pieces())
     final = protocol.decrypt_global_model(saved, priv)
     assert set(final) == set(INITIAL)
 

@@ -108,7 +108,7 @@ def test_the_live_reply_count_sees_a_batch_aggregation(key_files):
     grid = _grid(key_files, True, {})
     ours = strategies.FedAvg(public_key=key_files[1], examples_per_client=35.0, **_common())
     ours.start(grid=grid, initial_arrays=plain_initial(), num_rounds=1)  # sets up the layout
-    messages = list(ours.configure_train(2, ours._global_record(), _config(), grid))
+    messages = list(ours.configure_train(2, ours.global_model.record(), _config(), grid))
     ids = grid.push_messages(messages)
     replies = []
     while len(replies) < len(messages):
