@@ -24,16 +24,27 @@ HAZMAT = {"tenseal", "phe"}
 BASE = frozenset({"constants", "exceptions", "extras", "flower_types"})
 #: The library: what a Flower user imports (docs/design.md §3).
 LIBRARY = frozenset(
-    {"crypto", "protocol", "masking", "statistics", "scaling", "mods", "strategies", "securetrain"}
+    {
+        "crypto",
+        "protocol",
+        "masking",
+        "statistics",
+        "scaling",
+        "mods",
+        "strategies",
+        "securetrain",
+        "apps",
+    }
 )
 
 #: Package (a directory or a top-level module of cifer_flwr, or ``examples``) -> the packages
 #: it may import besides itself. The order is the layering: crypto <- protocol / masking <-
-#: statistics <- mods / strategies / securetrain <- scaling (the library) <- homocryption
-#: (Cifer's API over crypto) <- experiments (the harness) <- tooling (deployments, demo, bench,
-#: ``cifer run``'s launcher) <- fedlearn (Cifer's FedLearn API: it starts SuperLink and
-#: SuperNodes and runs the harness's tasks, a Python twin of ``cifer federation`` + ``cifer
-#: run``) and cli. Nothing imports the examples.
+#: statistics <- mods / strategies / securetrain <- scaling / apps (the library; apps: the
+#: examples' helpers) <- homocryption (Cifer's API over crypto) <- experiments (the harness)
+#: <- tooling (deployments, demo, bench, ``cifer run``'s launcher) <- fedlearn (Cifer's
+#: FedLearn API: it starts SuperLink and SuperNodes and runs the harness's tasks, a Python
+#: twin of ``cifer federation`` + ``cifer run``) and cli. The examples import the library
+#: only. Nothing imports the examples.
 ALLOWED: dict[str, frozenset[str]] = {
     "__init__": frozenset(),
     "constants": frozenset(),
@@ -49,23 +60,16 @@ ALLOWED: dict[str, frozenset[str]] = {
     "securetrain": BASE | {"crypto", "protocol"},
     # the statistics round on Flower (§4.10): the key holders load their key as ckks_mod does
     "scaling": BASE | {"crypto", "statistics", "mods"},
+    # the examples' helpers (run config -> strategy, metered run and results file, datasets,
+    # model files), which the harness builds on
+    "apps": BASE | {"crypto", "mods", "strategies", "securetrain"},
     "homocryption": BASE | {"crypto"},
     "experiments": BASE | LIBRARY,
     "tooling": BASE | LIBRARY | {"experiments"},
     "fedlearn": BASE | LIBRARY | {"experiments", "tooling"},
     "cli": BASE | LIBRARY | {"homocryption", "experiments", "tooling"},
-    # the examples: the library's public API and the harness's example helpers (below)
-    "examples": BASE | LIBRARY | {"__init__", "experiments"},
-}
-
-#: The harness modules the examples may import, and why (issue 20 item 5 leaves this
-#: edge: the examples' ServerApps write the harness's results file, which ``cifer demo``
-#: and tests/examples read, and they load data through the harness's hostile-file readers
-#: and partitions; moving those under a small public helper of the library is open work).
-EXAMPLE_HARNESS = {
-    "cifer_flwr.experiments.apps": "make_strategy / run_strategy / encryption_mod",
-    "cifer_flwr.experiments.data": "datasets, partitions and file readers",
-    "cifer_flwr.experiments.tasks.model_files": "initial model files (hostile input)",
+    # the examples: the library's public API only (apps holds their helpers)
+    "examples": BASE | LIBRARY | {"__init__"},
 }
 
 #: (importing file, module, name) -> why a private name crosses a module boundary (none
@@ -146,8 +150,6 @@ def edge_problems(files: list[Path], root: Path = ROOT) -> list[str]:
                 continue
             if target not in ALLOWED[source]:
                 problems.append(f"{path}: {source} -> {target} ({module})")
-            elif source == "examples" and target == "experiments" and module not in EXAMPLE_HARNESS:
-                problems.append(f"{path}: examples -> {module} (not an example helper)")
     return problems
 
 
@@ -215,8 +217,6 @@ def test_a_scheme_module_import_is_caught(tmp_path):
 def test_the_listed_exceptions_are_still_needed():
     used = {(str(p.relative_to(ROOT)), m, n) for p in sources() for m, n in cifer_imports(p)}
     assert set(PRIVATE_IMPORTS) <= used, set(PRIVATE_IMPORTS) - used
-    modules = {m for p in EXAMPLES.rglob("*.py") for m, _ in cifer_imports(p)}
-    assert set(EXAMPLE_HARNESS) <= modules, set(EXAMPLE_HARNESS) - modules
     listed = [ROOT / rel for rel in SCHEME_IMPORTS]
     assert all(scheme_module_problems([p], ROOT) == [] for p in listed)  # skipped as listed
     for path in listed:
@@ -231,6 +231,7 @@ def test_the_listed_exceptions_are_still_needed():
         ("strategies/x.py", "def f():\n    import cifer_flwr.experiments.apps\n", "strategies"),
         ("crypto/x.py", "from cifer_flwr import protocol\n", "crypto -> protocol"),
         ("experiments/x.py", "from cifer_flwr.tooling import launch\n", "experiments -> tool"),
+        ("apps/x.py", "from cifer_flwr.experiments.data import load_dataset\n", "apps -> exp"),
         ("newpkg/x.py", "import cifer_flwr.crypto\n", "not in the table"),
     ],
 )
@@ -240,6 +241,30 @@ def test_a_forbidden_edge_is_caught(tmp_path, where, source, bad):
     path.write_text(source)
     problems = edge_problems([path], tmp_path)
     assert len(problems) == 1 and bad in problems[0], problems
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "from cifer_flwr.experiments.apps import make_strategy\n",
+        "def main():\n    import cifer_flwr.experiments.data\n",
+        "from cifer_flwr.tooling.federation.runs import run_app\n",
+        "from cifer_flwr import experiments\n",
+    ],
+)
+def test_an_example_importing_the_harness_is_caught(tmp_path, source):
+    path = tmp_path / "examples" / "quickstart-x" / "xexample" / "server_app.py"
+    path.parent.mkdir(parents=True)
+    path.write_text(source)
+    problems = edge_problems([path], tmp_path)
+    assert len(problems) == 1 and "examples -> " in problems[0], problems
+
+
+def test_the_examples_import_the_library_and_its_app_helpers():
+    files = sorted(EXAMPLES.rglob("*.py"))
+    reached = {target_package(m, n) for p in files for m, n in cifer_imports(p)}
+    assert "apps" in reached  # the helpers the examples need are the library's
+    assert reached <= ALLOWED["examples"], reached - ALLOWED["examples"]
 
 
 def test_a_private_import_is_caught(tmp_path):

@@ -9,14 +9,14 @@ import pytest
 from flwr.serverapp import strategy as flwr_strategy
 
 from cifer_flwr import strategies
-from cifer_flwr.exceptions import ConfigError, KeyTypeError
-from cifer_flwr.experiments.apps import encryption_enabled, make_strategy
-from cifer_flwr.experiments.data import (
+from cifer_flwr.apps.data import (
     load_dataset,
     load_partition,
     partition_dirichlet,
     partition_iid,
 )
+from cifer_flwr.apps.runconfig import encryption_enabled, make_strategy
+from cifer_flwr.exceptions import ConfigError, KeyTypeError
 
 
 def test_iid_partitions_cover_everything_once():
@@ -91,7 +91,7 @@ def test_results_file_is_rewritten_after_every_round(tmp_path):
 
     from flwr.app import Context, RecordDict
 
-    from cifer_flwr.experiments.apps import run_strategy
+    from cifer_flwr.apps.run import run_strategy
     from tests.strategies.harness import InProcessGrid, make_client_app, plain_initial
 
     results = tmp_path / "run.json"
@@ -117,7 +117,7 @@ def test_results_file_is_rewritten_after_every_round(tmp_path):
 
 
 def test_resume_options_and_checkpoint_path(key_files, tmp_path):
-    from cifer_flwr.experiments.apps import checkpoint_path, resume_requested
+    from cifer_flwr.apps.runconfig import checkpoint_path, resume_requested
 
     _, pub = key_files
     assert checkpoint_path({"results-path": "/r/run.json"}) == Path("/r/run.ckpt")

@@ -13,16 +13,17 @@ import zipfile
 import numpy as np
 import pytest
 
-from cifer_flwr.exceptions import CiferError, ConfigError, DatasetError, ModelFormatError
-from cifer_flwr.experiments.data import (
+from cifer_flwr.apps.data import (
     DATASETS,
     load_dataset,
     load_file_dataset,
     load_partition,
     node_partition,
 )
+from cifer_flwr.apps.model_files import read_model_arrays
+from cifer_flwr.exceptions import CiferError, ConfigError, DatasetError, ModelFormatError
 from cifer_flwr.experiments.tasks import get_task
-from cifer_flwr.experiments.tasks.model_files import FileArraysTask, read_model_arrays
+from cifer_flwr.experiments.tasks.model_files import FileArraysTask
 
 
 def _table(n=60, d=4, classes=3, seed=0):
@@ -202,7 +203,7 @@ def test_torch_state_dict_with_its_module(tmp_path, monkeypatch):
     for name, value in net.state_dict().items():
         np.testing.assert_array_equal(arrays[name], value.numpy())
     x, y = _table(n=60, d=4, classes=3)
-    from cifer_flwr.experiments.data import Partition
+    from cifer_flwr.apps.data import Partition
     from cifer_flwr.experiments.tasks import TrainSettings
 
     data = Partition(x.astype(np.float32), y, x.astype(np.float32), y)
@@ -238,7 +239,7 @@ def test_keras_model_file(tmp_path):
     for i, w in enumerate(model.get_weights()):
         np.testing.assert_array_equal(arrays[f"layer{i}"], w)
     x, y = _table(n=60, d=4, classes=3)
-    from cifer_flwr.experiments.data import Partition
+    from cifer_flwr.apps.data import Partition
     from cifer_flwr.experiments.tasks import TrainSettings
 
     data = Partition(x.astype(np.float32), y, x.astype(np.float32), y)

@@ -16,8 +16,8 @@ import pytest
 from flwr.app import Context, RecordDict
 from typer.testing import CliRunner
 
+from cifer_flwr.apps.data import Partition
 from cifer_flwr.cli import app as cli
-from cifer_flwr.experiments.data import Partition
 from cifer_flwr.experiments.tasks import get_task
 from tests.strategies.harness import InProcessGrid
 

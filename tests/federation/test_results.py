@@ -11,12 +11,7 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from cifer_flwr import crypto, protocol, strategies
-from cifer_flwr.exceptions import CiferError, KeyMismatchError, KeyTypeError
-from cifer_flwr.experiments.app import server_app
-from cifer_flwr.experiments.app.client_app import app as generic_client_app
-from cifer_flwr.experiments.apps import make_strategy, run_strategy
-from cifer_flwr.experiments.config import compose
-from cifer_flwr.experiments.results import (
+from cifer_flwr.apps.results import (
     RESULT_KEYS,
     RESULTS_FORMAT,
     ROUND_KEYS,
@@ -25,6 +20,12 @@ from cifer_flwr.experiments.results import (
     round_row,
     write_results,
 )
+from cifer_flwr.apps.run import run_strategy
+from cifer_flwr.apps.runconfig import make_strategy
+from cifer_flwr.exceptions import CiferError, KeyMismatchError, KeyTypeError
+from cifer_flwr.experiments.app import server_app
+from cifer_flwr.experiments.app.client_app import app as generic_client_app
+from cifer_flwr.experiments.config import compose
 from tests.strategies.harness import (
     INITIAL,
     InProcessGrid,
@@ -237,7 +238,7 @@ def test_a_run_that_released_nothing_is_an_error_naming_the_cause(
 
 
 def test_a_run_whose_last_rounds_released_nothing_is_an_error():
-    from cifer_flwr.experiments.results import run_failure
+    from cifer_flwr.apps.results import run_failure
 
     ok = {"released": True, "train-replies": 3, "accepted": 3, "errors": [], "excluded": []}
     bad = {

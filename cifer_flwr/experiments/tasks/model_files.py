@@ -16,9 +16,10 @@ A model file gives the *initial* global model and the architecture the clients t
   ``coef``/``intercept`` (logistic regression), ``fc1.weight``/``fc1.bias``/``fc2.weight``/
   ``fc2.bias`` (the PyTorch MLP), ``layer0`` .. ``layer3`` (the Keras MLP).
 
-Files are hostile input (docs/design.md §5): sizes are checked before reading (the bounded
-readers of :mod:`cifer_flwr.securetrain.limits`), nothing is unpickled, weights must be finite
-floats, and the model's input and output sizes are checked against the dataset.
+Files are hostile input (docs/design.md §5): they are read by the library's readers
+(:mod:`cifer_flwr.apps.model_files`, which the examples use too: sizes checked before reading,
+nothing unpickled, weights finite floats), and the model's input and output sizes are checked
+against the dataset.
 """
 
 from __future__ import annotations
@@ -31,151 +32,30 @@ from typing import Any
 
 import numpy as np
 
+from cifer_flwr.apps.data import Partition
+from cifer_flwr.apps.model_files import (
+    check_model_arrays,
+    check_model_file,
+    load_keras_model,
+    read_model_arrays,
+)
 from cifer_flwr.exceptions import ConfigError, ModelFormatError
-from cifer_flwr.experiments.data import Partition
 from cifer_flwr.experiments.tasks.base import Arrays, Task, TrainSettings
 from cifer_flwr.experiments.tasks.keras_mlp import KerasMLP
 from cifer_flwr.experiments.tasks.sklearn_logreg import SklearnLogReg
 from cifer_flwr.experiments.tasks.torch_mlp import TorchMLP
 from cifer_flwr.extras import require
-from cifer_flwr.securetrain.formats import HARNESS_MODEL_SUFFIXES
 
 __all__ = [
     "MODEL_CLASS_PATTERN",
-    "MODEL_SUFFIXES",
     "FileArraysTask",
     "KerasFileTask",
     "TorchModuleTask",
-    "check_model_arrays",
     "model_task",
-    "read_model_arrays",
 ]
 
-#: Suffixes :func:`model_task` accepts (:mod:`cifer_flwr.securetrain.formats`).
-MODEL_SUFFIXES = HARNESS_MODEL_SUFFIXES
 #: ``package.module:Class`` (a class or a factory called without arguments).
 MODEL_CLASS_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
-#: Largest Keras model file (read by Keras/h5py as a whole).
-MAX_KERAS_BYTES = 256 << 20
-
-
-def _check_file(path: Path, suffixes: tuple[str, ...]) -> str:
-    suffix = path.suffix.lower()
-    if suffix not in suffixes:
-        raise ModelFormatError(
-            f"model {str(path)!r} has suffix {suffix or '(none)'!r}; use one of "
-            f"{', '.join(suffixes)}."
-        )
-    if not path.is_file():
-        where = "is a directory" if path.is_dir() else "does not exist"
-        hint = (
-            "give the path of a model file on this machine"
-            if path.is_absolute()
-            else "relative paths are read from the SuperNodes' working directory: "
-            "use an absolute path"
-        )
-        raise ModelFormatError(f"model file {str(path)!r} {where}; expected a file: {hint}.")
-    return suffix
-
-
-def _float_arrays(arrays: dict[str, Any], source: str) -> Arrays:
-    out: Arrays = {}
-    for name, value in arrays.items():
-        arr = np.asarray(value)
-        if arr.dtype.kind != "f":
-            raise ModelFormatError(
-                f"{source}: weight {name!r} has dtype {arr.dtype}; every weight must be a float "
-                "array (integer buffers such as BatchNorm's num_batches_tracked cannot be "
-                "averaged: drop them or use a model without them)."
-            )
-        if not np.all(np.isfinite(arr)):
-            raise ModelFormatError(f"{source}: weight {name!r} holds NaN or infinite values.")
-        out[name] = np.ascontiguousarray(arr)
-    if not out:
-        raise ModelFormatError(f"{source}: the model has no weights.")
-    return out
-
-
-def _read_npz(path: Path) -> Arrays:
-    from cifer_flwr.securetrain.limits import MAX_MODEL_BYTES, read_npz
-
-    _, arrays = read_npz(path, lambda names: names, error=ModelFormatError, limit=MAX_MODEL_BYTES)
-    return _float_arrays(arrays, str(path))
-
-
-def _read_state_dict(path: Path) -> Arrays:
-    # the one bounded .pt loader (zip members checked, torch.load(weights_only=True))
-    from cifer_flwr.securetrain.model import load_state_dict
-
-    state = load_state_dict(path)
-    return _float_arrays({k: v.detach().numpy() for k, v in state.items()}, str(path))
-
-
-def _load_keras(path: Path) -> Any:
-    size = path.stat().st_size
-    if size > MAX_KERAS_BYTES:
-        raise ModelFormatError(
-            f"{path}: {size} bytes, over the limit of {MAX_KERAS_BYTES} bytes for a Keras model."
-        )
-    from cifer_flwr.securetrain.model import load_keras
-
-    keras = load_keras(f"{path} is a Keras model")
-    try:
-        return keras.models.load_model(path, compile=False, safe_mode=True)
-    except Exception as exc:  # Keras and h5py raise many types for a bad file
-        raise ModelFormatError(
-            f"{path}: not a loadable Keras model ({str(exc).splitlines()[0][:200]}); save it "
-            "with model.save('model.keras') (Lambda layers are refused: safe_mode)."
-        ) from exc
-
-
-def read_model_arrays(path: str | os.PathLike[str], model_class: str = "") -> Arrays:
-    """The weights of a model file as named float arrays (what travels, encrypted).
-
-    Parameters
-    ----------
-    path : path-like
-        ``.npz``, ``.pt`` / ``.pth`` (a state dict), ``.h5`` / ``.keras``.
-    model_class : str, optional
-        Unused for reading; accepted so that a ``(path, class)`` pair reads the same way.
-
-    Raises
-    ------
-    ModelFormatError
-        For a missing or oversized file, anything that is not named finite float arrays.
-
-    """
-    del model_class
-    p = Path(path).expanduser()
-    suffix = _check_file(p, MODEL_SUFFIXES)
-    if suffix == ".npz":
-        return _read_npz(p)
-    if suffix in (".pt", ".pth"):
-        return _read_state_dict(p)
-    weights = _load_keras(p).get_weights()
-    return _float_arrays({f"layer{i}": w for i, w in enumerate(weights)}, str(p))
-
-
-def check_model_arrays(arrays: Arrays, expected: Arrays, source: str) -> Arrays:
-    """``arrays`` when they have the names and shapes of ``expected``, cast to its dtypes.
-
-    Raises
-    ------
-    ModelFormatError
-        Naming the first weight whose name set or shape differs from ``expected``.
-
-    """
-    if set(arrays) != set(expected):
-        raise ModelFormatError(
-            f"{source}: weights {sorted(arrays)} do not match the model's {sorted(expected)}."
-        )
-    for name, ref in expected.items():
-        if arrays[name].shape != ref.shape:
-            raise ModelFormatError(
-                f"{source}: weight {name!r} has shape {arrays[name].shape}, the model for this "
-                f"dataset needs {ref.shape} (number of features or classes differs)."
-            )
-    return {name: arrays[name].astype(expected[name].dtype) for name in expected}
 
 
 class FileArraysTask:
@@ -313,7 +193,7 @@ class KerasFileTask(KerasMLP):
 
     def _file_model(self) -> Any:
         if self._loaded is None:
-            self._loaded = _load_keras(self.path)
+            self._loaded = load_keras_model(self.path)
         return self._loaded
 
     def _load(self, arrays: Arrays, lr: float = 0.1) -> Any:
@@ -368,7 +248,7 @@ def model_task(
 
     """
     p = Path(model_path).expanduser()
-    suffix = _check_file(p, MODEL_SUFFIXES)
+    suffix = check_model_file(p)
     if suffix in (".h5", ".keras"):
         return KerasFileTask(p, dataset)
     if suffix in (".pt", ".pth") and not model_class:

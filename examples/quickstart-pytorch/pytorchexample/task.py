@@ -10,17 +10,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from cifer_flwr.exceptions import ConfigError
-from cifer_flwr.experiments.data import (
+from cifer_flwr.apps import (
     DATASET_PATH_KEY,
     Partition,
     cached_dataset,
+    check_model_arrays,
     check_partition,
     node_partition,
+    read_model_arrays,
     run_dataset,
     run_dataset_shape,
 )
-from cifer_flwr.experiments.tasks.model_files import check_model_arrays, read_model_arrays
+from cifer_flwr.exceptions import ConfigError
 from cifer_flwr.statistics import FeatureStats
 
 # (num features, num classes) of the datasets this example knows: square grey images

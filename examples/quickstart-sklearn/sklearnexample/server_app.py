@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.app import Array, ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from cifer_flwr.experiments.apps import encryption_enabled, make_strategy, path_option, run_strategy
+from cifer_flwr.apps import encryption_enabled, make_strategy, path_option, run_strategy
 from cifer_flwr.scaling import exchange_statistics
 from sklearnexample import task
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from cifer_flwr.experiments.apps import encryption_enabled, encryption_mod
+from cifer_flwr.apps import encryption_enabled, encryption_mod
 from cifer_flwr.scaling import answer_statistics, global_statistics
 from tfexample import task
 
