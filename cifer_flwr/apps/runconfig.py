@@ -30,7 +30,6 @@ from cifer_flwr.flower_types import ClientAppCallable, Mod
 from cifer_flwr.mods import ckks_mod
 from cifer_flwr.strategies import registry
 from cifer_flwr.strategies.registry import (
-    COHORT,
     FLAG,
     POSITIVE_OR_NONE,
     REGISTRY,
@@ -342,18 +341,15 @@ def _run_config_value(h: Hyperparameter, value: Any) -> Any:
     """Run config ``value`` of hyperparameter ``h``, converted to the type of its default.
 
     Flags accept ``"true"``/``"1"``/... (:func:`_flag`); ``clip-norm = 0.0`` means no
-    clipping (run config has no ``None``); numbers accept their text (``"0.5"``) but not a
-    bool, and an integer hyperparameter no fraction.
+    clipping (run config has no ``None``); other numbers accept their text (``"0.5"``) but
+    not a bool, and an integer hyperparameter no fraction (Flower's run config values are
+    bool, int, float or str).
     """
     if h.check == FLAG:
         return _flag(value)
-    if h.check == POSITIVE_OR_NONE and not isinstance(value, bool):
-        try:
-            if float(value) == 0.0:
-                return None
-        except (TypeError, ValueError):
-            pass  # refused below, as any other non-number
-    integer = h.check == COHORT
+    if h.check == POSITIVE_OR_NONE:
+        return None if float(value) == 0.0 else float(value)
+    integer = isinstance(h.default, int) and not isinstance(h.default, bool)
     target, kind = (int, "Integer") if integer else (float, "Float")
     try:
         if isinstance(value, bool) or (integer and isinstance(value, float)):

@@ -1,9 +1,10 @@
 """One strategy builder: the run-config path and the Hydra path build the same strategy.
 
-The examples' ServerApps (``apps.make_strategy(run_config)``) and the generic app behind
-``cifer run`` / ``cifer demo`` (``topology.centralized.make_strategy(exp)``) both translate
-their configuration into ``strategy_builder.build_strategy``; a configuration must mean the
-same strategy, and an invalid value must fail the same way, whichever path reads it.
+The examples' ServerApps (``cifer_flwr.apps.make_strategy(run_config)``) and the generic app
+behind ``cifer run`` / ``cifer demo`` (``topology.centralized.make_strategy(exp)``, through the
+typed configs of ``strategy_builder.build_strategy``) both reach the library's one
+``cifer_flwr.apps.runconfig.build_strategy``; a configuration must mean the same strategy, and
+an invalid value must fail the same way, whichever path reads it.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from typing import Any
 import pytest
 from flwr.app import Context, RecordDict
 
+from cifer_flwr import apps
 from cifer_flwr.exceptions import ConfigError, KeyFileError
-from cifer_flwr.experiments import apps
 from cifer_flwr.experiments.app import client_app
 from cifer_flwr.experiments.config import (
     STRATEGIES,
     FedAvgConfig,
     compose,
+    strategy_config,
     strategy_defaults,
 )
 from cifer_flwr.experiments.strategy_builder import (
@@ -211,6 +213,53 @@ def test_invalid_values_fail_the_same_way_in_both_paths(name, field, bad, proble
     for exc in (from_rc, from_compose, from_exp):
         assert problem in str(exc.value)
     assert str(from_rc.value) == str(from_exp.value)
+
+
+#: Run-config values of every type Flower's run config holds (bool, int, float, str).
+RAW_VALUES = (
+    *("0.5", "3", "3.0", " 2 ", "x", "", "nan", "inf", "1e3", "-1", "0x10", "1_000", "0"),
+    *(2, 3, 0, -2, 0.5, 2.0, 0.0, float("inf"), True, False),
+)
+
+
+def _typed_value(field: str, raw: Any) -> Any:
+    """What make_strategy passed to the typed config before it moved into the library."""
+    return (None if float(raw) == 0.0 else float(raw)) if field == "clip_norm" else raw
+
+
+@pytest.mark.parametrize(
+    ("name", "field"),
+    [
+        (n, f)
+        for n in STRATEGIES
+        for f in sorted(TAKES[n] - {"masking", "aggregation_check"})  # flags: _flag, as before
+    ],
+)
+def test_run_config_values_convert_as_the_typed_configs_do(name, field, key_files):
+    """make_strategy converts run config without the harness: the typed config (OmegaConf's
+    conversion, what make_strategy used before it moved into the library) is the oracle."""
+    _, pub = key_files
+
+    def outcome(build: Any) -> Any:
+        try:
+            return getattr(build(), field)
+        except (ConfigError, ValueError) as exc:
+            return type(exc), str(exc)
+
+    for raw in RAW_VALUES:
+        expected = outcome(
+            lambda raw=raw: build_strategy(
+                strategy_config({"name": name, field: _typed_value(field, raw)}),
+                encrypted=True,
+                public_key=pub,
+            )
+        )
+        got = outcome(
+            lambda raw=raw: apps.make_strategy(
+                {"strategy": name, "public-key": str(pub), RUN_CONFIG_KEYS[field]: raw}
+            )
+        )
+        assert repr(got) == repr(expected), (field, raw)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.5])
