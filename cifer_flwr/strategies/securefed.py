@@ -7,7 +7,7 @@ import math
 import os
 import secrets
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -33,54 +33,20 @@ from cifer_flwr.constants import (
     META_SLOTS,
     PART_CHECK,
     PART_MODEL,
-    REPLY_FAILED_GROUPS,
-    REPLY_RECORD,
 )
 from cifer_flwr.exceptions import (
     CiphertextFormatError,
     ConfigError,
     LayoutMismatchError,
 )
-from cifer_flwr.strategies._fold import FoldMode
+from cifer_flwr.strategies._fold import FoldMode, Parts
+from cifer_flwr.strategies._recovery import CohortRecovery, Release, release_from_parts
 from cifer_flwr.strategies._screen import metadata_problem
 from cifer_flwr.strategies.fedavg import FedAvg
 
 __all__ = ["SecureFed"]
 
 log = logging.getLogger("cifer_flwr.strategies")
-Parts = dict[str, crypto.AnyEncrypted]
-
-
-@dataclass(eq=False)
-class _Release:
-    """One global model the server released, with what it needs to recover from it."""
-
-    round: int  # round of the contributions it sums (0: the initial model)
-    base_round: int  # round of the global those contributions trained from
-    parts: Parts  # full aggregate (model, check) and, with >= 2 groups, model_gN/check_gN
-    groups: list[frozenset[int]] = field(default_factory=list)  # node ids per group
-    contributors: frozenset[int] = frozenset()
-    rejected: bool = False  # a majority of key holders refused the full aggregate
-    failed: set[int] = field(default_factory=set)  # groups a majority of key holders refused
-    base: _Release | None = None  # the release the contributions trained from (fallback)
-    _cache: tuple[tuple[bool, frozenset[int]], ArrayRecord] | None = None
-
-    def outgoing(self) -> Parts:
-        """What key holders receive: the full aggregate, or after a refusal its groups."""
-        if not self.rejected:
-            return {k: v for k, v in self.parts.items() if k in (PART_MODEL, PART_CHECK)}
-        out: Parts = {}
-        for g in range(len(self.groups)):
-            if g not in self.failed:
-                for part in (PART_MODEL, PART_CHECK):
-                    out[protocol.group_part(part, g)] = self.parts[protocol.group_part(part, g)]
-        return out
-
-    def record(self) -> ArrayRecord:
-        state = (self.rejected, frozenset(self.failed))
-        if self._cache is None or self._cache[0] != state:
-            self._cache = (state, crypto.bundle_to_record(self.outgoing()))
-        return self._cache[1]
 
 
 class SecureFed(FedAvg):
@@ -229,42 +195,35 @@ class SecureFed(FedAvg):
     def _reset_round_memory(self) -> None:
         super()._reset_round_memory()
         self.session = secrets.token_hex(8)
-        self.banned: set[int] = set()
-        self.suspects: set[int] | None = None
-        self.integrity_events: list[dict[str, Any]] = []
-        self._release: _Release | None = None
-        self._sent: dict[int, _Release] = {}
-        self._eval_sent: dict[int, _Release] = {}
+        #: releases, candidate groups, verdicts, suspects and exclusions (§4.4)
+        self.recovery = CohortRecovery(self.min_replies, self.global_model)
+        self._sent: dict[int, Release] = {}
+        self._eval_sent: dict[int, Release] = {}
         self._slots: dict[int, dict[int, int]] = {}
         self._cohort: dict[int, int] = {}
-        self._fixed_groups: dict[int, list[list[int]]] = {}  # masking: fixed before sharing
-        self._restored_release: Any = None
+
+    @property
+    def banned(self) -> set[int]:
+        """Node ids excluded from sampling after recovery identified them."""
+        return self.recovery.banned
+
+    @property
+    def suspects(self) -> set[int] | None:
+        """The current suspect set ``T`` (``None``: none)."""
+        return self.recovery.suspects
+
+    @property
+    def integrity_events(self) -> list[dict[str, Any]]:
+        """Every refusal, failed group and exclusion, in order (for the results file)."""
+        return self.recovery.events
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_extra(self) -> dict[str, Any]:
-        release = self._release
-        return {
-            "session": self.session,
-            "banned": sorted(self.banned),
-            "suspects": None if self.suspects is None else sorted(self.suspects),
-            "events": list(self.integrity_events),
-            "release": None
-            if release is None
-            else {
-                "rejected": release.rejected,
-                "failed": sorted(release.failed),
-                "groups": [sorted(g) for g in release.groups],
-                "contributors": sorted(release.contributors),
-            },
-        }
+        return {"session": self.session, **self.recovery.to_json()}
 
     def _restore_extra(self, extra: Mapping[str, Any]) -> None:
         self.session = str(extra.get("session") or self.session)
-        self.banned = {int(n) for n in extra.get("banned") or []}
-        suspects = extra.get("suspects")
-        self.suspects = None if suspects is None else {int(n) for n in suspects}
-        self.integrity_events = list(extra.get("events") or [])
-        self._restored_release = extra.get("release")
+        self.recovery.restore(extra)
 
     def _final_result(self, result: Result) -> Result:
         """``Result.arrays`` is the release key holders should use.
@@ -273,8 +232,9 @@ class SecureFed(FedAvg):
         the groups that pass when the full aggregate fails), or the previous one if the last
         was dropped.
         """
-        if self._release is not None and self._release.round > 0:
-            result.arrays = crypto.bundle_to_record(self._release.parts)
+        release = self.recovery.release
+        if release is not None and release.round > 0:
+            result.arrays = crypto.bundle_to_record(release.parts)
         return result
 
     # ------------------------------------------------------------------ summary
@@ -343,36 +303,8 @@ class SecureFed(FedAvg):
                 f"ciphertext, SecureFed needs {self._reserved}; pass the plaintext initial "
                 "arrays (the strategy encrypts them) or a model saved by SecureFed."
             )
-        self._release = self._release_from_parts(parts)
+        self.recovery.release = release_from_parts(parts)
         return parts
-
-    def _release_from_parts(self, parts: Parts) -> _Release:
-        """A release rebuilt from encrypted parts (initial model, or a saved SecureFed model)."""
-        meta = parts[PART_MODEL].meta
-        rnd = meta.get(META_ROUND, 0)
-        base = meta.get(META_BASE_ROUND, 0)
-        groups = protocol.group_indices(parts)
-        return _Release(
-            round=rnd if isinstance(rnd, int) else 0,
-            base_round=base if isinstance(base, int) else 0,
-            parts=dict(parts),
-            groups=[frozenset() for _ in groups],
-        )
-
-    def _current(self, arrays: ArrayRecord) -> _Release:
-        if self._release is None:  # resumed from a checkpoint: rebuild from the global model
-            release = self._release_from_parts(crypto.bundle_from_record(arrays, self.key))
-            saved = self._restored_release
-            if isinstance(saved, dict) and len(saved.get("groups") or []) == len(release.groups):
-                release.groups = [frozenset(int(n) for n in g) for g in saved["groups"]]
-                release.contributors = frozenset(int(n) for n in saved.get("contributors") or [])
-                release.rejected = bool(saved.get("rejected"))
-                release.failed = {int(g) for g in saved.get("failed") or []}
-            self._release = release
-        return self._release
-
-    def _event(self, server_round: int, kind: str, **info: Any) -> None:
-        self.integrity_events.append({"round": server_round, "event": kind, **info})
 
     # ------------------------------------------------------------------ Flower API
     def _base_configure_train(
@@ -389,7 +321,7 @@ class SecureFed(FedAvg):
         The current release is the last full aggregate, or its candidate groups after the
         key holders refused it (see the class docstring).
         """
-        release = self._current(arrays)
+        release = self.recovery.current(arrays, self.key)
         self._sent[server_round] = release
         if release.rejected:
             log.warning(
@@ -405,7 +337,7 @@ class SecureFed(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the current release for federated evaluation (never to an excluded node)."""
-        release = self._current(arrays)
+        release = self.recovery.current(arrays, self.key)
         self._eval_sent[server_round] = release
         messages = super().configure_evaluate(server_round, release.record(), config, grid)
         return [m for m in messages if m.metadata.dst_node_id not in self.banned]
@@ -471,10 +403,10 @@ class SecureFed(FedAvg):
         replies = list(replies)
         sent = self._sent.get(server_round)
         if sent is not None and sent.rejected:
-            self._collect_verdicts(server_round, sent, replies)
+            self.recovery.collect_verdicts(server_round, sent, replies, self.screen.sent_msgs)
         refused, accepted = self._refusals(replies, self.screen.sent_msgs)
         if sent is not None and refused and refused > accepted:
-            self._reject(server_round, sent, "train", refused, accepted)
+            self.recovery.reject(server_round, sent, "train", refused, accepted)
             return None, None
         return super().aggregate_train(server_round, replies)
 
@@ -486,7 +418,7 @@ class SecureFed(FedAvg):
         sent = self._eval_sent.get(server_round)
         refused, accepted = self._refusals(replies, self.screen.eval_msgs)
         if sent is not None and refused and refused > accepted:
-            self._reject(server_round, sent, "evaluate", refused, accepted)
+            self.recovery.reject(server_round, sent, "evaluate", refused, accepted)
         return super().aggregate_evaluate(server_round, replies)
 
     def _select_replies(
@@ -525,11 +457,11 @@ class SecureFed(FedAvg):
             PART_CHECK: crypto.aggregate([p[PART_CHECK] for _, p in accepted]),
         }
         if self._masking is not None:  # the groups the masks cancel in (§4.9)
-            groups = self._masked_groups(server_round, set(by_node))
+            groups = self.recovery.masked_groups(server_round, set(by_node))
         else:
-            groups = self._partition(sorted(by_node, key=lambda n: slots.get(n, n)))
+            groups = self.recovery.partition(sorted(by_node, key=lambda n: slots.get(n, n)))
         for g, members in enumerate(groups):
-            if len(members) < self.min_cohort:  # pragma: no cover - _partition guarantees it
+            if len(members) < self.min_cohort:  # pragma: no cover - partition() guarantees it
                 raise AssertionError("a candidate group below the minimum cohort")
             model = crypto.aggregate([by_node[n][PART_MODEL] for n in members])
             if self._masking is not None:
@@ -542,145 +474,11 @@ class SecureFed(FedAvg):
             }
             parts[protocol.group_part(PART_MODEL, g)] = replace(model, meta=group_meta)
             parts[protocol.group_part(PART_CHECK, g)] = check
-        if sent is not None:
-            sent.base = None  # keep one level of fallback only
-        self._release = _Release(
-            round=server_round,
-            base_round=base_round,
-            parts=parts,
-            groups=[frozenset(m) for m in groups],
-            contributors=frozenset(by_node),
-            base=sent,
-        )
+        self.recovery.released(server_round, base_round, parts, groups, set(by_node), sent)
         return parts
 
     # ------------------------------------------------------------------ recovery
     def _mask_groups(self, server_round: int, nodes: list[int]) -> list[list[int]]:
         """Fix this round's candidate groups before sharing: masks cancel inside each."""
         slots = self._slots.get(server_round, {})
-        groups = self._partition(sorted(nodes, key=lambda n: slots.get(n, n)))
-        self._fixed_groups[server_round] = [list(g) for g in groups]
-        return groups
-
-    def _masked_groups(self, server_round: int, accepted: set[int]) -> list[list[int]]:
-        """The round's fixed groups, restricted to the accepted replies.
-
-        A group that lost members below ``min_cohort`` is merged into the smallest other
-        one (a union of whole groups still unmasks); fewer than two groups: none.
-        """
-        groups = [[n for n in g if n in accepted] for g in self._fixed_groups.pop(server_round, [])]
-        groups = [g for g in groups if g]
-        while len(groups) >= 2 and min(len(g) for g in groups) < self.min_cohort:
-            groups.sort(key=len)
-            small = groups.pop(0)
-            groups[0] = sorted(groups[0] + small)
-        return groups if len(groups) >= 2 else []
-
-    def _partition(self, nodes: list[int]) -> list[list[int]]:
-        """Split ``nodes`` into ``len // min_cohort`` groups, suspects spread round-robin."""
-        g = len(nodes) // self.min_cohort
-        if g < 2:
-            return []
-        suspects = self.suspects or set()
-        order = [n for n in nodes if n in suspects] + [n for n in nodes if n not in suspects]
-        return [order[i::g] for i in range(g)]
-
-    def _narrow(self, server_round: int, failing: frozenset[int]) -> None:
-        if not failing:
-            return
-        narrowed = failing if self.suspects is None else (self.suspects & failing)
-        self.suspects = set(narrowed or failing)
-        if len(self.suspects) == 1:
-            (node,) = self.suspects
-            self.banned.add(node)
-            self.suspects = None
-            self._event(server_round, "excluded", node=node)
-            log.warning(
-                "round %d: node %d was in every failing group; it is excluded from sampling",
-                server_round,
-                node,
-            )
-        else:
-            self._event(server_round, "suspects", nodes=sorted(self.suspects))
-
-    def _collect_verdicts(self, server_round: int, sent: _Release, replies: list[Message]) -> None:
-        """Majority vote of the key holders on each candidate group they received."""
-        voters = 0
-        votes: dict[int, int] = {}
-        for msg in replies:
-            if msg.has_error() or metadata_problem(msg, self.screen.sent_msgs) is not None:
-                continue
-            info = msg.content.config_records.get(REPLY_RECORD)
-            value = None if info is None else info.get(REPLY_FAILED_GROUPS)
-            if not isinstance(value, str):
-                continue
-            try:
-                listed = {int(v) for v in value.split(",") if v.strip()}
-            except ValueError:
-                continue
-            voters += 1
-            for g in listed & set(range(len(sent.groups))):
-                votes[g] = votes.get(g, 0) + 1
-        failing = {g for g, n in votes.items() if 2 * n > voters} - sent.failed
-        if not failing:
-            return
-        sent.failed |= failing
-        for g in sorted(failing):
-            self._event(
-                server_round,
-                "group-failed",
-                release_round=sent.round,
-                group=g,
-                nodes=sorted(sent.groups[g]),
-            )
-            log.warning(
-                "round %d: key holders refused group %d of round %d's aggregate (nodes %s)",
-                server_round,
-                g,
-                sent.round,
-                sorted(sent.groups[g]),
-            )
-        if len(failing) == 1:  # one failing group: it holds the misbehaving client
-            group = sent.groups[failing.pop()]
-            if not group & self.banned:  # else: explained by a client excluded already
-                self._narrow(server_round, group)
-
-    def _reject(
-        self, server_round: int, release: _Release, phase: str, refused: int, accepted: int
-    ) -> None:
-        self._event(
-            server_round,
-            "refused",
-            phase=phase,
-            release_round=release.round,
-            refused=refused,
-            accepted=accepted,
-        )
-        log.warning(
-            "round %d (%s): %d key holders refused the aggregate of round %d (%d accepted)",
-            server_round,
-            phase,
-            refused,
-            release.round,
-            accepted,
-        )
-        if release is not self._release and release.rejected:
-            return  # already handled
-        if not release.rejected and len(release.groups) - len(release.failed) >= 2:
-            release.rejected = True
-            return
-        # no candidate left (or fewer than two groups): drop the release, resend its base
-        if len(release.groups) < 2:
-            self._narrow(server_round, release.contributors)
-        if release.base is not None and release is self._release:
-            log.warning(
-                "round %d: the aggregate of round %d is dropped; the global of round %d is "
-                "sent again",
-                server_round,
-                release.round,
-                release.base.round,
-            )
-            self._release = release.base
-            self.global_model.set(release.base.parts)
-            self.global_model.save(server_round)
-            self._event(server_round, "dropped", release_round=release.round)
+        return self.recovery.fix_groups(server_round, sorted(nodes, key=lambda n: slots.get(n, n)))
