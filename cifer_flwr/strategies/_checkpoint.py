@@ -92,7 +92,7 @@ class Checkpoint:
     Attributes
     ----------
     state : dict
-        JSON round state (see :meth:`EncryptedFedAvgBase._checkpoint_state`).
+        JSON round state (see :func:`~cifer_flwr.strategies._resume.checkpoint_of`).
     model : bytes or ArrayRecord
         The encrypted global model: ``crypto.bundle_to_bytes`` output (as read), or the
         encrypted record (when writing: the same bytes are streamed from its packs).
@@ -622,8 +622,8 @@ class RunCheckpoints:
     write left, says whether there is a checkpoint to resume, writes one after every round
     (a failed write is logged and the run goes on) and keeps the run's HMAC key (made at
     the first write, or the one a resumed checkpoint verified with). What goes in the
-    checkpoint and how it is applied stay the strategy's (``_checkpoint_state`` /
-    ``_restore``).
+    checkpoint and how it is applied are :mod:`~cifer_flwr.strategies._resume`'s
+    (``checkpoint_of`` / ``restore_run``).
 
     Parameters
     ----------
