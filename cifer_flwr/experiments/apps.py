@@ -9,8 +9,6 @@ FedLearn apps and the launcher import them from here under their historic path.
 from cifer_flwr.apps.run import previous_rows, run_metered, run_strategy
 from cifer_flwr.apps.runconfig import (
     CHECKPOINT_SUFFIX,
-    RC_CHECKPOINT,
-    RC_RESUME,
     checkpoint_path,
     encryption_enabled,
     encryption_mod,
@@ -22,8 +20,6 @@ from cifer_flwr.apps.runconfig import (
 
 __all__ = [
     "CHECKPOINT_SUFFIX",
-    "RC_CHECKPOINT",
-    "RC_RESUME",
     "checkpoint_path",
     "encryption_enabled",
     "encryption_mod",
