@@ -124,15 +124,6 @@ class SecureFed(FedAvg):
         ``arrayrecord_key``, ``configrecord_key``, ``train_metrics_aggr_fn``,
         ``evaluate_metrics_aggr_fn``.
 
-    Attributes
-    ----------
-    banned : set of int
-        Node ids excluded from sampling after recovery identified them.
-    suspects : set of int or None
-        The current suspect set ``T``.
-    integrity_events : list of dict
-        Every refusal, failed group and exclusion, in order (for the results file).
-
     """
 
     def __init__(
