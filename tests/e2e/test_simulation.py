@@ -128,18 +128,20 @@ class ProcessWatch(threading.Thread):
 
 
 # ----------------------------------------------------------------------------- oracle
-def plaintext_oracle(strategy_overrides: list[str], key_files) -> list[float]:
-    """Per-round accuracy of the same experiment with Flower's plaintext FedAvg, in process."""
+def plaintext_oracle(overrides: list[str], key_files) -> list[float]:
+    """Per-round accuracy of the experiment ``overrides`` with Flower's plaintext FedAvg, in
+    process: the generic app's ClientApp on an InProcessGrid of ``federation.nodes`` nodes."""
     from cifer_flwr.experiments.app.client_app import app as client_app
     from cifer_flwr.experiments.experiment import run_on_grid
     from tests.strategies.harness import InProcessGrid
 
-    exp = compose([*COMMON, *strategy_overrides, "encryption=none"])
+    exp = compose([*overrides, "encryption=none"])
+    nodes = exp.federation.nodes
     grid = InProcessGrid(
         client_app,
         {
-            n + 1: {"partition-id": n, "num-partitions": NODES, "private-key": str(key_files[0])}
-            for n in range(NODES)
+            n + 1: {"partition-id": n, "num-partitions": nodes, "private-key": str(key_files[0])}
+            for n in range(nodes)
         },
     )
     for ctx in grid.contexts.values():
@@ -189,7 +191,7 @@ def test_encrypted_fedavg_and_securefed_in_simulation_match_plaintext(tmp_path, 
     outside = {k: v for k, v in watch.sockets.items() if not _is_loopback(_addr_of(k[2]))}
     assert not outside, outside
 
-    oracle = {"fedavg": plaintext_oracle(["strategy=fedavg"], key_files)}
+    oracle = {"fedavg": plaintext_oracle([*COMMON, "strategy=fedavg"], key_files)}
     oracle["securefed"] = oracle["fedavg"]  # SecureFed without clipping/noise = FedAvg
     runs = sorted((tmp_path / "multirun").rglob("metrics.json"))
     assert len(runs) == 2, runs
