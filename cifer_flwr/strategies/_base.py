@@ -126,7 +126,7 @@ masking, fold
     Raises
     ------
     ConfigError
-        For an out-of-range setting.
+        For an out-of-range setting (the optimizer's included).
     MaskingError
         For ``masking=True`` with a key other than ``packed``.
     KeyTypeError
@@ -153,6 +153,9 @@ masking, fold
         **flower_kwargs: Any,
     ) -> None:
         super().__init__(**flower_kwargs)  # the Flower strategy next in the MRO
+        optimizer = self._optimizer_json()
+        if optimizer is not None:  # refused here as the key holders would refuse it
+            protocol.OptimizerSpec.from_dict(optimizer)
         self.key = load_server_key(public_key)
         release_large_buffers()  # freed ciphertext buffers go back to the OS (§6, memory)
         self.save_path = Path(save_path) if save_path is not None else None

@@ -9,8 +9,6 @@ forward Flower's (``**flower_kwargs``), and describe the update as a public
 
 from __future__ import annotations
 
-from typing import Any
-
 from flwr.serverapp.strategy import FedAvgM as FlwrFedAvgM
 
 from cifer_flwr import protocol
@@ -54,11 +52,6 @@ masking, fold
     """
 
     _opt_kind = "avgm"
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        # the key holders validate the same way; refuse bad settings here, at construction
-        protocol.OptimizerSpec.from_dict(self.optimizer.to_dict())
 
     @property
     def optimizer(self) -> protocol.OptimizerSpec:
