@@ -4,7 +4,7 @@ The registry (:data:`cifer_flwr.strategies.REGISTRY`) holds every strategy's
 hyperparameters with defaults and ranges. The faces: the library's classes (ours and
 Flower's of the same name), the Hydra dataclasses and the YAML rendered from them, FedLearn's
 specifications, and the examples' run config (``RUN_CONFIG_KEYS``, read by
-``experiments.apps.make_strategy``).
+``cifer_flwr.apps.make_strategy``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cifer_flwr import strategies
-from cifer_flwr.experiments import apps, strategy_builder
+from cifer_flwr import apps, strategies
+from cifer_flwr.experiments import strategy_builder
 from cifer_flwr.experiments.config import CONF_DIR, STRATEGIES, STRATEGY_CONFIGS
 from cifer_flwr.fedlearn import strategy as fedlearn_strategy
 from cifer_flwr.strategies.registry import REGISTRY, RUN_CONFIG_KEYS, StrategySpec

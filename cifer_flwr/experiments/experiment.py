@@ -10,15 +10,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Context
 from flwr.serverapp import Grid
 
+from cifer_flwr.apps.data import Partition, load_dataset, load_file_dataset, load_partition
+from cifer_flwr.apps.results import ResultsWriter
 from cifer_flwr.exceptions import ConfigError
 from cifer_flwr.experiments.config import ExperimentConfig, compose, overrides_to_string
-from cifer_flwr.experiments.data import (
-    Partition,
-    load_dataset,
-    load_file_dataset,
-    load_partition,
-)
-from cifer_flwr.experiments.results import ResultsWriter
 from cifer_flwr.experiments.scaling import scaled_partition
 from cifer_flwr.experiments.tasks import TASKS, Task, TrainSettings, get_task
 from cifer_flwr.experiments.topology.centralized import run_centralized
@@ -38,7 +33,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Run-config keys of the generic app (``flwr run ... --run-config "..."``); ``resume`` and
-#: ``checkpoint-path`` are :data:`cifer_flwr.experiments.apps.RC_RESUME` / ``RC_CHECKPOINT``.
+#: ``checkpoint-path`` are :data:`cifer_flwr.apps.runconfig.RC_RESUME` / ``RC_CHECKPOINT``.
 RC_OVERRIDES = "hydra-overrides"
 RC_RESULTS = "results-path"
 RC_PUBLIC_KEY = "public-key"
@@ -83,7 +78,7 @@ def run_on_grid(
     """Run ``exp`` on a Grid (a real SuperLink or a test double) and return its results.
 
     The results are the ``cifer.results/1`` document of
-    :class:`~cifer_flwr.experiments.results.ResultsWriter` (``writer``, or an in-memory one),
+    :class:`~cifer_flwr.apps.results.ResultsWriter` (``writer``, or an in-memory one),
     the schema the examples write too; it is rewritten after every round, and one line per
     round goes to Flower's logger. Centralized encrypted runs checkpoint to
     ``checkpoint_path`` after every round and, with ``resume`` (or ``exp.resume``),

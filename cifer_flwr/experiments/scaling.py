@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flwr.app import Context
 
-from cifer_flwr.experiments.data import Partition
+from cifer_flwr.apps.data import Partition
 from cifer_flwr.scaling import global_statistics
 
 __all__ = ["scaled_partition"]

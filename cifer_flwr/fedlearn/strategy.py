@@ -52,7 +52,7 @@ def _abs(value: str | os.PathLike[str] | None, key: str, *, builtin_ok: bool = F
         raise ConfigError(f"strategy: {key} is required (an absolute path or a path from here).")
     text = str(value)
     if builtin_ok:
-        from cifer_flwr.experiments.data import DATASETS
+        from cifer_flwr.apps.data import DATASETS
 
         if text in DATASETS:
             return text
@@ -185,7 +185,7 @@ class Strategy:
 
     def initial_arrays(self) -> dict[str, npt.NDArray[Any]]:
         """The model file's weights, checked against the data file's features and classes."""
-        from cifer_flwr.experiments.data import cached_dataset
+        from cifer_flwr.apps.data import cached_dataset
         from cifer_flwr.experiments.tasks import get_task
 
         data = cached_dataset(self.data_path, self.seed)

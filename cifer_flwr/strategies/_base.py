@@ -474,9 +474,7 @@ masking, fold
                 exc_info=exc,
             )
         self.ledger.evaluated(server_round, metrics)
-        self.checkpoints.write(
-            server_round, functools.partial(checkpoint_of, self, server_round)
-        )
+        self.checkpoints.write(server_round, functools.partial(checkpoint_of, self, server_round))
         return metrics
 
     # ------------------------------------------------------------------ sizes

@@ -27,6 +27,7 @@ import numpy as np
 
 from cifer_flwr import crypto, statistics
 from cifer_flwr import masking as secagg
+from cifer_flwr.apps.data import load_dataset
 from cifer_flwr.exceptions import CiferError, ConfigError
 from cifer_flwr.experiments.config import (
     EncryptionConfig,
@@ -35,7 +36,6 @@ from cifer_flwr.experiments.config import (
     check_experiment,
     strategy_config,
 )
-from cifer_flwr.experiments.data import load_dataset
 from cifer_flwr.experiments.strategy_builder import baseline_name
 from cifer_flwr.statistics import FeatureStats
 from cifer_flwr.tooling.federation.audit import find_secret_key

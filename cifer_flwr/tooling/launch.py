@@ -127,7 +127,7 @@ def check_deployable(exp: ExperimentConfig) -> None:
 
     """
     if exp.task.dataset_path:  # a typo fails here, not after keys and federation (issue 22)
-        from cifer_flwr.experiments.data import check_dataset_file
+        from cifer_flwr.apps.data import check_dataset_file
 
         check_dataset_file(exp.task.dataset_path)
     if exp.federation.kind.value != "simulation":
@@ -253,7 +253,7 @@ def _check_fresh(exp: ExperimentConfig, out_dir: Path) -> None:
         ``out_dir`` holds a key pair or a checkpoint and ``resume`` is false.
 
     """
-    from cifer_flwr.experiments.apps import CHECKPOINT_SUFFIX
+    from cifer_flwr.apps.runconfig import CHECKPOINT_SUFFIX
 
     if exp.resume:
         return
@@ -284,7 +284,7 @@ def _check_resumable(exp: ExperimentConfig, out_dir: Path) -> None:
         No checkpoint or key pair in ``out_dir``, or its config differs from ``exp``.
 
     """
-    from cifer_flwr.experiments.apps import CHECKPOINT_SUFFIX
+    from cifer_flwr.apps.runconfig import CHECKPOINT_SUFFIX
 
     ckpt = (out_dir / RESULTS_FILE).with_suffix(CHECKPOINT_SUFFIX)
     fix = (

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from cifer_flwr import crypto
+from cifer_flwr.apps.data import Partition, load_file_dataset
 from cifer_flwr.exceptions import KeyMismatchError
-from cifer_flwr.experiments.data import Partition, load_file_dataset
 from cifer_flwr.experiments.tasks.sklearn_logreg import SklearnLogReg
 from cifer_flwr.protocol import decrypt_global_model
 from cifer_flwr.tooling.federation import processes

@@ -7,7 +7,7 @@ from typing import cast
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from cifer_flwr.experiments.apps import switched_ckks_mod
+from cifer_flwr.apps.runconfig import switched_ckks_mod
 from cifer_flwr.experiments.experiment import client_runtime
 from cifer_flwr.experiments.topology.p2p import p2p_evaluate, p2p_train
 from cifer_flwr.scaling import answer_statistics

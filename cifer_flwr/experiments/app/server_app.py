@@ -5,12 +5,9 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from cifer_flwr.experiments.apps import (
-    checkpoint_path,
-    path_option,
-    previous_rows,
-    resume_requested,
-)
+from cifer_flwr.apps.results import ResultsWriter
+from cifer_flwr.apps.run import previous_rows
+from cifer_flwr.apps.runconfig import checkpoint_path, path_option, resume_requested
 from cifer_flwr.experiments.config import compose
 from cifer_flwr.experiments.experiment import (
     RC_OVERRIDES,
@@ -19,7 +16,6 @@ from cifer_flwr.experiments.experiment import (
     RC_SAVE,
     run_on_grid,
 )
-from cifer_flwr.experiments.results import ResultsWriter
 
 #: ``app`` field of the results this app writes.
 APP_NAME = "cifer_flwr/experiments/app"
@@ -32,7 +28,7 @@ def main(grid: Grid, context: Context) -> None:
     """Run the experiment; write results JSON to run config ``results-path`` every round.
 
     The results follow the one schema (``cifer.results/1``,
-    :mod:`cifer_flwr.experiments.results`), as the examples'; each round is logged as one
+    :mod:`cifer_flwr.apps.results`), as the examples'; each round is logged as one
     line (``flwr log RUN_ID`` shows it). An invalid Hydra override fails before the first
     round, with status ``error`` in the results. The ServerApp receives only the public key
     path (``public-key``); it never sees a private key or a plaintext model. Encrypted

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from cifer_flwr.experiments.data import Partition
+from cifer_flwr.apps.data import Partition
 
 __all__ = ["Arrays", "Task", "TrainSettings", "accuracy_and_loss"]
 

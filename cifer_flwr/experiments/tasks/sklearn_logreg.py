@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 
-from cifer_flwr.experiments.data import Partition
+from cifer_flwr.apps.data import Partition
 from cifer_flwr.experiments.tasks.base import Arrays, TrainSettings, accuracy_and_loss
 from cifer_flwr.extras import require
 

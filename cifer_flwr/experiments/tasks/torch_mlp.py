@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from cifer_flwr.experiments.data import Partition
+from cifer_flwr.apps.data import Partition
 from cifer_flwr.experiments.tasks.base import Arrays, TrainSettings
 from cifer_flwr.extras import require
 

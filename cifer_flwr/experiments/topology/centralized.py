@@ -10,9 +10,9 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from cifer_flwr.experiments.apps import run_metered
+from cifer_flwr.apps.results import ResultsWriter
+from cifer_flwr.apps.run import run_metered
 from cifer_flwr.experiments.config import ExperimentConfig
-from cifer_flwr.experiments.results import ResultsWriter
 from cifer_flwr.experiments.strategy_builder import build_strategy
 
 __all__ = ["make_strategy", "run_centralized"]
@@ -68,7 +68,7 @@ def run_centralized(
     resume: bool = False,
     restored_rows: Iterable[Mapping[str, Any]] = (),
 ) -> tuple[list[dict[str, Any]], int]:
-    """Run ``exp.num_rounds`` rounds with :func:`~cifer_flwr.experiments.apps.run_metered`.
+    """Run ``exp.num_rounds`` rounds with :func:`~cifer_flwr.apps.run.run_metered`.
 
     ``writer`` gets the rows after every round (restored rows of a resumed run first) and
     logs one line per round; ``restored_rows`` are the rows of the killed run's results

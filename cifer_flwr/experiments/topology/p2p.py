@@ -21,8 +21,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.serverapp import Grid
 
 from cifer_flwr import crypto, protocol
-from cifer_flwr.experiments.data import Partition
-from cifer_flwr.experiments.results import round_row
+from cifer_flwr.apps.data import Partition
+from cifer_flwr.apps.results import round_row
 from cifer_flwr.experiments.tasks import Task, TrainSettings
 from cifer_flwr.experiments.topology.graph import build_graph, mix, mixing_weights
 
@@ -159,7 +159,7 @@ def run_p2p(
     latest reply only to forward it. A peer whose reply is missing or an error is skipped by
     its neighbours in the next round (gossip weights are recomputed without it).
     ``on_round`` gets the rows so far after every round (the generic app writes them and
-    logs the round, :class:`~cifer_flwr.experiments.results.ResultsWriter`).
+    logs the round, :class:`~cifer_flwr.apps.results.ResultsWriter`).
 
     Returns
     -------

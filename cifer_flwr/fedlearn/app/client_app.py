@@ -13,9 +13,9 @@ from typing import Any, cast
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from cifer_flwr.apps.data import Partition, load_file_dataset, whole
+from cifer_flwr.apps.runconfig import encryption_enabled, encryption_mod
 from cifer_flwr.exceptions import ConfigError
-from cifer_flwr.experiments.apps import encryption_enabled, encryption_mod
-from cifer_flwr.experiments.data import Partition, load_file_dataset, whole
 from cifer_flwr.experiments.scaling import scaled_partition
 from cifer_flwr.experiments.tasks import Task, TrainSettings, get_task
 from cifer_flwr.scaling import answer_statistics

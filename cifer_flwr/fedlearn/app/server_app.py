@@ -10,8 +10,9 @@ from __future__ import annotations
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from cifer_flwr.experiments.apps import checkpoint_path, run_strategy
-from cifer_flwr.experiments.data import cached_dataset
+from cifer_flwr.apps.data import cached_dataset
+from cifer_flwr.apps.run import run_strategy
+from cifer_flwr.apps.runconfig import checkpoint_path
 from cifer_flwr.fedlearn.strategy import Strategy
 from cifer_flwr.scaling import exchange_statistics
 
