@@ -128,7 +128,7 @@ def test_sklearn_example_starts_from_the_model_file(key_files, tmp_path):
     federated accuracy is the file model's own accuracy on the test split (numpy oracle),
     not the default zero model's."""
     pytest.importorskip("sklearn")
-    from cifer_flwr.experiments.data import load_file_dataset
+    from cifer_flwr.apps.data import load_file_dataset
 
     csv = _own_csv(tmp_path / "own.csv")
     ds = load_file_dataset(csv, seed=42)  # the split and scaling the nodes use
