@@ -55,6 +55,7 @@ from cifer_flwr.crypto.records import (
     record_ciphertext_views,
     record_ciphertexts,
     record_headers,
+    record_part_names,
     to_array_record,
 )
 from cifer_flwr.crypto.schemes import (
@@ -136,6 +137,7 @@ __all__ = [
     "load_vector",
     "max_ciphertext_bytes",
     "record_headers",
+    "record_part_names",
     "shared_workers",
     "to_array_record",
     "to_bytes",

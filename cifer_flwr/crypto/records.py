@@ -67,6 +67,7 @@ __all__ = [
     "record_ciphertext_views",
     "record_ciphertexts",
     "record_headers",
+    "record_part_names",
     "to_array_record",
     "unpack_ciphertexts",
 ]
@@ -273,6 +274,19 @@ def is_encrypted_record(record: ArrayRecord) -> bool:
     return any(
         name.startswith(RECORD_PREFIX) and arr.stype == STYPE_HEADER for name, arr in record.items()
     )
+
+
+def record_part_names(record: ArrayRecord) -> set[str]:
+    """Names of the parts ``record``'s header entries declare, read from their keys only.
+
+    Nothing is decoded or validated (:func:`frame_record` does): a cheap look at which
+    parts a reply claims, before its size is checked.
+    """
+    return {
+        name[len(RECORD_PREFIX) : -len(".header")]
+        for name, arr in record.items()
+        if arr.stype == STYPE_HEADER and name.startswith(RECORD_PREFIX)
+    }
 
 
 def record_ciphertexts(record: ArrayRecord) -> list[bytes]:

@@ -42,9 +42,7 @@ from cifer_flwr.constants import (
     PART_CHECK,
     PART_MODEL,
     PART_STATE,
-    RECORD_PREFIX,
     REPLY_RECORD,
-    STYPE_HEADER,
 )
 from cifer_flwr.exceptions import (
     CiferError,
@@ -262,12 +260,7 @@ class ReplyScreen:
             )
         record = records[self.arrayrecord_key]
         expected = self.expected_parts(node)
-        # the part names are in the Array keys (``cifer.<part>.header``): no parsing needed
-        named = {
-            key[len(RECORD_PREFIX) : -len(".header")]
-            for key, arr in record.items()
-            if arr.stype == STYPE_HEADER and key.startswith(RECORD_PREFIX)
-        }
+        named = crypto.record_part_names(record)  # from the Array keys: no parsing needed
         if named:
             check_part_set(named, expected)
         max_bytes, max_arrays = self.limits(node)

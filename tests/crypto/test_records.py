@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from cifer_flwr import crypto
 from cifer_flwr.crypto import ckks, paillier
+from cifer_flwr.crypto import records as records_module
 from cifer_flwr.crypto.records import (
     PACK_BYTES,
     PACK_MAGIC,
@@ -206,3 +207,11 @@ def test_a_framing_is_parsed_only_with_the_parameters_it_was_checked_for(key, pu
     framed = crypto.frame_record(crypto.to_array_record(crypto.encrypt(SMALL, key)), public_key)
     with pytest.raises(ConfigError, match="framed for another key"):
         crypto.bundle_from_framed(framed, other)
+
+
+def test_record_part_names_reads_the_header_keys_only(key, monkeypatch):
+    enc = crypto.encrypt({"s": np.ones(10)}, key)
+    record = crypto.bundle_to_record({"model": enc, "state": enc})
+    monkeypatch.setattr(records_module, "_decode_json", None)  # nothing is decoded
+    assert crypto.record_part_names(record) == {"model", "state"}
+    assert crypto.record_part_names(ArrayRecord([np.ones(3)])) == set()
