@@ -37,9 +37,9 @@ ALLOWED: dict[tuple[str, str], str] = {
         "do; Flower exports no public error codes"
     ),
     ("flwr.supercore.run", "Run"): (
-        "apps.MeteredGrid and strategies._pull.StreamingGrid wrap Flower's Grid, whose "
-        "public abstract set_run/run are typed with this class; imported under TYPE_CHECKING "
-        "only"
+        "strategies._pull.DelegatingGrid (the base of StreamingGrid and apps.MeteredGrid) "
+        "wraps Flower's Grid, whose public abstract set_run/run are typed with this class; "
+        "imported under TYPE_CHECKING only"
     ),
     ("flwr.common.serde", "message_to_proto"): (
         "cifer bench round plays the SuperLink between processes: Flower's own protobuf "

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
@@ -39,11 +39,11 @@ from cifer_flwr.apps.runconfig import (
 from cifer_flwr.constants import MASK_RECORD, METRIC_VALID_REPLIES
 from cifer_flwr.crypto.container import write_file_atomic
 from cifer_flwr.exceptions import RunFailedError
-from cifer_flwr.strategies import stream_replies
+from cifer_flwr.strategies import DelegatingGrid, stream_replies
 from cifer_flwr.strategies.registry import strategy_spec
 
 if TYPE_CHECKING:  # the type Flower's public Grid declares for set_run / run; type only
-    from flwr.supercore.run import Run
+    pass
 
 __all__ = [
     "MeteredGrid",
@@ -96,7 +96,7 @@ def _phase(msg: Message) -> str:
     return "evaluate" if kind.startswith(MessageType.EVALUATE) else "other"
 
 
-class MeteredGrid(Grid):
+class MeteredGrid(DelegatingGrid):
     """A :class:`~flwr.serverapp.Grid` that measures what goes through it, per round.
 
     It meters at the level of ``push_messages`` / ``pull_messages``, so it sees both
@@ -118,35 +118,10 @@ class MeteredGrid(Grid):
     """
 
     def __init__(self, grid: Grid, *, poll_interval: float = 0.2) -> None:
-        self.inner = grid
+        super().__init__(grid)
         self.pull_interval = poll_interval
         self.rounds: dict[int, dict[str, Any]] = {}
         self._sent: dict[str, tuple[int, str]] = {}  # message id -> (round, phase)
-
-    # --- delegation -------------------------------------------------------------------
-    def set_run(self, run: Run) -> None:
-        """Delegate to the wrapped grid."""
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        """Delegate to the wrapped grid."""
-        return self.inner.run
-
-    def create_message(
-        self,
-        content: RecordDict,
-        message_type: str,
-        dst_node_id: int,
-        group_id: str,
-        ttl: float | None = None,
-    ) -> Message:
-        """Delegate to the wrapped grid."""
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        """Delegate to the wrapped grid."""
-        return self.inner.get_node_ids()
 
     # --- metering ---------------------------------------------------------------------
     def _stats(self, server_round: int, phase: str) -> dict[str, Any]:

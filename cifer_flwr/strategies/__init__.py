@@ -9,7 +9,7 @@ ranges and run-config keys.
 
 from cifer_flwr.strategies._base import EncryptedFedAvgBase
 from cifer_flwr.strategies._fedopt import EncryptedFedOptBase
-from cifer_flwr.strategies._pull import stream_replies
+from cifer_flwr.strategies._pull import DelegatingGrid, stream_replies
 from cifer_flwr.strategies.fedadagrad import FedAdagrad
 from cifer_flwr.strategies.fedadam import FedAdam
 from cifer_flwr.strategies.fedavg import FedAvg
@@ -20,6 +20,7 @@ from cifer_flwr.strategies.registry import REGISTRY, StrategySpec, strategy_spec
 from cifer_flwr.strategies.securefed import SecureFed
 
 __all__ = [
+    "DelegatingGrid",
     "EncryptedFedAvgBase",
     "EncryptedFedOptBase",
     "FedAdagrad",

@@ -29,6 +29,7 @@ __all__ = [
     "PULL_BATCH",
     "PULL_BYTES",
     "PULL_INTERVAL",
+    "DelegatingGrid",
     "StreamingGrid",
     "pull_batch",
     "stream_replies",
@@ -138,28 +139,21 @@ def pull_batch(params: crypto.AnyParams, layout: crypto.Layout | None) -> int:
     return max(1, min(PULL_BATCH, PULL_BYTES // max(1, reply)))
 
 
-class StreamingGrid(Grid):
-    """``grid`` with a ``send_and_receive`` that streams (:func:`stream_replies`).
+class DelegatingGrid(Grid):
+    """A :class:`~flwr.serverapp.Grid` that hands every call to the grid it wraps.
 
-    What an encrypted strategy hands to Flower's ``Strategy.start``: Flower's loop passes
-    the iterator to ``aggregate_train`` / ``aggregate_evaluate``, which consume the replies
-    one at a time as they arrive, so the ServerApp never holds a whole cohort's replies
-    (docs/design.md §6). Everything else is the wrapped grid's.
+    The base of the grids that change one thing about Flower's: :class:`StreamingGrid`
+    (``send_and_receive`` streams) and the harness's metering grid.
 
     Parameters
     ----------
     grid : Grid
         The grid Flower gave the ServerApp.
-    train_batch : callable
-        The reply ids to pull per call for train messages (their replies carry models:
-        :func:`pull_batch`); the replies of other messages (evaluate, masking stages) are
-        small and pulled all at once.
 
     """
 
-    def __init__(self, grid: Grid, train_batch: Callable[[], int]) -> None:
+    def __init__(self, grid: Grid) -> None:
         self.inner = grid
-        self.train_batch = train_batch
 
     def set_run(self, run: Run) -> None:
         """Delegate to the wrapped grid."""
@@ -192,6 +186,36 @@ class StreamingGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         """Delegate to the wrapped grid."""
         return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Delegate to the wrapped grid."""
+        return self.inner.send_and_receive(messages, timeout=timeout)
+
+
+class StreamingGrid(DelegatingGrid):
+    """``grid`` with a ``send_and_receive`` that streams (:func:`stream_replies`).
+
+    What an encrypted strategy hands to Flower's ``Strategy.start``: Flower's loop passes
+    the iterator to ``aggregate_train`` / ``aggregate_evaluate``, which consume the replies
+    one at a time as they arrive, so the ServerApp never holds a whole cohort's replies
+    (docs/design.md §6). Everything else is the wrapped grid's.
+
+    Parameters
+    ----------
+    grid : Grid
+        The grid Flower gave the ServerApp.
+    train_batch : callable
+        The reply ids to pull per call for train messages (their replies carry models:
+        :func:`pull_batch`); the replies of other messages (evaluate, masking stages) are
+        small and pulled all at once.
+
+    """
+
+    def __init__(self, grid: Grid, train_batch: Callable[[], int]) -> None:
+        super().__init__(grid)
+        self.train_batch = train_batch
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
