@@ -39,7 +39,7 @@ from cifer_flwr.apps.runconfig import (
 from cifer_flwr.constants import MASK_RECORD, METRIC_VALID_REPLIES
 from cifer_flwr.crypto.container import write_file_atomic
 from cifer_flwr.exceptions import RunFailedError
-from cifer_flwr.strategies import DelegatingGrid, stream_replies
+from cifer_flwr.strategies import DelegatingGrid, EncryptedFedAvgBase, stream_replies
 from cifer_flwr.strategies.registry import strategy_spec
 
 if TYPE_CHECKING:  # the type Flower's public Grid declares for set_run / run; type only
@@ -294,7 +294,9 @@ class RoundRecorder:
     Flower's ``Strategy.start`` only returns its ``Result`` at the end; to write the
     results file after every round, the recorder wraps the strategy's ``aggregate_train``
     and ``aggregate_evaluate`` (on the instance) and records what they return. After the
-    evaluation of every round it calls ``on_round(round)``.
+    evaluation of every round it calls ``on_round(round)``. The rounds a resumed encrypted
+    strategy restored from its checkpoint (Flower's loop passes them; the strategy does
+    nothing in them) are not recorded: their rows come from ``restored``.
 
     Parameters
     ----------
@@ -331,9 +333,13 @@ class RoundRecorder:
         #: round -> (an aggregate was released, replies aggregated or None), for run_failure
         self.released: dict[int, tuple[bool, int | None]] = {}
         train, evaluate = strategy.aggregate_train, strategy.aggregate_evaluate
+        # a resumed encrypted run: Flower's loop passes the rounds its checkpoint restored
+        skip = strategy.ledger.restored if isinstance(strategy, EncryptedFedAvgBase) else None
 
         def aggregate_train(server_round: int, replies: Iterable[Message]) -> Any:
             arrays, metrics = train(server_round, replies)
+            if skip is not None and skip(server_round):
+                return arrays, metrics
             if metrics is not None:
                 self.result.train_metrics_clientapp[server_round] = metrics
             valid = None if metrics is None else metrics.get(METRIC_VALID_REPLIES)
@@ -345,6 +351,8 @@ class RoundRecorder:
 
         def aggregate_evaluate(server_round: int, replies: Iterable[Message]) -> Any:
             metrics = evaluate(server_round, replies)
+            if skip is not None and skip(server_round):
+                return metrics
             if metrics is not None:
                 self.result.evaluate_metrics_clientapp[server_round] = metrics
             self.completed.append(server_round)

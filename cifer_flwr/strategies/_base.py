@@ -369,6 +369,7 @@ masking, fold
         result = super().start(
             streaming, arrays, num_rounds, timeout, train_config, evaluate_config
         )
+        self._write_checkpoint()  # the last round's
         return self._final_result(self.ledger.merged(result))
 
     def configure_train(
@@ -377,8 +378,11 @@ masking, fold
         """Sample nodes as Flower does and add the encryption settings to each config.
 
         The chunks of the global model sent are remembered, so that a client echoing them
-        back is refused. With masking, the round's setup stages run here (§4.9).
+        back is refused. With masking, the round's setup stages run here (§4.9). The
+        previous round's checkpoint is written first (the round ended when Flower's loop
+        called this method).
         """
+        self._write_checkpoint()
         if self.ledger.restored(server_round):
             log.info(
                 "round %d: done before the restart (restored from the checkpoint)", server_round
@@ -448,8 +452,8 @@ masking, fold
         Hostile values (lists, NaN, Inf, huge, missing example counts, other metric
         names) are excluded (reason prefixed ``evaluate reply:``) before
         ``evaluate_metrics_aggr_fn`` sees them. The last call of a round in Flower's loop:
-        the round's checkpoint is written when it returns (a subclass does its own work
-        before calling it).
+        the round's checkpoint is written after it returns, when the next round starts
+        (:meth:`configure_train`) or the run ends.
         """
         if self.ledger.restored(server_round):
             return None
@@ -474,8 +478,13 @@ masking, fold
                 exc_info=exc,
             )
         self.ledger.evaluated(server_round, metrics)
-        self.checkpoints.write(server_round, functools.partial(checkpoint_of, self, server_round))
         return metrics
+
+    def _write_checkpoint(self) -> None:
+        """Write the checkpoint of the last finished round, if not written yet."""
+        done = self.ledger.finished()
+        if done is not None:
+            self.checkpoints.write(done, functools.partial(checkpoint_of, self, done))
 
     # ------------------------------------------------------------------ sizes
     def _pull_batch(self) -> int:

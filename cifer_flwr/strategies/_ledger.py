@@ -40,6 +40,7 @@ class RunLedger:
         self.timeout = timeout
         self.result = Result()
         self.done = 0
+        self._unsaved: int | None = None  # a finished round whose checkpoint is not written
         self.excluded: dict[int, list[tuple[int, str]]] = {}
         self.round_stats: dict[int, dict[str, float]] = {}
 
@@ -92,9 +93,18 @@ class RunLedger:
             self.result.train_metrics_clientapp[server_round] = metrics
 
     def evaluated(self, server_round: int, metrics: MetricRecord | None) -> None:
-        """Record what ``aggregate_evaluate`` returned, as Flower's loop records it."""
+        """Record what ``aggregate_evaluate`` returned, as Flower's loop records it.
+
+        The round is finished: :meth:`finished` returns it once (its checkpoint is due).
+        """
         if metrics is not None:
             self.result.evaluate_metrics_clientapp[server_round] = metrics
+        self._unsaved = server_round
+
+    def finished(self) -> int | None:
+        """The round finished since the last call, if any (each round is returned once)."""
+        done, self._unsaved = self._unsaved, None
+        return done
 
     def merged(self, flower: Result) -> Result:
         """Flower's ``Result`` of this process with the rounds restored before it."""
