@@ -575,14 +575,14 @@ def test_min_replies_below_two_is_refused(key_files, bad):
 
 
 def test_oversized_reply_never_reaches_the_parser(key_files, monkeypatch):
-    parsed: list[int] = []
-    real = crypto.bundle_from_record
+    parsed: list[int] = []  # bytes of each reply the server's screen framed (first parse step)
+    real = crypto.frame_record
 
-    def spy(record, key):
+    def spy(record, key, *args, **kwargs):
         parsed.append(record.count_bytes())
-        return real(record, key)
+        return real(record, key, *args, **kwargs)
 
-    monkeypatch.setattr(crypto, "bundle_from_record", spy)
+    monkeypatch.setattr(crypto, "frame_record", spy)
     pub = crypto.load_public_key(key_files[1])
     memory: dict = {}
 
@@ -601,10 +601,11 @@ def test_oversized_reply_never_reaches_the_parser(key_files, monkeypatch):
     strategy.start(grid=grid, initial_arrays=plain_initial(), num_rounds=2)
     assert memory["oversized"] and parsed
     assert max(parsed) < min(memory["oversized"])
-    assert all(
-        any("before parsing" in why for n, why in strategy.excluded[r] if n == ATTACKER)
-        for r in (1, 2)
-    )
+    for r in (1, 2):
+        assert any("before parsing" in why for n, why in strategy.excluded[r] if n == ATTACKER)
+        # the honest replies were parsed (through the spy) and aggregated
+        assert all(n == ATTACKER for n, _ in strategy.excluded[r]), strategy.excluded[r]
+    assert len(parsed) == 2 * (len(NODES) - 1)
 
 
 def test_a_bug_in_one_reply_check_is_contained(key_files, caplog, monkeypatch):
