@@ -18,6 +18,7 @@ from cifer_flwr.tooling.federation import Federation, up
 from cifer_flwr.tooling.federation.audit import find_secret_key
 from cifer_flwr.tooling.federation.processes import descendants, is_alive
 from cifer_flwr.tooling.federation.runs import run_app
+from tests.examples.test_examples import run_example
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.e2e
@@ -99,11 +100,18 @@ def test_unregistered_supernode_is_refused(deployment):
     assert len(online) == 2
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedyogi"])
-def test_encrypted_run_matches_plaintext(deployment, keys, strategy):
+# The plaintext oracle: Flower's strategy on this deployment (FedAvg), or the example's own
+# ServerApp and ClientApp in process (FedYogi, tests/examples/run_example.py): the same
+# partitions and seeds give the same per-round accuracy and bytes as a deployment run, in
+# seconds instead of a minute, and the deployment's plaintext path is the same for both.
+@pytest.mark.parametrize(
+    ("strategy", "plain_on"),
+    [("fedavg", "deployment"), ("fedyogi", "in-process")],
+    ids=["fedavg", "fedyogi"],
+)
+def test_encrypted_run_matches_plaintext(deployment, keys, strategy, plain_on, tmp_path):
     priv, pub, _ = keys
     model = deployment.directory.parent / f"{strategy}.enc"
-    plain_model = deployment.directory.parent / f"{strategy}-plain.npz"
     enc = _run(
         deployment,
         f"{strategy}-enc",
@@ -111,13 +119,25 @@ def test_encrypted_run_matches_plaintext(deployment, keys, strategy):
         encryption=True,
         **{"public-key": str(pub), "save-path": str(model)},
     )
-    plain = _run(
-        deployment,
-        f"{strategy}-plain",
-        strategy=strategy,
-        encryption=False,
-        **{"save-path": str(plain_model)},
-    )
+    if plain_on == "deployment":
+        plain_model = deployment.directory.parent / f"{strategy}-plain.npz"
+        plain = _run(
+            deployment,
+            f"{strategy}-plain",
+            strategy=strategy,
+            encryption=False,
+            **{"save-path": str(plain_model)},
+        )
+    else:  # results outside the deployment's directory: not one of its runs
+        plain_model = tmp_path / f"{strategy}-plain.npz"
+        plain = run_example(
+            EXAMPLE.name,
+            (priv, pub),
+            tmp_path,
+            strategy=strategy,
+            encryption=False,
+            **{"num-server-rounds": ROUNDS, "save-path": str(plain_model)},
+        )
     assert enc["encrypted"] and not plain["encrypted"]
     assert enc["strategy-class"].startswith("cifer_flwr.strategies")
     assert plain["strategy-class"].startswith("flwr.serverapp.strategy")
