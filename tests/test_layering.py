@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import json
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,10 @@ ALLOWED: dict[str, frozenset[str]] = {
     "cli": BASE | LIBRARY | {"homocryption", "experiments", "tooling"},
     # the examples: the library's public API only (apps holds their helpers)
     "examples": BASE | LIBRARY | {"__init__"},
+    # the notebooks (examples/notebooks/*.ipynb, their code cells): the library, and cifer's
+    # runner of Flower's simulation (a loopback-only network namespace, the run's outcome),
+    # as `cifer` itself starts it; nothing of the harness
+    "notebooks": BASE | LIBRARY | {"__init__", "tooling"},
 }
 
 #: (importing file, module, name) -> why a private name crosses a module boundary (none
@@ -100,14 +105,28 @@ SCHEME_IMPORTS: dict[str, str] = {
 def package_of(path: Path, root: Path = ROOT) -> str:
     """The table's package of a source file under ``root`` (the repository)."""
     if path.is_relative_to(root / "examples"):
-        return "examples"
+        return "notebooks" if path.suffix == ".ipynb" else "examples"
     first = path.relative_to(root / "cifer_flwr").parts[0]
     return first.removesuffix(".py")
 
 
+def notebook_code(path: Path) -> str:
+    """The code cells of a notebook as one module (IPython ``!`` / ``%`` lines dropped)."""
+    cells = json.loads(path.read_text())["cells"]
+    lines = [
+        line
+        for cell in cells
+        if cell["cell_type"] == "code"
+        for line in "".join(cell["source"]).splitlines()
+        if not line.lstrip().startswith(("!", "%"))
+    ]
+    return "\n".join(lines) + "\n"
+
+
 @functools.cache
 def _tree(path: Path) -> ast.Module:
-    return ast.parse(path.read_text(), filename=str(path))
+    text = notebook_code(path) if path.suffix == ".ipynb" else path.read_text()
+    return ast.parse(text, filename=str(path))
 
 
 def cifer_imports(path: Path) -> list[tuple[str, str]]:
@@ -134,6 +153,7 @@ def target_package(module: str, name: str) -> str:
 
 def sources() -> list[Path]:
     files = sorted(PACKAGE.rglob("*.py")) + sorted(EXAMPLES.rglob("*.py"))
+    files += sorted(EXAMPLES.rglob("*.ipynb"))
     return [p for p in files if "build" not in p.parts]
 
 
@@ -258,6 +278,26 @@ def test_an_example_importing_the_harness_is_caught(tmp_path, source):
     path.write_text(source)
     problems = edge_problems([path], tmp_path)
     assert len(problems) == 1 and "examples -> " in problems[0], problems
+
+
+def test_a_notebook_importing_the_harness_is_caught(tmp_path):
+    cells = [
+        {"cell_type": "markdown", "source": ["from cifer_flwr import experiments"]},
+        {"cell_type": "code", "source": ["!pip list\n", "from cifer_flwr import crypto\n"]},
+        {"cell_type": "code", "source": ["from cifer_flwr.experiments.tasks import get_task"]},
+    ]
+    path = tmp_path / "examples" / "notebooks" / "x.ipynb"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"cells": cells}))
+    problems = edge_problems([path], tmp_path)
+    assert len(problems) == 1 and "notebooks -> experiments" in problems[0], problems
+
+
+def test_the_notebooks_are_scanned():
+    notebooks = [p for p in sources() if p.suffix == ".ipynb"]
+    assert len(notebooks) >= 2
+    reached = {target_package(m, n) for p in notebooks for m, n in cifer_imports(p)}
+    assert {"crypto", "apps"} <= reached
 
 
 def test_the_examples_import_the_library_and_its_app_helpers():
