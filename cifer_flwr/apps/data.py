@@ -32,13 +32,14 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from cifer_flwr.exceptions import ConfigError, DatasetError
+from cifer_flwr.exceptions import CiferError, ConfigError, DatasetError
 from cifer_flwr.extras import require
 from cifer_flwr.securetrain.formats import HARNESS_DATASET_SUFFIXES, TABLE_READERS, column_index
 
 __all__ = [
     "cached_dataset",
     "check_dataset_file",
+    "existing_input_file",
     "check_partition",
     "node_partition",
     "run_dataset",
@@ -373,16 +374,31 @@ def check_dataset_file(path: str | os.PathLike[str]) -> Path:
             f"dataset {source!r} has suffix {suffix or '(none)'!r}; use one of "
             f"{', '.join(DATASET_SUFFIXES)} or a built-in name ({', '.join(DATASETS)})."
         )
-    if not p.is_file():
-        where = "is a directory" if p.is_dir() else "does not exist"
+    return existing_input_file(p, what="dataset", error=DatasetError)
+
+
+def existing_input_file(path: Path, *, what: str, error: type[CiferError]) -> Path:
+    """``path`` when it names a file, else ``error`` saying what it is instead.
+
+    A relative path gets the advice to give an absolute one: the apps read input files
+    (datasets, models) from the SuperNodes' and SuperLink's working directories.
+
+    Raises
+    ------
+    CiferError
+        ``error`` (``DatasetError``, ``ModelFormatError``) for a directory or a missing file.
+
+    """
+    if not path.is_file():
+        where = "is a directory" if path.is_dir() else "does not exist"
         hint = (
-            "give the path of a dataset file on this machine"
-            if p.is_absolute()
+            f"give the path of a {what} file on this machine"
+            if path.is_absolute()
             else "relative paths are read from the SuperNodes' working directory: "
             "use an absolute path"
         )
-        raise DatasetError(f"dataset file {source!r} {where}; expected a file: {hint}.")
-    return p
+        raise error(f"{what} file {str(path)!r} {where}; expected a file: {hint}.")
+    return path
 
 
 def load_file_dataset(

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from cifer_flwr.apps.data import existing_input_file
 from cifer_flwr.exceptions import ModelFormatError
 from cifer_flwr.securetrain.formats import HARNESS_MODEL_SUFFIXES
 
@@ -54,15 +55,7 @@ def check_model_file(path: Path, suffixes: tuple[str, ...] = MODEL_SUFFIXES) -> 
             f"model {str(path)!r} has suffix {suffix or '(none)'!r}; use one of "
             f"{', '.join(suffixes)}."
         )
-    if not path.is_file():
-        where = "is a directory" if path.is_dir() else "does not exist"
-        hint = (
-            "give the path of a model file on this machine"
-            if path.is_absolute()
-            else "relative paths are read from the SuperNodes' working directory: "
-            "use an absolute path"
-        )
-        raise ModelFormatError(f"model file {str(path)!r} {where}; expected a file: {hint}.")
+    existing_input_file(path, what="model", error=ModelFormatError)
     return suffix
 
 

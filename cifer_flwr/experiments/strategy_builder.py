@@ -92,36 +92,10 @@ def build_strategy(
 ) -> Strategy:
     """Build the strategy ``strategy`` names with :func:`cifer_flwr.apps.runconfig.build_strategy`.
 
-    Parameters
-    ----------
-    strategy : StrategyConfig
-        One of the typed per-strategy configs (:class:`~cifer_flwr.experiments.config.FedAvgConfig`,
-        ...): its name and every hyperparameter it holds.
-    encrypted : bool
-        Our encrypted strategy (``True``) or Flower's class of the same name.
-    public_key : path, optional
-        The federation's ``public.key``; required when ``encrypted``.
-    save_path, checkpoint_path : path, optional
-        Where an encrypted strategy writes its encrypted global model / its checkpoint.
-    resume : bool (default: False)
-        Continue from ``checkpoint_path`` (encrypted strategies only).
-    fraction_train, fraction_evaluate : float (default: 1.0)
-        Fractions of the available nodes sampled per round, in ``(0, 1]``.
-    min_train_nodes, min_evaluate_nodes, min_available_nodes : int (default: 2)
-        Flower's node minimums.
-
-    Returns
-    -------
-    Strategy
-        A :mod:`cifer_flwr.strategies` instance, or a :mod:`flwr.serverapp.strategy` one.
-
-    Raises
-    ------
-    ConfigError
-        For an unknown name, invalid hyperparameters (:func:`hyperparameter_problems`),
-        SecureFed without encryption, encryption without ``public_key``, or ``resume``
-        without encryption or checkpoint path.
-
+    ``strategy`` is one of the typed per-strategy configs
+    (:class:`~cifer_flwr.experiments.config.FedAvgConfig`, ...): its name and every
+    hyperparameter it holds; the other arguments, the result and the errors are the
+    library function's.
     """
     return runconfig.build_strategy(
         strategy.name,
