@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 from cifer_flwr import crypto, masking
 from cifer_flwr.constants import MASK_PAYLOAD, MASK_RECORD
 from cifer_flwr.exceptions import CiferError, MaskingError
+from cifer_flwr.strategies._screen import metadata_problem
 
 __all__ = ["RoundMasking", "check_masking_key"]
 
@@ -236,6 +237,7 @@ class RoundMasking:
                 Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)
             )
         wanted, out = set(nodes), []
+        sent = {int(m.metadata.dst_node_id): m for m in messages}  # ids set by the push
         for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
             node = int(reply.metadata.src_node_id)
             if node not in wanted:
@@ -244,6 +246,10 @@ class RoundMasking:
                     node,
                     "masking reply from a node that was not asked (or a second one)",
                 )
+                continue
+            problem = metadata_problem(reply, sent)
+            if problem is not None:  # e.g. an answer to another node's message
+                exclude(server_round, node, f"masking reply: {problem}")
                 continue
             wanted.discard(node)
             if reply.has_error():

@@ -165,6 +165,32 @@ def test_dropout_at_each_stage_releases_the_exact_sum_of_survivors(
     assert ours.round_stats[1]["mask-dropped"] == (1 if call == TRAIN else 0)
 
 
+def test_a_reply_to_another_nodes_masking_message_is_refused(packed_key_files):
+    """Node 3 answers node 2's advertise message instead of its own: it is refused (and,
+    with no reply of its own, dropped at that stage); the round sums the others exactly."""
+    priv, pub = packed_key_files
+    ours = strategies.FedAvg(public_key=pub, examples_per_client=EXAMPLES, masking=True, **COMMON)
+
+    def tamper(calls, replies):
+        if calls != ADVERTISE:
+            return replies
+        to_two = next(
+            r.metadata.reply_to_message_id for r in replies if r.metadata.src_node_id == 2
+        )
+        forged = wire(next(r for r in replies if r.metadata.src_node_id == 3))
+        forged.metadata.__dict__["_reply_to_message_id"] = to_two
+        # first in the outbox, so it is pulled before node 2's own reply to that message
+        return [forged] + [r for r in replies if r.metadata.src_node_id != 3]
+
+    seen, _, result = run(ours, priv, tamper=tamper)
+    reasons = [why for n, why in ours.excluded[1] if n == 3]
+    assert any("reply_to_message_id" in why for why in reasons), ours.excluded[1]
+    assert [n for n, _ in ours.excluded[1]] == [3, 3]  # the forged reply, then no reply
+    assert result.train_metrics_clientapp[1]["cifer-released"] == 1
+    survivors = [n for n in NODES if n != 3]
+    assert gap(seen[("evaluate", 1, 1)], survivors_mean(seen, survivors)) <= TOL
+
+
 def test_below_the_threshold_nothing_is_released(packed_key_files):
     """Two of six upload nothing: 4 share holders remain, the threshold is 5."""
     priv, pub = packed_key_files
